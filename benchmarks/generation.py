@@ -95,20 +95,35 @@ def hf(model: nn.Module, tier: str) -> System:
     return System(f"hf-{tier}", tier, model, run)
 
 
-def build_systems(config: gpt2.GPTConfig, device: torch.device, seed: int = 0) -> list[System]:
-    """transformers' random model (seeded), saved and loaded by both libraries: same weights."""
+def build_systems(config: gpt2.GPTConfig, device: torch.device,
+                  seed: int = 0) -> tuple[list[System], dict[str, float]]:
+    """transformers' random model (seeded), saved and loaded by both libraries: same weights.
+    Our tiers run with the compiled decode kernels (`gpt2.kernels`, CPU only), built here
+    before timing (their seconds are returned per tier); `ours-fp32-eager` is the same model
+    without them (`compile=False`)."""
     hf_kwargs = {k: v for k, v in config.to_hf().items() if k not in ("model_type", "architectures")}
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(seed)
         transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_kwargs)).save_pretrained(tmp)
         hf_fp32 = transformers.GPT2LMHeadModel.from_pretrained(tmp).to(device).eval()
-        base = gpt2.load_model(tmp, device=device)
-    systems = [ours(make_tier(base, tier), tier) for tier in OUR_TIERS]
-    systems.append(ours_inspected(base, "fp32"))
+        base = gpt2.load_model(tmp, device=device, compile=False)
+    systems, compile_seconds = [], {}
+    for tier in OUR_TIERS:
+        model = make_tier(copy.deepcopy(base), tier)
+        if device.type == "cpu":
+            status = gpt2.compile_matvecs(model, background=False)
+            if status.error:
+                raise SystemExit(f"compiling the {tier} kernels failed: {status.error}")
+            compile_seconds[tier] = status.seconds
+        systems.append(ours(model, tier))
+    systems.append(ours_inspected(systems[0].model, "fp32"))
+    if device.type == "cpu":
+        systems.append(System("ours-fp32-eager", "fp32", base,
+                              lambda idx, n: gpt2.generate(base, idx, n)))
     for tier in HF_TIERS:
         systems.append(hf(hf_fp32 if tier == "fp32" else copy.deepcopy(hf_fp32).to(TIER_COST[tier][3]),
                           tier))
-    return systems
+    return systems, compile_seconds
 
 
 # -- measuring ----------------------------------------------------------------------------
@@ -282,11 +297,11 @@ def check_agreement(systems: list[System], idx: torch.Tensor) -> None:
           f"{a[0, -8:].tolist()} vs {b[0, -8:].tolist()}")
 
 
-def run_config(name: str, prompts: list[int], rounds: int, new_tokens: int,
-               device: torch.device) -> tuple[list[System], dict[tuple[int, str], Samples]]:
+def run_config(name: str, prompts: list[int], rounds: int, new_tokens: int, device: torch.device
+               ) -> tuple[list[System], dict[tuple[int, str], Samples], dict[str, float]]:
     """All rounds for one model size: rounds x prompts x systems, system order rotated."""
     config = CONFIGS[name]
-    systems = build_systems(config, device)
+    systems, compile_seconds = build_systems(config, device)
     gen = torch.Generator().manual_seed(0)
     idxs = {T: torch.randint(config.vocab_size, (1, T), generator=gen).to(device) for T in prompts}
     check_agreement(systems, idxs[prompts[0]])
@@ -302,7 +317,7 @@ def run_config(name: str, prompts: list[int], rounds: int, new_tokens: int,
                 measure(s, idxs[T], new_tokens, device, results[(T, s.name)])
         print(f"{name}: round {r + 1}/{rounds} done in {time.perf_counter() - start:.1f} s",
               flush=True)
-    return systems, results
+    return systems, results, compile_seconds
 
 
 @dataclass
@@ -361,14 +376,14 @@ def ratio_cell(row: Row) -> tuple[str, str]:
 
 def print_header(device: torch.device) -> None:
     peak = "peakGPU_MB" if device.type == "cuda" else "peakRSS_MB"
-    print(f"{'model':11} {'prompt':>6} {'system':9} {'ttft_s':>7} {'decode_tok/s':>12} "
+    print(f"{'model':11} {'prompt':>6} {'system':17} {'ttft_s':>7} {'decode_tok/s':>12} "
           f"{'xHF_decode':>17} {'xHF_ttft':>17} {'%decode_bound':>13} {'%prefill_bound':>14} "
           f"{peak:>10} {'weights_MB':>10}")
 
 
 def print_row(row: Row) -> None:
     dec, ttft = ratio_cell(row)
-    print(f"{row.model:11} {row.prompt:6} {row.system:9} {statistics.median(row.ttft):7.3f} "
+    print(f"{row.model:11} {row.prompt:6} {row.system:17} {statistics.median(row.ttft):7.3f} "
           f"{statistics.median(row.decode):12.1f} {dec:>17} {ttft:>17} {row.pct_decode:13.1f} "
           f"{row.pct_prefill:14.1f} {row.peak_mb:10.1f} {row.weights_mb:10.0f}")
 
@@ -397,7 +412,14 @@ def load_text(load: tuple[float, ...]) -> str:
     return " / ".join(f"{x:.2f}" for x in load)
 
 
-def write_report(path: Path, rows: list[Row], machine: Machine, device: torch.device,
+def compile_text(seconds: dict[str, float]) -> str:
+    if not seconds:
+        return "no kernels compiled (not a CPU run)"
+    return "compile_matvecs " + ", ".join(f"{tier} {s:.1f} s" for tier, s in seconds.items())
+
+
+def write_report(path: Path, rows: list[Row], machine: Machine,
+                 compile_seconds: dict[str, dict[str, float]], device: torch.device,
                  args: argparse.Namespace, load: tuple[tuple[float, ...], tuple[float, ...]],
                  started: datetime.datetime, elapsed: float) -> None:
     mem = "peak GPU MB" if device.type == "cuda" else "peak RSS MB"
@@ -413,6 +435,9 @@ def write_report(path: Path, rows: list[Row], machine: Machine, device: torch.de
         *environment(device),
         f"- Load average (1 / 5 / 15 min): {load_text(load[0])} at start, {load_text(load[1])} at end",
         f"- Measured ceilings (best of 5): {ceilings(machine)}",
+        *(f"- Kernels for {name}, built before timing: {compile_text(sec)} (inductor's on-disk "
+          "cache may already hold them; a cold start is in benchmarks/COMPILE.md)"
+          for name, sec in compile_seconds.items()),
         "",
         "TTFT and decode are median [min–max] over rounds. Decode tok/s = "
         f"{args.new_tokens - 1} / (t({args.new_tokens} new) − t(1 new)). × HF = speed-up over "
@@ -461,9 +486,11 @@ def main() -> None:
     print("\n".join(environment(device)))
     machine = measure_machine(device)
     print(ceilings(machine))
-    rows = []
+    rows, compile_seconds = [], {}
     for name in args.configs:
-        systems, results = run_config(name, args.prompts, args.rounds, args.new_tokens, device)
+        systems, results, compile_seconds[name] = run_config(name, args.prompts, args.rounds,
+                                                             args.new_tokens, device)
+        print(f"{name}: {compile_text(compile_seconds[name])}")
         print_header(device)
         for row in make_rows(name, systems, results, machine, args.new_tokens):
             print_row(row)
@@ -471,8 +498,8 @@ def main() -> None:
         del systems, results
     elapsed = time.perf_counter() - clock
     print(f"finished in {elapsed:.0f} s")
-    write_report(args.out, rows, machine, device, args, (load_start, os.getloadavg()),
-                 started, elapsed)
+    write_report(args.out, rows, machine, compile_seconds, device, args,
+                 (load_start, os.getloadavg()), started, elapsed)
 
 
 if __name__ == "__main__":

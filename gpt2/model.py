@@ -7,11 +7,30 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import kernels
 from .config import GPTConfig
 from .kv_cache import KVCache
 
 
-class FusedQKV(nn.Linear):
+class Linear(nn.Linear):
+    """`nn.Linear` whose one-row products (decoding) run on a compiled kernel once
+    `gpt2.kernels.compile_matvecs` has built it; everything else is `F.linear`."""
+
+    use_matvec = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.use_matvec and kernels.one_row(x):
+            return self.matvec(x)
+        return F.linear(x, self.weight, self.bias)
+
+    def matvec(self, x: Tensor) -> Tensor:
+        return kernels.matvec(x.reshape(1, -1), self.weight, self.bias).view(*x.shape[:-1], -1)
+
+    def matvec_input(self) -> Tensor:
+        return torch.zeros(1, self.in_features, dtype=self.weight.dtype, device=self.weight.device)
+
+
+class FusedQKV(Linear):
     """OpenAI's `c_attn`: x -> [q | k | v] in one matmul.
 
     The generation's KV cache rides along as a second positional argument so that forward
@@ -20,7 +39,7 @@ class FusedQKV(nn.Linear):
     """
 
     def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:  # noqa: ARG002
-        return F.linear(x, self.weight, self.bias)
+        return super().forward(x)
 
 
 class CausalSelfAttention(nn.Module):
@@ -29,7 +48,7 @@ class CausalSelfAttention(nn.Module):
         self.layer_idx = layer_idx
         self.n_head = config.n_head
         self.c_attn = FusedQKV(config.n_embd, 3 * config.n_embd)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd)
+        self.c_proj = Linear(config.n_embd, config.n_embd)
 
     def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
         B, T, C = x.shape
@@ -48,8 +67,8 @@ class CausalSelfAttention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd)
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd)
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
@@ -70,6 +89,9 @@ class Block(nn.Module):
 
 class GPT(nn.Module):
     """`model(idx)` -> logits [B, T, vocab]; with a `KVCache`, `idx` continues the cached text."""
+
+    use_matvec = False  # the LM head's one-row kernel, as in `Linear`
+    compile_status: kernels.CompileStatus | None = None  # set by `gpt2.load_model`
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -116,7 +138,16 @@ class GPT(nn.Module):
     def logits(self, hidden: Tensor) -> Tensor:
         """The LM head, tied to the token embedding (as in OpenAI's checkpoints), in the
         embedding's dtype (fp32 in the bf16 tier: see `gpt2.quantize`)."""
-        return F.linear(hidden.to(self.wte.weight.dtype), self.wte.weight)
+        hidden = hidden.to(self.wte.weight.dtype)
+        if self.use_matvec and kernels.one_row(hidden):
+            return self.matvec(hidden)
+        return F.linear(hidden, self.wte.weight)
+
+    def matvec(self, hidden: Tensor) -> Tensor:
+        return kernels.matvec(hidden.reshape(1, -1), self.wte.weight, None).view(*hidden.shape[:-1], -1)
+
+    def matvec_input(self) -> Tensor:
+        return torch.zeros(1, self.config.n_embd, dtype=self.wte.weight.dtype, device=self.device)
 
     def forward(self, idx: Tensor, cache: KVCache | None = None, last_only: bool = False) -> Tensor:
         hidden = self.hidden_states(idx, cache)

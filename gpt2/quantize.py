@@ -16,10 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import kernels
 from .model import GPT, FusedQKV
 
 
 class Int8Linear(nn.Module):
+    use_matvec = False  # see gpt2.kernels
+
     def __init__(self, weight: Tensor, bias: Tensor | None):
         super().__init__()
         w = weight.detach().float()  # [out, in]
@@ -29,6 +32,8 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.bfloat16))
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.use_matvec and kernels.one_row(x):
+            return self.matvec(x)
         x2d = x.reshape(-1, x.size(-1))
         if x2d.size(0) > 16:  # prefill: a dequantised GEMM beats the matrix-vector kernel
             y = F.linear(x2d, self.weight.to(x.dtype) * self.scales[:, None].to(x.dtype))
@@ -36,6 +41,13 @@ class Int8Linear(nn.Module):
             y = torch._weight_int8pack_mm(x2d, self.weight, self.scales.to(x.dtype))
         y = y.view(*x.shape[:-1], -1)
         return y if self.bias is None else y + self.bias
+
+    def matvec(self, x: Tensor) -> Tensor:
+        y = kernels.matvec_int8(x.reshape(1, -1), self.weight, self.scales, self.bias)
+        return y.view(*x.shape[:-1], -1)
+
+    def matvec_input(self) -> Tensor:
+        return torch.zeros(1, self.weight.size(1), dtype=torch.bfloat16, device=self.weight.device)
 
 
 class Int8FusedQKV(Int8Linear):

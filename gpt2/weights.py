@@ -18,6 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .config import PRESETS, GPTConfig
+from .kernels import compile_matvecs
 from .model import GPT
 from .quantize import quantize_int8, to_bf16
 
@@ -204,12 +205,15 @@ def read_checkpoint(source: str | Path) -> tuple[GPTConfig, dict[str, Tensor]]:
 
 
 def load_model(source: str | Path, device: str | torch.device | None = None,
-               dtype: torch.dtype | None = None, quantize: str | None = None) -> GPT:
+               dtype: torch.dtype | None = None, quantize: str | None = None,
+               compile: bool = True) -> GPT:
     """A ready-to-run model in eval mode from a preset name, a Hub folder, or our file.
 
     `dtype=torch.bfloat16` halves the bytes the blocks read per decoded token (the token
     embedding, which is the LM head, stays fp32); `quantize="int8"` quarters them
     (weight-only int8, bf16 activations; `dtype` is then ignored). See `gpt2.quantize`.
+    `compile` (CPU only) builds the decode kernels of `gpt2.kernels` in a background
+    thread; the model is usable at once and speeds up when `model.compile_status` is ready.
     """
     if quantize not in (None, "int8"):
         raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
@@ -220,7 +224,10 @@ def load_model(source: str | Path, device: str | torch.device | None = None,
         model = quantize_int8(model)
     elif dtype == torch.bfloat16:
         model = to_bf16(model)
-    return model.eval()
+    model.eval()
+    if compile and model.device.type == "cpu":
+        model.compile_status = compile_matvecs(model)
+    return model
 
 
 def convert(name: str) -> Path:

@@ -8,6 +8,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -48,9 +49,29 @@ def tiny_hf(tiny_dir):
     return hf_reference(tiny_dir)
 
 
-@pytest.fixture(scope="session")
-def tiny_model(tiny_dir) -> gpt2.GPT:
-    return gpt2.load_model(tiny_dir)
+def compiled(model: gpt2.GPT) -> gpt2.GPT:
+    """The model once its background compile finished; fails the test if it did not work."""
+    assert model.compile_status is not None and model.compile_status.wait(timeout=600), \
+        model.compile_status and model.compile_status.error
+    return model
+
+
+@pytest.fixture(scope="session", params=["compiled", "eager"])
+def tiny_model(request, tiny_dir) -> gpt2.GPT:
+    """Every test using it runs on both decode paths: compiled one-row kernels and eager."""
+    if request.param == "eager":
+        return gpt2.load_model(tiny_dir, compile=False)
+    return compiled(gpt2.load_model(tiny_dir))
+
+
+@pytest.fixture(autouse=True)
+def no_compile_left_running():
+    """A background compile saves and restores torch's global RNG around its tracing, so one
+    left running could rewind another test's random draws: let each test's finish first."""
+    yield
+    for thread in threading.enumerate():
+        if thread.name == "gpt2-compile":
+            thread.join(timeout=600)
 
 
 # -- the real app in a subprocess (shared by the test_app_server, robustness and security tests) --

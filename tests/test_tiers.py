@@ -4,13 +4,14 @@ import pytest
 import torch
 
 import gpt2
+from conftest import compiled
 
 
 @pytest.fixture(scope="module", params=["bf16", "int8"])
 def tier(request, tiny_dir):
     if request.param == "bf16":
-        return gpt2.load_model(tiny_dir, dtype=torch.bfloat16)
-    return gpt2.load_model(tiny_dir, quantize="int8")
+        return compiled(gpt2.load_model(tiny_dir, dtype=torch.bfloat16))
+    return compiled(gpt2.load_model(tiny_dir, quantize="int8"))
 
 
 def test_int8_weights_are_one_byte(tiny_dir):

@@ -1,0 +1,119 @@
+"""The compiled one-row kernels (gpt2.kernels): used when decoding, equal to eager, safe to
+share between threads, and a failed compile leaves a working eager model."""
+import os
+import subprocess
+import sys
+import threading
+
+import pytest
+import torch
+from torch.profiler import profile
+
+import gpt2
+from conftest import ROOT, compiled
+
+TIERS = {"fp32": {}, "bf16": {"dtype": torch.bfloat16}, "int8": {"quantize": "int8"}}
+
+
+def decode_logits(model: gpt2.GPT, idx: torch.Tensor, steps: int) -> torch.Tensor:
+    """Logits of `steps` one-token decode steps after prefilling `idx` [1, T]."""
+    cache = gpt2.KVCache(model.config, 1, idx.size(1) + steps)
+    out = []
+    with torch.inference_mode():
+        model(idx, cache)
+        for t in range(steps):
+            out.append(model(torch.tensor([[t * 97 % 50257]]), cache)[:, -1].float())
+    return torch.cat(out)
+
+
+def matmul_ops(model: gpt2.GPT, idx: torch.Tensor) -> set[str]:
+    """The ATen matmul ops one decode step runs."""
+    cache = gpt2.KVCache(model.config, 1, idx.size(1) + 1)
+    with torch.inference_mode():
+        model(idx, cache)
+        with profile() as prof:
+            model(torch.tensor([[5]]), cache)
+    names = {e.key for e in prof.key_averages()}
+    return names & {"aten::addmm", "aten::mm", "aten::matmul", "aten::_weight_int8pack_mm"}
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_compiled_decode_matches_eager_and_skips_the_stock_kernels(tiny_dir, tier):
+    eager = gpt2.load_model(tiny_dir, compile=False, **TIERS[tier])
+    fast = compiled(gpt2.load_model(tiny_dir, **TIERS[tier]))
+    idx = torch.tensor([[464, 2068, 7586, 21831, 18045, 625, 262]])
+    ref, out = decode_logits(eager, idx, 6), decode_logits(fast, idx, 6)
+    tol = 1e-5 if tier == "fp32" else 2e-2 * ref.abs().max().item()
+    torch.testing.assert_close(out, ref, atol=tol, rtol=0)
+    assert matmul_ops(eager, idx)  # eager decode runs the stock kernels ...
+    assert not matmul_ops(fast, idx)  # ... compiled decode none of them
+    with torch.inference_mode():  # prefill (many rows) stays on the stock GEMM
+        torch.testing.assert_close(fast(idx).float(), eager(idx).float(), atol=0, rtol=0)
+
+
+def test_compile_false_stays_eager(tiny_dir):
+    model = gpt2.load_model(tiny_dir, compile=False)
+    assert model.compile_status is None
+    assert not any(getattr(m, "use_matvec", False) for m in model.modules())
+
+
+def test_kernels_only_in_inference_mode(tiny_dir):
+    """With autograd merely off (or on), a one-row call takes the eager path: the kernels
+    were built for inference mode, and another variant would compile on a request."""
+    model = compiled(gpt2.load_model(tiny_dir))
+    layer = model.h[0].mlp.c_fc
+    x = torch.randn(1, 1, model.config.n_embd)
+    with torch.no_grad(), profile() as prof:
+        layer(x)
+    assert "aten::addmm" in {e.key for e in prof.key_averages()}
+
+
+def test_generation_during_and_after_the_background_compile_agree(tiny_dir):
+    model = gpt2.load_model(tiny_dir)  # compiling in the background from here
+    idx = torch.tensor([[1, 2, 3, 4]])
+    first = gpt2.generate(model, idx, 12)
+    assert compiled(model).compile_status.seconds > 0
+    assert torch.equal(gpt2.generate(model, idx, 12), first)
+
+
+def test_threads_sharing_a_compiled_model_get_their_own_answers(tiny_dir):
+    model = compiled(gpt2.load_model(tiny_dir))
+    prompts = [torch.tensor([[i + 1, 2 * i + 3, 5]]) for i in range(6)]
+    expected = [gpt2.generate(model, p, 16, temperature=1.0, seed=i) for i, p in enumerate(prompts)]
+    got = [None] * len(prompts)
+    barrier = threading.Barrier(len(prompts))
+
+    def run(i: int) -> None:
+        barrier.wait()
+        got[i] = gpt2.generate(model, prompts[i], 16, temperature=1.0, seed=i)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for e, g in zip(expected, got):
+        assert torch.equal(e, g)
+
+
+def test_a_failed_compile_leaves_a_working_eager_model(tiny_dir, tmp_path):
+    """No C++ compiler: the status says why, the model stays eager and correct."""
+    script = f"""
+import logging, torch
+logging.basicConfig(level=logging.WARNING)
+import gpt2
+model = gpt2.load_model({str(tiny_dir)!r})
+assert not model.compile_status.wait(timeout=300)
+print("ERROR:", model.compile_status.error)
+assert not any(getattr(m, "use_matvec", False) for m in model.modules())
+ref = gpt2.generate(gpt2.load_model({str(tiny_dir)!r}, compile=False), torch.tensor([[1, 2, 3]]), 8)
+assert torch.equal(gpt2.generate(model, torch.tensor([[1, 2, 3]]), 8), ref)
+print("EAGER OK")
+"""
+    env = {**os.environ, "CXX": "/nonexistent/c++", "TORCHINDUCTOR_CACHE_DIR": str(tmp_path / "inductor"),
+           "PYTHONPATH": str(ROOT)}
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "ERROR:" in run.stdout and "EAGER OK" in run.stdout
+    assert "compiling the decode kernels failed; staying eager" in run.stderr
