@@ -6,7 +6,7 @@ from .config import PRESETS, GPTConfig
 from .generate import generate, stream
 from . import restricted
 from .heads import ROLES, head_scores, strongest_roles
-from .kernels import CompileStatus, compile_matvecs
+from .kernels import CompileStatus, compile_kernels
 from .kv_cache import KVCache
 from .model import GPT
 from .quantize import quantize_int8, to_bf16
@@ -15,7 +15,7 @@ from .tokenizer import EOT_ID, StreamDecoder, decode, encode, get_tokenizer
 from .weights import WeightsError, convert, download, load_model, save_model
 
 __all__ = [
-    "GPT", "GPTConfig", "PRESETS", "KVCache", "CompileStatus", "compile_matvecs", "AttentionCapture", "capture_attention",
+    "GPT", "GPTConfig", "PRESETS", "KVCache", "CompileStatus", "compile_kernels", "AttentionCapture", "capture_attention",
     "generate", "stream", "quantize_int8", "to_bf16", "load_model", "save_model", "download", "convert", "WeightsError",
     "get_tokenizer", "encode", "decode", "StreamDecoder", "EOT_ID",
     "perform_non_cpu_backend_check", "get_gpt2_tokenizer", "text_to_token_ids",

@@ -6,7 +6,7 @@ same product written as a multiply and a row sum and compiled by inductor (vecto
 rows split over OpenMP threads) streams ~30 GB/s, about the machine's read bandwidth
 (benchmarks/RESULTS.md). Prefill (many rows) stays on the GEMM kernels, which are fast.
 
-`compile_matvecs(model)` compiles these for a model's weights, by default in a background
+`compile_kernels(model)` compiles these for a model's weights, by default in a background
 thread: the model answers in eager mode until every kernel is built, then switches, so no
 request waits for the compiler. Compiled with dynamic shapes: one kernel per dtype serves
 every model size. Inductor keeps what it built on disk, so later processes start fast.
@@ -24,34 +24,41 @@ from torch import Tensor, nn
 log = logging.getLogger(__name__)
 
 
-def _matvec(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    """x [1, in] @ weight[out, in].T (+ bias), accumulated in fp32."""
-    y = (weight.float() * x.float()).sum(-1)  # [out]: inductor fuses this into one reduction
+def _product(x: Tensor, weight: Tensor, scales: Tensor | None, bias: Tensor | None) -> Tensor:
+    """One row x [1, in] times weight [out, in].T -> [1, out], accumulated in fp32 and
+    returned in x's dtype; int8 weights come with per-row `scales` and are dequantised
+    inside the reduction, never materialised."""
+    y = (weight.float() * x.float()).sum(-1)  # [out]: one fused reduction
+    if scales is not None:
+        y = y * scales.float()
     if bias is not None:
         y = y + bias.float()
-    return y.to(x.dtype)
+    return y.to(x.dtype)[None]
 
 
-def _matvec_int8(x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor | None) -> Tensor:
-    """The int8 tier's product: dequantised inside the reduction, never materialised."""
-    y = (weight.float() * x.float()).sum(-1) * scales.float()
-    if bias is not None:
-        y = y + bias.float()
-    return y.to(x.dtype)
+Product = tuple[Tensor, Tensor | None, Tensor | None]  # (weight, scales, bias)
 
 
-_compiled_matvec = torch.compile(_matvec, dynamic=True)
-_compiled_matvec_int8 = torch.compile(_matvec_int8, dynamic=True)
+# dynamic=True: one kernel per kind of call (dtypes, scales or bias absent) serves every
+# matrix size; x is always a fresh [1, n] row. All tiers together need 5 variants, below
+# dynamo's recompile limit of 8 per function.
+_compiled_product = torch.compile(_product, dynamic=True)
 
 
-# Parameters get static shapes under torch.compile (one kernel per matrix size); detached,
-# they share one dynamic-shape kernel per dtype.
-def matvec(x: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
-    return _compiled_matvec(x, weight.detach(), None if bias is None else bias.detach())
+def _row(x: Tensor) -> Tensor:
+    x = x.reshape(1, -1)
+    return x.clone() if x.storage_offset() else x  # a slice's offset would need its own guards
 
 
-def matvec_int8(x: Tensor, weight: Tensor, scales: Tensor, bias: Tensor | None) -> Tensor:
-    return _compiled_matvec_int8(x, weight, scales, bias)
+def product(weight: Tensor, scales: Tensor | None = None, bias: Tensor | None = None) -> Product:
+    """A matrix's kernel arguments, detached: parameters get static shapes under torch.compile,
+    plain tensors share the dynamic-shape kernel."""
+    return weight.detach(), scales, None if bias is None else bias.detach()
+
+
+def linear(x: Tensor, p: Product) -> Tensor:
+    """x [..., in] holding one row -> [..., out]."""
+    return _compiled_product(_row(x), *p).view(*x.shape[:-1], -1)
 
 
 def one_row(x: Tensor) -> bool:
@@ -62,7 +69,7 @@ def one_row(x: Tensor) -> bool:
 
 @dataclass
 class CompileStatus:
-    """How `compile_matvecs` went: `done` is set when it finished, well or not."""
+    """How `compile_kernels` went: `done` is set when it finished, well or not."""
     done: threading.Event = field(default_factory=threading.Event)
     seconds: float | None = None
     error: str | None = None
@@ -81,19 +88,19 @@ class CompileStatus:
 
 
 def _fast_layers(model: nn.Module) -> list[nn.Module]:
-    """Modules that can use the kernels: they have `use_matvec`, `matvec(x)` and
-    `matvec_input()` (a one-row input of the right size and dtype)."""
-    return [m for m in model.modules() if hasattr(m, "use_matvec")]
+    """Modules that can use the kernels: they have a `use_kernels` flag and a
+    `run_kernels_once()` that calls their kernel on a dummy input."""
+    return [m for m in model.modules() if hasattr(m, "use_kernels")]
 
 
 def _build(model: nn.Module) -> None:
     """Run each layer's kernel once: compiles what is new, checks the guards of the rest."""
     with torch.inference_mode():
         for layer in _fast_layers(model):
-            layer.matvec(layer.matvec_input())
+            layer.run_kernels_once()
 
 
-def compile_matvecs(model: nn.Module, background: bool = True) -> CompileStatus:
+def compile_kernels(model: nn.Module, background: bool = True) -> CompileStatus:
     """Compile the one-row kernels for `model` and switch its layers to them once built.
 
     If compilation fails (no C++ compiler, say) the model stays eager and correct; the
@@ -110,7 +117,7 @@ def compile_matvecs(model: nn.Module, background: bool = True) -> CompileStatus:
             log.warning("compiling the decode kernels failed; staying eager (%s)", status.error)
         else:
             for layer in _fast_layers(model):
-                layer.use_matvec = True
+                layer.use_kernels = True
         status.seconds = time.perf_counter() - start
         status.done.set()
 

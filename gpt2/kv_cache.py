@@ -19,8 +19,9 @@ class KVCache:
         if not 0 < max_len <= config.context_length:
             raise ValueError(f"cache length {max_len} must be in 1..{config.context_length}")
         shape = (config.n_layer, batch_size, config.n_head, max_len, config.head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)  # [L, B, H, max_len, hd]
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        # empty, not zeros: only positions [0, pos) are ever read
+        self.k = torch.empty(shape, device=device, dtype=dtype)  # [L, B, H, max_len, hd]
+        self.v = torch.empty(shape, device=device, dtype=dtype)
         self.pos = 0  # positions filled; advanced by the model after all layers ran
         # Set by an attention capture recording this generation: the last sampled token
         # then goes through the model too, so the record covers the whole text.

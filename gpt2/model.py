@@ -14,20 +14,20 @@ from .kv_cache import KVCache
 
 class Linear(nn.Linear):
     """`nn.Linear` whose one-row products (decoding) run on a compiled kernel once
-    `gpt2.kernels.compile_matvecs` has built it; everything else is `F.linear`."""
+    `gpt2.kernels.compile_kernels` has built it; everything else is `F.linear`."""
 
-    use_matvec = False
+    use_kernels = False
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.use_matvec and kernels.one_row(x):
-            return self.matvec(x)
+        if self.use_kernels and kernels.one_row(x):
+            return kernels.linear(x, self.product())
         return F.linear(x, self.weight, self.bias)
 
-    def matvec(self, x: Tensor) -> Tensor:
-        return kernels.matvec(x.reshape(1, -1), self.weight, self.bias).view(*x.shape[:-1], -1)
+    def product(self) -> kernels.Product:
+        return kernels.product(self.weight, bias=self.bias)
 
-    def matvec_input(self) -> Tensor:
-        return torch.zeros(1, self.in_features, dtype=self.weight.dtype, device=self.weight.device)
+    def run_kernels_once(self) -> None:
+        kernels.linear(self.weight.new_zeros(1, self.in_features), self.product())
 
 
 class FusedQKV(Linear):
@@ -60,8 +60,7 @@ class CausalSelfAttention(nn.Module):
             k, v, mask = cache.update(self.layer_idx, k, v)  # k, v: [B, H, keys, hd]
             q = q.to(k.dtype)  # attend in the cache's dtype (fp32: bf16 decode SDPA is slow on CPU)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1)
-        y = y.to(x.dtype)
-        return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
+        return self.c_proj(y.to(x.dtype).transpose(1, 2).reshape(B, T, C))
 
 
 class MLP(nn.Module):
@@ -90,7 +89,7 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """`model(idx)` -> logits [B, T, vocab]; with a `KVCache`, `idx` continues the cached text."""
 
-    use_matvec = False  # the LM head's one-row kernel, as in `Linear`
+    use_kernels = False  # the LM head's one-row kernel, as in `Linear`
     compile_status: kernels.CompileStatus | None = None  # set by `gpt2.load_model`
 
     def __init__(self, config: GPTConfig):
@@ -136,18 +135,20 @@ class GPT(nn.Module):
         return self.ln_f(x)
 
     def logits(self, hidden: Tensor) -> Tensor:
-        """The LM head, tied to the token embedding (as in OpenAI's checkpoints), in the
-        embedding's dtype (fp32 in the bf16 tier: see `gpt2.quantize`)."""
-        hidden = hidden.to(self.wte.weight.dtype)
-        if self.use_matvec and kernels.one_row(hidden):
-            return self.matvec(hidden)
-        return F.linear(hidden, self.wte.weight)
+        """The LM head, tied to the token embedding (as in OpenAI's checkpoints): fp32 logits
+        from fp32 math, even where the embedding is stored in bf16 (the fast tiers), because
+        rounding logits to bf16 flips near-tied predictions (see `gpt2.quantize`)."""
+        weight = self.wte.weight
+        if self.use_kernels and kernels.one_row(hidden):
+            return kernels.linear(hidden.float(), kernels.product(weight))
+        if weight.dtype != torch.float32 and hidden.numel() == hidden.size(-1):
+            # Eager decoding in a fast tier: the CPU has no bf16 GEMV with fp32 output, and
+            # converting the weight would cost more than the whole step. Logits in bf16.
+            return F.linear(hidden.to(weight.dtype), weight).float()
+        return F.linear(hidden.float(), weight.float())
 
-    def matvec(self, hidden: Tensor) -> Tensor:
-        return kernels.matvec(hidden.reshape(1, -1), self.wte.weight, None).view(*hidden.shape[:-1], -1)
-
-    def matvec_input(self) -> Tensor:
-        return torch.zeros(1, self.config.n_embd, dtype=self.wte.weight.dtype, device=self.device)
+    def run_kernels_once(self) -> None:
+        kernels.linear(torch.zeros(1, self.config.n_embd, device=self.device), kernels.product(self.wte.weight))
 
     def forward(self, idx: Tensor, cache: KVCache | None = None, last_only: bool = False) -> Tensor:
         hidden = self.hidden_states(idx, cache)

@@ -18,7 +18,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .config import PRESETS, GPTConfig
-from .kernels import compile_matvecs
+from .kernels import compile_kernels
 from .model import GPT
 from .quantize import quantize_int8, to_bf16
 
@@ -226,7 +226,7 @@ def load_model(source: str | Path, device: str | torch.device | None = None,
         model = to_bf16(model)
     model.eval()
     if compile and model.device.type == "cpu":
-        model.compile_status = compile_matvecs(model)
+        model.compile_status = compile_kernels(model)
     return model
 
 

@@ -54,7 +54,7 @@ def test_compiled_decode_matches_eager_and_skips_the_stock_kernels(tiny_dir, tie
 def test_compile_false_stays_eager(tiny_dir):
     model = gpt2.load_model(tiny_dir, compile=False)
     assert model.compile_status is None
-    assert not any(getattr(m, "use_matvec", False) for m in model.modules())
+    assert not any(getattr(m, "use_kernels", False) for m in model.modules())
 
 
 def test_kernels_only_in_inference_mode(tiny_dir):
@@ -105,7 +105,7 @@ import gpt2
 model = gpt2.load_model({str(tiny_dir)!r})
 assert not model.compile_status.wait(timeout=300)
 print("ERROR:", model.compile_status.error)
-assert not any(getattr(m, "use_matvec", False) for m in model.modules())
+assert not any(getattr(m, "use_kernels", False) for m in model.modules())
 ref = gpt2.generate(gpt2.load_model({str(tiny_dir)!r}, compile=False), torch.tensor([[1, 2, 3]]), 8)
 assert torch.equal(gpt2.generate(model, torch.tensor([[1, 2, 3]]), 8), ref)
 print("EAGER OK")

@@ -19,7 +19,21 @@ def test_int8_weights_are_one_byte(tiny_dir):
     c_fc = model.h[0].mlp.c_fc
     assert c_fc.weight.dtype == torch.int8 and c_fc.scales.shape == (128,)
     assert model.wte.weight.dtype == torch.bfloat16  # embedding and LM head: bf16 (see gpt2.quantize)
-    assert gpt2.load_model(tiny_dir, dtype=torch.bfloat16).wte.weight.dtype == torch.float32
+    assert gpt2.load_model(tiny_dir, dtype=torch.bfloat16).wte.weight.dtype == torch.bfloat16
+
+
+def test_tier_logits_are_fp32_math(tier):
+    """The head stores bf16 weights but must not round the logits to bf16: one row through
+    the compiled kernel and many rows through F.linear both equal fp32 math on those weights."""
+    idx = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
+    with torch.inference_mode():
+        hidden = tier.hidden_states(idx)
+        want = torch.nn.functional.linear(hidden.float(), tier.wte.weight.float())
+        many, one = tier.logits(hidden), tier.logits(hidden[:, -1:])
+    assert many.dtype == one.dtype == torch.float32
+    torch.testing.assert_close(many, want, atol=1e-5, rtol=0)
+    torch.testing.assert_close(one, want[:, -1:], atol=1e-5, rtol=0)
+    assert not torch.equal(want, want.bfloat16().float())  # the check could tell the difference
 
 
 def test_tier_logits_close_to_fp32(tier, tiny_model):

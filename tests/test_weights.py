@@ -47,7 +47,8 @@ def test_own_format_round_trip_and_dtype(tiny_model, tmp_path):
         torch.testing.assert_close(model(idx), tiny_model(idx), atol=0, rtol=0)
     bf16 = gpt2.load_model(path, dtype=torch.bfloat16)
     assert bf16.h[0].attn.c_attn.weight.dtype == torch.bfloat16
-    assert bf16.wte.weight.dtype == torch.float32  # the tied LM head stays fp32 (gpt2.quantize)
+    assert bf16.wte.weight.dtype == torch.bfloat16  # the tied LM head computes in fp32 (GPT.logits)
+    assert bf16(idx).dtype == torch.float32
 
 
 def test_sizes_come_from_config_json(tmp_path):
