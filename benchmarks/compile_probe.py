@@ -1,95 +1,114 @@
-"""Does `torch.compile` speed up the decode step on this CPU? A probe, kept with its result.
+"""What compiling the decode kernels costs a fresh process, and what its first request feels.
 
-gpt-fast's recipe: a KV cache of fixed length whose position is a tensor, so one compiled
-graph serves every decode step. This times that compiled step against our eager step (same
-random 124M weights, same tokens), plus the one-off compile time. Output: benchmarks/COMPILE.md.
+`gpt2.load_model` returns at once and compiles the one-row kernels (`gpt2.kernels`) in a
+background thread; requests run eager until they are ready. Each case below is a fresh
+Python process that loads the 124M config (random weights, saved once) and at once runs a
+request (prompt 16, 64 new tokens, greedy), then waits for the kernels and runs it again:
+- cold: inductor's on-disk cache empty (a first start on a new machine or Space);
+- warm: the cache left by the cold run (every later start);
+- eager: `compile=False`, for reference.
 
-    python benchmarks/compile_probe.py [--steps 32] [--cache 256]
+    python benchmarks/compile_probe.py    # -> benchmarks/COMPILE.md
 """
 from __future__ import annotations
 
-import argparse
+import json
 import os
 import platform
-import statistics
+import shlex
+import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 import torch
-from torch import Tensor
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
-import gpt2  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+TIERS = {"fp32": {}, "int8": {"quantize": "int8"}}
+
+CHILD = """
+import json, sys, time, torch
+started = time.perf_counter()
+import gpt2
+tier_args = json.loads(sys.argv[3])
+compile = sys.argv[2] == "1"
+t0 = time.perf_counter()
+model = gpt2.load_model(sys.argv[1], compile=compile, **tier_args)
+loaded = time.perf_counter() - t0
+idx = torch.randint(50257, (1, 16), generator=torch.Generator().manual_seed(0))
+
+def request():
+    t = time.perf_counter()
+    first = None
+    for i, _ in enumerate(gpt2.stream(model, idx, 64)):
+        if i == 0:
+            first = time.perf_counter() - t
+    return first, time.perf_counter() - t
+
+first_ttft, first_total = request()
+ready = None
+if compile:
+    assert model.compile_status.wait(), model.compile_status.error
+    ready = time.perf_counter() - t0
+second_ttft, second_total = request()
+print(json.dumps(dict(load_s=loaded, first_ttft_s=first_ttft, first_total_s=first_total,
+                      ready_after_load_s=ready,
+                      compile_s=model.compile_status.seconds if compile else None,
+                      second_ttft_s=second_ttft, second_total_s=second_total)))
+"""
 
 
-class StaticKVCache(gpt2.KVCache):
-    """Fixed-shape cache: every step attends over all slots with a mask; position is a tensor."""
-
-    def __init__(self, config: gpt2.GPTConfig, max_len: int):
-        super().__init__(config, 1, max_len)
-        self.input_pos = torch.zeros((), dtype=torch.long)
-
-    def positions(self, T: int) -> Tensor:
-        return self.input_pos + torch.arange(T)
-
-    def update(self, layer: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        pos = self.positions(k.size(2))
-        self.k[layer].index_copy_(2, pos, k)
-        self.v[layer].index_copy_(2, pos, v)
-        return self.k[layer], self.v[layer], torch.arange(self.max_len) <= pos[:, None]
-
-    def advance(self, T: int) -> None:
-        self.input_pos += T
+def run_case(checkpoint: Path, cache_dir: Path, compile: bool, tier_args: dict) -> dict:
+    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache_dir), "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", CHILD, str(checkpoint), "1" if compile else "0",
+                          json.dumps(tier_args)], capture_output=True, text=True, env=env, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def decode(model: gpt2.GPT, step, cache: gpt2.KVCache, prompt: Tensor, steps: int) -> tuple[list[int], list[float]]:
-    """Greedy tokens and per-step seconds after a prefill of `prompt`."""
-    with torch.inference_mode():
-        token = model(prompt, cache, last_only=True)[:, -1].argmax(-1, keepdim=True)
-        out, times = [], []
-        for _ in range(steps):
-            t0 = time.perf_counter()
-            token = step(model, token, cache)[:, -1].argmax(-1, keepdim=True)
-            times.append(time.perf_counter() - t0)
-            out.append(int(token))
-    return out, times
+def fmt(x: float | None) -> str:
+    return "–" if x is None else f"{x:.2f}"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=32)
-    parser.add_argument("--cache", type=int, default=256)
-    args = parser.parse_args()
-    torch.manual_seed(0)
-    model = gpt2.GPT(gpt2.PRESETS["gpt2"]).eval()
-    prompt = torch.randint(0, 50257, (1, 16))
-    eager = lambda m, tok, cache: m(tok, cache, last_only=True)  # noqa: E731
-    compiled = torch.compile(eager, dynamic=False)
+    sys.path.insert(0, str(ROOT))
+    import gpt2
 
-    t0 = time.perf_counter()
-    decode(model, compiled, StaticKVCache(model.config, args.cache), prompt, 2)
-    compile_s = time.perf_counter() - t0
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    cpu = next((l.split(":", 1)[1].strip() for l in lscpu.splitlines() if l.startswith("Model name")),
+               platform.processor())
     rows = []
-    for _ in range(3):  # interleaved
-        c_ids, c_t = decode(model, compiled, StaticKVCache(model.config, args.cache), prompt, args.steps)
-        e_ids, e_t = decode(model, eager, gpt2.KVCache(model.config, 1, args.cache), prompt, args.steps)
-        rows.append((statistics.median(c_t) * 1e3, statistics.median(e_t) * 1e3, c_ids == e_ids))
-    cpu = next((l.split(":", 1)[1].strip() for l in Path("/proc/cpuinfo").read_text().splitlines()
-                if l.startswith("model name")), platform.processor())
-    lines = ["# torch.compile probe (decode step, 124M, random weights)", "",
-             f"Command: `python benchmarks/compile_probe.py --steps {args.steps} --cache {args.cache}`  ",
-             f"Machine: {cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
-             f"{torch.get_num_threads()} threads; load average at end {os.getloadavg()[0]:.2f}", "",
-             f"First compiled call (compile + 2 steps): {compile_s:.1f} s", "",
-             "| round | compiled ms/token (median) | eager ms/token (median) | same tokens |",
-             "|---|---:|---:|---|"]
-    lines += [f"| {i + 1} | {c:.1f} | {e:.1f} | {same} |" for i, (c, e, same) in enumerate(rows)]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    (HERE / "COMPILE.md").write_text(report)
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = gpt2.save_model(gpt2.GPT(gpt2.PRESETS["gpt2"]), Path(tmp) / "gpt2-random.safetensors")
+        for tier, tier_args in TIERS.items():
+            cache = Path(tmp) / f"inductor-{tier}"
+            for case, compile in (("cold", True), ("warm", True), ("eager", False)):
+                result = run_case(checkpoint, cache, compile, tier_args)
+                rows.append((tier, case, result))
+                print(tier, case, json.dumps(result), flush=True)
+    lines = [
+        "# Compiling the decode kernels: cost at start-up and the first request",
+        "",
+        f"Command: `{shlex.join(['python', 'benchmarks/compile_probe.py'])}`  ",
+        f"Machine: {cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; load average at end "
+        f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        "",
+        "Each row is a fresh process: load the 124M config (random weights), run a request at "
+        "once (prompt 16, 64 new tokens, greedy) while the kernels compile in the background, "
+        "wait for them, run the request again. Cold = inductor's on-disk cache empty; warm = "
+        "the cache the cold run left; eager = `compile=False`. Seconds.",
+        "",
+        "| tier | case | load | 1st request: first token | 1st request: total | kernels ready after load "
+        "| compile_kernels | 2nd request: first token | 2nd request: total |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for tier, case, r in rows:
+        lines.append(f"| {tier} | {case} | {fmt(r['load_s'])} | {fmt(r['first_ttft_s'])} | "
+                     f"{fmt(r['first_total_s'])} | {fmt(r['ready_after_load_s'])} | {fmt(r['compile_s'])} | "
+                     f"{fmt(r['second_ttft_s'])} | {fmt(r['second_total_s'])} |")
+    (HERE / "COMPILE.md").write_text("\n".join(lines) + "\n")
+    print(f"wrote {HERE / 'COMPILE.md'}")
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ every model size. Inductor keeps what it built on disk, so later processes start
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -110,6 +111,10 @@ def compile_kernels(model: nn.Module, background: bool = True) -> CompileStatus:
 
     def work() -> None:
         start = time.perf_counter()
+        if background and hasattr(os, "setpriority"):
+            # Lowest priority, so requests running meanwhile keep the cores (on Linux this
+            # applies to this thread only, and to the compiler processes it starts).
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         try:
             _build(model)
         except Exception as error:  # noqa: BLE001 - any failure leaves the eager path in place
