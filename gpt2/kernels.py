@@ -63,9 +63,9 @@ def linear(x: Tensor, p: Product) -> Tensor:
 
 
 def one_row(x: Tensor) -> bool:
-    """Whether a product with `x` may use the compiled kernels: one row, no autograd (the
-    kernels were built for inference, and building another variant would stall the call)."""
-    return x.numel() == x.size(-1) and torch.is_inference_mode_enabled()
+    """Whether a product with `x` may use the compiled kernels: one row on the CPU, in
+    inference mode (what they were built for; another variant would compile on the call)."""
+    return x.numel() == x.size(-1) and x.is_cpu and torch.is_inference_mode_enabled()
 
 
 @dataclass
