@@ -116,7 +116,7 @@ def build_systems(config: gpt2.GPTConfig, device: torch.device,
                 raise SystemExit(f"compiling the {tier} kernels failed: {status.error}")
             compile_seconds[tier] = status.seconds
         systems.append(ours(model, tier))
-    systems.append(ours_inspected(systems[0].model, "fp32"))
+    systems.append(ours_inspected(next(s.model for s in systems if s.name == "ours-fp32"), "fp32"))
     if device.type == "cpu":
         systems.append(System("ours-fp32-eager", "fp32", base,
                               lambda idx, n: gpt2.generate(base, idx, n)))
@@ -339,7 +339,15 @@ class Row:
     weights_mb: float
 
 
-def make_rows(name: str, systems: list[System], results: dict[tuple[int, str], Samples],
+@dataclass(frozen=True)
+class Measured:
+    """What the report needs of a system once its model is gone."""
+    name: str
+    tier: str
+    weights_bytes: int
+
+
+def make_rows(name: str, systems: list[Measured], results: dict[tuple[int, str], Samples],
               machine: Machine, new_tokens: int) -> list[Row]:
     config = CONFIGS[name]
     rows = []
@@ -360,7 +368,7 @@ def make_rows(name: str, systems: list[System], results: dict[tuple[int, str], S
                 100 * statistics.median(decode) / decode_bound(machine, config, s.tier),
                 100 * prefill_bound(machine, config, s.tier, T) / statistics.median(ttft),
                 statistics.median(results[(T, s.name)].peak) / 1e6,
-                resident_bytes(s.model) / 1e6))
+                s.weights_bytes / 1e6))
     return rows
 
 
@@ -496,10 +504,12 @@ def main() -> None:
         systems, results, compile_seconds[name] = run_config(name, args.prompts, args.rounds,
                                                              args.new_tokens, device)
         print(f"{name}: {compile_text(compile_seconds[name])}")
+        measured = [Measured(s.name, s.tier, resident_bytes(s.model)) for s in systems]
+        del systems  # free this size's models before the next
         print_header(device)
-        for row in make_rows(name, systems, results, machine, args.new_tokens):
+        for row in make_rows(name, measured, results, machine, args.new_tokens):
             print_row(row)
-        runs.append((name, systems, results))
+        runs.append((name, measured, results))
     machine = best_of(machine, measure_machine(device))  # a neighbour may have slowed one of them
     print(f"ceilings again at the end, the better of both kept for the report: {ceilings(machine)}")
     rows = [row for name, systems, results in runs

@@ -19,7 +19,7 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     tier = {"fp32": {}, "bf16": {"dtype": torch.bfloat16}, "int8": {"quantize": "int8"}}[args.tier]
-    model = load_model(args.model, compile=not args.no_compile, **tier)
+    model = load_model(args.model, compile=args.compile, **tier)
     idx = torch.tensor([encode(args.prompt)])
     decoder = StreamDecoder()
     sys.stdout.write(args.prompt)
@@ -57,9 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="gpt2", help="preset name, Hub-layout folder or .safetensors file")
     p.add_argument("--tier", choices=("fp32", "bf16", "int8"), default="fp32",
                    help="weight precision: bf16 and int8 decode faster, with small logit changes")
-    p.add_argument("--no-compile", action="store_true",
-                   help="skip compiling the decode kernels (they build in the background; the "
-                        "process waits for them before it exits)")
+    p.add_argument("--compile", action="store_true",
+                   help="compile the fast decode kernels in the background (pays off for long "
+                        "outputs; the first time takes ~10 s more, and the process waits for it)")
     p.add_argument("--max-new-tokens", type=int, default=50)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.add_argument("--top-k", type=int, default=0, help="0 = off")

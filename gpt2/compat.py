@@ -40,13 +40,15 @@ def token_ids_to_text(token_ids: torch.Tensor, tokenizer: tiktoken.Encoding) -> 
     return tokenizer.decode(token_ids.squeeze(0).tolist())
 
 
+# compile=False: the seed's callers seed torch's global RNG and expect the same text each
+# time, and a background compile saves and restores that RNG (see gpt2.kernels).
 def load_openai_124m_gpt2(device: str, eval_mode: bool = False) -> GPT:
-    return _train_mode_unless(load_model("gpt2", device=device), eval_mode)
+    return _train_mode_unless(load_model("gpt2", device=device, compile=False), eval_mode)
 
 
 def load_openai_355m_gpt2(device: str, eval_mode: bool = False) -> GPT:
     """`load_model("gpt2-medium")`, left in train mode unless `eval_mode`, as the seed did."""
-    return _train_mode_unless(load_model("gpt2-medium", device=device), eval_mode)
+    return _train_mode_unless(load_model("gpt2-medium", device=device, compile=False), eval_mode)
 
 
 def _train_mode_unless(model: GPT, eval_mode: bool) -> GPT:

@@ -21,6 +21,14 @@ class GPTConfig:
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
 
+    @property
+    def num_params(self) -> int:
+        """Parameters of the model (the LM head is tied to the token embedding), whatever
+        precision they are stored in."""
+        C = self.n_embd
+        per_layer = 12 * C * C + 13 * C  # 4 matrices + 9C of biases + 2 LayerNorms
+        return (self.vocab_size + self.context_length) * C + self.n_layer * per_layer + 2 * C
+
     def to_dict(self) -> dict:
         return asdict(self)
 

@@ -10,14 +10,18 @@ rows split over OpenMP threads) streams ~30 GB/s, about the machine's read bandw
 thread: the model answers in eager mode until every kernel is built, then switches, so no
 request waits for the compiler. Compiled with dynamic shapes: one kernel per dtype serves
 every model size. Inductor keeps what it built on disk, so later processes start fast.
+Caveat: while dynamo compiles it saves and restores torch's global RNG, so draws another
+thread makes from it meanwhile may repeat; seeded generation uses its own generator.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -40,10 +44,22 @@ def _product(x: Tensor, weight: Tensor, scales: Tensor | None, bias: Tensor | No
 Product = tuple[Tensor, Tensor | None, Tensor | None]  # (weight, scales, bias)
 
 
-# dynamic=True: one kernel per kind of call (dtypes, scales or bias absent) serves every
-# matrix size; x is always a fresh [1, n] row. All tiers together need 5 variants, below
-# dynamo's recompile limit of 8 per function.
-_compiled_product = torch.compile(_product, dynamic=True)
+# The kinds of call the tiers make: (x, weight, scales, bias) dtypes, None where absent.
+_VARIANTS = (
+    (torch.float32, torch.float32, None, torch.float32),  # fp32 blocks
+    (torch.float32, torch.float32, None, None),  # fp32 LM head
+    (torch.bfloat16, torch.bfloat16, None, torch.bfloat16),  # bf16 blocks
+    (torch.float32, torch.bfloat16, None, None),  # LM head of the bf16 and int8 tiers
+    (torch.bfloat16, torch.int8, torch.bfloat16, torch.bfloat16),  # int8 blocks
+)
+
+
+@functools.cache
+def _compiled_product() -> Callable:
+    """dynamic=True: one kernel per kind of call serves every matrix size (x is always a fresh
+    [1, n] row), 5 in all, below dynamo's recompile limit of 8 per function. Built on first
+    use, so that `import gpt2` does not load the compiler."""
+    return torch.compile(_product, dynamic=True)
 
 
 def _row(x: Tensor) -> Tensor:
@@ -59,7 +75,7 @@ def product(weight: Tensor, scales: Tensor | None = None, bias: Tensor | None = 
 
 def linear(x: Tensor, p: Product) -> Tensor:
     """x [..., in] holding one row -> [..., out]."""
-    return _compiled_product(_row(x), *p).view(*x.shape[:-1], -1)
+    return _compiled_product()(_row(x), *p).view(*x.shape[:-1], -1)
 
 
 def one_row(x: Tensor) -> bool:
@@ -82,10 +98,27 @@ class CompileStatus:
     def __deepcopy__(self, memo: dict) -> "CompileStatus":
         return self  # a copied model shares the kernels, and so their status
 
+    def __getstate__(self) -> dict:  # a pickled model (torch.save) keeps the outcome, not the lock
+        self.done.wait()
+        return {"seconds": self.seconds, "error": self.error}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
+        self.done.set()
+
     def wait(self, timeout: float | None = None) -> bool:
         """Block until compiled; True if the kernels are in use."""
         self.done.wait(timeout)
         return self.ready
+
+
+def disable(model: nn.Module) -> None:
+    """Back to eager, e.g. before converting the weights: call `compile_kernels` again after."""
+    if model.compile_status is not None:
+        model.compile_status.wait()  # it would switch the layers on when it finishes
+    for layer in _fast_layers(model):
+        layer.use_kernels = False
+    model.compile_status = None
 
 
 def _fast_layers(model: nn.Module) -> list[nn.Module]:
@@ -94,11 +127,36 @@ def _fast_layers(model: nn.Module) -> list[nn.Module]:
     return [m for m in model.modules() if hasattr(m, "use_kernels")]
 
 
+_BUILD_LOCK = threading.Lock()  # dynamo is not thread-safe while it compiles
+
+
+@functools.cache
+def _build_every_variant() -> None:
+    """Compile all kinds of call once per process, on stand-ins, so that building a
+    second model (another tier, say) only checks guards: no compiling while other threads
+    are calling the kernels."""
+    out_features, in_features = 2304, 768  # GPT-2 sized: inductor tunes (threads, say) to these
+    for x_dtype, w_dtype, s_dtype, b_dtype in _VARIANTS:
+        with torch.inference_mode(False):  # like a model's weights (dispatch keys are guarded)
+            weight = torch.ones(out_features, in_features).to(w_dtype)
+            scales = None if s_dtype is None else torch.ones(out_features, dtype=s_dtype)
+            bias = None if b_dtype is None else torch.zeros(out_features, dtype=b_dtype)
+        with torch.inference_mode():  # like activations
+            linear(torch.zeros(1, in_features, dtype=x_dtype), (weight, scales, bias))
+
+
 def _build(model: nn.Module) -> None:
-    """Run each layer's kernel once: compiles what is new, checks the guards of the rest."""
-    with torch.inference_mode():
-        for layer in _fast_layers(model):
-            layer.run_kernels_once()
+    """Compile what is new, then run each layer's kernel once with recompiling forbidden: a
+    kind of call the variants missed, or dynamo's recompile limit (past which it would run
+    the uncompiled Python, far slower than eager), raises here instead of on a request."""
+    with _BUILD_LOCK, torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        _build_every_variant()
+        with torch.inference_mode():
+            for layer in _fast_layers(model):
+                layer.run_kernels_once()
+            with torch.compiler.set_stance("fail_on_recompile"):
+                for layer in _fast_layers(model):
+                    layer.run_kernels_once()
 
 
 def compile_kernels(model: nn.Module, background: bool = True) -> CompileStatus:

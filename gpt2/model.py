@@ -137,15 +137,24 @@ class GPT(nn.Module):
     def logits(self, hidden: Tensor) -> Tensor:
         """The LM head, tied to the token embedding (as in OpenAI's checkpoints): fp32 logits
         from fp32 math, even where the embedding is stored in bf16 (the fast tiers), because
-        rounding logits to bf16 flips near-tied predictions (see `gpt2.quantize`)."""
+        rounding logits to bf16 flips near-tied predictions (see `gpt2.quantize`). One
+        exception: eager decoding of a fast tier on the CPU (see below)."""
         weight = self.wte.weight
         if self.use_kernels and kernels.one_row(hidden):
             return kernels.linear(hidden.float(), kernels.product(weight))
-        if weight.dtype != torch.float32 and hidden.numel() == hidden.size(-1):
-            # Eager decoding in a fast tier: the CPU has no bf16 GEMV with fp32 output, and
-            # converting the weight would cost more than the whole step. Logits in bf16.
+        if weight.dtype == torch.float32:
+            return F.linear(hidden.float(), weight)
+        if hidden.numel() == hidden.size(-1) and hidden.is_cpu:
+            # The CPU has no bf16 GEMV with fp32 output and converting the weight would cost
+            # more than the whole step: until the kernels are ready, logits rounded to bf16.
             return F.linear(hidden.to(weight.dtype), weight).float()
-        return F.linear(hidden.float(), weight.float())
+        # Many rows: the weight converted a slice at a time, so no full fp32 copy exists.
+        hidden = hidden.float()
+        logits = hidden.new_empty(*hidden.shape[:-1], weight.size(0))
+        for start in range(0, weight.size(0), 8192):
+            rows = weight[start:start + 8192]
+            logits[..., start:start + rows.size(0)] = F.linear(hidden, rows.float())
+        return logits
 
     def run_kernels_once(self) -> None:
         kernels.linear(torch.zeros(1, self.config.n_embd, device=self.device), kernels.product(self.wte.weight))

@@ -59,13 +59,17 @@ class Int8FusedQKV(Int8Linear):
 
 
 def to_bf16(model: GPT) -> GPT:
-    """Every weight in bf16; the LM head still computes in fp32 (see `GPT.logits`)."""
+    """Every weight in bf16; the LM head still computes in fp32 (see `GPT.logits`). Turns the
+    compiled kernels off: `gpt2.compile_kernels` again for the new dtype."""
+    kernels.disable(model)
     return model.to(torch.bfloat16)
 
 
 def quantize_int8(model: GPT) -> GPT:
     """Swap every block Linear for int8 in place; the rest (embeddings, LayerNorms) in
-    bfloat16, the LM head computing in fp32 (see `GPT.logits`)."""
+    bfloat16, the LM head computing in fp32 (see `GPT.logits`). Turns the compiled kernels
+    off: `gpt2.compile_kernels` again for the new layers."""
+    kernels.disable(model)
     for block in model.h:
         for parent in (block.attn, block.mlp):
             for name, child in list(parent.named_children()):

@@ -209,9 +209,9 @@ def load_model(source: str | Path, device: str | torch.device | None = None,
                compile: bool = True) -> GPT:
     """A ready-to-run model in eval mode from a preset name, a Hub folder, or our file.
 
-    `dtype=torch.bfloat16` halves the bytes the blocks read per decoded token (the token
-    embedding, which is the LM head, stays fp32); `quantize="int8"` quarters them
-    (weight-only int8, bf16 activations; `dtype` is then ignored). See `gpt2.quantize`.
+    `dtype=torch.bfloat16` halves the bytes read per decoded token; `quantize="int8"` quarters
+    the blocks' (weight-only int8, bf16 activations; `dtype` is then ignored). Both keep the
+    logits fp32. See `gpt2.quantize`.
     `compile` (CPU only) builds the decode kernels of `gpt2.kernels` in a background
     thread; the model is usable at once and speeds up when `model.compile_status` is ready.
     """

@@ -47,9 +47,11 @@ CSS = """
 
 def _model_summary(name: str, model: gpt2.GPT) -> str:
     c = model.config
-    params = sum(p.numel() for p in model.parameters())
-    return (f"**{name}** ready · {params / 1e6:,.1f}M parameters · {c.n_layer} layers × "
-            f"{c.n_head} heads · {c.context_length}-token context")
+    status = model.compile_status
+    speed = (" · fast decode kernels unavailable, running eager"
+             if status is not None and status.done.is_set() and status.error else "")
+    return (f"**{name}** ready · {c.num_params / 1e6:,.1f}M parameters · {c.n_layer} layers × "
+            f"{c.n_head} heads · {c.context_length}-token context{speed}")
 
 
 def _layer_choices(run: Run) -> list[tuple[str, int]]:

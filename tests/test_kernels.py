@@ -117,3 +117,49 @@ print("EAGER OK")
     assert run.returncode == 0, run.stderr[-3000:]
     assert "ERROR:" in run.stdout and "EAGER OK" in run.stdout
     assert "compiling the decode kernels failed; staying eager" in run.stderr
+
+
+def test_converting_a_compiled_model_turns_its_kernels_off(tiny_dir):
+    """to_bf16 / quantize_int8 change the weights under the kernels: back to eager, and a
+    new compile_kernels builds for the new weights."""
+    model = compiled(gpt2.load_model(tiny_dir))
+    gpt2.quantize_int8(model)
+    assert model.compile_status is None
+    assert not any(getattr(m, "use_kernels", False) for m in model.modules())
+    idx = torch.tensor([[5, 6, 7]])
+    eager = decode_logits(model, idx, 4)
+    assert gpt2.compile_kernels(model, background=False).ready
+    assert not matmul_ops(model, idx)
+    torch.testing.assert_close(decode_logits(model, idx, 4), eager, atol=2e-2 * eager.abs().max().item(),
+                               rtol=0)
+
+
+def test_a_compiled_model_copies_and_pickles(tiny_dir):
+    import copy
+    import pickle
+
+    model = compiled(gpt2.load_model(tiny_dir))
+    idx = torch.tensor([[1, 2, 3]])
+    want = gpt2.generate(model, idx, 6)
+    for twin in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert twin.compile_status.ready
+        assert torch.equal(gpt2.generate(twin, idx, 6), want)
+
+
+def test_hitting_dynamos_recompile_limit_fails_the_build_not_a_request(tiny_dir):
+    """Past the limit dynamo would silently run the uncompiled Python (far slower than eager):
+    the build must notice and leave the model eager."""
+    script = f"""
+import torch, torch._dynamo
+torch._dynamo.config.recompile_limit = 2  # fewer than the kinds of call the tiers need
+import gpt2
+model = gpt2.load_model({str(tiny_dir)!r}, quantize="int8", compile=False)
+status = gpt2.compile_kernels(model, background=False)  # config set here is this thread's
+assert not status.ready
+assert "recompile" in status.error.lower(), status.error
+assert not any(getattr(m, "use_kernels", False) for m in model.modules())
+print("EAGER OK")
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+    assert run.returncode == 0 and "EAGER OK" in run.stdout, run.stderr[-3000:]

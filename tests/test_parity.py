@@ -35,7 +35,7 @@ def test_chunked_prefill_matches_full_forward(tiny_model):
 def test_124m_logits_match_transformers(tmp_path):
     directory = save_hf_checkpoint(gpt2.PRESETS["gpt2"], tmp_path, seed=1)
     model, hf = gpt2.load_model(directory), hf_reference(directory)
-    assert sum(p.numel() for p in model.parameters()) == 124_439_808
+    assert sum(p.numel() for p in model.parameters()) == model.config.num_params == 124_439_808
     _check_logits(model, hf, lengths=[1, 16, 100], batch=1)
     idx = torch.randint(0, 50257, (1, 12))
     want = hf.generate(idx, max_new_tokens=8, do_sample=False, pad_token_id=0)

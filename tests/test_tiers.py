@@ -60,3 +60,16 @@ def test_tier_capture_through_generate(tier):
 def test_unknown_quantization(tiny_dir):
     with pytest.raises(ValueError, match="quantize must be None or 'int8'"):
         gpt2.load_model(tiny_dir, quantize="int4")
+
+
+def test_app_summary_counts_every_tiers_weights(tmp_path):
+    """int8 weights are buffers, not parameters: the page must still say the model's size."""
+    from conftest import save_hf_checkpoint
+    from playground.ui import _model_summary
+
+    directory = save_hf_checkpoint(gpt2.GPTConfig(vocab_size=300, context_length=32, n_embd=128,
+                                                  n_layer=4, n_head=4), tmp_path)
+    fp32 = gpt2.load_model(directory, compile=False)
+    want = f"{sum(p.numel() for p in fp32.parameters()) / 1e6:,.1f}M parameters"  # 0.8M
+    for args in ({}, {"quantize": "int8"}, {"dtype": torch.bfloat16}):
+        assert want in _model_summary("m", gpt2.load_model(directory, compile=False, **args))
