@@ -8,8 +8,9 @@ rows split over OpenMP threads) streams ~30 GB/s, about the machine's read bandw
 
 `compile_kernels(model)` compiles these for a model's weights, by default in a background
 thread: the model answers in eager mode until every kernel is built, then switches, so no
-request waits for the compiler. Compiled with dynamic shapes: one kernel per dtype serves
-every model size. Inductor keeps what it built on disk, so later processes start fast.
+request waits for the compiler. Compiled with dynamic shapes: one kernel per kind of call
+(the tiers' dtypes) serves every model size. Inductor keeps what it built on disk, so later
+processes start fast.
 Caveat: while dynamo compiles it saves and restores torch's global RNG, so draws another
 thread makes from it meanwhile may repeat; seeded generation uses its own generator.
 """
@@ -162,10 +163,10 @@ def _build(model: nn.Module) -> None:
 def compile_kernels(model: nn.Module, background: bool = True) -> CompileStatus:
     """Compile the one-row kernels for `model` and switch its layers to them once built.
 
-    If compilation fails (no C++ compiler, say) the model stays eager and correct; the
-    reason is in the returned status and the log.
+    The returned status is also `model.compile_status`. If compilation fails (no C++
+    compiler, say) the model stays eager and correct; the reason is in the status and the log.
     """
-    status = CompileStatus()
+    status = model.compile_status = CompileStatus()
 
     def work() -> None:
         start = time.perf_counter()

@@ -226,7 +226,7 @@ def load_model(source: str | Path, device: str | torch.device | None = None,
         model = to_bf16(model)
     model.eval()
     if compile and model.device.type == "cpu":
-        model.compile_status = compile_kernels(model)
+        compile_kernels(model)
     return model
 
 

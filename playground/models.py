@@ -83,7 +83,7 @@ def start_model(default: str, names: list[str]) -> tuple[str, str | None]:
 
 TIER_LOAD_ARGS = {"fp32": {}, "bf16": {"dtype": torch.bfloat16}, "int8": {"quantize": "int8"}}
 # The tier a bare preset name runs at, from benchmarks/RESULTS.md (124M, 2-core EPYC): int8
-# decodes 3.2x faster than transformers fp32 at prompt 16 (bf16 2.9x, fp32 1.7x), holds a
+# decodes 3.2x faster than transformers fp32 at prompt 16 (bf16 2.8x, fp32 1.6x), holds a
 # third of fp32's memory, and agrees with fp32's top-1 99.4% of the time (bf16 99.7%).
 # "gpt2 · fp32" is the exact model.
 DEFAULT_TIER = "int8"
