@@ -20,7 +20,8 @@ def held_out() -> torch.Tensor:
     return ids[: len(ids) // T * T].view(-1, T)
 
 
-@pytest.mark.parametrize("tier, bound", [("bf16", 0.99), ("int8", 0.97)])
+# int8: the issue asks 97%; 99% holds the LM head to fp32 logits (bf16 logits gave 98.3%).
+@pytest.mark.parametrize("tier, bound", [("bf16", 0.99), ("int8", 0.99)])
 def test_tier_agrees_with_fp32(held_out, tier, bound):
     fp32 = gpt2.load_model(MODEL_FILE)
     fast = (gpt2.load_model(MODEL_FILE, dtype=torch.bfloat16) if tier == "bf16"
@@ -30,3 +31,27 @@ def test_tier_agrees_with_fp32(held_out, tier, bound):
     assert result.tokens >= 500
     assert result.top1_agreement >= bound
     assert result.mean_logit_error < 0.1
+
+
+@pytest.mark.parametrize("tier, bound", [("bf16", 0.99), ("int8", 0.97)])
+def test_tier_decoding_token_by_token_agrees_with_fp32(held_out, tier, bound):
+    """The path generation takes: one token at a time through the KV cache and the compiled
+    one-row kernels (the LM head in fp32 math), against fp32's full forward."""
+    from conftest import compiled
+
+    fp32 = gpt2.load_model(MODEL_FILE, compile=False)
+    fast = compiled(gpt2.load_model(MODEL_FILE, dtype=torch.bfloat16) if tier == "bf16"
+                    else gpt2.load_model(MODEL_FILE, quantize="int8"))
+    rows = held_out[:3]  # 3 x 256 tokens, the model's whole context each
+    agree = total = 0
+    with torch.inference_mode():
+        want = fp32(rows).argmax(-1)
+        for row, row_want in zip(rows, want):
+            cache = gpt2.KVCache(fast.config, 1, row.numel())
+            for t, token in enumerate(row.tolist()):
+                got = fast(torch.tensor([[token]]), cache)[0, -1]
+                assert got.dtype == torch.float32
+                agree += int(got.argmax() == row_want[t])
+                total += 1
+    assert total >= 500
+    assert agree / total >= bound, f"{tier}: {agree}/{total}"
