@@ -157,7 +157,8 @@ class GPT(nn.Module):
         return logits
 
     def run_kernels_once(self) -> None:
-        kernels.linear(torch.zeros(1, self.config.n_embd, device=self.device), kernels.product(self.wte.weight))
+        hidden = torch.zeros(1, self.config.n_embd, device=self.device)  # fp32, as in `logits`
+        kernels.linear(hidden, kernels.product(self.wte.weight))
 
     def forward(self, idx: Tensor, cache: KVCache | None = None, last_only: bool = False) -> Tensor:
         hidden = self.hidden_states(idx, cache)
