@@ -12,11 +12,11 @@ from .model import GPT
 from .quantize import quantize_int8, to_bf16
 from .train import train
 from .tokenizer import EOT_ID, StreamDecoder, decode, encode, get_tokenizer
-from .weights import WeightsError, convert, download, load_model, save_model
+from .weights import TIERS, WeightsError, convert, download, load_model, save_model
 
 __all__ = [
     "GPT", "GPTConfig", "PRESETS", "KVCache", "CompileStatus", "compile_kernels", "AttentionCapture", "capture_attention",
-    "generate", "stream", "quantize_int8", "to_bf16", "load_model", "save_model", "download", "convert", "WeightsError",
+    "generate", "stream", "quantize_int8", "to_bf16", "load_model", "TIERS", "save_model", "download", "convert", "WeightsError",
     "get_tokenizer", "encode", "decode", "StreamDecoder", "EOT_ID",
     "perform_non_cpu_backend_check", "get_gpt2_tokenizer", "text_to_token_ids",
     "token_ids_to_text", "load_openai_124m_gpt2", "load_openai_355m_gpt2",

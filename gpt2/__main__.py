@@ -8,7 +8,7 @@ from dataclasses import fields
 
 import torch
 
-from . import PRESETS, StreamDecoder, WeightsError, convert, encode, load_model, stream
+from . import PRESETS, TIERS, StreamDecoder, WeightsError, convert, encode, load_model, stream
 from .config import GPTConfig
 from .train import TrainConfig
 
@@ -18,8 +18,7 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    tier = {"fp32": {}, "bf16": {"dtype": torch.bfloat16}, "int8": {"quantize": "int8"}}[args.tier]
-    model = load_model(args.model, compile=args.compile, **tier)
+    model = load_model(args.model, compile=args.compile, **TIERS[args.tier])
     idx = torch.tensor([encode(args.prompt)])
     decoder = StreamDecoder()
     sys.stdout.write(args.prompt)
@@ -55,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("generate", help="stream a continuation of PROMPT to stdout")
     p.add_argument("prompt")
     p.add_argument("--model", default="gpt2", help="preset name, Hub-layout folder or .safetensors file")
-    p.add_argument("--tier", choices=("fp32", "bf16", "int8"), default="fp32",
+    p.add_argument("--tier", choices=tuple(TIERS), default="fp32",
                    help="weight precision: bf16 and int8 decode faster, with small logit changes")
     p.add_argument("--compile", action="store_true",
                    help="compile the fast decode kernels in the background (pays off for long "

@@ -28,6 +28,10 @@ HF_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers, not par
 CONFIG_KEY = "gpt2_config"  # safetensors metadata key of our own format
 
 
+# `load_model` arguments for each precision tier, by name (the CLI's and the app's choices).
+TIERS: dict[str, dict] = {"fp32": {}, "bf16": {"dtype": torch.bfloat16}, "int8": {"quantize": "int8"}}
+
+
 class WeightsError(Exception):
     """A checkpoint could not be found, read, or matched to the model."""
 

@@ -14,7 +14,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
 
 import gpt2
 
@@ -81,7 +80,6 @@ def start_model(default: str, names: list[str]) -> tuple[str, str | None]:
     return (BUILTIN, None) if default == BUILTIN else (names[0], None)
 
 
-TIER_LOAD_ARGS = {"fp32": {}, "bf16": {"dtype": torch.bfloat16}, "int8": {"quantize": "int8"}}
 # The tier a bare preset name runs at, from benchmarks/RESULTS.md (124M, 2-core EPYC): int8
 # decodes 3.2x faster than transformers fp32 at prompt 16 (bf16 2.8x, fp32 1.6x), holds a
 # third of fp32's memory, and agrees with fp32's top-1 99.4% of the time (bf16 99.7%).
@@ -99,7 +97,7 @@ def with_tiers(sources: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]
         if source not in gpt2.PRESETS:
             names[base], tiers[base] = source, "fp32"
             continue
-        for tier in dict.fromkeys((DEFAULT_TIER, *TIER_LOAD_ARGS)):
+        for tier in dict.fromkeys((DEFAULT_TIER, *gpt2.TIERS)):
             name = base if tier == DEFAULT_TIER else f"{base}{TIER_SEPARATOR}{tier}"
             names[name], tiers[name] = source, tier
     return names, tiers
@@ -165,7 +163,7 @@ class ModelTable:
         """Read one checkpoint; its errors name the model, not the server's file path."""
         log.info("loading model %s", name)
         try:
-            return gpt2.load_model(source, **TIER_LOAD_ARGS[tier])
+            return gpt2.load_model(source, **gpt2.TIERS[tier])
         except gpt2.WeightsError as error:
             if source in gpt2.PRESETS:
                 raise

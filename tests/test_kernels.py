@@ -12,7 +12,7 @@ from torch.profiler import profile
 import gpt2
 from conftest import ROOT, compiled
 
-TIERS = {"fp32": {}, "bf16": {"dtype": torch.bfloat16}, "int8": {"quantize": "int8"}}
+TIERS = gpt2.TIERS
 
 
 def decode_logits(model: gpt2.GPT, idx: torch.Tensor, steps: int) -> torch.Tensor:
