@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import ROOT, free_port, wait_until_up
-from test_app_server import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, _heatmap, _pick
+from test_app_server import ARTIFACTS, _heatmap, _pick, browser_page
 
 
 @pytest.fixture(scope="module")
@@ -32,44 +32,37 @@ def offline_app(tmp_path_factory):
 
 
 def test_offline_start_runs_the_builtin_model_and_shows_an_induction_head(offline_app):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.goto(offline_app)
-            expect(page.locator("#notice")).to_contain_text("built-in tiny model", timeout=30_000)
-            expect(page.locator("#notice")).to_contain_text("python -m gpt2 download gpt2")
-            expect(page.locator("#model-status")).to_contain_text("builtin", timeout=30_000)
-            expect(page.locator("#model-status")).to_contain_text("ready", timeout=30_000)
-            assert "Traceback" not in page.content()
+    with browser_page(offline_app) as page:
+        expect(page.locator("#notice")).to_contain_text("built-in tiny model", timeout=30_000)
+        expect(page.locator("#notice")).to_contain_text("python -m gpt2 download gpt2")
+        expect(page.locator("#model-status")).to_contain_text("builtin", timeout=30_000)
+        expect(page.locator("#model-status")).to_contain_text("ready", timeout=30_000)
+        assert "Traceback" not in page.content()
 
-            story = page.locator("#prompt textarea").input_value()
-            assert story.startswith("Once upon a time")  # a prompt in the built-in model's world
-            page.locator("#induction-example").click()  # a repeated random sequence
-            expect(page.locator("#prompt textarea")).not_to_have_value(story, timeout=20_000)
-            prompt = page.locator("#prompt textarea").input_value()
-            half = len(prompt) // 2
-            assert prompt[:half] == prompt[half:]  # the sequence, twice
-            page.locator("#generate").click()
-            expect(page.locator("#stats")).to_contain_text("tokens/s", timeout=60_000)
-            generated = page.locator("#output textarea").input_value()
-            assert generated.strip() and prompt[:half].startswith(generated[: len(generated) // 2])
-            page.wait_for_selector("#attention-heatmap .js-plotly-plot", timeout=30_000)
-            values = [v for row in _heatmap(page)["z"] for v in row if v is not None]
-            assert values and max(values) > 0, "the heatmap is empty"
+        story = page.locator("#prompt textarea").input_value()
+        assert story.startswith("Once upon a time")  # a prompt in the built-in model's world
+        page.locator("#induction-example").click()  # a repeated random sequence
+        expect(page.locator("#prompt textarea")).not_to_have_value(story, timeout=20_000)
+        prompt = page.locator("#prompt textarea").input_value()
+        half = len(prompt) // 2
+        assert prompt[:half] == prompt[half:]  # the sequence, twice
+        page.locator("#generate").click()
+        expect(page.locator("#stats")).to_contain_text("tokens/s", timeout=60_000)
+        generated = page.locator("#output textarea").input_value()
+        assert generated.strip() and prompt[:half].startswith(generated[: len(generated) // 2])
+        page.wait_for_selector("#attention-heatmap .js-plotly-plot", timeout=30_000)
+        values = [v for row in _heatmap(page)["z"] for v in row if v is not None]
+        assert values and max(values) > 0, "the heatmap is empty"
 
-            _pick(page, "layer", "layer 1")
-            expect(page.locator("#attention-heatmap .gtitle")).to_contain_text("Layer 1", timeout=20_000)
-            page.get_by_role("tab", name="All heads").click()
-            titles = page.locator("#all-heads .annotation-text")
-            expect(titles.first).to_be_visible(timeout=20_000)
-            named = [t for t in titles.all_text_contents() if "induction" in t]
-            assert named, titles.all_text_contents()
-            score = float(named[0].split("induction")[1].split()[0])
-            assert score >= 0.3
-            page.screenshot(path=str(ARTIFACTS / "app-offline-induction.png"), full_page=True)
-        finally:
-            browser.close()
+        _pick(page, "layer", "layer 1")
+        expect(page.locator("#attention-heatmap .gtitle")).to_contain_text("Layer 1", timeout=20_000)
+        page.get_by_role("tab", name="All heads").click()
+        titles = page.locator("#all-heads .annotation-text")
+        expect(titles.first).to_be_visible(timeout=20_000)
+        named = [t for t in titles.all_text_contents() if "induction" in t]
+        assert named, titles.all_text_contents()
+        score = float(named[0].split("induction")[1].split()[0])
+        assert score >= 0.3
+        page.screenshot(path=str(ARTIFACTS / "app-offline-induction.png"), full_page=True)

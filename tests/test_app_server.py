@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import http.client
 import math
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -103,6 +105,22 @@ def test_oversized_requests_are_refused(app_url):
 
 
 # -- real browser ----------------------------------------------------------------------------
+@contextmanager
+def browser_page(url: str) -> Iterator:
+    """A page of Debian's Chromium on `url` (test-artifacts/ ready for screenshots)."""
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1100})
+            page.goto(url)
+            yield page
+        finally:
+            browser.close()
+
+
 def _pick(page, dropdown_id: str, option: str) -> None:
     page.click(f"#{dropdown_id} input")
     page.get_by_role("option", name=option, exact=True).click()
@@ -115,59 +133,52 @@ def _heatmap(page) -> dict:
 
 
 def test_browser_generate_and_inspect(app_url):
-    from playwright.sync_api import expect, sync_playwright
+    from playwright.sync_api import expect
 
-    ARTIFACTS.mkdir(exist_ok=True)
     max_new = 10
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1100})
-            page.goto(app_url)
-            expect(page.locator("#model-status")).to_contain_text("ready", timeout=30_000)
-            page.fill("#prompt textarea", PROMPT)
-            page.fill("#max-new-tokens input[type=number]", str(max_new))
-            page.press("#max-new-tokens input[type=number]", "Tab")
-            page.locator("#generate").click()
-            expect(page.locator("#output textarea")).not_to_have_value("", timeout=30_000)
-            expect(page.locator("#stats")).to_contain_text("tokens/s", timeout=30_000)
-            page.wait_for_selector("#attention-heatmap .js-plotly-plot", timeout=30_000)
+    with browser_page(app_url) as page:
+        expect(page.locator("#model-status")).to_contain_text("ready", timeout=30_000)
+        page.fill("#prompt textarea", PROMPT)
+        page.fill("#max-new-tokens input[type=number]", str(max_new))
+        page.press("#max-new-tokens input[type=number]", "Tab")
+        page.locator("#generate").click()
+        expect(page.locator("#output textarea")).not_to_have_value("", timeout=30_000)
+        expect(page.locator("#stats")).to_contain_text("tokens/s", timeout=30_000)
+        page.wait_for_selector("#attention-heatmap .js-plotly-plot", timeout=30_000)
 
-            prompt_labels = tokens.labels(gpt2.encode(PROMPT))
-            first = _heatmap(page)
-            assert first["ticks"][:len(prompt_labels)] == prompt_labels
-            total = len(prompt_labels) + max_new
-            assert page.locator("#stats").inner_text().startswith(f"{max_new} tokens generated")
-            assert len(first["ticks"]) == total
+        prompt_labels = tokens.labels(gpt2.encode(PROMPT))
+        first = _heatmap(page)
+        assert first["ticks"][:len(prompt_labels)] == prompt_labels
+        total = len(prompt_labels) + max_new
+        assert page.locator("#stats").inner_text().startswith(f"{max_new} tokens generated")
+        assert len(first["ticks"]) == total
 
-            _pick(page, "layer", "layer 1")
-            expect(page.locator("#attention-heatmap .gtitle")).to_contain_text("Layer 1", timeout=20_000)
-            _pick(page, "head", "head 2")
-            expect(page.locator("#attention-heatmap .gtitle")).to_contain_text("Layer 1 · head 2",
-                                                                              timeout=20_000)
-            after = _heatmap(page)
-            assert after["ticks"] == first["ticks"] and after["yticks"] == first["ticks"]
-            values = [v for row in after["z"] for v in row if v is not None]
-            assert len(values) == total * (total + 1) // 2 and max(values) > 0, "the heatmap is empty"
-            assert after["cells"] > 0, "no heatmap drawn"
-            assert after["z"] != first["z"]  # another head, other weights
-            tick_text = page.locator("#attention-heatmap .xtick text").all_text_contents()
-            assert tick_text[:3] == prompt_labels[:3]
-            page.screenshot(path=str(ARTIFACTS / "app-attention.png"), full_page=True)
+        _pick(page, "layer", "layer 1")
+        expect(page.locator("#attention-heatmap .gtitle")).to_contain_text("Layer 1", timeout=20_000)
+        _pick(page, "head", "head 2")
+        expect(page.locator("#attention-heatmap .gtitle")).to_contain_text("Layer 1 · head 2",
+                                                                          timeout=20_000)
+        after = _heatmap(page)
+        assert after["ticks"] == first["ticks"] and after["yticks"] == first["ticks"]
+        values = [v for row in after["z"] for v in row if v is not None]
+        assert len(values) == total * (total + 1) // 2 and max(values) > 0, "the heatmap is empty"
+        assert after["cells"] > 0, "no heatmap drawn"
+        assert after["z"] != first["z"]  # another head, other weights
+        tick_text = page.locator("#attention-heatmap .xtick text").all_text_contents()
+        assert tick_text[:3] == prompt_labels[:3]
+        page.screenshot(path=str(ARTIFACTS / "app-attention.png"), full_page=True)
 
-            page.get_by_role("tab", name="Next-token candidates").click()
-            position = len(prompt_labels) + 2
-            page.locator("#token-probs .token").nth(position).click()
-            expect(page.locator("#candidates .gtitle")).to_contain_text(f"(position {position})",
-                                                                       timeout=20_000)
-            bars = page.eval_on_selector("#candidates .js-plotly-plot", "el => el.data[0].x.length")
-            assert bars == 10
+        page.get_by_role("tab", name="Next-token candidates").click()
+        position = len(prompt_labels) + 2
+        page.locator("#token-probs .token").nth(position).click()
+        expect(page.locator("#candidates .gtitle")).to_contain_text(f"(position {position})",
+                                                                   timeout=20_000)
+        bars = page.eval_on_selector("#candidates .js-plotly-plot", "el => el.data[0].x.length")
+        assert bars == 10
 
-            page.fill("#prompt textarea", "   ")  # bad input: the page says why, in a toast
-            page.locator("#generate").click()
-            expect(page.locator(".toast-body")).to_contain_text("prompt is empty", timeout=20_000)
+        page.fill("#prompt textarea", "   ")  # bad input: the page says why, in a toast
+        page.locator("#generate").click()
+        expect(page.locator(".toast-body")).to_contain_text("prompt is empty", timeout=20_000)
 
-            _pick(page, "model", "gpt2")  # offline and not cached: a message, not a traceback
-            expect(page.locator("#model-status")).to_contain_text("Could not load", timeout=20_000)
-        finally:
-            browser.close()
+        _pick(page, "model", "gpt2")  # offline and not cached: a message, not a traceback
+        expect(page.locator("#model-status")).to_contain_text("Could not load", timeout=20_000)
