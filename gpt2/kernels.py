@@ -147,9 +147,10 @@ def _build_every_variant() -> None:
 
 
 def _build(model: nn.Module) -> None:
-    """Compile what is new, then run each layer's kernel once with recompiling forbidden: a
-    kind of call the variants missed, or dynamo's recompile limit (past which it would run
-    the uncompiled Python, far slower than eager), raises here instead of on a request."""
+    """Compile what is new, then run each layer's kernel again with recompiling forbidden.
+    Both happen here rather than on a request: hitting dynamo's recompile limit (past which
+    it would silently run the uncompiled Python, far slower than eager) raises, and so does
+    a kernel whose guards would not hold from one call to the next."""
     with _BUILD_LOCK, torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
         _build_every_variant()
         with torch.inference_mode():
