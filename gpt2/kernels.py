@@ -16,7 +16,7 @@ thread makes from it meanwhile may repeat; seeded generation uses its own genera
 """
 from __future__ import annotations
 
-import functools
+import contextlib
 import logging
 import os
 import threading
@@ -30,59 +30,93 @@ from torch import Tensor, nn
 log = logging.getLogger(__name__)
 
 
-def _product(x: Tensor, weight: Tensor, scales: Tensor | None, bias: Tensor | None) -> Tensor:
-    """One row x [1, in] times weight [out, in].T -> [1, out], accumulated in fp32 and
-    returned in x's dtype; int8 weights come with per-row `scales` and are dequantised
-    inside the reduction, never materialised."""
+def _product(x: Tensor, weight: Tensor, scales: Tensor | None, bias: Tensor | None,
+             out_dtype: torch.dtype) -> Tensor:
+    """One row x [1, in] times weight [out, in].T -> [1, out], accumulated in fp32; int8
+    weights come with per-row `scales` and are dequantised inside the reduction, never
+    materialised."""
     y = (weight.float() * x.float()).sum(-1)  # [out]: one fused reduction
     if scales is not None:
         y = y * scales.float()
     if bias is not None:
         y = y + bias.float()
-    return y.to(x.dtype)[None]
+    return y.to(out_dtype)[None]
 
 
-Product = tuple[Tensor, Tensor | None, Tensor | None]  # (weight, scales, bias)
-
-
-# The kinds of call the tiers make: (x, weight, scales, bias) dtypes, None where absent.
+# The kinds of call the tiers make: x, weight, scales, bias and output dtypes (None: absent).
 _VARIANTS = (
-    (torch.float32, torch.float32, None, torch.float32),  # fp32 blocks
-    (torch.float32, torch.float32, None, None),  # fp32 LM head
-    (torch.bfloat16, torch.bfloat16, None, torch.bfloat16),  # bf16 blocks
-    (torch.float32, torch.bfloat16, None, None),  # LM head of the bf16 and int8 tiers
-    (torch.bfloat16, torch.int8, torch.bfloat16, torch.bfloat16),  # int8 blocks
+    (torch.float32, torch.float32, None, torch.float32, torch.float32),  # fp32 blocks
+    (torch.float32, torch.float32, None, None, torch.float32),  # fp32 LM head
+    (torch.bfloat16, torch.bfloat16, None, torch.bfloat16, torch.bfloat16),  # bf16 blocks
+    (torch.float32, torch.bfloat16, None, None, torch.float32),  # LM head of bf16 and int8
+    # int8 blocks take x in fp32: given bf16, inductor converts x again for every output row,
+    # which made the int8 products 1.6x slower (benchmarks/AUDIT.md).
+    (torch.float32, torch.int8, torch.bfloat16, torch.bfloat16, torch.bfloat16),
 )
 
-
-@functools.cache
-def _compiled_product() -> Callable:
-    """dynamic=True: one kernel per kind of call serves every matrix size (x is always a fresh
-    [1, n] row), 5 in all, below dynamo's recompile limit of 8 per function. Built on first
-    use, so that `import gpt2` does not load the compiler."""
-    return torch.compile(_product, dynamic=True)
+_Key = tuple[torch.dtype | None, ...]
+_KERNELS: dict[_Key, Callable[[list], tuple[Tensor]]] = {}  # filled once, by `_build_kernels`
 
 
-def _row(x: Tensor) -> Tensor:
-    x = x.reshape(1, -1)
-    return x.clone() if x.storage_offset() else x  # a slice's offset would need its own guards
+def _key(x: Tensor, weight: Tensor, scales: Tensor | None, bias: Tensor | None,
+         out_dtype: torch.dtype) -> _Key:
+    return (x.dtype, weight.dtype, scales if scales is None else scales.dtype,
+            bias if bias is None else bias.dtype, out_dtype)
 
 
-def product(weight: Tensor, scales: Tensor | None = None, bias: Tensor | None = None) -> Product:
-    """A matrix's kernel arguments, detached: parameters get static shapes under torch.compile,
-    plain tensors share the dynamic-shape kernel."""
-    return weight.detach(), scales, None if bias is None else bias.detach()
+def linear(x: Tensor, weight: Tensor, scales: Tensor | None = None, bias: Tensor | None = None,
+           out_dtype: torch.dtype | None = None) -> Tensor:
+    """x [..., in] holding one row -> [..., out], in `out_dtype` (default: x's).
+
+    Calls inductor's compiled code directly, without dynamo's guards and AOT wrappers (~25 us
+    a call, ~1.3 ms a token): the arguments are checked where it matters, by the compiled
+    code itself (sizes, strides), and `one_row` keeps autograd out."""
+    out_dtype = out_dtype or x.dtype
+    row = x.reshape(1, -1)
+    kernel = _KERNELS.get(_key(x, weight, scales, bias, out_dtype))
+    if kernel is None:  # dtypes changed after the build (model.float(), say): same math, eager
+        return _product(row, weight, scales, bias, out_dtype).view(*x.shape[:-1], -1)
+    # The graph's inputs, in the order `_capture` checked: sizes, then tensors as first read.
+    args = [weight.size(0), weight.size(1), weight, row] + [t for t in (scales, bias) if t is not None]
+    with _profiler_range():
+        return kernel(args)[0].view(*x.shape[:-1], -1)
 
 
-def linear(x: Tensor, p: Product) -> Tensor:
-    """x [..., in] holding one row -> [..., out]."""
-    return _compiled_product()(_row(x), *p).view(*x.shape[:-1], -1)
+def _profiler_range() -> contextlib.AbstractContextManager:
+    """Names the compiled call for torch.profiler (benchmarks/overhead_audit.py), which
+    otherwise sees no op there; free when not profiling."""
+    if torch.autograd.profiler._is_profiler_enabled:
+        return torch.profiler.record_function("gpt2.kernels.linear")
+    return contextlib.nullcontext()
 
 
 def one_row(x: Tensor) -> bool:
     """Whether a product with `x` may use the compiled kernels: one row on the CPU, in
-    inference mode (what they were built for; another variant would compile on the call)."""
+    inference mode (the compiled code bypasses autograd)."""
     return x.numel() == x.size(-1) and x.is_cpu and torch.is_inference_mode_enabled()
+
+
+def _capture(found: list) -> Callable:
+    """A torch.compile backend: inductor compiles the graph as usual, and `found` gets the
+    compiled code itself, checked to take the inputs in the order `linear` passes them."""
+    from torch._inductor.compile_fx import compile_fx, compile_fx_inner
+
+    def backend(gm: torch.fx.GraphModule, example_inputs: list) -> Callable:
+        inputs = {n.name: n.meta["example_value"] for n in gm.graph.nodes if n.op == "placeholder"}
+        tensors = [n for n in ("l_weight_", "l_x_", "l_scales_", "l_bias_") if n in inputs]
+        expected = [str(size) for size in inputs["l_weight_"].shape] + tensors
+        if [str(v) for v in list(inputs.values())[:2]] + list(inputs)[2:] != expected:
+            raise RuntimeError(f"unexpected graph inputs {list(inputs)} (not sizes, then "
+                               f"{tensors}): this torch orders them differently")
+
+        def inner(*args, **kwargs):  # noqa: ANN002, ANN003 - inductor's signature
+            compiled = compile_fx_inner(*args, **kwargs)
+            found.append(compiled)
+            return compiled
+
+        return compile_fx(gm, example_inputs, inner_compile=inner)
+
+    return backend
 
 
 @dataclass
@@ -131,34 +165,41 @@ def _fast_layers(model: nn.Module) -> list[nn.Module]:
 _BUILD_LOCK = threading.Lock()  # dynamo is not thread-safe while it compiles
 
 
-@functools.cache
-def _build_every_variant() -> None:
-    """Compile all kinds of call once per process, on stand-ins, so that building a
-    second model (another tier, say) only checks guards: no compiling while other threads
-    are calling the kernels."""
-    out_features, in_features = 2304, 768  # GPT-2 sized: inductor tunes (threads, say) to these
-    for x_dtype, w_dtype, s_dtype, b_dtype in _VARIANTS:
-        with torch.inference_mode(False):  # like a model's weights (dispatch keys are guarded)
+def _build_kernels() -> None:
+    """Compile every kind of call once per process (under `_BUILD_LOCK`), so that a second
+    model (another tier, say) compiles nothing. Compiled on GPT-2-sized stand-ins: inductor's
+    on-disk cache keeps a dynamic-shape kernel tuned to whatever sizes built it first (24x16
+    stand-ins made fp32 decoding 1.7x slower)."""
+    if _KERNELS:
+        return
+    found: list = []
+    compiled = torch.compile(_product, dynamic=True, fullgraph=True, backend=_capture(found))
+    built = {}
+    out_features, in_features = 2304, 768
+    # Without the AOT cache, so that every graph reaches inductor (and `found`); with dynamo's
+    # recompile limit an error rather than a silent fallback to the uncompiled Python.
+    with torch._functorch.config.patch(enable_autograd_cache=False), \
+            torch._dynamo.config.patch(fail_on_recompile_limit_hit=True), torch.inference_mode():
+        for variant in _VARIANTS:
+            x_dtype, w_dtype, s_dtype, b_dtype, out_dtype = variant
             weight = torch.ones(out_features, in_features).to(w_dtype)
             scales = None if s_dtype is None else torch.ones(out_features, dtype=s_dtype)
             bias = None if b_dtype is None else torch.zeros(out_features, dtype=b_dtype)
-        with torch.inference_mode():  # like activations
-            linear(torch.zeros(1, in_features, dtype=x_dtype), (weight, scales, bias))
+            compiled(torch.zeros(1, in_features, dtype=x_dtype), weight, scales, bias, out_dtype)
+            if len(found) != 1:  # dynamo reused a graph of an earlier, failed build
+                raise RuntimeError("the kernel did not reach inductor; restart the process")
+            built[variant] = found.pop().current_callable
+    _KERNELS.update(built)
 
 
 def _build(model: nn.Module) -> None:
-    """Compile what is new, then run each layer's kernel again with recompiling forbidden.
-    Both happen here rather than on a request: hitting dynamo's recompile limit (past which
-    it would silently run the uncompiled Python, far slower than eager) raises, and so does
-    a kernel whose guards would not hold from one call to the next."""
-    with _BUILD_LOCK, torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
-        _build_every_variant()
-        with torch.inference_mode():
-            for layer in _fast_layers(model):
-                layer.run_kernels_once()
-            with torch.compiler.set_stance("fail_on_recompile"):
-                for layer in _fast_layers(model):
-                    layer.run_kernels_once()
+    """Compile (once per process), then run each layer's kernel once: the compiled code
+    checks the layer's sizes and strides, so a mismatch fails here, not on a request."""
+    with _BUILD_LOCK:
+        _build_kernels()
+    with torch.inference_mode():
+        for layer in _fast_layers(model):
+            layer.run_kernels_once()
 
 
 def compile_kernels(model: nn.Module, background: bool = True) -> CompileStatus:

@@ -20,14 +20,11 @@ class Linear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.use_kernels and kernels.one_row(x):
-            return kernels.linear(x, self.product())
+            return kernels.linear(x, self.weight, bias=self.bias)
         return F.linear(x, self.weight, self.bias)
 
-    def product(self) -> kernels.Product:
-        return kernels.product(self.weight, bias=self.bias)
-
     def run_kernels_once(self) -> None:
-        kernels.linear(self.weight.new_zeros(1, self.in_features), self.product())
+        kernels.linear(self.weight.new_zeros(1, self.in_features), self.weight, bias=self.bias)
 
 
 class FusedQKV(Linear):
@@ -141,7 +138,7 @@ class GPT(nn.Module):
         exception: eager decoding of a fast tier on the CPU (see below)."""
         weight = self.wte.weight
         if self.use_kernels and kernels.one_row(hidden):
-            return kernels.linear(hidden.float(), kernels.product(weight))
+            return kernels.linear(hidden.float(), weight)
         if weight.dtype == torch.float32:
             return F.linear(hidden.float(), weight)
         if hidden.numel() == hidden.size(-1) and hidden.is_cpu:
@@ -158,7 +155,7 @@ class GPT(nn.Module):
 
     def run_kernels_once(self) -> None:
         hidden = torch.zeros(1, self.config.n_embd, device=self.device)  # fp32, as in `logits`
-        kernels.linear(hidden, kernels.product(self.wte.weight))
+        kernels.linear(hidden, self.wte.weight)
 
     def forward(self, idx: Tensor, cache: KVCache | None = None, last_only: bool = False) -> Tensor:
         hidden = self.hidden_states(idx, cache)

@@ -35,7 +35,7 @@ class Int8Linear(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.use_kernels and kernels.one_row(x):
-            return kernels.linear(x, self.product())
+            return kernels.linear(x.float(), self.weight, self.scales, self.bias, out_dtype=x.dtype)
         x2d = x.reshape(-1, x.size(-1))
         if x2d.size(0) > 16:  # prefill: a dequantised GEMM beats the matrix-vector kernel
             y = F.linear(x2d, self.weight.to(x.dtype) * self.scales[:, None].to(x.dtype))
@@ -44,11 +44,9 @@ class Int8Linear(nn.Module):
         y = y.view(*x.shape[:-1], -1)
         return y if self.bias is None else y + self.bias
 
-    def product(self) -> kernels.Product:
-        return kernels.product(self.weight, self.scales, self.bias)
-
     def run_kernels_once(self) -> None:
-        kernels.linear(self.scales.new_zeros(1, self.weight.size(1)), self.product())
+        x = torch.zeros(1, self.weight.size(1))  # fp32, as in `forward`
+        kernels.linear(x, self.weight, self.scales, self.bias, out_dtype=self.scales.dtype)
 
 
 class Int8FusedQKV(Int8Linear):
