@@ -43,19 +43,8 @@ def _product(x: Tensor, weight: Tensor, scales: Tensor | None, bias: Tensor | No
     return y.to(out_dtype)[None]
 
 
-# The kinds of call the tiers make: x, weight, scales, bias and output dtypes (None: absent).
-_VARIANTS = (
-    (torch.float32, torch.float32, None, torch.float32, torch.float32),  # fp32 blocks
-    (torch.float32, torch.float32, None, None, torch.float32),  # fp32 LM head
-    (torch.bfloat16, torch.bfloat16, None, torch.bfloat16, torch.bfloat16),  # bf16 blocks
-    (torch.float32, torch.bfloat16, None, None, torch.float32),  # LM head of bf16 and int8
-    # int8 blocks take x in fp32: given bf16, inductor converts x again for every output row,
-    # which made the int8 products 1.6x slower (benchmarks/AUDIT.md).
-    (torch.float32, torch.int8, torch.bfloat16, torch.bfloat16, torch.bfloat16),
-)
-
 _Key = tuple[torch.dtype | None, ...]
-_KERNELS: dict[_Key, Callable[[list], tuple[Tensor]]] = {}  # filled once, by `_build_kernels`
+_KERNELS: dict[_Key, Callable[[list], tuple[Tensor]]] = {}  # filled by `_build`, one per kind
 
 
 def _key(x: Tensor, weight: Tensor, scales: Tensor | None, bias: Tensor | None,
@@ -158,48 +147,49 @@ def disable(model: nn.Module) -> None:
 
 def _fast_layers(model: nn.Module) -> list[nn.Module]:
     """Modules that can use the kernels: they have a `use_kernels` flag and a
-    `run_kernels_once()` that calls their kernel on a dummy input."""
+    `kernel_example()` that gives the arguments of a one-row `linear` call like theirs."""
     return [m for m in model.modules() if hasattr(m, "use_kernels")]
 
 
 _BUILD_LOCK = threading.Lock()  # dynamo is not thread-safe while it compiles
 
 
-def _build_kernels() -> None:
-    """Compile every kind of call once per process (under `_BUILD_LOCK`), so that a second
-    model (another tier, say) compiles nothing. Compiled on GPT-2-sized stand-ins: inductor's
-    on-disk cache keeps a dynamic-shape kernel tuned to whatever sizes built it first (24x16
-    stand-ins made fp32 decoding 1.7x slower)."""
-    if _KERNELS:
-        return
+def _compile(key: _Key) -> Callable[[list], tuple[Tensor]]:
+    """Inductor's code for one kind of call (`_key`), compiled with dynamic shapes on
+    GPT-2-sized stand-ins: inductor's on-disk cache keeps a dynamic-shape kernel tuned to
+    whatever sizes built it first (24x16 stand-ins made fp32 decoding 1.7x slower)."""
+    x_dtype, w_dtype, s_dtype, b_dtype, out_dtype = key
+    out_features, in_features = 2304, 768
+    x = torch.zeros(1, in_features, dtype=x_dtype)
+    weight = torch.ones(out_features, in_features).to(w_dtype)
+    scales = None if s_dtype is None else torch.ones(out_features, dtype=s_dtype)
+    bias = None if b_dtype is None else torch.zeros(out_features, dtype=b_dtype)
     found: list = []
     compiled = torch.compile(_product, dynamic=True, fullgraph=True, backend=_capture(found))
-    built = {}
-    out_features, in_features = 2304, 768
-    # Without the AOT cache, so that every graph reaches inductor (and `found`); with dynamo's
+    # Without the AOT cache, so that the graph reaches inductor (and `found`); with dynamo's
     # recompile limit an error rather than a silent fallback to the uncompiled Python.
     with torch._functorch.config.patch(enable_autograd_cache=False), \
-            torch._dynamo.config.patch(fail_on_recompile_limit_hit=True), torch.inference_mode():
-        for variant in _VARIANTS:
-            x_dtype, w_dtype, s_dtype, b_dtype, out_dtype = variant
-            weight = torch.ones(out_features, in_features).to(w_dtype)
-            scales = None if s_dtype is None else torch.ones(out_features, dtype=s_dtype)
-            bias = None if b_dtype is None else torch.zeros(out_features, dtype=b_dtype)
-            compiled(torch.zeros(1, in_features, dtype=x_dtype), weight, scales, bias, out_dtype)
-            if len(found) != 1:  # dynamo reused a graph of an earlier, failed build
-                raise RuntimeError("the kernel did not reach inductor; restart the process")
-            built[variant] = found.pop().current_callable
-    _KERNELS.update(built)
+            torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        compiled(x, weight, scales, bias, out_dtype)
+    if len(found) != 1:  # dynamo reused the graph of an earlier, failed build
+        raise RuntimeError("the kernel did not reach inductor; restart the process")
+    return found[0].current_callable
 
 
 def _build(model: nn.Module) -> None:
-    """Compile (once per process), then run each layer's kernel once: the compiled code
-    checks the layer's sizes and strides, so a mismatch fails here, not on a request."""
-    with _BUILD_LOCK:
-        _build_kernels()
+    """Compile the kinds of call the model makes that no earlier build compiled, then run
+    each layer's kernel once: the compiled code checks the layer's sizes and strides, so a
+    mismatch fails here, not on a request. Requests never enter dynamo, so compiling while
+    other models serve is safe."""
     with torch.inference_mode():
         for layer in _fast_layers(model):
-            layer.run_kernels_once()
+            args = layer.kernel_example()
+            key = _key(*args)
+            if key not in _KERNELS:
+                with _BUILD_LOCK:
+                    if key not in _KERNELS:
+                        _KERNELS[key] = _compile(key)
+            linear(*args)
 
 
 def compile_kernels(model: nn.Module, background: bool = True) -> CompileStatus:

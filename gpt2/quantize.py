@@ -44,9 +44,9 @@ class Int8Linear(nn.Module):
         y = y.view(*x.shape[:-1], -1)
         return y if self.bias is None else y + self.bias
 
-    def run_kernels_once(self) -> None:
+    def kernel_example(self) -> tuple:
         x = torch.zeros(1, self.weight.size(1))  # fp32, as in `forward`
-        kernels.linear(x, self.weight, self.scales, self.bias, out_dtype=self.scales.dtype)
+        return x, self.weight, self.scales, self.bias, self.scales.dtype
 
 
 class Int8FusedQKV(Int8Linear):

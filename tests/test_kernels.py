@@ -151,7 +151,7 @@ def test_hitting_dynamos_recompile_limit_fails_the_build_not_a_request(tiny_dir)
     the build must notice and leave the model eager."""
     script = f"""
 import torch, torch._dynamo
-torch._dynamo.config.recompile_limit = 2  # fewer than the kinds of call the tiers need
+torch._dynamo.config.recompile_limit = 1  # an int8 model needs two kinds of call (blocks, head)
 import gpt2
 model = gpt2.load_model({str(tiny_dir)!r}, quantize="int8", compile=False)
 status = gpt2.compile_kernels(model, background=False)  # config set here is this thread's
@@ -163,3 +163,13 @@ print("EAGER OK")
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
     assert run.returncode == 0 and "EAGER OK" in run.stdout, run.stderr[-3000:]
+
+
+def test_changing_dtypes_under_built_kernels_stays_correct(tiny_dir):
+    """`model.float()` after the build: calls of a kind no build compiled run the same math
+    eagerly instead of failing."""
+    model = compiled(gpt2.load_model(tiny_dir, **TIERS["int8"])).float()
+    eager = gpt2.load_model(tiny_dir, compile=False, **TIERS["int8"]).float()
+    idx = torch.tensor([[5, 6, 7]])
+    ref = decode_logits(eager, idx, 4)
+    torch.testing.assert_close(decode_logits(model, idx, 4), ref, atol=1e-3 * ref.abs().max().item(), rtol=0)
