@@ -221,7 +221,7 @@ def measure_machine(device: torch.device, repeats: int = 5) -> Machine:
     mat = torch.ones(8192, 8192, device=device)  # 256 MiB
     vec = torch.ones(1, 8192, device=device)
     gemv = mat.numel() * 4 / best_time(lambda: torch.nn.functional.linear(vec, mat), device, repeats)
-    del mat
+    mat = None  # free the 256 MiB (not `del`: the lambda above names it)
     gemm = {}
     for dtype in (torch.float32, torch.bfloat16):
         a = torch.randn(512, 768, device=device, dtype=dtype)
@@ -465,6 +465,10 @@ def write_report(path: Path, rows: list[Row], machine: Machine,
         out.append(f"| {r.model} | {r.prompt} | {r.system} | {spread(r.ttft, '.4f')} | "
                    f"{spread(r.decode, '.1f')} | {dec} | {ttft} | {r.pct_decode:.1f} | "
                    f"{r.pct_prefill:.1f} | {r.peak_mb:.1f} | {r.weights_mb:.0f} |")
+    old = path.read_text() if path.exists() else ""
+    fidelity = re.search(r"<!-- fidelity:begin -->.*?<!-- fidelity:end -->", old, re.S)
+    if fidelity:  # benchmarks/fidelity.py's section is not ours to drop
+        out += ["", fidelity.group(0)]
     path.write_text("\n".join(out) + "\n")
     print(f"wrote {path}")
 

@@ -10,7 +10,8 @@ rows split over OpenMP threads) streams ~30 GB/s, about the machine's read bandw
 thread: the model answers in eager mode until every kernel is built, then switches, so no
 request waits for the compiler. Compiled with dynamic shapes: one kernel per kind of call
 (the tiers' dtypes) serves every model size. Inductor keeps what it built on disk, so later
-processes start fast.
+processes start fast. Requests call inductor's code directly, not through torch.compile's
+wrapper: dynamo's guards and the AOT wrappers cost ~20 us a call, 49 calls a token.
 Caveat: while dynamo compiles it saves and restores torch's global RNG, so draws another
 thread makes from it meanwhile may repeat; seeded generation uses its own generator.
 """
@@ -57,9 +58,9 @@ def linear(x: Tensor, weight: Tensor, scales: Tensor | None = None, bias: Tensor
            out_dtype: torch.dtype | None = None) -> Tensor:
     """x [..., in] holding one row -> [..., out], in `out_dtype` (default: x's).
 
-    Calls inductor's compiled code directly, without dynamo's guards and AOT wrappers (~25 us
-    a call, ~1.3 ms a token): the arguments are checked where it matters, by the compiled
-    code itself (sizes, strides), and `one_row` keeps autograd out."""
+    Calls inductor's compiled code directly, without dynamo's guards and AOT wrappers (~20 us
+    a call, 1 ms per token of 124M: benchmarks/KERNELS.md): the compiled code checks sizes
+    and strides itself, the key checks dtypes, and `one_row` keeps autograd out."""
     out_dtype = out_dtype or x.dtype
     row = x.reshape(1, -1)
     kernel = _KERNELS.get(_key(x, weight, scales, bias, out_dtype))

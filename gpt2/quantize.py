@@ -34,7 +34,8 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.bfloat16))
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.use_kernels and kernels.one_row(x):
+        if self.use_kernels and kernels.one_row(x):  # x in fp32: inductor's loop would convert
+            # a bf16 row again for every output row (1.13x slower, benchmarks/KERNELS.md)
             return kernels.linear(x.float(), self.weight, self.scales, self.bias, out_dtype=x.dtype)
         x2d = x.reshape(-1, x.size(-1))
         if x2d.size(0) > 16:  # prefill: a dequantised GEMM beats the matrix-vector kernel

@@ -1,0 +1,130 @@
+"""The one-row products of a 124M decode step, done each way we tried, and two prefill pieces.
+
+Decode: the 48 block matrices of the 124M config (12 layers x c_attn, attn c_proj, c_fc, mlp
+c_proj; random weights, distinct tensors so that they stream from memory as in a real step,
+not from cache), one row each, per tier: `gpt2.kernels.linear` (inductor's code called
+directly), the same compiled function called through torch.compile's wrapper, PyTorch's own
+kernel, and for int8 the input row in bf16 instead of fp32 and `torch._weight_int8pack_mm`.
+Prefill at 512 tokens: one layer's attention (flash SDPA, fp32 and bf16) and GELU (bf16).
+Medians of 30 repetitions, ms.
+
+    python benchmarks/kernel_variants.py    # -> benchmarks/KERNELS.md
+"""
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+from gpt2 import kernels  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+SHAPES = [(2304, 768), (768, 768), (3072, 768), (768, 3072)] * 12  # (out, in) per layer
+
+
+def ms(fn: Callable[[], object], reps: int = 30) -> float:
+    for _ in range(5):
+        fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def build(key: tuple) -> None:
+    """The kind of call `key` in gpt2.kernels' table (as a model's build would make it)."""
+    if key not in kernels._KERNELS:
+        kernels._KERNELS[key] = kernels._compile(key)
+
+
+def decode_rows() -> list[tuple[str, str, float]]:
+    wrapped = torch.compile(kernels._product, dynamic=True)  # torch.compile's own call path
+    rows = []
+    f32, bf16, i8 = torch.float32, torch.bfloat16, torch.int8
+    for tier, w_dtype in (("fp32", f32), ("bf16", bf16), ("int8", i8)):
+        mats = []
+        for out_f, in_f in SHAPES:
+            if w_dtype == i8:
+                weight = torch.randint(-127, 128, (out_f, in_f), dtype=i8)
+                scales = torch.rand(out_f, dtype=bf16) / 127
+            else:
+                weight, scales = torch.randn(out_f, in_f).to(w_dtype), None
+            mats.append((weight, scales, torch.randn(out_f).to(w_dtype if w_dtype != i8 else bf16),
+                         torch.randn(1, in_f).to(w_dtype if w_dtype != i8 else bf16)))
+        act = bf16 if w_dtype == i8 else w_dtype  # the tier's activations
+        x_in = f32 if w_dtype == i8 else w_dtype  # what the kernel takes
+        build((x_in, w_dtype, None if w_dtype != i8 else bf16, act, act))
+        with torch.inference_mode():
+            wrapped(mats[0][3].to(x_in), mats[0][0], mats[0][1], mats[0][2], act)
+            cases = {
+                "gpt2.kernels.linear (compiled code, called directly)":
+                    lambda: [kernels.linear(x.to(x_in), w, s, b, act) for w, s, b, x in mats],
+                "same compiled function through torch.compile's wrapper":
+                    lambda: [wrapped(x.to(x_in), w, s, b, act) for w, s, b, x in mats],
+            }
+            if w_dtype == i8:
+                build((bf16, i8, bf16, bf16, bf16))
+                cases["compiled code, input row in bf16 (converted per output row)"] = \
+                    lambda: [kernels.linear(x, w, s, b) for w, s, b, x in mats]
+                wrapped(mats[0][3], mats[0][0], mats[0][1], mats[0][2], act)
+                cases["both: bf16 row, through the wrapper (the earlier path)"] = \
+                    lambda: [wrapped(x, w, s, b, act) for w, s, b, x in mats]
+                cases["torch._weight_int8pack_mm + bias"] = \
+                    lambda: [torch._weight_int8pack_mm(x, w, s).add_(b) for w, s, b, x in mats]
+            else:
+                cases["F.linear (PyTorch's kernel)"] = lambda: [F.linear(x, w, b) for w, s, b, x in mats]
+            for name, fn in cases.items():
+                rows.append((tier, name, ms(fn)))
+    return rows
+
+
+def prefill_rows() -> list[tuple[str, str, float]]:
+    q, k, v = (torch.randn(1, 12, 512, 64) for _ in range(3))
+    gelu_in = torch.randn(1, 512, 3072, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        return [
+            ("prefill 512", "flash SDPA, fp32, one layer",
+             ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))),
+            ("prefill 512", "flash SDPA, bf16, one layer",
+             ms(lambda: F.scaled_dot_product_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(),
+                                                       is_causal=True))),
+            ("prefill 512", "GELU (tanh), bf16, one layer",
+             ms(lambda: F.gelu(gelu_in, approximate="tanh"))),
+        ]
+
+
+def main() -> None:
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    cpu = next((l.split(":", 1)[1].strip() for l in lscpu.splitlines() if l.startswith("Model name")), "?")
+    rows = decode_rows() + prefill_rows()
+    lines = [
+        "# Kernel variants: one decode step's matrix products, and prefill pieces",
+        "",
+        "Command: `python benchmarks/kernel_variants.py`  ",
+        f"Machine: {cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; load average at end "
+        f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        "",
+        "Decode rows: the 48 block matrices of the 124M config, one row each (ms for all 48, "
+        "median of 30). Prefill rows: one layer at 512 tokens.",
+        "",
+        "| tier | variant | ms |",
+        "|---|---|---:|",
+        *(f"| {tier} | {name} | {t:.2f} |" for tier, name, t in rows),
+    ]
+    (HERE / "KERNELS.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
