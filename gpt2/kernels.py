@@ -66,10 +66,14 @@ def linear(x: Tensor, weight: Tensor, scales: Tensor | None = None, bias: Tensor
     kernel = _KERNELS.get(_key(x, weight, scales, bias, out_dtype))
     if kernel is None:  # dtypes changed after the build (model.float(), say): same math, eager
         return _product(row, weight, scales, bias, out_dtype).view(*x.shape[:-1], -1)
-    # The graph's inputs, in the order `_capture` checked: sizes, then tensors as first read.
-    args = [weight.size(0), weight.size(1), weight, row] + [t for t in (scales, bias) if t is not None]
     with _profiler_range():
-        return kernel(args)[0].view(*x.shape[:-1], -1)
+        return kernel(_inputs(row, weight, scales, bias))[0].view(*x.shape[:-1], -1)
+
+
+def _inputs(row: Tensor, weight: Tensor, scales: Tensor | None, bias: Tensor | None) -> list:
+    """The compiled graph's inputs, in the order `_capture` checked: sizes, then tensors as
+    `_product` first reads them."""
+    return [weight.size(0), weight.size(1), weight, row] + [t for t in (scales, bias) if t is not None]
 
 
 def _profiler_range() -> contextlib.AbstractContextManager:
@@ -161,10 +165,10 @@ def _compile(key: _Key) -> Callable[[list], tuple[Tensor]]:
     whatever sizes built it first (24x16 stand-ins made fp32 decoding 1.7x slower)."""
     x_dtype, w_dtype, s_dtype, b_dtype, out_dtype = key
     out_features, in_features = 2304, 768
-    x = torch.zeros(1, in_features, dtype=x_dtype)
-    weight = torch.ones(out_features, in_features).to(w_dtype)
-    scales = None if s_dtype is None else torch.ones(out_features, dtype=s_dtype)
-    bias = None if b_dtype is None else torch.zeros(out_features, dtype=b_dtype)
+    x = torch.randn(1, in_features, dtype=x_dtype)
+    weight = (torch.randn(out_features, in_features) * 4).to(w_dtype)
+    scales = None if s_dtype is None else torch.rand(out_features, dtype=s_dtype)
+    bias = None if b_dtype is None else torch.randn(out_features, dtype=b_dtype)
     found: list = []
     compiled = torch.compile(_product, dynamic=True, fullgraph=True, backend=_capture(found))
     # Without the AOT cache, so that the graph reaches inductor (and `found`); with dynamo's
@@ -174,7 +178,12 @@ def _compile(key: _Key) -> Callable[[list], tuple[Tensor]]:
         compiled(x, weight, scales, bias, out_dtype)
     if len(found) != 1:  # dynamo reused the graph of an earlier, failed build
         raise RuntimeError("the kernel did not reach inductor; restart the process")
-    return found[0].current_callable
+    kernel = found[0].current_callable
+    # Called directly, nothing but this check ties the kernel to `_product`'s meaning.
+    want = _product(x, weight, scales, bias, out_dtype).float()
+    if not torch.allclose(kernel(_inputs(x, weight, scales, bias))[0].float(), want, rtol=1e-2, atol=1e-2):
+        raise RuntimeError(f"the compiled kernel for {key} disagrees with its eager math")
+    return kernel
 
 
 def _build(model: nn.Module) -> None:
