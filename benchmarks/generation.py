@@ -221,7 +221,7 @@ def measure_machine(device: torch.device, repeats: int = 5) -> Machine:
     mat = torch.ones(8192, 8192, device=device)  # 256 MiB
     vec = torch.ones(1, 8192, device=device)
     gemv = mat.numel() * 4 / best_time(lambda: torch.nn.functional.linear(vec, mat), device, repeats)
-    mat = None  # free the 256 MiB (not `del`: the lambda above names it)
+    mat = None  # free the 256 MiB before the GEMMs
     gemm = {}
     for dtype in (torch.float32, torch.bfloat16):
         a = torch.randn(512, 768, device=device, dtype=dtype)

@@ -11,7 +11,8 @@ thread: the model answers in eager mode until every kernel is built, then switch
 request waits for the compiler. Compiled with dynamic shapes: one kernel per kind of call
 (the tiers' dtypes) serves every model size. Inductor keeps what it built on disk, so later
 processes start fast. Requests call inductor's code directly, not through torch.compile's
-wrapper: dynamo's guards and the AOT wrappers cost ~20 us a call, 49 calls a token.
+wrapper: dynamo's guards and the AOT wrappers cost ~20 us a call, 49 calls a token
+(`gpt2.inductor` settles once what they would check).
 Caveat: while dynamo compiles it saves and restores torch's global RNG, so draws another
 thread makes from it meanwhile may repeat; seeded generation uses its own generator.
 """
@@ -23,10 +24,11 @@ import os
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import Tensor, nn
+
+from . import inductor
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,8 @@ def _product(x: Tensor, weight: Tensor, scales: Tensor | None, bias: Tensor | No
 
 
 _Key = tuple[torch.dtype | None, ...]
-_KERNELS: dict[_Key, Callable[[list], tuple[Tensor]]] = {}  # filled by `_build`, one per kind
+# One list per kind of call; a second kernel only for sizes outside the first one's ranges.
+_KERNELS: dict[_Key, list[inductor.Kernel]] = {}
 
 
 def _key(x: Tensor, weight: Tensor, scales: Tensor | None, bias: Tensor | None,
@@ -55,25 +58,18 @@ def _key(x: Tensor, weight: Tensor, scales: Tensor | None, bias: Tensor | None,
 
 
 def linear(x: Tensor, weight: Tensor, scales: Tensor | None = None, bias: Tensor | None = None,
-           out_dtype: torch.dtype | None = None) -> Tensor:
-    """x [..., in] holding one row -> [..., out], in `out_dtype` (default: x's).
-
-    Calls inductor's compiled code directly, without dynamo's guards and AOT wrappers (~20 us
-    a call, 1 ms per token of 124M: benchmarks/KERNELS.md): the compiled code checks sizes
-    and strides itself, the key checks dtypes, and `one_row` keeps autograd out."""
+           out_dtype: torch.dtype | None = None) -> Tensor | None:
+    """x [..., in] holding one row -> [..., out] in `out_dtype` (default: x's), or None where
+    no kernel was built for these dtypes and sizes (weights converted after the build, say):
+    the caller then runs its eager path. For callers checked by `one_row`: the compiled code
+    knows nothing of autograd."""
     out_dtype = out_dtype or x.dtype
-    row = x.reshape(1, -1)
-    kernel = _KERNELS.get(_key(x, weight, scales, bias, out_dtype))
-    if kernel is None:  # dtypes changed after the build (model.float(), say): same math, eager
-        return _product(row, weight, scales, bias, out_dtype).view(*x.shape[:-1], -1)
-    with _profiler_range():
-        return kernel(_inputs(row, weight, scales, bias))[0].view(*x.shape[:-1], -1)
-
-
-def _inputs(row: Tensor, weight: Tensor, scales: Tensor | None, bias: Tensor | None) -> list:
-    """The compiled graph's inputs, in the order `_capture` checked: sizes, then tensors as
-    `_product` first reads them."""
-    return [weight.size(0), weight.size(1), weight, row] + [t for t in (scales, bias) if t is not None]
+    for kernel in _KERNELS.get(_key(x, weight, scales, bias, out_dtype), ()):
+        if kernel.covers(*weight.shape):
+            with _profiler_range():
+                inputs = inductor.inputs(x.reshape(1, -1), weight, scales, bias)
+                return kernel.call(inputs)[0].view(*x.shape[:-1], -1)
+    return None
 
 
 def _profiler_range() -> contextlib.AbstractContextManager:
@@ -88,29 +84,6 @@ def one_row(x: Tensor) -> bool:
     """Whether a product with `x` may use the compiled kernels: one row on the CPU, in
     inference mode (the compiled code bypasses autograd)."""
     return x.numel() == x.size(-1) and x.is_cpu and torch.is_inference_mode_enabled()
-
-
-def _capture(found: list) -> Callable:
-    """A torch.compile backend: inductor compiles the graph as usual, and `found` gets the
-    compiled code itself, checked to take the inputs in the order `linear` passes them."""
-    from torch._inductor.compile_fx import compile_fx, compile_fx_inner
-
-    def backend(gm: torch.fx.GraphModule, example_inputs: list) -> Callable:
-        inputs = {n.name: n.meta["example_value"] for n in gm.graph.nodes if n.op == "placeholder"}
-        tensors = [n for n in ("l_weight_", "l_x_", "l_scales_", "l_bias_") if n in inputs]
-        expected = [str(size) for size in inputs["l_weight_"].shape] + tensors
-        if [str(v) for v in list(inputs.values())[:2]] + list(inputs)[2:] != expected:
-            raise RuntimeError(f"unexpected graph inputs {list(inputs)} (not sizes, then "
-                               f"{tensors}): this torch orders them differently")
-
-        def inner(*args, **kwargs):  # noqa: ANN002, ANN003 - inductor's signature
-            compiled = compile_fx_inner(*args, **kwargs)
-            found.append(compiled)
-            return compiled
-
-        return compile_fx(gm, example_inputs, inner_compile=inner)
-
-    return backend
 
 
 @dataclass
@@ -159,46 +132,45 @@ def _fast_layers(model: nn.Module) -> list[nn.Module]:
 _BUILD_LOCK = threading.Lock()  # dynamo is not thread-safe while it compiles
 
 
-def _compile(key: _Key) -> Callable[[list], tuple[Tensor]]:
-    """Inductor's code for one kind of call (`_key`), compiled with dynamic shapes on
-    GPT-2-sized stand-ins: inductor's on-disk cache keeps a dynamic-shape kernel tuned to
-    whatever sizes built it first (24x16 stand-ins made fp32 decoding 1.7x slower)."""
+def _stand_ins(key: _Key, out_features: int, in_features: int) -> tuple:
+    """Random arguments of one kind of call, from a private generator (not torch's global one)."""
     x_dtype, w_dtype, s_dtype, b_dtype, out_dtype = key
-    out_features, in_features = 2304, 768
-    x = torch.randn(1, in_features, dtype=x_dtype)
-    weight = (torch.randn(out_features, in_features) * 4).to(w_dtype)
-    scales = None if s_dtype is None else torch.rand(out_features, dtype=s_dtype)
-    bias = None if b_dtype is None else torch.randn(out_features, dtype=b_dtype)
-    found: list = []
-    compiled = torch.compile(_product, dynamic=True, fullgraph=True, backend=_capture(found))
-    # Without the AOT cache, so that the graph reaches inductor (and `found`); with dynamo's
-    # recompile limit an error rather than a silent fallback to the uncompiled Python.
-    with torch._functorch.config.patch(enable_autograd_cache=False), \
-            torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
-        compiled(x, weight, scales, bias, out_dtype)
-    if len(found) != 1:  # dynamo reused the graph of an earlier, failed build
-        raise RuntimeError("the kernel did not reach inductor; restart the process")
-    kernel = found[0].current_callable
-    # Called directly, nothing but this check ties the kernel to `_product`'s meaning.
-    want = _product(x, weight, scales, bias, out_dtype).float()
-    if not torch.allclose(kernel(_inputs(x, weight, scales, bias))[0].float(), want, rtol=1e-2, atol=1e-2):
-        raise RuntimeError(f"the compiled kernel for {key} disagrees with its eager math")
-    return kernel
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(1, in_features, generator=g).to(x_dtype),
+            (torch.randn(out_features, in_features, generator=g) * 4).to(w_dtype),
+            None if s_dtype is None else torch.rand(out_features, generator=g).to(s_dtype),
+            None if b_dtype is None else torch.randn(out_features, generator=g).to(b_dtype),
+            out_dtype)
+
+
+def _ensure_kernel(args: tuple) -> None:
+    """A kernel for this call's dtypes and sizes. The first of each kind is compiled on
+    GPT-2-sized stand-ins: inductor's on-disk cache keeps a dynamic-shape kernel tuned to
+    whatever sizes built it first (24x16 stand-ins made fp32 decoding 1.7x slower); sizes
+    outside its ranges (inductor specialises reductions over 4096) get their own."""
+    key, (out_features, in_features) = _key(*args), args[1].shape
+    with _BUILD_LOCK:
+        if any(k.covers(out_features, in_features) for k in _KERNELS.get(key, ())):
+            return
+        sizes = (out_features, in_features) if key in _KERNELS else (2304, 768)
+        kernel = inductor.compile_product(_product, *_stand_ins(key, *sizes))
+        if not kernel.covers(out_features, in_features):
+            kernel = inductor.compile_product(_product, *_stand_ins(key, out_features, in_features))
+        if not kernel.covers(out_features, in_features):
+            raise RuntimeError(f"no kernel takes a {out_features}x{in_features} weight")
+        _KERNELS[key] = [*_KERNELS.get(key, ()), kernel]  # rebound, never mutated: readers iterate it
 
 
 def _build(model: nn.Module) -> None:
-    """Compile the kinds of call the model makes that no earlier build compiled, then run
-    each layer's kernel once: the compiled code checks the layer's sizes and strides, so a
-    mismatch fails here, not on a request. Requests never enter dynamo, so compiling while
-    other models serve is safe."""
+    """Compile what the model's layers need and no earlier build made, then run each
+    layer's kernel once (the compiled code checks the layer's sizes and strides). Requests
+    never enter dynamo, so compiling while other models serve is safe."""
     with torch.inference_mode():
         for layer in _fast_layers(model):
             args = layer.kernel_example()
-            key = _key(*args)
-            if key not in _KERNELS:
-                with _BUILD_LOCK:
-                    if key not in _KERNELS:
-                        _KERNELS[key] = _compile(key)
+            if any(t is not None and not t.is_cpu for t in args[:4]):
+                raise ValueError(f"the one-row kernels are CPU-only; this model is on {args[1].device}")
+            _ensure_kernel(args)
             linear(*args)
 
 

@@ -20,7 +20,9 @@ class Linear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.use_kernels and kernels.one_row(x):
-            return kernels.linear(x, self.weight, bias=self.bias)
+            y = kernels.linear(x, self.weight, bias=self.bias)
+            if y is not None:  # None: no kernel for these dtypes (converted after the build)
+                return y
         return F.linear(x, self.weight, self.bias)
 
     def kernel_example(self) -> tuple:
@@ -139,7 +141,9 @@ class GPT(nn.Module):
         exception: eager decoding of a fast tier on the CPU (see below)."""
         weight = self.wte.weight
         if self.use_kernels and kernels.one_row(hidden):
-            return kernels.linear(hidden.float(), weight)
+            logits = kernels.linear(hidden.float(), weight)
+            if logits is not None:
+                return logits
         if weight.dtype == torch.float32:
             return F.linear(hidden.float(), weight)
         if hidden.numel() == hidden.size(-1) and hidden.is_cpu:

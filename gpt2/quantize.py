@@ -36,7 +36,9 @@ class Int8Linear(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.use_kernels and kernels.one_row(x):  # x in fp32: inductor's loop would convert
             # a bf16 row again for every output row (1.13x slower, benchmarks/KERNELS.md)
-            return kernels.linear(x.float(), self.weight, self.scales, self.bias, out_dtype=x.dtype)
+            y = kernels.linear(x.float(), self.weight, self.scales, self.bias, out_dtype=x.dtype)
+            if y is not None:
+                return y
         x2d = x.reshape(-1, x.size(-1))
         if x2d.size(0) > 16:  # prefill: a dequantised GEMM beats the matrix-vector kernel
             y = F.linear(x2d, self.weight.to(x.dtype) * self.scales[:, None].to(x.dtype))
@@ -46,7 +48,7 @@ class Int8Linear(nn.Module):
         return y if self.bias is None else y + self.bias
 
     def kernel_example(self) -> tuple:
-        x = torch.zeros(1, self.weight.size(1))  # fp32, as in `forward`
+        x = torch.zeros(1, self.weight.size(1), device=self.weight.device)  # fp32, as in `forward`
         return x, self.weight, self.scales, self.bias, self.scales.dtype
 
 
