@@ -68,11 +68,10 @@ def _capture(found: list) -> Callable:
 
     def backend(gm: torch.fx.GraphModule, example_inputs: list) -> Callable:
         inputs = {n.name: n.meta["example_value"] for n in gm.graph.nodes if n.op == "placeholder"}
+        names, sizes = list(inputs)[2:], list(inputs.values())[:2]
         tensors = [n for n in ("l_weight_", "l_x_", "l_scales_", "l_bias_") if n in inputs]
-        names = list(inputs)
-        if names[2:] != tensors or [str(v) for v in list(inputs.values())[:2]] != \
-                [str(size) for size in inputs["l_weight_"].shape]:
-            raise RuntimeError(f"unexpected graph inputs {names}: this torch orders them differently")
+        if names != tensors or list(map(str, sizes)) != list(map(str, inputs["l_weight_"].shape)):
+            raise RuntimeError(f"unexpected graph inputs {list(inputs)}: this torch orders them differently")
         outputs = []
 
         def inner(*args, **kwargs):  # noqa: ANN002, ANN003 - inductor's signature
@@ -81,9 +80,9 @@ def _capture(found: list) -> Callable:
 
         compiled = compile_fx(gm, example_inputs, inner_compile=inner)
         shape_env = TracingContext.get().fake_mode.shape_env
-        ranges = [shape_env.var_to_range[size.node.expr] for size in list(inputs.values())[:2]]
-        found.extend((output, tuple((int(r.lower), int(r.upper) if r.upper.is_Integer else sys.maxsize)
-                                    for r in ranges)) for output in outputs)
+        ranges = [shape_env.var_to_range[size.node.expr] for size in sizes]  # dynamo's size guards
+        bounds = tuple((int(r.lower), int(r.upper) if r.upper.is_Integer else sys.maxsize) for r in ranges)
+        found.extend((output, bounds) for output in outputs)
         return compiled
 
     return backend

@@ -11,7 +11,7 @@ from torch.profiler import profile
 
 import gpt2
 from conftest import ROOT, compiled
-from gpt2 import kernels
+from gpt2 import inductor, kernels
 
 TIERS = gpt2.TIERS
 
@@ -227,3 +227,14 @@ def test_changing_dtypes_under_built_kernels_stays_correct(tiny_dir):
     idx = torch.tensor([[5, 6, 7]])
     ref = decode_logits(eager, idx, 4)
     torch.testing.assert_close(decode_logits(model, idx, 4), ref, atol=1e-3 * ref.abs().max().item(), rtol=0)
+
+
+def test_a_product_reading_its_inputs_in_another_order_is_refused():
+    """Called directly, compiled code gets its inputs by position: a graph whose inputs are
+    not in the order `inductor.inputs` passes them must not become a kernel."""
+    def reads_x_first(x, weight, scales, bias, out_dtype):
+        return (x.float() * weight.float()).sum(-1).to(out_dtype)[None]
+
+    key = (torch.float32, torch.float32, None, None, torch.float32)
+    with torch.inference_mode(), pytest.raises(Exception, match="unexpected graph inputs"):
+        inductor.compile_product(reads_x_first, *kernels._stand_ins(key, 64, 32))
