@@ -150,15 +150,13 @@ def _ensure_kernel(args: tuple) -> None:
     outside its ranges (inductor specialises reductions over 4096) get their own."""
     key, (out_features, in_features) = _key(*args), args[1].shape
     with _BUILD_LOCK:
-        if any(k.covers(out_features, in_features) for k in _KERNELS.get(key, ())):
-            return
-        sizes = (out_features, in_features) if key in _KERNELS else (2304, 768)
-        kernel = inductor.compile_product(_product, *_stand_ins(key, *sizes))
-        if not kernel.covers(out_features, in_features):
-            kernel = inductor.compile_product(_product, *_stand_ins(key, out_features, in_features))
-        if not kernel.covers(out_features, in_features):
-            raise RuntimeError(f"no kernel takes a {out_features}x{in_features} weight")
-        _KERNELS[key] = [*_KERNELS.get(key, ()), kernel]  # rebound, never mutated: readers iterate it
+        built = _KERNELS.get(key) or [inductor.compile_product(_product, *_stand_ins(key, 2304, 768))]
+        if not any(k.covers(out_features, in_features) for k in built):
+            own_size = _stand_ins(key, out_features, in_features)
+            built = [*built, inductor.compile_product(_product, *own_size)]
+            if not built[-1].covers(out_features, in_features):
+                raise RuntimeError(f"no kernel takes a {out_features}x{in_features} weight")
+        _KERNELS[key] = built  # rebound, never mutated: readers iterate it
 
 
 def _build(model: nn.Module) -> None:

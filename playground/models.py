@@ -14,7 +14,6 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
-
 import gpt2
 
 log = logging.getLogger(__name__)
