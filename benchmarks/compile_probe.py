@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shlex
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-import torch
+from common import machine_line
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -72,9 +71,6 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     import gpt2
 
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    cpu = next((l.split(":", 1)[1].strip() for l in lscpu.splitlines() if l.startswith("Model name")),
-               platform.processor())
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = gpt2.save_model(gpt2.GPT(gpt2.PRESETS["gpt2"]), Path(tmp) / "gpt2-random.safetensors")
@@ -88,9 +84,7 @@ def main() -> None:
         "# Compiling the decode kernels: cost at start-up and the first request",
         "",
         f"Command: `{shlex.join(['python', 'benchmarks/compile_probe.py'])}`  ",
-        f"Machine: {cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; load average at end "
-        f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        machine_line(),
         "",
         "Each row is a fresh process: load the 124M config (random weights), run a request at "
         "once (prompt 16, 64 new tokens, greedy) while the kernels compile in the background, "

@@ -12,11 +12,7 @@ Medians of 30 repetitions, ms.
 """
 from __future__ import annotations
 
-import os
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -24,21 +20,15 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
+from common import machine_line, median_ms  # noqa: E402
 from gpt2 import kernels  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SHAPES = [(2304, 768), (768, 768), (3072, 768), (768, 3072)] * 12  # (out, in) per layer
 
 
-def ms(fn: Callable[[], object], reps: int = 30) -> float:
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+def ms(fn: Callable[[], object]) -> float:
+    return median_ms(fn, reps=30, warmup=5)
 
 
 def build(key: tuple) -> None:
@@ -103,16 +93,12 @@ def prefill_rows() -> list[tuple[str, str, float]]:
 
 
 def main() -> None:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    cpu = next((l.split(":", 1)[1].strip() for l in lscpu.splitlines() if l.startswith("Model name")), "?")
     rows = decode_rows() + prefill_rows()
     lines = [
         "# Kernel variants: one decode step's matrix products, and prefill pieces",
         "",
         "Command: `python benchmarks/kernel_variants.py`  ",
-        f"Machine: {cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; load average at end "
-        f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        machine_line(),
         "",
         "Decode rows: the 48 block matrices of the 124M config, one row each (ms for all 48, "
         "median of 30). Prefill rows: one layer at 512 tokens.",

@@ -10,11 +10,7 @@ does not attribute is Python: module calls, argument checks, the generation loop
 """
 from __future__ import annotations
 
-import os
-import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -22,6 +18,7 @@ from torch.profiler import profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 import gpt2  # noqa: E402
+from common import machine_line, median_ms  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 STEPS = 40
@@ -72,14 +69,7 @@ def prefill_fn(model: gpt2.GPT):
 
 def audit(run, reps: int) -> tuple[float, dict[str, float]]:
     """(wall ms per run, ms per run by group, 'other ATen' and 'unattributed' included)."""
-    for _ in range(3):
-        run()
-    walls = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        run()
-        walls.append(time.perf_counter() - start)
-    wall = statistics.median(walls) * 1e3
+    wall = median_ms(run, reps, warmup=3)
     with profile() as prof:
         for _ in range(reps):
             run()
@@ -93,8 +83,6 @@ def audit(run, reps: int) -> tuple[float, dict[str, float]]:
 
 
 def main() -> None:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    cpu = next((l.split(":", 1)[1].strip() for l in lscpu.splitlines() if l.startswith("Model name")), "?")
     columns = [(tier, compiled) for tier in ("fp32", "bf16", "int8") for compiled in (False, True)]
     results = {c: audit(step_fn(make(*c)), STEPS) for c in columns}
     prefills = {tier: audit(prefill_fn(make(tier, True)), 5) for tier in ("fp32", "bf16", "int8")}
@@ -104,9 +92,7 @@ def main() -> None:
         "# Per-token overhead audit (124M, one decode step)",
         "",
         "Command: `python benchmarks/overhead_audit.py`  ",
-        f"Machine: {cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads; load average at end "
-        f"{' / '.join(f'{x:.2f}' for x in os.getloadavg())}",
+        machine_line(),
         "",
         f"A decode step after a 16-token prefill, batch 1; median wall time of {STEPS} steps "
         "without the profiler, then the profiler's self CPU time per step, grouped (ms per "
