@@ -1,11 +1,14 @@
-"""The one-row products of a 124M decode step, done each way we tried, and two prefill pieces.
+"""The one-row products of a 124M decode step, done each way we tried, and prefill pieces.
 
 Decode: the 48 block matrices of the 124M config (12 layers x c_attn, attn c_proj, c_fc, mlp
 c_proj; random weights, distinct tensors so that they stream from memory as in a real step,
 not from cache), one row each, per tier: `gpt2.kernels.linear` (inductor's code called
 directly), the same compiled function called through torch.compile's wrapper, PyTorch's own
-kernel, and for int8 the input row in bf16 instead of fp32 and `torch._weight_int8pack_mm`.
-Prefill at 512 tokens: one layer's attention (flash SDPA, fp32 and bf16) and GELU (bf16).
+kernel, oneDNN's (`gpt2.gemm.linear`, the eager path), and for int8 the input row in bf16
+instead of fp32 and `torch._weight_int8pack_mm`.
+Prefill at 512 tokens: one layer's attention (flash SDPA, fp32 and bf16), its four products
+through `F.linear` and through `gpt2.gemm.linear`, and c_fc + GELU with the GELU as its own
+pass or in oneDNN's epilogue.
 Medians of 30 repetitions, ms.
 
     python benchmarks/kernel_variants.py    # -> benchmarks/KERNELS.md
@@ -21,7 +24,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 from common import machine_line, median_ms  # noqa: E402
-from gpt2 import kernels  # noqa: E402
+from gpt2 import gemm, kernels  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SHAPES = [(2304, 768), (768, 768), (3072, 768), (768, 3072)] * 12  # (out, in) per layer
@@ -72,6 +75,8 @@ def decode_rows() -> list[tuple[str, str, float]]:
                     lambda: [torch._weight_int8pack_mm(x, w, s).add_(b) for w, s, b, x in mats]
             else:
                 cases["F.linear (PyTorch's kernel)"] = lambda: [F.linear(x, w, b) for w, s, b, x in mats]
+                cases["gpt2.gemm.linear (oneDNN; the eager path)"] = \
+                    lambda: [gemm.linear(x, w, b) for w, s, b, x in mats]
             for name, fn in cases.items():
                 rows.append((tier, name, ms(fn)))
     return rows
@@ -79,17 +84,29 @@ def decode_rows() -> list[tuple[str, str, float]]:
 
 def prefill_rows() -> list[tuple[str, str, float]]:
     q, k, v = (torch.randn(1, 12, 512, 64) for _ in range(3))
-    gelu_in = torch.randn(1, 512, 3072, dtype=torch.bfloat16)
+    rows = []
     with torch.inference_mode():
-        return [
-            ("prefill 512", "flash SDPA, fp32, one layer",
-             ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))),
-            ("prefill 512", "flash SDPA, bf16, one layer",
-             ms(lambda: F.scaled_dot_product_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(),
-                                                       is_causal=True))),
-            ("prefill 512", "GELU (tanh), bf16, one layer",
-             ms(lambda: F.gelu(gelu_in, approximate="tanh"))),
-        ]
+        rows += [("prefill 512", "flash SDPA, fp32, one layer",
+                  ms(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=True))),
+                 ("prefill 512", "flash SDPA, bf16, one layer",
+                  ms(lambda: F.scaled_dot_product_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(),
+                                                            is_causal=True)))]
+        for dtype, tier in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+            x = {n: torch.randn(1, 512, n).to(dtype) for n in (768, 3072)}
+            layer = [(torch.randn(out_f, in_f).to(dtype), torch.randn(out_f).to(dtype))
+                     for out_f, in_f in SHAPES[:4]]
+            c_fc = layer[2]
+            rows += [
+                (f"prefill 512, {tier}", "one layer's 4 products, F.linear",
+                 ms(lambda: [F.linear(x[w.size(1)], w, b) for w, b in layer])),
+                (f"prefill 512, {tier}", "one layer's 4 products, gpt2.gemm.linear (oneDNN)",
+                 ms(lambda: [gemm.linear(x[w.size(1)], w, b) for w, b in layer])),
+                (f"prefill 512, {tier}", "c_fc, then GELU (tanh) as its own pass",
+                 ms(lambda: F.gelu(F.linear(x[768], *c_fc), approximate="tanh"))),
+                (f"prefill 512, {tier}", "c_fc with GELU in oneDNN's epilogue (gpt2.gemm.linear)",
+                 ms(lambda: gemm.linear(x[768], *c_fc, gelu=True))),
+            ]
+    return rows
 
 
 def main() -> None:

@@ -7,23 +7,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import kernels
+from . import gemm, kernels
 from .config import GPTConfig
 from .kv_cache import KVCache
 
 
 class Linear(nn.Linear):
     """`nn.Linear` whose one-row products (decoding) run on a compiled kernel once
-    `gpt2.kernels.compile_kernels` has built it; everything else is `F.linear`."""
+    `gpt2.kernels.compile_kernels` has built it; everything else is `gpt2.gemm.linear`.
+    `gelu=True` returns GPT-2's tanh GELU of the output, fused into the GEMM where it can be."""
 
     use_kernels = False
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, gelu: bool = False) -> Tensor:
         if self.use_kernels and kernels.one_row(x):
             y = kernels.linear(x, self.weight, bias=self.bias)
             if y is not None:  # None: no kernel for these dtypes (converted after the build)
-                return y
-        return F.linear(x, self.weight, self.bias)
+                return gemm.gelu_if(y, gelu)
+        return gemm.linear(x, self.weight, self.bias, gelu)
 
     def kernel_example(self) -> tuple:
         x = self.weight.new_zeros(1, self.in_features)
@@ -70,7 +71,7 @@ class MLP(nn.Module):
         self.c_proj = Linear(4 * config.n_embd, config.n_embd)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.c_proj(F.gelu(self.c_fc(x), approximate="tanh"))
+        return self.c_proj(self.c_fc(x, gelu=True))
 
 
 class Block(nn.Module):
@@ -145,17 +146,17 @@ class GPT(nn.Module):
             if logits is not None:
                 return logits
         if weight.dtype == torch.float32:
-            return F.linear(hidden.float(), weight)
+            return gemm.linear(hidden.float(), weight)
         if hidden.numel() == hidden.size(-1) and hidden.is_cpu:
             # The CPU has no bf16 GEMV with fp32 output and converting the weight would cost
             # more than the whole step: until the kernels are ready, logits rounded to bf16.
-            return F.linear(hidden.to(weight.dtype), weight).float()
+            return gemm.linear(hidden.to(weight.dtype), weight).float()
         # Many rows: the weight converted a slice at a time, so no full fp32 copy exists.
         hidden = hidden.float()
         logits = hidden.new_empty(*hidden.shape[:-1], weight.size(0))
         for start in range(0, weight.size(0), 8192):
             rows = weight[start:start + 8192]
-            logits[..., start:start + rows.size(0)] = F.linear(hidden, rows.float())
+            logits[..., start:start + rows.size(0)] = gemm.linear(hidden, rows.float())
         return logits
 
     def kernel_example(self) -> tuple:

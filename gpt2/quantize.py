@@ -15,10 +15,9 @@ fp32 ones it is many times slower, so the int8 tier computes in bf16.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import kernels
+from . import gemm, kernels
 from .model import GPT, FusedQKV
 
 
@@ -33,19 +32,19 @@ class Int8Linear(nn.Module):
         self.register_buffer("scales", scales.to(torch.bfloat16))
         self.register_buffer("bias", None if bias is None else bias.detach().to(torch.bfloat16))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, gelu: bool = False) -> Tensor:
+        """As `Linear.forward`: `gelu=True` returns the tanh GELU of the output."""
         if self.use_kernels and kernels.one_row(x):  # x in fp32: inductor's loop would convert
             # a bf16 row again for every output row (1.13x slower, benchmarks/KERNELS.md)
             y = kernels.linear(x.float(), self.weight, self.scales, self.bias, out_dtype=x.dtype)
             if y is not None:
-                return y
+                return gemm.gelu_if(y, gelu)
         x2d = x.reshape(-1, x.size(-1))
         if x2d.size(0) > 16:  # prefill: a dequantised GEMM beats the matrix-vector kernel
-            y = F.linear(x2d, self.weight.to(x.dtype) * self.scales[:, None].to(x.dtype))
-        else:
-            y = torch._weight_int8pack_mm(x2d, self.weight, self.scales.to(x.dtype))
-        y = y.view(*x.shape[:-1], -1)
-        return y if self.bias is None else y + self.bias
+            weight = self.weight.to(x.dtype) * self.scales[:, None].to(x.dtype)
+            return gemm.linear(x, weight, self.bias, gelu)
+        y = torch._weight_int8pack_mm(x2d, self.weight, self.scales.to(x.dtype)).view(*x.shape[:-1], -1)
+        return gemm.gelu_if(y if self.bias is None else y + self.bias, gelu)
 
     def kernel_example(self) -> tuple:
         x = torch.zeros(1, self.weight.size(1), device=self.weight.device)  # fp32, as in `forward`

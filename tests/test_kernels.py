@@ -35,7 +35,8 @@ def matmul_ops(model: gpt2.GPT, idx: torch.Tensor) -> set[str]:
         with profile() as prof:
             model(torch.tensor([[5]]), cache)
     names = {e.key for e in prof.key_averages()}
-    return names & {"aten::addmm", "aten::mm", "aten::matmul", "aten::_weight_int8pack_mm"}
+    return names & {"aten::addmm", "aten::mm", "aten::matmul", "aten::_weight_int8pack_mm",
+                    "mkldnn::_linear_pointwise"}
 
 
 @pytest.mark.parametrize("tier", TIERS)
@@ -59,14 +60,20 @@ def test_compile_false_stays_eager(tiny_dir):
 
 
 def test_kernels_only_in_inference_mode(tiny_dir):
-    """With autograd merely off (or on), a one-row call takes the eager path: the compiled
-    code knows nothing of autograd."""
+    """With autograd merely off, a one-row call takes the eager path: the compiled code
+    knows nothing of autograd. With autograd recording, the eager path is `F.linear`."""
     model = compiled(gpt2.load_model(tiny_dir))
     layer = model.h[0].mlp.c_fc
     x = torch.randn(1, 1, model.config.n_embd)
-    with torch.no_grad(), profile() as prof:
-        layer(x)
-    assert "aten::addmm" in {e.key for e in prof.key_averages()}
+    calls = {}
+    for mode in ("inference", "no_grad", "grad"):
+        context = {"inference": torch.inference_mode, "no_grad": torch.no_grad}.get(mode, torch.enable_grad)
+        with context(), profile() as prof:
+            layer(x)
+        calls[mode] = {e.key for e in prof.key_averages()}
+    assert "gpt2.kernels.linear" in calls["inference"]
+    assert "gpt2.kernels.linear" not in calls["no_grad"] and "mkldnn::_linear_pointwise" in calls["no_grad"]
+    assert "gpt2.kernels.linear" not in calls["grad"] and "aten::addmm" in calls["grad"]
 
 
 def test_generation_during_and_after_the_background_compile_agree(tiny_dir):

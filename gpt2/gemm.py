@@ -1,0 +1,44 @@
+"""The matrix products the compiled decode kernels do not serve: prefill, batched decoding,
+and everything before the kernels are built.
+
+On the CPU they go straight to oneDNN's GEMM (`torch.ops.mkldnn._linear_pointwise`, the op
+inductor emits for bf16 linears on the CPU) with the bias and, in the MLP, GPT-2's tanh GELU
+applied in its epilogue on the fp32 accumulator. Measured on a 2-core AMD EPYC
+(benchmarks/KERNELS.md): c_fc + GELU over 512 rows 8.1 -> 6.1 ms in bf16 (the GELU as its
+own pass over 512 x 3072 cost a quarter) and 14.8 -> 11.6 ms in fp32; fp32 products are
+faster through oneDNN than through `F.linear` (MKL): a layer's four over 512 rows 37.7 ->
+33.9 ms, decoding's 48 one-row products 22.4 -> 12.9 ms (the compiled kernels: 8.9).
+Everywhere else (autograd, another device, a build without oneDNN, bf16 on a CPU without
+bf16 instructions) it is `F.linear` and `F.gelu`: the same math.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, gelu: bool = False) -> Tensor:
+    """x [..., in] @ weight [out, in].T + bias -> [..., out], then GPT-2's tanh GELU if asked."""
+    if _onednn_serves(x, weight, bias):
+        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias,
+                                                  "gelu" if gelu else "none", [], "tanh" if gelu else "")
+    return gelu_if(F.linear(x, weight, bias), gelu)
+
+
+def gelu_if(y: Tensor, gelu: bool) -> Tensor:
+    """GPT-2's tanh GELU of y where the product that made it could not fuse one."""
+    return F.gelu(y, approximate="tanh") if gelu else y
+
+
+def _onednn_serves(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
+    if not (x.is_cpu and weight.is_cpu and torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available()):
+        return False
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                    or (bias is not None and bias.requires_grad)):
+        return False  # the op has no backward
+    if bias is not None and bias.dtype != x.dtype:
+        return False
+    if x.dtype == torch.bfloat16:
+        return weight.dtype == x.dtype and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return x.dtype == weight.dtype == torch.float32

@@ -1,0 +1,77 @@
+"""`gpt2.gemm.linear`: oneDNN's GEMM with the bias and GELU in its epilogue, else F.linear."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.profiler import profile
+
+from gpt2 import gemm
+
+
+def reference(x, weight, bias, gelu):
+    """The same math in fp64."""
+    y = F.linear(x.double(), weight.double(), None if bias is None else bias.double())
+    return F.gelu(y, approximate="tanh") if gelu else y
+
+
+def ops(fn) -> set[str]:
+    with profile() as prof:
+        fn()
+    return {e.key for e in prof.key_averages()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("gelu", [False, True])
+@pytest.mark.parametrize("rows", [1, 7, 300])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_equals_the_unfused_math(dtype, gelu, rows, with_bias):
+    g = torch.Generator().manual_seed(rows)
+    x = torch.randn(2, rows, 96, generator=g).to(dtype)
+    weight = (torch.randn(160, 96, generator=g) * 0.1).to(dtype)
+    bias = (torch.randn(160, generator=g) * 0.1).to(dtype) if with_bias else None
+    with torch.inference_mode():
+        assert "mkldnn::_linear_pointwise" in ops(lambda: gemm.linear(x, weight, bias, gelu))
+        fused = gemm.linear(x, weight, bias, gelu)
+        unfused = gemm.gelu_if(F.linear(x, weight, bias), gelu)
+    assert fused.shape == (2, rows, 160) and fused.dtype == dtype
+    ref = reference(x, weight, bias, gelu)
+    fused_err = (fused.double() - ref).abs().max().item()
+    unfused_err = (unfused.double() - ref).abs().max().item()
+    if dtype == torch.float32:
+        assert fused_err < 1e-5
+    else:  # the GELU reads the fp32 accumulator: no worse than rounding to bf16 first
+        assert fused_err <= unfused_err + 1e-6
+
+
+def test_strided_input():
+    x = torch.randn(3, 10, 64)[:, ::2]  # not contiguous
+    weight, bias = torch.randn(32, 64), torch.randn(32)
+    with torch.inference_mode():
+        torch.testing.assert_close(gemm.linear(x, weight, bias, gelu=True),
+                                   F.gelu(F.linear(x, weight, bias), approximate="tanh"))
+
+
+def test_autograd_gets_f_linear_and_its_gradients():
+    """oneDNN's fused op has no backward (the trainer runs these layers with autograd)."""
+    weight = torch.randn(32, 64, requires_grad=True)
+    x = torch.randn(4, 64)
+    called = ops(lambda: gemm.linear(x, weight, gelu=True).sum().backward())
+    assert "mkldnn::_linear_pointwise" not in called and weight.grad is not None
+    expected = torch.autograd.grad(F.gelu(x @ weight.T, approximate="tanh").sum(), weight)[0]
+    torch.testing.assert_close(weight.grad, expected)
+
+
+def test_respects_mkldnn_switched_off():
+    x, weight = torch.randn(4, 64), torch.randn(32, 64)
+    with torch.inference_mode(), torch.backends.mkldnn.flags(enabled=False):
+        called = ops(lambda: gemm.linear(x, weight, gelu=True))
+    assert "mkldnn::_linear_pointwise" not in called and "aten::mm" in called
+
+
+def test_mixed_dtypes_behave_as_f_linear():
+    x, weight = torch.randn(4, 64, dtype=torch.bfloat16), torch.randn(32, 64, dtype=torch.bfloat16)
+    bias = torch.randn(32)  # fp32 bias: F.linear's type rules decide
+    with torch.inference_mode():
+        called = ops(lambda: gemm.linear(x.float(), weight.float(), bias))
+        assert "mkldnn::_linear_pointwise" in called
+        with pytest.raises(RuntimeError):
+            gemm.linear(x, weight, bias)  # as F.linear does
