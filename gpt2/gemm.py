@@ -13,6 +13,8 @@ bf16 instructions) it is `F.linear` and `F.gelu`: the same math.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -40,5 +42,11 @@ def _onednn_serves(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
     if bias is not None and bias.dtype != x.dtype:
         return False
     if x.dtype == torch.bfloat16:
-        return weight.dtype == x.dtype and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+        return weight.dtype == x.dtype and _cpu_has_bf16()
     return x.dtype == weight.dtype == torch.float32
+
+
+@functools.cache
+def _cpu_has_bf16() -> bool:
+    """Whether oneDNN has bf16 kernels for this CPU (AVX-512 on x86); asked once, not per product."""
+    return torch.ops.mkldnn._is_mkldnn_bf16_supported()
