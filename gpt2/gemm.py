@@ -8,12 +8,15 @@ applied in its epilogue on the fp32 accumulator. Measured on a 2-core AMD EPYC
 own pass over 512 x 3072 cost a quarter) and 14.8 -> 11.6 ms in fp32; fp32 products are
 faster through oneDNN than through `F.linear` (MKL): a layer's four over 512 rows 37.7 ->
 33.9 ms, decoding's 48 one-row products 22.4 -> 12.9 ms (the compiled kernels: 8.9).
-Everywhere else (autograd, another device, a build without oneDNN, bf16 on a CPU without
-bf16 instructions) it is `F.linear` and `F.gelu`: the same math.
+Everywhere else it is `F.linear` and `F.gelu`, the same math: under autograd or autocast
+(the op has neither a backward nor a cast rule), on another device, with mixed or other
+dtypes, with oneDNN switched off (`torch.backends.mkldnn`), on non-x86 CPUs (not measured),
+and in bf16 where oneDNN has no bf16 kernels for the CPU.
 """
 from __future__ import annotations
 
 import functools
+import platform
 
 import torch
 import torch.nn.functional as F
@@ -23,8 +26,8 @@ from torch import Tensor
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None, gelu: bool = False) -> Tensor:
     """x [..., in] @ weight [out, in].T + bias -> [..., out], then GPT-2's tanh GELU if asked."""
     if _onednn_serves(x, weight, bias):
-        return torch.ops.mkldnn._linear_pointwise(x.contiguous(), weight, bias,
-                                                  "gelu" if gelu else "none", [], "tanh" if gelu else "")
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "gelu" if gelu else "none", [],
+                                                  "tanh" if gelu else "")
     return gelu_if(F.linear(x, weight, bias), gelu)
 
 
@@ -34,16 +37,21 @@ def gelu_if(y: Tensor, gelu: bool) -> Tensor:
 
 
 def _onednn_serves(x: Tensor, weight: Tensor, bias: Tensor | None) -> bool:
-    if not (x.is_cpu and weight.is_cpu and torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available()):
+    if not (x.is_cpu and weight.is_cpu and torch.backends.mkldnn.enabled and _x86_onednn()):
         return False
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                     or (bias is not None and bias.requires_grad)):
-        return False  # the op has no backward
-    if bias is not None and bias.dtype != x.dtype:
+        return False  # no backward
+    if torch.is_autocast_enabled("cpu") or (bias is not None and bias.dtype != x.dtype):
         return False
     if x.dtype == torch.bfloat16:
         return weight.dtype == x.dtype and _cpu_has_bf16()
     return x.dtype == weight.dtype == torch.float32
+
+
+@functools.cache
+def _x86_onednn() -> bool:
+    return torch.backends.mkldnn.is_available() and platform.machine().lower() in ("x86_64", "amd64")
 
 
 @functools.cache

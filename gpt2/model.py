@@ -65,6 +65,9 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
+    """c_fc, GELU, c_proj; the GELU runs inside c_fc's call (fused into its GEMM on the CPU),
+    so a forward hook on `mlp.c_fc` sees the activations after the GELU."""
+
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.c_fc = Linear(config.n_embd, 4 * config.n_embd)

@@ -42,7 +42,7 @@ class Int8Linear(nn.Module):
         x2d = x.reshape(-1, x.size(-1))
         if x2d.size(0) > 16:  # prefill: a dequantised GEMM beats the matrix-vector kernel
             weight = self.weight.to(x.dtype) * self.scales[:, None].to(x.dtype)
-            return gemm.linear(x, weight, self.bias, gelu)
+            return gemm.linear(x, weight, None if self.bias is None else self.bias.to(x.dtype), gelu)
         y = torch._weight_int8pack_mm(x2d, self.weight, self.scales.to(x.dtype)).view(*x.shape[:-1], -1)
         return gemm.gelu_if(y if self.bias is None else y + self.bias, gelu)
 

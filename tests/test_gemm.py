@@ -21,18 +21,21 @@ def ops(fn) -> set[str]:
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("gelu", [False, True])
-@pytest.mark.parametrize("rows", [1, 7, 300])
+@pytest.mark.parametrize("rows", [0, 1, 7, 300])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_equals_the_unfused_math(dtype, gelu, rows, with_bias):
     g = torch.Generator().manual_seed(rows)
     x = torch.randn(2, rows, 96, generator=g).to(dtype)
     weight = (torch.randn(160, 96, generator=g) * 0.1).to(dtype)
     bias = (torch.randn(160, generator=g) * 0.1).to(dtype) if with_bias else None
+    onednn = dtype == torch.float32 or gemm._cpu_has_bf16()  # else F.linear: checked below too
     with torch.inference_mode():
-        assert "mkldnn::_linear_pointwise" in ops(lambda: gemm.linear(x, weight, bias, gelu))
+        assert ("mkldnn::_linear_pointwise" in ops(lambda: gemm.linear(x, weight, bias, gelu))) == onednn
         fused = gemm.linear(x, weight, bias, gelu)
         unfused = gemm.gelu_if(F.linear(x, weight, bias), gelu)
     assert fused.shape == (2, rows, 160) and fused.dtype == dtype
+    if rows == 0:
+        return
     ref = reference(x, weight, bias, gelu)
     fused_err = (fused.double() - ref).abs().max().item()
     unfused_err = (unfused.double() - ref).abs().max().item()
@@ -69,9 +72,31 @@ def test_respects_mkldnn_switched_off():
 
 def test_mixed_dtypes_behave_as_f_linear():
     x, weight = torch.randn(4, 64, dtype=torch.bfloat16), torch.randn(32, 64, dtype=torch.bfloat16)
-    bias = torch.randn(32)  # fp32 bias: F.linear's type rules decide
+    bias = torch.randn(32)  # an fp32 bias with bf16 inputs: F.linear's type rules decide
     with torch.inference_mode():
-        called = ops(lambda: gemm.linear(x.float(), weight.float(), bias))
-        assert "mkldnn::_linear_pointwise" in called
-        with pytest.raises(RuntimeError):
-            gemm.linear(x, weight, bias)  # as F.linear does
+        with pytest.raises(RuntimeError) as ours:
+            gemm.linear(x, weight, bias)
+        with pytest.raises(RuntimeError) as theirs:
+            F.linear(x, weight, bias)
+    assert str(ours.value) == str(theirs.value)
+
+
+@pytest.mark.parametrize("case", ["no bf16 kernels", "autocast", "meta device"])
+def test_falls_back_to_f_linear(monkeypatch, case):
+    x, weight, bias = torch.randn(2, 5, 64), torch.randn(32, 64), torch.randn(32)
+    context = torch.inference_mode()
+    if case == "no bf16 kernels":
+        monkeypatch.setattr(gemm, "_cpu_has_bf16", lambda: False)
+        x, weight, bias = x.bfloat16(), weight.bfloat16(), bias.bfloat16()
+    elif case == "autocast":
+        context = torch.autocast("cpu", dtype=torch.bfloat16)
+    else:
+        x, weight, bias = x.to("meta"), weight.to("meta"), bias.to("meta")
+    with context, torch.no_grad():
+        called = ops(lambda: gemm.linear(x, weight, bias, gelu=True))
+        y = gemm.linear(x, weight, bias, gelu=True)
+        expected = F.gelu(F.linear(x, weight, bias), approximate="tanh")
+    assert "mkldnn::_linear_pointwise" not in called
+    assert y.shape == (2, 5, 32) and y.dtype == expected.dtype and y.device == expected.device
+    if case != "meta device":
+        torch.testing.assert_close(y, expected, atol=0, rtol=0)

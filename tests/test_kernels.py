@@ -40,16 +40,16 @@ def matmul_ops(model: gpt2.GPT, idx: torch.Tensor) -> set[str]:
 
 
 @pytest.mark.parametrize("tier", TIERS)
-def test_compiled_decode_matches_eager_and_skips_the_stock_kernels(tiny_dir, tier):
+def test_compiled_decode_matches_eager_and_skips_the_library_kernels(tiny_dir, tier):
     eager = gpt2.load_model(tiny_dir, compile=False, **TIERS[tier])
     fast = compiled(gpt2.load_model(tiny_dir, **TIERS[tier]))
     idx = torch.tensor([[464, 2068, 7586, 21831, 18045, 625, 262]])
     ref, out = decode_logits(eager, idx, 6), decode_logits(fast, idx, 6)
     tol = 1e-5 if tier == "fp32" else 2e-2 * ref.abs().max().item()
     torch.testing.assert_close(out, ref, atol=tol, rtol=0)
-    assert matmul_ops(eager, idx)  # eager decode runs the stock kernels ...
+    assert matmul_ops(eager, idx)  # eager decode runs PyTorch's/oneDNN's kernels ...
     assert not matmul_ops(fast, idx)  # ... compiled decode none of them
-    with torch.inference_mode():  # prefill (many rows) stays on the stock GEMM
+    with torch.inference_mode():  # prefill (many rows) stays on oneDNN's GEMM
         torch.testing.assert_close(fast(idx).float(), eager(idx).float(), atol=0, rtol=0)
 
 

@@ -24,7 +24,7 @@ def test_int8_weights_are_one_byte(tiny_dir):
 
 def test_tier_logits_are_fp32_math(tier):
     """The head stores bf16 weights but must not round the logits to bf16: one row through
-    the compiled kernel and many rows through F.linear both equal fp32 math on those weights."""
+    the compiled kernel and many rows through gpt2.gemm both equal fp32 math on those weights."""
     idx = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
     with torch.inference_mode():
         hidden = tier.hidden_states(idx)
