@@ -8,7 +8,7 @@ request (prompt 16, 64 new tokens, greedy), then waits for the kernels and runs 
 - warm: the cache left by the cold run (every later start);
 - eager: `compile=False`, for reference.
 
-    python benchmarks/compile_probe.py    # -> benchmarks/COMPILE.md
+    python benchmarks/compile_probe.py    # -> the compile section of benchmarks/RESULTS.md
 """
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import machine_line
+from common import RESULTS, machine_line, put_section
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -81,7 +81,7 @@ def main() -> None:
                 rows.append((tier, case, result))
                 print(tier, case, json.dumps(result), flush=True)
     lines = [
-        "# Compiling the decode kernels: cost at start-up and the first request",
+        "## Compiling the decode kernels: cost at start-up and the first request",
         "",
         f"Command: `{shlex.join(['python', 'benchmarks/compile_probe.py'])}`  ",
         machine_line(),
@@ -99,9 +99,8 @@ def main() -> None:
         lines.append(f"| {tier} | {case} | {fmt(r['load_s'])} | {fmt(r['first_ttft_s'])} | "
                      f"{fmt(r['first_total_s'])} | {fmt(r['ready_after_load_s'])} | {fmt(r['compile_s'])} | "
                      f"{fmt(r['second_ttft_s'])} | {fmt(r['second_total_s'])} |")
-    (HERE / "COMPILE.md").write_text("\n".join(lines) + "\n")
-    print(f"wrote {HERE / 'COMPILE.md'}")
-
+    put_section("compile", lines)
+    print(f"wrote its section into {RESULTS}")
 
 if __name__ == "__main__":
     main()

@@ -8,7 +8,6 @@ Prints a table and writes it into benchmarks/RESULTS.md as its "Fidelity" sectio
 """
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
@@ -17,13 +16,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 import gpt2  # noqa: E402
 from gpt2 import corpus, restricted  # noqa: E402
+from common import put_section  # noqa: E402
 from gpt2.fidelity import compare_tiers  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 MODEL_FILE = HERE.parent / "assets" / "builtin-model.safetensors"
 HELD_OUT_SEED = 31337  # the built-in model was trained on seed 0; tests/test_fidelity.py uses this too
 TIERS = ("bf16", "int8")
-BEGIN, END = "<!-- fidelity:begin -->", "<!-- fidelity:end -->"
 
 
 def held_out_rows(n_docs: int = 200, T: int = 256) -> torch.Tensor:
@@ -35,7 +34,7 @@ def main() -> None:
     fp32 = gpt2.load_model(MODEL_FILE)
     rows = held_out_rows()
     vocab = restricted.trained_ids(fp32)
-    lines = [BEGIN, "## Fidelity of the fast tiers", "",
+    lines = ["## Fidelity of the fast tiers", "",
              f"Command: `python benchmarks/fidelity.py`. Model: `assets/builtin-model.safetensors` "
              f"(trained; random weights would prove nothing). Text: {rows.numel()} tokens of the "
              f"built-in corpus at seed {HELD_OUT_SEED}, never trained on. Top-1 = the next-token "
@@ -46,14 +45,8 @@ def main() -> None:
         result = compare_tiers(fp32, gpt2.load_model(MODEL_FILE, **gpt2.TIERS[tier]), rows, vocab)
         lines.append(f"| {tier} | {result.tokens} | {100 * result.top1_agreement:.2f}% | "
                      f"{result.max_logit_error:.3f} | {result.mean_logit_error:.4f} |")
-    lines.append(END)
-    section = "\n".join(lines)
-    print(section)
-    results = HERE / "RESULTS.md"
-    text = results.read_text() if results.exists() else ""
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section
-    results.write_text(text.strip() + "\n")  # idempotent: no blank line added per run
+    print("\n".join(lines))
+    put_section("fidelity", lines)
 
 
 if __name__ == "__main__":

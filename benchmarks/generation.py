@@ -38,6 +38,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 import gpt2  # noqa: E402
+from common import sections  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 OUR_TIERS = ("fp32", "bf16", "int8")
@@ -449,7 +450,7 @@ def write_report(path: Path, rows: list[Row], machine: Machine,
         f"- Measured ceilings (best of 5, at the start and again at the end; the better kept): "
         f"{ceilings(machine)}",
         *(f"- Kernels for {name}, built before timing: {compile_text(sec)} (inductor's on-disk "
-          "cache may already hold them; a cold start is in benchmarks/COMPILE.md)"
+          "cache may already hold them; a cold start is in the compile section below)"
           for name, sec in compile_seconds.items()),
         "",
         "TTFT and decode are median [min–max] over rounds. Decode tok/s = "
@@ -465,10 +466,8 @@ def write_report(path: Path, rows: list[Row], machine: Machine,
         out.append(f"| {r.model} | {r.prompt} | {r.system} | {spread(r.ttft, '.4f')} | "
                    f"{spread(r.decode, '.1f')} | {dec} | {ttft} | {r.pct_decode:.1f} | "
                    f"{r.pct_prefill:.1f} | {r.peak_mb:.1f} | {r.weights_mb:.0f} |")
-    old = path.read_text() if path.exists() else ""
-    fidelity = re.search(r"<!-- fidelity:begin -->.*?<!-- fidelity:end -->", old, re.S)
-    if fidelity:  # benchmarks/fidelity.py's section is not ours to drop
-        out += ["", fidelity.group(0)]
+    for section in sections(path.read_text() if path.exists() else ""):
+        out += ["", section]  # fidelity.py's and compile_probe.py's: not ours to drop
     path.write_text("\n".join(out) + "\n")
     print(f"wrote {path}")
 
