@@ -7,8 +7,9 @@ directly), the same compiled function called through torch.compile's wrapper, Py
 kernel, oneDNN's (`gpt2.gemm.linear`, the eager path), and for int8 the input row in bf16
 instead of fp32 and `torch._weight_int8pack_mm`.
 Prefill at 512 tokens: one layer's attention (flash SDPA, fp32 and bf16), its four products
-through `F.linear` and through `gpt2.gemm.linear`, and c_fc + GELU with the GELU as its own
-pass or in oneDNN's epilogue.
+through `F.linear`, through `gpt2.gemm.linear` and through oneDNN with weights pre-packed in
+its layout (faster, but a second copy of every weight: not used), and c_fc + GELU with the
+GELU as its own pass or in oneDNN's epilogue.
 Medians of 30 repetitions, ms.
 
     python benchmarks/kernel_variants.py    # -> benchmarks/KERNELS.md
@@ -96,11 +97,15 @@ def prefill_rows() -> list[tuple[str, str, float]]:
             layer = [(torch.randn(out_f, in_f).to(dtype), torch.randn(out_f).to(dtype))
                      for out_f, in_f in SHAPES[:4]]
             c_fc = layer[2]
+            packed = [torch.ops.mkldnn._reorder_linear_weight(w, 512) for w, _ in layer]
             rows += [
                 (f"prefill 512, {tier}", "one layer's 4 products, F.linear",
                  ms(lambda: [F.linear(x[w.size(1)], w, b) for w, b in layer])),
                 (f"prefill 512, {tier}", "one layer's 4 products, gpt2.gemm.linear (oneDNN)",
                  ms(lambda: [gemm.linear(x[w.size(1)], w, b) for w, b in layer])),
+                (f"prefill 512, {tier}", "the same, weights pre-packed for oneDNN (a second copy; not used)",
+                 ms(lambda: [torch.ops.mkldnn._linear_pointwise(x[w.size(1)], p, b, "none", [], "")
+                             for (w, b), p in zip(layer, packed)])),
                 (f"prefill 512, {tier}", "c_fc, then GELU (tanh) as its own pass",
                  ms(lambda: F.gelu(F.linear(x[768], *c_fc), approximate="tanh"))),
                 (f"prefill 512, {tier}", "c_fc with GELU in oneDNN's epilogue (gpt2.gemm.linear)",

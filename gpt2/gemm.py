@@ -4,10 +4,10 @@ and everything before the kernels are built.
 On the CPU they go straight to oneDNN's GEMM (`torch.ops.mkldnn._linear_pointwise`, the op
 inductor emits for bf16 linears on the CPU) with the bias and, in the MLP, GPT-2's tanh GELU
 applied in its epilogue on the fp32 accumulator. Measured on a 2-core AMD EPYC
-(benchmarks/KERNELS.md): c_fc + GELU over 512 rows 8.1 -> 6.1 ms in bf16 (the GELU as its
-own pass over 512 x 3072 cost a quarter) and 14.8 -> 11.6 ms in fp32; fp32 products are
-faster through oneDNN than through `F.linear` (MKL): a layer's four over 512 rows 37.7 ->
-33.9 ms, decoding's 48 one-row products 22.4 -> 12.9 ms (the compiled kernels: 8.9).
+(benchmarks/KERNELS.md): c_fc + GELU over 512 rows 8.5 -> 6.5 ms in bf16 (the GELU as its
+own pass over 512 x 3072 cost a quarter) and 15.5 -> 11.9 ms in fp32; fp32 products are
+faster through oneDNN than through `F.linear` (MKL): a layer's four over 512 rows 37.1 ->
+34.4 ms, decoding's 48 one-row products 21.7 -> 12.4 ms (the compiled kernels: 10.7).
 Everywhere else it is `F.linear` and `F.gelu`, the same math: under autograd or autocast
 (the op has neither a backward nor a cast rule), on another device, with mixed or other
 dtypes, with oneDNN switched off (`torch.backends.mkldnn`), on non-x86 CPUs (not measured),

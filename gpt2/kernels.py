@@ -1,11 +1,11 @@
 """Compiled one-row matrix products: decoding one token at memory speed on a CPU.
 
 Decoding reads every weight once per token, so its speed is how fast the weights stream.
-For a one-row product in fp32, PyTorch's `F.linear` streams ~15 GB/s, oneDNN's GEMM (the
-eager path, `gpt2.gemm`) ~26 GB/s; the same product written as a multiply and a row sum and
-compiled by inductor (vectorised C++, rows split over OpenMP threads) ~38 GB/s, near the
-machine's read bandwidth (benchmarks/KERNELS.md, RESULTS.md). Prefill (many rows) stays on
-oneDNN's GEMM, which is fast.
+For a one-row product in fp32, PyTorch's `F.linear` streams ~16 GB/s, oneDNN's GEMM (the
+eager path, `gpt2.gemm`) ~27 GB/s; the same product written as a multiply and a row sum and
+compiled by inductor (vectorised C++, rows split over OpenMP threads) ~32 GB/s
+(benchmarks/KERNELS.md; the machine's read bandwidth itself moves between runs, RESULTS.md).
+Prefill (many rows) stays on oneDNN's GEMM, which is fast.
 
 `compile_kernels(model)` compiles these for a model's weights, by default in a background
 thread: the model answers in eager mode until every kernel is built, then switches, so no

@@ -12,7 +12,26 @@ from .config import GPTConfig
 from .kv_cache import KVCache
 
 
-class Linear(nn.Linear):
+class Pinned:
+    """Mixed into every module the forward pass calls. While inductor compiles kernels in a
+    background thread (`gpt2.kernels`), torch.fx tracers swap `nn.Module.__call__` and
+    `__getattr__` on nn.Module itself, process-wide, for the length of a trace: a request
+    decoding on another thread at that moment went through the tracer and failed ("module
+    is not installed as a submodule", tests/test_kernels.py). Our classes keep their own."""
+
+    __call__ = nn.Module.__call__
+    __getattr__ = nn.Module.__getattr__
+
+
+class LayerNorm(Pinned, nn.LayerNorm):
+    pass
+
+
+class Embedding(Pinned, nn.Embedding):
+    pass
+
+
+class Linear(Pinned, nn.Linear):
     """`nn.Linear` whose one-row products (decoding) run on a compiled kernel once
     `gpt2.kernels.compile_kernels` has built it; everything else is `gpt2.gemm.linear`.
     `gelu=True` returns GPT-2's tanh GELU of the output, fused into the GEMM where it can be."""
@@ -43,7 +62,7 @@ class FusedQKV(Linear):
         return super().forward(x)
 
 
-class CausalSelfAttention(nn.Module):
+class CausalSelfAttention(Pinned, nn.Module):
     def __init__(self, config: GPTConfig, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
@@ -64,7 +83,7 @@ class CausalSelfAttention(nn.Module):
         return self.c_proj(y.to(x.dtype).transpose(1, 2).reshape(B, T, C))
 
 
-class MLP(nn.Module):
+class MLP(Pinned, nn.Module):
     """c_fc, GELU, c_proj; the GELU runs inside c_fc's call (fused into its GEMM on the CPU),
     so a forward hook on `mlp.c_fc` sees the activations after the GELU."""
 
@@ -77,12 +96,12 @@ class MLP(nn.Module):
         return self.c_proj(self.c_fc(x, gelu=True))
 
 
-class Block(nn.Module):
+class Block(Pinned, nn.Module):
     def __init__(self, config: GPTConfig, layer_idx: int):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.ln_1 = LayerNorm(config.n_embd, eps=config.layer_norm_eps)
         self.attn = CausalSelfAttention(config, layer_idx)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.ln_2 = LayerNorm(config.n_embd, eps=config.layer_norm_eps)
         self.mlp = MLP(config)
 
     def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
@@ -90,7 +109,7 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-class GPT(nn.Module):
+class GPT(Pinned, nn.Module):
     """`model(idx)` -> logits [B, T, vocab]; with a `KVCache`, `idx` continues the cached text."""
 
     use_kernels = False  # the LM head's one-row kernel, as in `Linear`
@@ -99,10 +118,10 @@ class GPT(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.context_length, config.n_embd)
+        self.wte = Embedding(config.vocab_size, config.n_embd)
+        self.wpe = Embedding(config.context_length, config.n_embd)
         self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.ln_f = LayerNorm(config.n_embd, eps=config.layer_norm_eps)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

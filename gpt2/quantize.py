@@ -18,10 +18,10 @@ import torch
 from torch import Tensor, nn
 
 from . import gemm, kernels
-from .model import GPT, FusedQKV
+from .model import GPT, FusedQKV, Pinned
 
 
-class Int8Linear(nn.Module):
+class Int8Linear(Pinned, nn.Module):
     use_kernels = False  # see gpt2.kernels
 
     def __init__(self, weight: Tensor, bias: Tensor | None):

@@ -80,7 +80,7 @@ def start_model(default: str, names: list[str]) -> tuple[str, str | None]:
 
 
 # The tier a bare preset name runs at, from benchmarks/RESULTS.md (124M, 2-core EPYC): int8
-# decodes 4.3x faster than transformers fp32 at prompt 16 (bf16 3.8x, fp32 2.3x), holds a
+# decodes 4.2x faster than transformers fp32 at prompt 16 (bf16 3.7x, fp32 2.1x), holds a
 # third of fp32's memory, and agrees with fp32's top-1 99.4% of the time (bf16 99.7%).
 # "gpt2 · fp32" is the exact model.
 DEFAULT_TIER = "int8"
