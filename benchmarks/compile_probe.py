@@ -102,5 +102,6 @@ def main() -> None:
     put_section("compile", lines)
     print(f"wrote its section into {RESULTS}")
 
+
 if __name__ == "__main__":
     main()

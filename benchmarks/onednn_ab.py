@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -20,6 +19,7 @@ import transformers
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 import gpt2  # noqa: E402
 from common import machine_line  # noqa: E402
+from generation import OUR_TIERS, hf, make_tier, timed  # noqa: E402
 from gpt2 import gemm  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
@@ -38,30 +38,24 @@ def without_onednn(fn: Callable[[], object]) -> Callable[[], object]:
 
 
 def seconds(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
+    return timed(fn, torch.device("cpu"))
 
 
 def main() -> None:
     torch.manual_seed(0)
     config = gpt2.PRESETS["gpt2"]
     base = gpt2.GPT(config).eval()
-    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+    hf_run = hf(transformers.GPT2LMHeadModel(transformers.GPT2Config(
         n_embd=config.n_embd, n_layer=config.n_layer, n_head=config.n_head,
-        vocab_size=config.vocab_size, n_positions=config.context_length)).eval()
+        vocab_size=config.vocab_size, n_positions=config.context_length)).eval(), "fp32").run
     prompt = torch.randint(0, config.vocab_size, (1, PROMPT), generator=torch.Generator().manual_seed(1))
     short = prompt[:, :DECODE_PROMPT]
-    models = {"fp32": base, "bf16": gpt2.to_bf16(_copy(base)), "int8": gpt2.quantize_int8(_copy(base))}
+    models = {tier: make_tier(base, tier) for tier in OUR_TIERS}
     for model in models.values():
         assert gpt2.compile_kernels(model, background=False).ready
 
-    def hf_ttft() -> None:
-        with torch.inference_mode():
-            hf.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=1,
-                        do_sample=False, pad_token_id=0)  # as benchmarks/generation.py
-
-    cases: dict[str, Callable[[], float]] = {"transformers fp32 | ttft": lambda: seconds(hf_ttft)}
+    cases: dict[str, Callable[[], float]] = {
+        "transformers fp32 | ttft": lambda: seconds(lambda: hf_run(prompt, 1))}
     for tier, model in models.items():
         ttft = lambda m=model: seconds(lambda: gpt2.generate(m, prompt, 1))  # noqa: E731
         decode = lambda m=model: 63 / (seconds(lambda: gpt2.generate(m, short, NEW))  # noqa: E731
@@ -99,12 +93,6 @@ def main() -> None:
                      f"| {med[f'{tier} | decode | oneDNN']:.1f} | {med[f'{tier} | decode | F.linear']:.1f} |")
     (HERE / "ONEDNN.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-
-
-def _copy(model: gpt2.GPT) -> gpt2.GPT:
-    twin = gpt2.GPT(model.config).eval()
-    twin.load_state_dict(model.state_dict())
-    return twin
 
 
 if __name__ == "__main__":
