@@ -1,49 +1,8 @@
-"""Start the GPT-2 playground: `python app.py [--model NAME_OR_PATH] [--port N] [--host H]`.
+"""Hugging Face Spaces' entry point (and `python app.py` from a checkout): the playground's
+launcher, `playground.app`, which the installed console command `gpt2-playground` also runs."""
+from playground.app import main, parse_args
 
-On Hugging Face Spaces (SPACE_ID is set) it binds 0.0.0.0:7860 as Spaces expects; locally
-it listens on 127.0.0.1 only. Analytics are off, nothing is shared publicly, and no
-server paths are exposed to the browser.
-"""
-from __future__ import annotations
-
-import argparse
-import logging
-import os
-
-QUEUE_MAX_SIZE = 32  # waiting requests beyond this are turned away instead of piling up
-
-
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    on_spaces = bool(os.environ.get("SPACE_ID"))
-    parser = argparse.ArgumentParser(description="GPT-2 playground (Gradio)")
-    parser.add_argument("--model", default=os.environ.get("GPT2_MODEL", "gpt2"),
-                        help="preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a local checkpoint: "
-                             "a Hub-layout folder or a .safetensors file (env: GPT2_MODEL)")
-    parser.add_argument("--extra-model", action="append", dest="extra_models", metavar="PATH",
-                        default=[p for p in os.environ.get("GPT2_EXTRA_MODELS", "").split(os.pathsep) if p],
-                        help="another local checkpoint to offer in the model list (repeatable; env: "
-                             f"GPT2_EXTRA_MODELS, paths separated by '{os.pathsep}')")
-    parser.add_argument("--host", default="0.0.0.0" if on_spaces else "127.0.0.1")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
-    return parser.parse_args(argv)
-
-
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    import gradio as gr
-    from starlette.middleware import Middleware
-
-    from playground import ui
-    from playground.limits import BodyLimit
-
-    demo = ui.build(args.model, args.extra_models)
-    demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=ui.VIEW_CONCURRENCY)
-    demo.launch(server_name=args.host, server_port=args.port, share=False, show_error=False,
-                max_file_size="1mb", footer_links=["api", "gradio"], theme=gr.themes.Soft(),
-                css=ui.CSS, ssr_mode=False, app_kwargs={"middleware": [Middleware(BodyLimit)]})
-
+__all__ = ["main", "parse_args"]
 
 if __name__ == "__main__":
     main()

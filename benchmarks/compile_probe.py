@@ -1,6 +1,6 @@
 """What compiling the decode kernels costs a fresh process, and what its first request feels.
 
-`gpt2.load_model` returns at once and compiles the one-row kernels (`gpt2.kernels`) in a
+`gpt2.load_model` returns at once and compiles the one-row kernels (`gpt2.fast.kernels`) in a
 background thread; requests run eager until they are ready. Each case below is a fresh
 Python process that loads the 124M config (random weights, saved once) and at once runs a
 request (prompt 16, 64 new tokens, greedy), then waits for the kernels and runs it again:

@@ -15,12 +15,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 import gpt2  # noqa: E402
-from gpt2 import corpus, restricted  # noqa: E402
+from gpt2.training import corpus, restricted  # noqa: E402
 from common import put_section  # noqa: E402
-from gpt2.fidelity import compare_tiers  # noqa: E402
+from gpt2.tiers import compare_tiers  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-MODEL_FILE = HERE.parent / "assets" / "builtin-model.safetensors"
+MODEL_FILE = gpt2.weights.BUILTIN_FILE
 HELD_OUT_SEED = 31337  # the built-in model was trained on seed 0; tests/test_fidelity.py uses this too
 TIERS = ("bf16", "int8")
 
@@ -35,7 +35,7 @@ def main() -> None:
     rows = held_out_rows()
     vocab = restricted.trained_ids(fp32)
     lines = ["## Fidelity of the fast tiers", "",
-             f"Command: `python benchmarks/fidelity.py`. Model: `assets/builtin-model.safetensors` "
+             f"Command: `python benchmarks/fidelity.py`. Model: `gpt2/data/builtin-model.safetensors` "
              f"(trained; random weights would prove nothing). Text: {rows.numel()} tokens of the "
              f"built-in corpus at seed {HELD_OUT_SEED}, never trained on. Top-1 = the next-token "
              "argmax equals fp32's; logit errors over the model's trained ids.", "",

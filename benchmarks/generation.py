@@ -99,7 +99,7 @@ def hf(model: nn.Module, tier: str) -> System:
 def build_systems(config: gpt2.GPTConfig, device: torch.device,
                   seed: int = 0) -> tuple[list[System], dict[str, float]]:
     """transformers' random model (seeded), saved and loaded by both libraries: same weights.
-    Our tiers run with the compiled decode kernels (`gpt2.kernels`, CPU only), built here
+    Our tiers run with the compiled decode kernels (`gpt2.fast.kernels`, CPU only), built here
     before timing (their seconds are returned per tier); `ours-fp32-eager` is the same model
     without them (`compile=False`)."""
     hf_kwargs = {k: v for k, v in config.to_hf().items() if k not in ("model_type", "architectures")}

@@ -2,12 +2,12 @@
 
 Decode: the 48 block matrices of the 124M config (12 layers x c_attn, attn c_proj, c_fc, mlp
 c_proj; random weights, distinct tensors so that they stream from memory as in a real step,
-not from cache), one row each, per tier: `gpt2.kernels.linear` (inductor's code called
+not from cache), one row each, per tier: `gpt2.fast.kernels.linear` (inductor's code called
 directly), the same compiled function called through torch.compile's wrapper, PyTorch's own
-kernel, oneDNN's (`gpt2.gemm.linear`, the eager path), and for int8 the input row in bf16
+kernel, oneDNN's (`gpt2.fast.gemm.linear`, the eager path), and for int8 the input row in bf16
 instead of fp32 and `torch._weight_int8pack_mm`.
 Prefill at 512 tokens: one layer's attention (flash SDPA, fp32 and bf16), its four products
-through `F.linear`, through `gpt2.gemm.linear` and through oneDNN with weights pre-packed in
+through `F.linear`, through `gpt2.fast.gemm.linear` and through oneDNN with weights pre-packed in
 its layout (faster, but a second copy of every weight: not used), and c_fc + GELU with the
 GELU as its own pass or in oneDNN's epilogue.
 Medians of 30 repetitions, ms.
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 from common import machine_line, median_ms  # noqa: E402
-from gpt2 import gemm, kernels  # noqa: E402
+from gpt2.fast import gemm, kernels  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SHAPES = [(2304, 768), (768, 768), (3072, 768), (768, 3072)] * 12  # (out, in) per layer
@@ -60,7 +60,7 @@ def decode_rows() -> list[tuple[str, str, float]]:
         with torch.inference_mode():
             wrapped(mats[0][3].to(x_in), mats[0][0], mats[0][1], mats[0][2], act)
             cases = {
-                "gpt2.kernels.linear (compiled code, called directly)":
+                "gpt2.fast.kernels.linear (compiled code, called directly)":
                     lambda: [kernels.linear(x.to(x_in), w, s, b, act) for w, s, b, x in mats],
                 "same compiled function through torch.compile's wrapper":
                     lambda: [wrapped(x.to(x_in), w, s, b, act) for w, s, b, x in mats],
@@ -76,7 +76,7 @@ def decode_rows() -> list[tuple[str, str, float]]:
                     lambda: [torch._weight_int8pack_mm(x, w, s).add_(b) for w, s, b, x in mats]
             else:
                 cases["F.linear (PyTorch's kernel)"] = lambda: [F.linear(x, w, b) for w, s, b, x in mats]
-                cases["gpt2.gemm.linear (oneDNN; the eager path)"] = \
+                cases["gpt2.fast.gemm.linear (oneDNN; the eager path)"] = \
                     lambda: [gemm.linear(x, w, b) for w, s, b, x in mats]
             for name, fn in cases.items():
                 rows.append((tier, name, ms(fn)))
@@ -101,14 +101,14 @@ def prefill_rows() -> list[tuple[str, str, float]]:
             rows += [
                 (f"prefill 512, {tier}", "one layer's 4 products, F.linear",
                  ms(lambda: [F.linear(x[w.size(1)], w, b) for w, b in layer])),
-                (f"prefill 512, {tier}", "one layer's 4 products, gpt2.gemm.linear (oneDNN)",
+                (f"prefill 512, {tier}", "one layer's 4 products, gpt2.fast.gemm.linear (oneDNN)",
                  ms(lambda: [gemm.linear(x[w.size(1)], w, b) for w, b in layer])),
                 (f"prefill 512, {tier}", "the same, weights pre-packed for oneDNN (a second copy; not used)",
                  ms(lambda: [torch.ops.mkldnn._linear_pointwise(x[w.size(1)], p, b, "none", [], "")
                              for (w, b), p in zip(layer, packed)])),
                 (f"prefill 512, {tier}", "c_fc, then GELU (tanh) as its own pass",
                  ms(lambda: F.gelu(F.linear(x[768], *c_fc), approximate="tanh"))),
-                (f"prefill 512, {tier}", "c_fc with GELU in oneDNN's epilogue (gpt2.gemm.linear)",
+                (f"prefill 512, {tier}", "c_fc with GELU in oneDNN's epilogue (gpt2.fast.gemm.linear)",
                  ms(lambda: gemm.linear(x[768], *c_fc, gelu=True))),
             ]
     return rows

@@ -8,7 +8,7 @@ requests served, p50/p95 latency, errors (must be 0) and the server's peak RSS (
 
     python benchmarks/load.py --users 8 --seconds 60 [--model PATH|random-tiny] [--out benchmarks/LOAD.md]
 
-`--model random-tiny` (the default when `assets/builtin-model.safetensors` is absent) writes
+`--model random-tiny` (the default when `gpt2/data/builtin-model.safetensors` is absent) writes
 a random 2-layer GPT-2 (32 wide, 128-token context) to a temporary folder: it measures the
 app's serving path (queue, validation, capture, JSON), not the model's speed.
 """
@@ -31,7 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-BUILTIN = ROOT / "assets" / "builtin-model.safetensors"
+BUILTIN = ROOT / "gpt2" / "data" / "builtin-model.safetensors"
 PROMPTS = ["Once upon a time", "The meaning of life is", "Mira took the kite to the river.",
            "def fibonacci(n):", "In 1969, the first", "Hello, my name is"]
 

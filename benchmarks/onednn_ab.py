@@ -1,4 +1,4 @@
-"""A/B of `gpt2.gemm`: the same models with every non-kernel product through oneDNN (bias and
+"""A/B of `gpt2.fast.gemm`: the same models with every non-kernel product through oneDNN (bias and
 GELU in its epilogue) and through `F.linear` + `F.gelu` (the path before it), interleaved in
 one process. Per tier (124M, random weights, compiled decode kernels): time to first token at
 prompt 512 (transformers fp32 alongside, for the ratio the speed issue targets) and decode
@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import gpt2  # noqa: E402
 from common import machine_line  # noqa: E402
 from generation import OUR_TIERS, hf, make_tier, timed  # noqa: E402
-from gpt2 import gemm  # noqa: E402
+from gpt2.fast import gemm  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROUNDS = 7
@@ -73,7 +73,7 @@ def main() -> None:
     med = {name: statistics.median(values) for name, values in samples.items()}
     hf_s = med["transformers fp32 | ttft"]
     lines = [
-        "# oneDNN products (`gpt2.gemm`) on and off",
+        "# oneDNN products (`gpt2.fast.gemm`) on and off",
         "",
         "Command: `python benchmarks/onednn_ab.py`  ",
         machine_line(),

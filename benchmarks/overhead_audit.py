@@ -24,10 +24,10 @@ HERE = Path(__file__).resolve().parent
 STEPS = 40
 PREFILL = 512  # tokens
 GROUPS = {  # group -> substrings of profiler event names (first match wins, in this order)
-    "matrix products (compiled kernels)": ("gpt2.kernels.linear",),
+    "matrix products (compiled kernels)": ("gpt2.fast.kernels.linear",),
     "matrix products (PyTorch/oneDNN kernels)": ("aten::addmm", "aten::mm", "_weight_int8pack_mm",
                                                  "mkldnn::_linear_pointwise"),
-    # gpt2.kernels calls inductor's code directly: this group should stay at zero.
+    # gpt2.fast.kernels calls inductor's code directly: this group should stay at zero.
     "compiled-call wrappers (dynamo guards, AOT wrappers)": ("Torch-Compiled Region", "TorchDynamo",
                                                             "Pregraph", "AOTDispatcher",
                                                             "CompiledFxGraph"),

@@ -1,22 +1,26 @@
-"""GPT-2 from scratch, OpenAI-weights compatible, with a KV cache and attention capture."""
+"""GPT-2 from scratch, OpenAI-weights compatible, with a KV cache and attention capture.
+
+The core lives here (config, model, cache, sampling, generation, capture, head roles,
+tokenizer, weights); `gpt2.fast` is the speed layer it calls, `gpt2.training` the trainer.
+"""
 from .capture import AttentionCapture, capture_attention
 from .compat import (get_gpt2_tokenizer, load_openai_124m_gpt2, load_openai_355m_gpt2,
                      perform_non_cpu_backend_check, text_to_token_ids, token_ids_to_text)
 from .config import PRESETS, GPTConfig
+from .fast.kernels import CompileStatus, compile_kernels
 from .generate import generate, stream
-from . import restricted
 from .heads import ROLES, head_scores, strongest_roles
-from .kernels import CompileStatus, compile_kernels
 from .kv_cache import KVCache
 from .model import GPT
-from .quantize import quantize_int8, to_bf16
-from .train import train
+from .tiers import TIERS, quantize_int8, to_bf16
 from .tokenizer import EOT_ID, StreamDecoder, decode, encode, get_tokenizer
-from .weights import TIERS, WeightsError, convert, download, load_model, save_model
+from .training import restricted, train
+from .weights import BUILTIN, WeightsError, convert, download, load_model, save_model
 
 __all__ = [
-    "GPT", "GPTConfig", "PRESETS", "KVCache", "CompileStatus", "compile_kernels", "AttentionCapture", "capture_attention",
-    "generate", "stream", "quantize_int8", "to_bf16", "load_model", "TIERS", "save_model", "download", "convert", "WeightsError",
+    "GPT", "GPTConfig", "PRESETS", "BUILTIN", "KVCache", "CompileStatus", "compile_kernels",
+    "AttentionCapture", "capture_attention", "generate", "stream", "quantize_int8", "to_bf16",
+    "load_model", "TIERS", "save_model", "download", "convert", "WeightsError",
     "get_tokenizer", "encode", "decode", "StreamDecoder", "EOT_ID",
     "perform_non_cpu_backend_check", "get_gpt2_tokenizer", "text_to_token_ids",
     "token_ids_to_text", "load_openai_124m_gpt2", "load_openai_355m_gpt2",

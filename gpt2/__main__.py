@@ -10,7 +10,7 @@ import torch
 
 from . import PRESETS, TIERS, StreamDecoder, WeightsError, convert, encode, load_model, stream
 from .config import GPTConfig
-from .train import TrainConfig
+from .training.trainer import TrainConfig
 
 
 def cmd_download(args: argparse.Namespace) -> None:
@@ -30,7 +30,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
-    from .train import train
+    from .training.trainer import train
 
     if args.threads:
         torch.set_num_threads(args.threads)

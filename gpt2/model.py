@@ -7,20 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import gemm, kernels
 from .config import GPTConfig
+from .fast import gemm, kernels
+from .fast.pinned import Pinned
 from .kv_cache import KVCache
-
-
-class Pinned:
-    """Mixed into every module the forward pass calls. While inductor compiles kernels in a
-    background thread (`gpt2.kernels`), torch.fx tracers swap `nn.Module.__call__` and
-    `__getattr__` on nn.Module itself, process-wide, for the length of a trace: a request
-    decoding on another thread at that moment went through the tracer and failed ("module
-    is not installed as a submodule", tests/test_kernels.py). Our classes keep their own."""
-
-    __call__ = nn.Module.__call__
-    __getattr__ = nn.Module.__getattr__
 
 
 class LayerNorm(Pinned, nn.LayerNorm):
@@ -33,7 +23,7 @@ class Embedding(Pinned, nn.Embedding):
 
 class Linear(Pinned, nn.Linear):
     """`nn.Linear` whose one-row products (decoding) run on a compiled kernel once
-    `gpt2.kernels.compile_kernels` has built it; everything else is `gpt2.gemm.linear`.
+    `gpt2.fast.kernels.compile_kernels` has built it; everything else is `gpt2.fast.gemm.linear`.
     `gelu=True` returns GPT-2's tanh GELU of the output, fused into the GEMM where it can be."""
 
     use_kernels = False
@@ -160,7 +150,7 @@ class GPT(Pinned, nn.Module):
     def logits(self, hidden: Tensor) -> Tensor:
         """The LM head, tied to the token embedding (as in OpenAI's checkpoints): fp32 logits
         from fp32 math, even where the embedding is stored in bf16 (the fast tiers), because
-        rounding logits to bf16 flips near-tied predictions (see `gpt2.quantize`). One
+        rounding logits to bf16 flips near-tied predictions (see `gpt2.tiers`). One
         exception: eager decoding of a fast tier on the CPU (see below)."""
         weight = self.wte.weight
         if self.use_kernels and kernels.one_row(hidden):

@@ -1,4 +1,4 @@
-"""GPT-2's byte-level BPE via tiktoken, built from the ranks file shipped in `assets/`.
+"""GPT-2's byte-level BPE via tiktoken, built from the ranks file shipped in `gpt2/data/`.
 
 `<|endoftext|>` typed in a prompt is the real end-of-text token (id 50256), as the seed
 project and GPT-2's training data treat it: it starts a new document. Any other
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import tiktoken
 
-RANKS_FILE = Path(__file__).resolve().parent.parent / "assets" / "gpt2.tiktoken"
+RANKS_FILE = Path(__file__).resolve().parent / "data" / "gpt2.tiktoken"
 RANKS_SHA256 = "306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930"
 EOT = "<|endoftext|>"
 EOT_ID = 50256

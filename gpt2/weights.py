@@ -18,18 +18,17 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .config import PRESETS, GPTConfig
-from .kernels import compile_kernels
+from .fast.kernels import compile_kernels
 from .model import GPT
-from .quantize import quantize_int8, to_bf16
+from .tiers import quantize_int8, to_bf16
 
 HUB_ORG = "openai-community"
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 HF_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers, not parameters
 CONFIG_KEY = "gpt2_config"  # safetensors metadata key of our own format
+BUILTIN = "builtin"  # the small model shipped with the package (docs/BUILTIN_MODEL.md)
+BUILTIN_FILE = Path(__file__).resolve().parent / "data" / "builtin-model.safetensors"
 
-
-# `load_model` arguments for each precision tier, by name (the CLI's and the app's choices).
-TIERS: dict[str, dict] = {"fp32": {}, "bf16": {"dtype": torch.bfloat16}, "int8": {"quantize": "int8"}}
 
 
 class WeightsError(Exception):
@@ -195,7 +194,10 @@ def save_model(model: GPT, path: str | Path) -> Path:
 
 
 def read_checkpoint(source: str | Path) -> tuple[GPTConfig, dict[str, Tensor]]:
-    """Resolve `source` (preset, Hub-layout folder, or our .safetensors) to (config, state)."""
+    """Resolve `source` (preset, "builtin", Hub-layout folder, or our .safetensors) to
+    (config, state)."""
+    if str(source) == BUILTIN:
+        return read_file(BUILTIN_FILE)
     name = preset_name(str(source))
     if name is not None:
         converted = weights_dir() / f"{name}.safetensors"
@@ -205,18 +207,19 @@ def read_checkpoint(source: str | Path) -> tuple[GPTConfig, dict[str, Tensor]]:
         return read_hf_dir(path)
     if path.is_file():
         return read_file(path)
-    raise WeightsError(f"{source}: not a preset ({', '.join(PRESETS)}) and no such file or folder")
+    raise WeightsError(f"{source}: not a preset ({', '.join(PRESETS)}), not {BUILTIN!r}, and no such "
+                       "file or folder")
 
 
 def load_model(source: str | Path, device: str | torch.device | None = None,
                dtype: torch.dtype | None = None, quantize: str | None = None,
                compile: bool = True) -> GPT:
-    """A ready-to-run model in eval mode from a preset name, a Hub folder, or our file.
+    """A ready-to-run model in eval mode from a preset name, "builtin", a Hub folder, or our file.
 
     `dtype=torch.bfloat16` halves the bytes read per decoded token; `quantize="int8"` quarters
     the blocks' (weight-only int8, bf16 activations; `dtype` is then ignored). Both keep the
-    logits fp32. See `gpt2.quantize`.
-    `compile` (CPU only) builds the decode kernels of `gpt2.kernels` in a background
+    logits fp32. See `gpt2.tiers`.
+    `compile` (CPU only) builds the decode kernels of `gpt2.fast.kernels` in a background
     thread; the model is usable at once and speeds up when `model.compile_status` is ready.
     """
     if quantize not in (None, "int8"):

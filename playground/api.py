@@ -8,31 +8,29 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import closing
-from typing import TYPE_CHECKING
 
 import gradio as gr
+
+import gpt2
 
 from . import tokens, validate
 from .errors import friendly
 from .inspection import DEFAULT_WINDOW, MAX_WINDOW, rank_candidates
-from .service import MEAN, parse_head
-
-if TYPE_CHECKING:
-    from .ui import Page
-
-GENERATE_CONCURRENCY = 2  # CPU-bound: more at once only slows each one down
+from .models import describe, load_error_message
+from .service import MEAN, Service, parse_head
 
 
-def register(page: Page) -> None:
+def register(service: Service, generate_concurrency: int) -> None:
     """Add the endpoints to the Blocks being built (call inside its `with`)."""
-    names, service = page.names, page.service
+    names = service.models.names
 
     def generate(prompt: str, model: str = names[0], temperature: float = 0.8, top_k: int = 40,
                  top_p: float = 0.95, max_new_tokens: int = 60, seed: int | None = None) -> Iterator[str]:
         """Continue `prompt`; streams the generated text (without the prompt). A prompt too long
         for the context keeps its end and says so in a warning (a `log` message)."""
-        with closing(page.generate(prompt, model, temperature, top_k, top_p, max_new_tokens, seed)) as steps:
-            for text, _, _ in steps:
+        s = validate.settings(prompt, model, temperature, top_k, top_p, max_new_tokens, seed, offered=names)
+        with closing(service.generate(s, notice=gr.Warning)) as steps:
+            for text, _ in steps:
                 yield text
 
     def attention(text: str, model: str = names[0], layer: int = 0, head: str = MEAN,
@@ -66,11 +64,16 @@ def register(page: Page) -> None:
             for p, c in enumerate(rank_candidates(run.capture, run.ids, k), start=1)]}
 
     def load_model(model: str) -> str:
-        """Load a model ahead of use; returns its status line (or why it cannot load)."""
-        return list(page.model_status(validate.model_name(model, names)))[-1]
+        """Load a model ahead of use; returns its status line. A model that cannot load is an
+        error saying why and how to fix it."""
+        name = validate.model_name(model, names)
+        try:
+            return describe(name, service.models.get(name))
+        except gpt2.WeightsError as error:
+            raise gr.Error(load_error_message(name, error), print_exception=False) from None
 
-    gr.api(generate, api_name="generate", concurrency_id="generate",
-           concurrency_limit=GENERATE_CONCURRENCY)
+    gr.api(friendly(generate), api_name="generate", concurrency_id="generate",
+           concurrency_limit=generate_concurrency)
     gr.api(friendly(attention), api_name="attention", concurrency_id="generate")
     gr.api(friendly(next_tokens), api_name="next_tokens", concurrency_id="generate")
     gr.api(friendly(load_model), api_name="load_model", concurrency_id="load")

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import gradio as gr
@@ -27,7 +28,18 @@ def to_gr_error(error: Exception) -> gr.Error:
 
 
 def friendly(fn: Callable) -> Callable:
-    """Turn exceptions of a plain handler into gr.Error (generators handle their own)."""
+    """Turn the exceptions of a handler (a plain function or a generator) into gr.Error."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def streamed(*args: Any, **kwargs: Any) -> Iterator:
+            try:
+                yield from fn(*args, **kwargs)
+            except gr.Error:
+                raise
+            except Exception as error:  # noqa: BLE001 - the server must keep serving
+                raise to_gr_error(error) from None
+        return streamed
+
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:

@@ -50,8 +50,7 @@ def resident_bytes(model: gpt2.GPT) -> int:
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
 
 
-BUILTIN = "builtin"
-BUILTIN_FILE = Path(__file__).resolve().parent.parent / "assets" / "builtin-model.safetensors"
+BUILTIN = gpt2.BUILTIN
 OFFLINE_NOTICE = ("Running the **built-in tiny model** (trained here, works offline): GPT-2's weights "
                   "are not cached and the Hugging Face Hub cannot be reached. For real GPT-2, go online "
                   "and pick it in the list, or run `python -m gpt2 download gpt2` once.")
@@ -66,7 +65,7 @@ def offered_sources(default: str, extras: list[str] | tuple[str, ...] = ()) -> d
     if len(sources) < len(local):
         raise ValueError("two local checkpoints have the same name: "
                          f"{', '.join(local_name(path) for path in local)}; rename one")
-    return {**sources, BUILTIN: str(BUILTIN_FILE), **{name: name for name in gpt2.PRESETS}}
+    return {**sources, BUILTIN: BUILTIN, **{name: name for name in gpt2.PRESETS}}
 
 
 def start_model(default: str, names: list[str]) -> tuple[str, str | None]:
@@ -102,8 +101,18 @@ def with_tiers(sources: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]
     return names, tiers
 
 
+def describe(name: str, model: gpt2.GPT) -> str:
+    """The status line of a loaded model (Markdown)."""
+    c = model.config
+    status = model.compile_status
+    speed = (" · fast decode kernels unavailable, running eager"
+             if status is not None and status.done.is_set() and status.error else "")
+    return (f"**{name}** ready · {c.num_params / 1e6:,.1f}M parameters · {c.n_layer} layers × "
+            f"{c.n_head} heads · {c.context_length}-token context{speed}")
+
+
 def load_error_message(name: str, error: Exception) -> str:
-    """Why a model could not be loaded and how to fix it, as Markdown for the page."""
+    """Why a model could not be loaded and how to fix it (plain text; `code` reads as Markdown)."""
     if name in gpt2.PRESETS:
         fix = ("connect to the internet once so the weights can download (they are cached "
                "afterwards), or start the app with a local checkpoint: "
@@ -112,7 +121,7 @@ def load_error_message(name: str, error: Exception) -> str:
         fix = ("replace the checkpoint with a complete one (a Hub-layout folder with config.json "
                "and model.safetensors, or a file saved by `gpt2.save_model`). The other models "
                "in the list still work.")
-    return f"**Could not load `{name}`.** {error}\n\nTo fix: {fix}"
+    return f"Could not load `{name}`. {error}\n\nTo fix: {fix}"
 
 
 class ModelTable:

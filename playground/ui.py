@@ -17,10 +17,10 @@ import gradio as gr
 import gpt2
 
 from . import api, figures, tokens, validate
-from .api import GENERATE_CONCURRENCY
 from .errors import friendly, to_gr_error
 from .inspection import DEFAULT_WINDOW, MAX_WINDOW, Run, RunStore, head_roles, repeated_random_text
-from .models import BUILTIN, ModelTable, load_error_message, offered_sources, start_model, with_tiers
+from .models import (BUILTIN, ModelTable, describe, load_error_message, offered_sources, start_model,
+                     with_tiers)
 from .service import MEAN, Service, parse_head, select_head
 
 log = logging.getLogger(__name__)
@@ -38,20 +38,12 @@ EXAMPLES = [  # prompt, temperature, max new tokens
     ["Once upon a time, in a small village by the sea,", 0.9, 80],
 ]
 BUILTIN_PROMPT = "Once upon a time, there was a girl named Mira. Mira had a red kite."  # its own world
+GENERATE_CONCURRENCY = 2  # CPU-bound: more at once only slows each one down
 VIEW_CONCURRENCY = 8
 CSS = """
 #title h1 { margin-bottom: 0; }
 #stats { min-height: 1.5em; }
 """
-
-
-def _model_summary(name: str, model: gpt2.GPT) -> str:
-    c = model.config
-    status = model.compile_status
-    speed = (" · fast decode kernels unavailable, running eager"
-             if status is not None and status.done.is_set() and status.error else "")
-    return (f"**{name}** ready · {c.num_params / 1e6:,.1f}M parameters · {c.n_layer} layers × "
-            f"{c.n_head} heads · {c.context_length}-token context{speed}")
 
 
 def _layer_choices(run: Run) -> list[tuple[str, int]]:
@@ -85,7 +77,7 @@ class Page:
                 log.exception("loading %s failed", name)
             yield "⚠ " + load_error_message(name, error)
             return
-        yield _model_summary(name, model)
+        yield describe(name, model)
 
     def induction_example(self) -> tuple:
         """A repeated random sequence for the built-in model: prompt, model, temperature, length."""
@@ -96,20 +88,15 @@ class Page:
         return text, BUILTIN, 0.0, 12
 
     # -- generation --------------------------------------------------------------------------
+    @friendly
     def generate(self, prompt: Any, model: Any, temperature: Any, top_k: Any, top_p: Any,
                  max_new_tokens: Any, seed: Any) -> Iterator[tuple[str, str | None, str]]:
         """(text so far, run id once stored, progress line)."""
-        try:
-            s = validate.settings(prompt, model, temperature, top_k, top_p, max_new_tokens, seed,
-                                  offered=self.names)
-            with closing(self.service.generate(s, notice=gr.Warning)) as steps:
-                for count, (text, run_id) in enumerate(steps, start=1):
-                    progress = f"Generating… {min(count, s.max_new_tokens)} / {s.max_new_tokens} tokens"
-                    yield text, run_id, progress
-        except gr.Error:
-            raise
-        except Exception as error:  # noqa: BLE001
-            raise to_gr_error(error) from None
+        s = validate.settings(prompt, model, temperature, top_k, top_p, max_new_tokens, seed,
+                              offered=self.names)
+        with closing(self.service.generate(s, notice=gr.Warning)) as steps:
+            for count, (text, run_id) in enumerate(steps, start=1):
+                yield text, run_id, f"Generating… {min(count, s.max_new_tokens)} / {s.max_new_tokens} tokens"
 
     def show_run(self, run_id: str | None, layer: Any, head: Any, size: Any, sort_by_role: Any = False) -> tuple:
         """Everything the right-hand panels show after a run."""
@@ -291,5 +278,5 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
                            api_visibility="private", concurrency_id="view")
         position.release(friendly(page.show_position), inputs=[run_id, position], outputs=candidates,
                          api_visibility="private", concurrency_id="view")
-        api.register(page)
+        api.register(service, GENERATE_CONCURRENCY)
     return demo

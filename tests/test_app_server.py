@@ -84,7 +84,11 @@ def test_eight_concurrent_clients_get_their_own_results(app_url, client):
 
 
 def test_missing_weights_give_a_friendly_message(client):
-    status = client.predict(model="gpt2", api_name="/load_model")  # offline, not cached
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as refused:  # offline, not cached
+        client.predict(model="gpt2", api_name="/load_model")
+    status = str(refused.value)
     assert "Could not load `gpt2`" in status and "--model" in status and "Traceback" not in status
     with pytest.raises(Exception, match="cannot download"):
         client.predict(prompt="Hi", model="gpt2", max_new_tokens=2, api_name="/generate")

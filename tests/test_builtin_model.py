@@ -1,17 +1,16 @@
 """The shipped model: loads offline, predicts its corpus, copies from context, has a
 previous-token head and an induction head, and never emits an id it was not trained on."""
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import gpt2
-from gpt2 import corpus, restricted
+from gpt2.training import corpus, restricted
 from gpt2.heads import head_scores
-from gpt2.train import repeated_sequences
+from gpt2.training.trainer import repeated_sequences
 
-MODEL_FILE = Path(__file__).resolve().parent.parent / "assets" / "builtin-model.safetensors"
+MODEL_FILE = gpt2.weights.BUILTIN_FILE
 VAL_LOSS_BOUND = 0.6  # nats/token on stories from a seed never trained on (see BUILTIN_MODEL.md)
 T_MAX = 20.0  # the never-unused-id guarantee is proved for every temperature up to this
 LENGTHS = (12, 24)

@@ -1,15 +1,14 @@
 """bf16 and int8 tiers against fp32 on the trained built-in model (on random weights the
 logits are near-uniform and agreement would prove nothing)."""
-from pathlib import Path
 
 import pytest
 import torch
 
 import gpt2
-from gpt2 import corpus, restricted
-from gpt2.fidelity import compare_tiers
+from gpt2.training import corpus, restricted
+from gpt2.tiers import compare_tiers
 
-MODEL_FILE = Path(__file__).resolve().parent.parent / "assets" / "builtin-model.safetensors"
+MODEL_FILE = gpt2.weights.BUILTIN_FILE
 HELD_OUT_SEED = 31337  # the model was trained on seed 0 (as in benchmarks/fidelity.py)
 
 

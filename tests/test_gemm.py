@@ -1,10 +1,10 @@
-"""`gpt2.gemm.linear`: oneDNN's GEMM with the bias and GELU in its epilogue, else F.linear."""
+"""`gpt2.fast.gemm.linear`: oneDNN's GEMM with the bias and GELU in its epilogue, else F.linear."""
 import pytest
 import torch
 import torch.nn.functional as F
 from torch.profiler import profile
 
-from gpt2 import gemm
+from gpt2.fast import gemm
 
 
 def reference(x, weight, bias, gelu):

@@ -1,4 +1,4 @@
-"""The compiled one-row kernels (gpt2.kernels): used when decoding, equal to eager, safe to
+"""The compiled one-row kernels (gpt2.fast.kernels): used when decoding, equal to eager, safe to
 share between threads, and a failed compile leaves a working eager model."""
 import os
 import subprocess
@@ -11,7 +11,7 @@ from torch.profiler import profile
 
 import gpt2
 from conftest import ROOT, compiled
-from gpt2 import inductor, kernels
+from gpt2.fast import inductor, kernels
 
 TIERS = gpt2.TIERS
 
@@ -71,9 +71,9 @@ def test_kernels_only_in_inference_mode(tiny_dir):
         with context(), profile() as prof:
             layer(x)
         calls[mode] = {e.key for e in prof.key_averages()}
-    assert "gpt2.kernels.linear" in calls["inference"]
-    assert "gpt2.kernels.linear" not in calls["no_grad"] and "mkldnn::_linear_pointwise" in calls["no_grad"]
-    assert "gpt2.kernels.linear" not in calls["grad"] and "aten::addmm" in calls["grad"]
+    assert "gpt2.fast.kernels.linear" in calls["inference"]
+    assert "gpt2.fast.kernels.linear" not in calls["no_grad"] and "mkldnn::_linear_pointwise" in calls["no_grad"]
+    assert "gpt2.fast.kernels.linear" not in calls["grad"] and "aten::addmm" in calls["grad"]
 
 
 def test_generation_during_and_after_the_background_compile_agree(tiny_dir):
@@ -186,7 +186,7 @@ def test_kernels_equal_the_eager_math_at_odd_and_wide_sizes(tier, out_features, 
     args = {"fp32": (layer.weight.data, None, layer.bias.data),
             "bf16": (layer.weight.data.bfloat16(), None, layer.bias.data.bfloat16())}.get(tier)
     if args is None:
-        q = gpt2.quantize.Int8Linear(layer.weight, layer.bias)
+        q = gpt2.fast.int8.Int8Linear(layer.weight, layer.bias)
         args = (q.weight, q.scales, q.bias)
     x_dtype = torch.bfloat16 if tier == "bf16" else torch.float32
     out_dtype = args[2].dtype

@@ -18,13 +18,13 @@ def test_int8_weights_are_one_byte(tiny_dir):
     model = gpt2.load_model(tiny_dir, quantize="int8")
     c_fc = model.h[0].mlp.c_fc
     assert c_fc.weight.dtype == torch.int8 and c_fc.scales.shape == (128,)
-    assert model.wte.weight.dtype == torch.bfloat16  # embedding and LM head: bf16 (see gpt2.quantize)
+    assert model.wte.weight.dtype == torch.bfloat16  # embedding and LM head: bf16 (see gpt2.tiers)
     assert gpt2.load_model(tiny_dir, dtype=torch.bfloat16).wte.weight.dtype == torch.bfloat16
 
 
 def test_tier_logits_are_fp32_math(tier):
     """The head stores bf16 weights but must not round the logits to bf16: one row through
-    the compiled kernel and many rows through gpt2.gemm both equal fp32 math on those weights."""
+    the compiled kernel and many rows through gpt2.fast.gemm both equal fp32 math on those weights."""
     idx = torch.tensor([[3, 1, 4, 1, 5, 9, 2, 6]])
     with torch.inference_mode():
         hidden = tier.hidden_states(idx)
@@ -65,11 +65,11 @@ def test_unknown_quantization(tiny_dir):
 def test_app_summary_counts_every_tiers_weights(tmp_path):
     """int8 weights are buffers, not parameters: the page must still say the model's size."""
     from conftest import save_hf_checkpoint
-    from playground.ui import _model_summary
+    from playground.models import describe
 
     directory = save_hf_checkpoint(gpt2.GPTConfig(vocab_size=300, context_length=32, n_embd=128,
                                                   n_layer=4, n_head=4), tmp_path)
     fp32 = gpt2.load_model(directory, compile=False)
     want = f"{sum(p.numel() for p in fp32.parameters()) / 1e6:,.1f}M parameters"  # 0.8M
     for args in ({}, {"quantize": "int8"}, {"dtype": torch.bfloat16}):
-        assert want in _model_summary("m", gpt2.load_model(directory, compile=False, **args))
+        assert want in describe("m", gpt2.load_model(directory, compile=False, **args))

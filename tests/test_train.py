@@ -4,8 +4,8 @@ import json
 import torch
 
 import gpt2
-from gpt2.train import TrainConfig, lr_at, train
-from gpt2.train_state import state_paths
+from gpt2.training.trainer import TrainConfig, lr_at, train
+from gpt2.training.checkpoints import state_paths
 
 TINY = gpt2.GPTConfig(context_length=64, n_embd=32, n_layer=2, n_head=2)
 FAST = TrainConfig(steps=8, batch_size=4, seq_len=32, warmup=2, corpus_docs=300, eval_every=4,
@@ -51,7 +51,7 @@ def test_schedule_warms_up_then_decays_to_min():
 
 
 def test_corpus_is_deterministic_and_repeats_segments():
-    from gpt2 import corpus
+    from gpt2.training import corpus
 
     assert corpus.documents(20, seed=3) == corpus.documents(20, seed=3)
     assert corpus.documents(20, seed=3) != corpus.documents(20, seed=4)

@@ -15,7 +15,7 @@ import random
 import torch
 from torch import Tensor
 
-from .tokenizer import EOT, encode
+from ..tokenizer import EOT, encode
 
 GIRLS = ["Mira", "Lily", "Anna", "Nora", "Emma", "Ella", "Rosa", "Ivy", "Zoe", "Lucy", "Maya", "Sara"]
 BOYS = ["Tom", "Ben", "Sam", "Leo", "Max", "Jack", "Finn", "Omar", "Hugo", "Kai", "Noah", "Paul"]

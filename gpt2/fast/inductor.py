@@ -1,7 +1,7 @@
 """Compile a one-row product with inductor and keep the generated code, to call it directly.
 
 torch.compile's wrapper costs ~20 us a call (dynamo's guards, the AOT wrappers) and decoding
-makes 49 one-row products a token, so `gpt2.kernels` calls inductor's code itself. What the
+makes 49 one-row products a token, so `gpt2.fast.kernels` calls inductor's code itself. What the
 wrapper would check on every call is settled here, once: the order of the code's inputs, the
 sizes it was specialised for (dynamo's shape guards, as ranges), and its result against the
 eager math. Shapes and strides are still checked on every call, by inductor's size asserts

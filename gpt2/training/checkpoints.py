@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .model import GPT
+from ..model import GPT
 
 
 def state_paths(out: Path) -> tuple[Path, Path, Path]:

@@ -1,9 +1,9 @@
 """Pre-train a GPT-2 from scratch: AdamW, warm-up + cosine schedule, gradient clipping, a
 held-out split, periodic validation, resumable checkpoints and a loss curve.
 
-Training runs over the corpus' own token ids only (`gpt2.restricted`): the softmax covers
+Training runs over the corpus' own token ids only (`gpt2.training.restricted`): the softmax covers
 those ids, and the saved model is a normal full-vocabulary GPT that never emits the others.
-A fraction of each batch is repeated random segments (`gpt2.corpus`) whose maximum length
+A fraction of each batch is repeated random segments (`gpt2.training.corpus`) whose maximum length
 grows over training, so that induction heads form and keep working on longer repeats.
 """
 from __future__ import annotations
@@ -18,18 +18,18 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from . import corpus, restricted
-from .capture import capture_attention
-from .config import GPTConfig
-from .heads import head_scores
-from .model import GPT
-from .tokenizer import EOT_ID, encode
-from .train_state import load_state, save_state, state_paths, write_loss_figure
-from .weights import save_model
+from ..capture import capture_attention
+from ..config import GPTConfig
+from ..heads import head_scores
+from ..model import GPT
+from ..tokenizer import EOT_ID, encode
+from .checkpoints import load_state, save_state, state_paths, write_loss_figure
+from ..weights import save_model
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Training settings; the defaults are the recipe of `assets/builtin-model.safetensors`.
+    """Training settings; the defaults are the recipe of `gpt2/data/builtin-model.safetensors`.
 
     Each step sees `batch_size * (1 - repeat_frac)` story windows of `seq_len + 1` tokens and
     about as many tokens again of repeated-segment rows (`corpus.repeated_segment_rows`),

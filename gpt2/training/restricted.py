@@ -20,8 +20,8 @@ import math
 import torch
 from torch import Tensor
 
-from .config import GPTConfig
-from .model import GPT
+from ..config import GPTConfig
+from ..model import GPT
 
 UNUSED_LOGIT = -3000.0  # float32 softmax(x / T) is exactly 0 for unused ids up to T ~ 25
 

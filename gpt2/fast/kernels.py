@@ -2,7 +2,7 @@
 
 Decoding reads every weight once per token, so its speed is how fast the weights stream.
 For a one-row product in fp32, PyTorch's `F.linear` streams ~16 GB/s, oneDNN's GEMM (the
-eager path, `gpt2.gemm`) ~27 GB/s; the same product written as a multiply and a row sum and
+eager path, `gpt2.fast.gemm`) ~27 GB/s; the same product written as a multiply and a row sum and
 compiled by inductor (vectorised C++, rows split over OpenMP threads) ~32 GB/s
 (benchmarks/KERNELS.md; the machine's read bandwidth itself moves between runs, RESULTS.md).
 Prefill (many rows) stays on oneDNN's GEMM, which is fast.
@@ -13,7 +13,7 @@ request waits for the compiler. Compiled with dynamic shapes: one kernel per kin
 (the tiers' dtypes) serves every model size. Inductor keeps what it built on disk, so later
 processes start fast. Requests call inductor's code directly, not through torch.compile's
 wrapper: dynamo's guards and the AOT wrappers cost ~20 us a call, 49 calls a token
-(`gpt2.inductor` settles once what they would check).
+(`gpt2.fast.inductor` settles once what they would check).
 Caveat: while dynamo compiles it saves and restores torch's global RNG, so draws another
 thread makes from it meanwhile may repeat; seeded generation uses its own generator.
 """
@@ -77,7 +77,7 @@ def _profiler_range() -> contextlib.AbstractContextManager:
     """Names the compiled call for torch.profiler (benchmarks/overhead_audit.py), which
     otherwise sees no op there; free when not profiling."""
     if torch.autograd.profiler._is_profiler_enabled:
-        return torch.profiler.record_function("gpt2.kernels.linear")
+        return torch.profiler.record_function("gpt2.fast.kernels.linear")
     return contextlib.nullcontext()
 
 
