@@ -364,3 +364,25 @@ def test_memory_stays_bounded_over_200_requests(app_server, client):
     growth = rss_kb(app_server.pid) - before
     assert sum(isinstance(a, str) for a in answers) == 150 and sum(isinstance(a, dict) for a in answers) == 50
     assert growth < RSS_MARGIN_KB, f"RSS grew by {growth} kB over 200 requests"
+
+
+def test_failed_loads_leave_nothing_behind(app_server, client):
+    """Every request retries a failed load. Each failure used to keep the ~30 MB it had read
+    alive through its exception's traceback until the garbage collector ran (hundreds of MB
+    within seconds on the server); now a checkpoint is checked on its header before any
+    tensor is read, and a load failing later (NaN weights) empties what it read."""
+    from gradio_client.exceptions import AppError
+
+    def fail(model: str, reason: str) -> None:
+        with pytest.raises(AppError, match=reason):
+            api_generate(client, model=model)
+
+    cases = [("local:big-nan", "holds NaN or infinite values"), ("local:big-shape", "has shape")]
+    for case in cases:
+        fail(*case)
+    before = rss_kb(app_server.pid)
+    for _ in range(10):
+        for case in cases:
+            fail(*case)
+    growth = rss_kb(app_server.pid) - before
+    assert growth < 40 * 1024, f"RSS grew by {growth // 1024} MB over 20 failed loads"
