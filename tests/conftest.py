@@ -89,6 +89,7 @@ class AppServer:
     url: str
     pid: int
     log: Path
+    gradio_tmp: Path  # GRADIO_TEMP_DIR: where Gradio would keep uploads
 
 
 def free_port() -> int:
@@ -179,7 +180,8 @@ def app_server(tiny_checkpoint, long_checkpoint, broken_checkpoints, big_broken_
     extras = [long_checkpoint, fresh, *broken_checkpoints.values(), *big_broken_checkpoints.values()]
     port, log = free_port(), home / "app.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(home / "hf"),
-           "GPT2_WEIGHTS_DIR": str(home / "weights"), "GRADIO_ANALYTICS_ENABLED": "False"}
+           "GPT2_WEIGHTS_DIR": str(home / "weights"), "GRADIO_ANALYTICS_ENABLED": "False",
+           "GRADIO_TEMP_DIR": str(home / "gradio-tmp")}
     env.pop("GPT2_EXTRA_MODELS", None)
     command = [sys.executable, "app.py", "--model", str(tiny_checkpoint), "--port", str(port)]
     command += [arg for path in extras for arg in ("--extra-model", str(path))]
@@ -188,7 +190,7 @@ def app_server(tiny_checkpoint, long_checkpoint, broken_checkpoints, big_broken_
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_until_up(url, proc, log)
-        yield AppServer(url, proc.pid, log)
+        yield AppServer(url, proc.pid, log, home / "gradio-tmp")
     finally:
         proc.terminate()
         try:
