@@ -7,6 +7,7 @@ from .capture import AttentionCapture, capture_attention
 from .compat import (get_gpt2_tokenizer, load_openai_124m_gpt2, load_openai_355m_gpt2,
                      perform_non_cpu_backend_check, text_to_token_ids, token_ids_to_text)
 from .config import PRESETS, GPTConfig
+from . import hub
 from .fast.kernels import CompileStatus, compile_kernels
 from .generate import generate, stream
 from .heads import ROLES, head_scores, strongest_roles

@@ -7,12 +7,9 @@ Every failure raises `WeightsError` naming the file and, where it applies, the k
 from __future__ import annotations
 
 import json
-import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -21,26 +18,17 @@ from torch import Tensor
 
 from .config import PRESETS, GPTConfig
 from .fast.kernels import compile_kernels
+from .hub import HUB_ORG, WeightsError, download, weights_dir
 from .model import GPT
 from .tiers import quantize_int8, to_bf16
 from .tokenizer import EOT_ID
 
-HUB_ORG = "openai-community"
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 HF_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers, not parameters
 CONFIG_KEY = "gpt2_config"  # safetensors metadata key of our own format
 BUILTIN = "builtin"  # the small model shipped with the package (docs/BUILTIN_MODEL.md)
 BUILTIN_FILE = Path(__file__).resolve().parent / "data" / "builtin-model.safetensors"
 
-
-
-class WeightsError(Exception):
-    """A checkpoint could not be found, read, or matched to the model."""
-
-
-def weights_dir() -> Path:
-    """Where converted checkpoints live: $GPT2_WEIGHTS_DIR, else ./weights."""
-    return Path(os.environ.get("GPT2_WEIGHTS_DIR", "weights"))
 
 
 def preset_name(source: str) -> str | None:
@@ -194,63 +182,6 @@ def read_file(path: Path) -> tuple[GPTConfig, dict[str, Tensor]]:
     config = _config(lambda: GPTConfig(**json.loads(header.metadata[CONFIG_KEY])), path,
                      f"bad '{CONFIG_KEY}' metadata")
     return config, read_tensors(header, check_header(header, config, hub_layout=False), hub_layout=False)
-
-
-# -- the Hub ------------------------------------------------------------------------------
-def download(name: str) -> Path:
-    """`config.json` + `model.safetensors` of a preset in the Hub cache; return the folder.
-
-    Weights of a released checkpoint do not change, so a cached copy is used without asking
-    the Hub. Otherwise the Hub's host is probed first: huggingface_hub retries an unreachable
-    host with back-off for ~25 s, which a user waiting on a page should not sit through.
-    """
-    from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    repo_id = f"{HUB_ORG}/{name}"
-    cached = _cached_snapshot(repo_id)
-    if cached is not None:
-        return cached
-    unreachable = WeightsError(
-        f"{repo_id}: cannot download the weights and they are not in the Hugging Face cache "
-        f"(offline, or the Hub is unreachable). Go online and run `python -m gpt2 download "
-        f"{name}` once, or put a converted file at {weights_dir() / (name + '.safetensors')}. "
-        "Set HF_HUB_OFFLINE=1 to skip the network when everything is cached.")
-    if not constants.HF_HUB_OFFLINE and not _reachable(constants.ENDPOINT):
-        raise unreachable
-    try:
-        hf_hub_download(repo_id, "config.json")
-        return Path(hf_hub_download(repo_id, "model.safetensors")).parent
-    except LocalEntryNotFoundError as e:
-        raise unreachable from e
-    except OSError as e:  # HTTP errors, disk full, permission denied
-        raise WeightsError(f"{repo_id}: download failed ({type(e).__name__}: {e})") from e
-
-
-def obtainable(name: str) -> bool:
-    """Whether preset `name` can be loaded now: converted under `weights_dir()`, in the Hub
-    cache, or the Hub reachable (a quick probe, no download)."""
-    from huggingface_hub import constants
-
-    if (weights_dir() / f"{name}.safetensors").is_file() or _cached_snapshot(f"{HUB_ORG}/{name}"):
-        return True
-    return not constants.HF_HUB_OFFLINE and _reachable(constants.ENDPOINT)
-
-
-def _cached_snapshot(repo_id: str) -> Path | None:
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = [try_to_load_from_cache(repo_id, f) for f in ("config.json", "model.safetensors")]
-    return Path(cached[1]).parent if all(isinstance(path, str) for path in cached) else None
-
-
-def _reachable(url: str, timeout: float = 3.0) -> bool:
-    parts = urlsplit(url)
-    try:
-        socket.create_connection((parts.hostname, parts.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 # -- public API ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
@@ -25,6 +26,7 @@ from .validate import Settings
 
 log = logging.getLogger(__name__)
 MEAN = "mean"
+COMPUTE_SLOTS = 2  # requests running the model at once: CPU-bound, more only slows each one
 
 
 @dataclass(frozen=True)
@@ -66,10 +68,14 @@ class RunExpired(LookupError):
 
 
 class Service:
-    """Generation and inspection on top of a model table and a run store."""
+    """Generation and inspection on top of a model table and a run store.
 
-    def __init__(self, models: ModelTable, runs: RunStore):
+    Loading a model (or downloading it) happens before a request takes one of the
+    `compute_slots`, so a slow or stuck load never holds up other models' requests."""
+
+    def __init__(self, models: ModelTable, runs: RunStore, compute_slots: int = COMPUTE_SLOTS):
         self.models, self.runs = models, runs
+        self.compute = threading.BoundedSemaphore(compute_slots)
 
     def generate(self, s: Settings, notice: Callable[[str], object] = lambda _: None
                  ) -> Iterator[tuple[str, str | None]]:
@@ -88,25 +94,27 @@ class Service:
             notice(truncation_notice(len(prompt_ids), len(ids), s.model, ctx))
         seed = secrets.randbelow(2**31) if s.seed is None else s.seed
         decoder, text, generated = gpt2.StreamDecoder(), "", []
-        started = time.perf_counter()
         try:
-            with gpt2.capture_attention(model) as capture, closing(
-                    gpt2.stream(model, torch.tensor([ids]), s.max_new_tokens, temperature=s.temperature,
-                                top_k=s.top_k or None, top_p=s.top_p if s.top_p < 1 else None, seed=seed,
-                                capture=capture)) as steps:
-                for next_id in steps:
-                    generated.append(int(next_id[0]))
-                    text += decoder.add(generated[-1])
-                    yield text, None
+            with self.compute:
+                with gpt2.capture_attention(model) as capture, closing(
+                        gpt2.stream(model, torch.tensor([ids]), s.max_new_tokens, temperature=s.temperature,
+                                    top_k=s.top_k or None, top_p=s.top_p if s.top_p < 1 else None,
+                                    seed=seed, capture=capture)) as steps:
+                    started = time.perf_counter()  # once this request has a compute slot
+                    for next_id in steps:
+                        generated.append(int(next_id[0]))
+                        text += decoder.add(generated[-1])
+                        yield text, None
+                seconds = time.perf_counter() - started
+                all_ids = ids + generated
+                candidates = rank_candidates(capture, all_ids)  # the LM head over every position
         except GeneratorExit:
             log.info("generation stopped after %d of %d tokens; hooks removed, nothing stored",
                      len(generated), s.max_new_tokens)
             raise
-        seconds = time.perf_counter() - started
         text += decoder.flush()
-        all_ids = ids + generated
-        run = Run(s.model, all_ids, len(ids), capture, model.config, seed, seconds,
-                  rank_candidates(capture, all_ids), dropped=len(prompt_ids) - len(ids))
+        run = Run(s.model, all_ids, len(ids), capture, model.config, seed, seconds, candidates,
+                  dropped=len(prompt_ids) - len(ids))
         yield text, self.runs.add(run)
 
     def run(self, run_id: str | None) -> Run:
@@ -135,8 +143,8 @@ class Service:
         model = self.models.get(model_name)
         ids = gpt2.encode(text)[-model.config.context_length:]
         cache = gpt2.KVCache(model.config, 1, len(ids), model.device)
-        started = time.perf_counter()
-        with gpt2.capture_attention(model) as capture:
+        with self.compute, gpt2.capture_attention(model) as capture:
+            started = time.perf_counter()
             capture.bind(cache)  # ties the hooks to this request, whatever thread runs others
             with torch.inference_mode():
                 model(torch.tensor([ids], device=model.device), cache, last_only=True)

@@ -38,7 +38,9 @@ EXAMPLES = [  # prompt, temperature, max new tokens
     ["Once upon a time, in a small village by the sea,", 0.9, 80],
 ]
 BUILTIN_PROMPT = "Once upon a time, there was a girl named Mira. Mira had a red kite."  # its own world
-GENERATE_CONCURRENCY = 2  # CPU-bound: more at once only slows each one down
+# Generation and API events admitted at once; the model itself runs at most
+# service.COMPUTE_SLOTS of them at a time, after each loaded its model.
+GENERATE_CONCURRENCY = 8
 VIEW_CONCURRENCY = 8
 CSS = """
 #title h1 { margin-bottom: 0; }

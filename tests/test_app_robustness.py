@@ -386,3 +386,24 @@ def test_failed_loads_leave_nothing_behind(app_server, client):
             fail(*case)
     growth = rss_kb(app_server.pid) - before
     assert growth < 40 * 1024, f"RSS grew by {growth // 1024} MB over 20 failed loads"
+
+
+def test_no_server_path_reaches_a_client(app_server, client, broken_checkpoints):
+    """Preset errors used to carry $GPT2_WEIGHTS_DIR's real path (the offline advice, a broken
+    converted file); local checkpoints' errors already named the model instead."""
+    from gradio_client.exceptions import AppError
+
+    home = app_server.log.parent
+    (home / "weights").mkdir(exist_ok=True)
+    (home / "weights" / "gpt2-medium.safetensors").write_bytes(b"\0" * 64)  # a broken converted preset
+    messages = []
+    for model in ("gpt2", "gpt2 · fp32", "gpt2-medium", "local:truncated", "local:no-config"):
+        for endpoint, args in (("/load_model", {}), ("/generate", dict(prompt="Hi", max_new_tokens=2)),
+                               ("/attention", dict(text="Hi", layer=0))):
+            with pytest.raises(AppError) as refused:
+                client.predict(model=model, **args, api_name=endpoint)
+            messages.append(str(refused.value))
+    roots = {str(home), str(home.resolve()), str(next(iter(broken_checkpoints.values())).parent)}
+    assert [m for m in messages if any(root in m for root in roots)] == []
+    assert any("$GPT2_WEIGHTS_DIR/gpt2-medium.safetensors: not a readable safetensors file" in m for m in messages)
+    assert any("put a converted file at $GPT2_WEIGHTS_DIR/gpt2.safetensors" in m for m in messages)
