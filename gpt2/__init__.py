@@ -25,5 +25,5 @@ __all__ = [
     "get_tokenizer", "encode", "decode", "StreamDecoder", "EOT_ID",
     "perform_non_cpu_backend_check", "get_gpt2_tokenizer", "text_to_token_ids",
     "token_ids_to_text", "load_openai_124m_gpt2", "load_openai_355m_gpt2",
-    "head_scores", "strongest_roles", "ROLES", "restricted", "train",
+    "head_scores", "strongest_roles", "ROLES", "restricted", "train", "hub",
 ]
