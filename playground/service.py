@@ -22,7 +22,7 @@ import gpt2
 from . import tokens
 from .inspection import Run, RunStore, Window, rank_candidates, window
 from .models import ModelTable
-from .validate import Settings
+from .validate import Settings, shown
 
 log = logging.getLogger(__name__)
 MEAN = "mean"
@@ -47,7 +47,7 @@ def parse_head(head: object, n_head: int) -> int | None:
     try:
         value = int(text)
     except ValueError:
-        raise ValueError(f"head must be 'mean' or a head number 0..{n_head - 1}, got {head!r}") from None
+        raise ValueError(f"head must be 'mean' or a head number 0..{n_head - 1}, got {shown(head)}") from None
     if not 0 <= value < n_head:
         raise ValueError(f"head must be in 0..{n_head - 1} (or 'mean'), got {value}")
     return value

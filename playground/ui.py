@@ -67,7 +67,7 @@ class Page:
     def model_status(self, name: str, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> Iterator[str]:
         """Load (or download) a model, saying so; a failure is a message, never an error."""
         if name not in self.names:
-            yield f"⚠ Unknown model {name!r}."
+            yield f"⚠ Unknown model {validate.shown(name)}."
             return
         if not self.service.models.loaded(name):
             yield f"Loading **{name}**… (the first use of a preset downloads its weights)"

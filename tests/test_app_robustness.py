@@ -47,6 +47,7 @@ BAD_INPUT = [  # change to GOOD, what the message must say
     ({"seed": 1.5}, "seed must be a whole number, got 1.5"),
     ({"seed": "abc"}, "seed must be a number, got 'abc'"),
     ({"seed": -1}, "seed must be between 0 and"),
+    ({"seed": "9" * 30 + "x" * 20_000}, "seed must be a number, got '" + "9" * 30 + "x" * 9 + "… (20,032 characters)"),
     ({"model": "gpt9"}, "model must be one of"),
     ({"model": "/etc/passwd"}, "model must be one of"),
     ({"model": "../../app.py"}, "model must be one of"),
