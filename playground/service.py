@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -118,12 +118,22 @@ class Service:
         yield text, self.runs.add(run)
 
     def run(self, run_id: str | None) -> Run:
+        """The run, recomputed from its token ids (one forward pass with capture) if other
+        users' traffic pushed its capture out of the store."""
         if not run_id:
             raise RunExpired("Generate some text first: the maps show a finished run.")
         run = self.runs.get(run_id)
-        if run is None:
-            raise RunExpired("This run's maps are no longer kept (the server keeps only recent "
-                              "runs to bound memory). Generate again to inspect it.")
+        if run is not None:
+            return run
+        record = self.runs.record(run_id)
+        if record is None:
+            raise RunExpired("This run is unknown to the server (it restarted, or the run is very "
+                              "old). Generate again to inspect it.")
+        log.info("recomputing evicted run of %s (%d tokens)", record.model_name, len(record.ids))
+        run = self._captured(record.model_name, list(record.ids), with_candidates=True)
+        run = replace(run, n_prompt=record.n_prompt, seed=record.seed, seconds=record.seconds,
+                      dropped=record.dropped)
+        self.runs.put(run_id, run)
         return run
 
     def view(self, run: Run, layer: int, head: int | None, start: int | None, size: int) -> AttentionView:
@@ -140,13 +150,19 @@ class Service:
 
     def inspect_text(self, text: str, model_name: str) -> Run:
         """Capture one forward pass over any text (the stateless API's path): no generation."""
+        context = self.models.get(model_name).config.context_length
+        return self._captured(model_name, gpt2.encode(text)[-context:])
+
+    def _captured(self, model_name: str, ids: list[int], with_candidates: bool = False) -> Run:
+        """One forward pass over `ids` with attention capture, as a run (all of it prompt)."""
         model = self.models.get(model_name)
-        ids = gpt2.encode(text)[-model.config.context_length:]
         cache = gpt2.KVCache(model.config, 1, len(ids), model.device)
-        with self.compute, gpt2.capture_attention(model) as capture:
-            started = time.perf_counter()
-            capture.bind(cache)  # ties the hooks to this request, whatever thread runs others
-            with torch.inference_mode():
-                model(torch.tensor([ids], device=model.device), cache, last_only=True)
-        return Run(model_name, ids, len(ids), capture, model.config, None,
-                   time.perf_counter() - started)
+        with self.compute:
+            with gpt2.capture_attention(model) as capture:
+                started = time.perf_counter()
+                capture.bind(cache)  # ties the hooks to this request, whatever thread runs others
+                with torch.inference_mode():
+                    model(torch.tensor([ids], device=model.device), cache, last_only=True)
+                seconds = time.perf_counter() - started
+            candidates = rank_candidates(capture, ids) if with_candidates else []
+        return Run(model_name, ids, len(ids), capture, model.config, None, seconds, candidates)
