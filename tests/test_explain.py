@@ -134,21 +134,27 @@ def test_a_knock_out_changes_only_its_own_request(sharp):
             results["plain"].append(gpt2.generate(sharp, idx, 16))
 
     def ablated():
-        with gpt2.ablate_heads(sharp, heads) as ablation:
-            start.wait()
-            for _ in range(3):
-                out = []
-                for t in gpt2.stream(sharp, idx, 16, ablation=ablation):
-                    out.append(t)
-                results["ablated"].append(torch.cat([idx, torch.stack(out, 1)], 1))
+        start.wait()
+        for _ in range(3):  # a knock-out binds to one generation: a new one each time
+            with gpt2.ablate_heads(sharp, heads) as ablation:
+                out = list(gpt2.stream(sharp, idx, 16, ablation=ablation))
+            results["ablated"].append(torch.cat([idx, torch.stack(out, 1)], 1))
 
     threads = [threading.Thread(target=plain), threading.Thread(target=ablated)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    assert len(results["plain"]) == len(results["ablated"]) == 3  # no thread died
     assert all(torch.equal(r, alone_plain) for r in results["plain"])
     assert all(torch.equal(r, alone_ablated) for r in results["ablated"])
+
+
+def test_a_knock_out_serves_one_generation(sharp):
+    with gpt2.ablate_heads(sharp, {0: [1]}) as ablation:
+        gpt2.generate(sharp, TEXT_IDS[:, :4], 2, ablation=ablation)
+        with pytest.raises(RuntimeError, match="HeadAblation is already bound to another forward pass"):
+            gpt2.generate(sharp, TEXT_IDS[:, :4], 2, ablation=ablation)
 
 
 def test_a_plain_forward_pass_inside_the_with(tiny_model):
