@@ -203,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n-layer", type=integer(1), default=3, help="transformer blocks")
     p.add_argument("--n-head", type=integer(1), default=4, help="attention heads (must divide --n-embd)")
     p.add_argument("--context-length", type=integer(1), default=256, help="positions the model can see")
-    p.add_argument("--threads", type=integer(1), default=None, help="torch CPU threads (none: torch's choice)")
+    p.add_argument("--threads", type=integer(1), default=None,
+                   help="torch CPU threads (none: torch's choice)")
     p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
     for f in fields(TrainConfig):
         text, kind = TRAIN_FLAGS[f.name]

@@ -138,11 +138,12 @@ def test_train_refuses_an_unwritable_out_before_training(capsys, tmp_path):
 def test_train_runs_with_checked_flags(tmp_path):
     """The checks pass a real (tiny) run, and its model loads."""
     out = tmp_path / "runs" / "tiny.safetensors"
-    run = _run("train", "--out", str(out), "--steps", "2", "--warmup", "0", "--n-embd", "16", "--n-layer", "1",
-               "--n-head", "2", "--context-length", "32", "--seq-len", "32", "--batch-size", "2",
-               "--corpus-docs", "40", "--eval-every", "2", "--eval-batches", "1", "--threads", "1",
-               cwd=tmp_path)
+    run = _run("train", "--out", str(out), "--steps", "2", "--warmup", "0", "--n-embd", "16",
+               "--n-layer", "1", "--n-head", "2", "--context-length", "32", "--seq-len", "32",
+               "--batch-size", "2", "--corpus-docs", "40", "--eval-every", "2", "--eval-batches", "1",
+               "--threads", "1", cwd=tmp_path)
     assert run.returncode == 0, run.stderr[-3000:]
     assert f"wrote {out}" in run.stdout
     assert gpt2.load_model(out, compile=False).config.n_embd == 16
+
 
