@@ -1,5 +1,6 @@
-"""Shared fixtures: tiny random GPT-2 checkpoints in the Hub's exact file layout, and the app
-served from them in a subprocess."""
+"""Shared fixtures: tiny random GPT-2 checkpoints in the Hub's exact file layout, the app
+served from them in a subprocess, and the package installed from a wheel into a fresh
+environment."""
 from __future__ import annotations
 
 import json
@@ -190,6 +191,52 @@ def client(app_url):
     from gradio_client import Client
 
     return Client(app_url, verbose=False)
+
+
+# -- the package as a user installs it --------------------------------------------------------
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without anything that would put the checkout on the path."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "GPT2_MODEL", "GPT2_EXTRA_MODELS")}
+    return {**env, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1", **extra}
+
+
+def copy_source(dest: Path) -> Path:
+    """What a wheel is built from, copied (setuptools writes build/ and egg-info into it)."""
+    dest.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, dest / name)
+    for package in ("gpt2", "playground"):
+        shutil.copytree(ROOT / package, dest / package, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def make_venv(path: Path) -> Path:
+    """A fresh environment that sees this machine's packages (torch, gradio, ...: nothing to
+    download), pip and setuptools included (a venv's own would be the older ones bundled with
+    Python), but not the checkout. Returns its bin folder."""
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(path)],
+                   check=True, env=clean_env(), timeout=300)
+    return path / "bin"
+
+
+def pip(bin_dir: Path, *args: str) -> None:
+    run = subprocess.run([str(bin_dir / "python"), "-m", "pip", *args], capture_output=True, text=True,
+                         env=clean_env(), timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory) -> Path:
+    """The bin folder of a fresh environment with the wheel of this checkout installed."""
+    root = tmp_path_factory.mktemp("install")
+    source = copy_source(root / "src")
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                            "-w", str(root / "dist"), str(source)], capture_output=True, text=True,
+                           env=clean_env(), timeout=600)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    bin_dir = make_venv(root / "venv")
+    pip(bin_dir, "install", "--no-deps", "--no-index", str(next((root / "dist").glob("*.whl"))))
+    return bin_dir
 
 
 def pytest_configure(config) -> None:
