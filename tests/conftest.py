@@ -3,15 +3,18 @@ served from them in a subprocess, and the package installed from a wheel into a 
 environment."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -133,6 +136,26 @@ def make_broken(good: Path, root: Path) -> dict[str, Path]:
     config.write_text(json.dumps({**json.loads(config.read_text()), "n_embd": 48}))
     (paths["no-config"] / "config.json").unlink()
     return paths
+
+
+@contextlib.contextmanager
+def serving(command: list[str], env: dict[str, str], cwd: Path, log: Path) -> Iterator[str]:
+    """Run an app command (on the port GRADIO_SERVER_PORT in `env`, or its --port) with its
+    output in `log`; yield its URL once it answers; end it with Ctrl+C (SIGINT), as a user would."""
+    port = env["GRADIO_SERVER_PORT"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_up(url, proc, log)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 @pytest.fixture(scope="session")
