@@ -1,9 +1,10 @@
-"""Shared fixtures: tiny random GPT-2 checkpoints in the Hub's exact file layout, the app
-served from them in a subprocess, and the package installed from a wheel into a fresh
-environment."""
+"""Shared fixtures: tiny random GPT-2 checkpoints in the Hub's exact file layout, a stand-in for
+the Hub's cache, the app served from them in a subprocess, and the package installed from a
+wheel into a fresh environment."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -214,6 +215,47 @@ def client(app_url):
     from gradio_client import Client
 
     return Client(app_url, verbose=False)
+
+
+# -- a stand-in for the Hugging Face Hub: its cache, with random weights under the presets' names --
+HUB_STANDINS = {  # preset -> a narrow model with the preset's depth and heads (blocks use layer 5, head 1)
+    "gpt2": gpt2.GPTConfig(n_embd=96, n_layer=12, n_head=12),
+    "gpt2-medium": gpt2.GPTConfig(n_embd=128, n_layer=24, n_head=16),
+}
+
+
+@pytest.fixture(scope="session")
+def hub_home(tmp_path_factory) -> Path:
+    """An HF_HOME whose cache holds the stand-ins as huggingface_hub lays a download out
+    (`hub/models--openai-community--NAME/refs/main` naming `snapshots/<revision>/`), so
+    `load_model("gpt2")` goes through huggingface_hub's own cache lookup."""
+    home = tmp_path_factory.mktemp("hf-home")
+    for seed, (name, config) in enumerate(HUB_STANDINS.items()):
+        repo = home / "hub" / f"models--openai-community--{name}"
+        revision = hashlib.sha1(name.encode()).hexdigest()
+        save_hf_checkpoint(config, repo / "snapshots" / revision, seed=seed)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(revision)
+    return home
+
+
+def hub_env(hub_home: Path) -> dict[str, str]:
+    """The environment of a process that must find the stand-ins and never the network."""
+    return {"HF_HOME": str(hub_home), "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.fixture
+def offline_hub(hub_home, monkeypatch) -> Path:
+    """The stand-in cache for this process too: huggingface_hub read the environment when it
+    was imported, so its constants change with it."""
+    from huggingface_hub import constants
+
+    for name, value in hub_env(hub_home).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(constants, "HF_HOME", str(hub_home))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_home / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return hub_home
 
 
 # -- the package as a user installs it --------------------------------------------------------
