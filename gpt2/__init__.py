@@ -3,10 +3,12 @@
 The core lives here (config, model, cache, sampling, generation, capture, head roles,
 tokenizer, weights); `gpt2.fast` is the speed layer it calls, `gpt2.training` the trainer.
 """
-from .capture import AttentionCapture, capture_attention
+from .ablate import HeadAblation, ablate_heads
+from .capture import AttentionCapture, Lens, capture_attention
 from .compat import (get_gpt2_tokenizer, load_openai_124m_gpt2, load_openai_355m_gpt2,
                      perform_non_cpu_backend_check, text_to_token_ids, token_ids_to_text)
 from .config import PRESETS, GPTConfig
+from . import hub
 from .fast.kernels import CompileStatus, compile_kernels
 from .generate import generate, stream
 from .heads import ROLES, head_scores, strongest_roles
@@ -19,10 +21,10 @@ from .weights import BUILTIN, WeightsError, convert, download, load_model, save_
 
 __all__ = [
     "GPT", "GPTConfig", "PRESETS", "BUILTIN", "KVCache", "CompileStatus", "compile_kernels",
-    "AttentionCapture", "capture_attention", "generate", "stream", "quantize_int8", "to_bf16",
+    "AttentionCapture", "capture_attention", "Lens", "HeadAblation", "ablate_heads", "generate", "stream", "quantize_int8", "to_bf16",
     "load_model", "TIERS", "save_model", "download", "convert", "WeightsError",
     "get_tokenizer", "encode", "decode", "StreamDecoder", "EOT_ID",
     "perform_non_cpu_backend_check", "get_gpt2_tokenizer", "text_to_token_ids",
     "token_ids_to_text", "load_openai_124m_gpt2", "load_openai_355m_gpt2",
-    "head_scores", "strongest_roles", "ROLES", "restricted", "train",
+    "head_scores", "strongest_roles", "ROLES", "restricted", "train", "hub",
 ]

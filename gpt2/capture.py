@@ -1,86 +1,72 @@
-"""Attention capture: forward hooks on the fused `c_attn` that keep q (and k) per position.
+"""Attention capture: forward hooks on the fused `c_attn` that keep q (and k) per position,
+and on the blocks, whose outputs give next-token predictions (and the logit lens).
 
 Probabilities are computed on demand from what the hooks kept, so capture adds one small
 copy per layer to a forward pass and never a second pass. Hooks exist only while a capture
-is open; without one the model runs its plain SDPA path.
+is open; without one the model runs its plain SDPA path. Which forward passes a capture
+records: see `gpt2.hooks` (it is tied to its generation's `KVCache`).
 
-Which forward pass belongs to which capture: hooks on a shared module fire for every
-request running through it, and a streamed generation may resume on a different thread at
-each step. So a capture is tied to the generation's own `KVCache` (passed to `c_attn` and
-to each block as an argument the hooks can read), not to thread-locals or module state:
-- `generate(..., capture=att)` / `stream(..., capture=att)` bind the cache explicitly;
-- otherwise the first forward pass run on the thread that opened the capture is its own
-  (a plain `model(idx)`, or the prefill of a `generate` called inside the `with`).
+The logit lens (`residuals=True`) keeps every block's output: 4 * n_embd bytes per token
+and layer (3 KB at 124M, so 37.7 MB for 1,024 tokens over 12 layers).
 """
 from __future__ import annotations
 
 import math
-import threading
-import weakref
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import torch
 from torch import Tensor
 
+from .hooks import RequestHooks
 from .kv_cache import KVCache
 from .model import GPT
 
+_LENS_ROWS = 64  # positions per LM-head pass in the lens: bounds the [rows, vocab] temporary
 
-class AttentionCapture:
+
+@dataclass(frozen=True)
+class Lens:
+    """The logit lens: the top next tokens after every block, per position."""
+    ids: Tensor  # [L, B, R, k]
+    probs: Tensor  # [L, B, R, k]
+
+
+class AttentionCapture(RequestHooks):
     """What one forward pass or one generation showed its attention layers.
 
     `att[layer]` -> softmax probabilities [B, H, T, T]; `att.probs(layer, rows)` computes
     only some query rows; `att.hidden()` is the final hidden state [B, T, C] per position,
-    from which `att.next_token_probs()` gives the model's prediction after every token.
+    from which `att.next_token_probs()` gives the model's prediction after every token;
+    with `residuals=True`, `att.lens(rows)` gives the prediction after every block.
     """
 
-    def __init__(self, model: GPT, layers: Sequence[int] | None = None):
+    def __init__(self, model: GPT, layers: Sequence[int] | None = None, residuals: bool = False):
+        super().__init__()
         n = model.config.n_layer
         self.model = model
         self.layers = list(range(n)) if layers is None else sorted({int(i) for i in layers})
         if any(not 0 <= i < n for i in self.layers):
             raise ValueError(f"layers must be in 0..{n - 1}, got {list(layers or [])}")
-        self._thread = threading.get_ident()
-        # The bound generation's cache, by weak reference: identity only, so the values it
-        # holds are freed with the generation; its keys are all the maps need.
-        self._cache_ref: weakref.ref[KVCache] | None = None
+        self.blocks = list(range(n)) if residuals else [n - 1]  # whose outputs are kept
+        # The bound generation's keys (the cache itself is held by weak reference, so its
+        # values are freed with the generation).
         self._cache_k: Tensor | None = None  # [L, B, H, max_len, hd]
-        self._claimed = False  # a forward pass has been recorded; no more implicit claims
         self._complete = False  # a plain (cache-less) forward pass has finished
-        self._open = True
         self._q: dict[int, list[Tensor]] = {i: [] for i in self.layers}  # chunks [B, t, C]
         self._k: dict[int, list[Tensor]] = {i: [] for i in self.layers}  # only without a cache
-        self._resid: list[Tensor] = []  # last block's output, chunks [B, t, C]
+        self._out: dict[int, list[Tensor]] = {i: [] for i in self.blocks}  # block outputs [B, t, C]
 
-    # -- binding --------------------------------------------------------------------------
-    def bind(self, cache: KVCache) -> None:
-        """Record the forward passes that run with `cache`, on whatever thread."""
-        if self._claimed and not self._is_bound_to(cache):
-            raise RuntimeError("this capture already recorded another forward pass")
-        self._claim(cache)
-
+    # -- binding (see gpt2.hooks) ---------------------------------------------------------------
     def _claim(self, cache: KVCache | None) -> None:
-        self._claimed = True
+        super()._claim(cache)
         if cache is not None:
-            self._cache_ref, self._cache_k = weakref.ref(cache), cache.k
+            self._cache_k = cache.k
             cache.captured = True
 
-    def _is_bound_to(self, cache: KVCache) -> bool:
-        return self._cache_ref is not None and self._cache_ref() is cache
-
-    def _owns(self, cache: KVCache | None, may_claim: bool) -> bool:
-        if not self._open:
-            return False
-        same_thread = threading.get_ident() == self._thread
-        if self._claimed:
-            if cache is None:  # a plain forward pass is ours only on our thread, and only one
-                return self._cache_ref is None and same_thread and not self._complete
-            return self._is_bound_to(cache)
-        if not may_claim or not same_thread:
-            return False
-        self._claim(cache)
-        return True
+    def _accepts_plain_pass(self) -> bool:
+        return not self._complete  # one plain pass: a second would mix two records
 
     # -- hooks (positional args: (x, cache)) -------------------------------------------------
     def _on_qkv(self, layer: int, module, args, qkv: Tensor) -> None:
@@ -92,11 +78,12 @@ class AttentionCapture:
         if cache is None:
             self._k[layer].append(qkv[..., C:2 * C].detach().clone())
 
-    def _on_last_block(self, module, args, out: Tensor) -> None:
+    def _on_block(self, layer: int, module, args, out: Tensor) -> None:
         cache = args[1] if len(args) > 1 else None
         if self._owns(cache, may_claim=False):
-            self._resid.append(out.detach().clone())
-            self._complete = cache is None
+            self._out[layer].append(out.detach().clone())
+            if layer == self.model.config.n_layer - 1:
+                self._complete = cache is None
 
     # -- results -------------------------------------------------------------------------
     @property
@@ -135,12 +122,18 @@ class AttentionCapture:
     def __getitem__(self, layer: int) -> Tensor:
         return self.probs(layer)
 
+    def block_output(self, layer: int, rows: slice | None = None) -> Tensor:
+        """The residual stream [B, R, C] after block `layer` (before `ln_f`)."""
+        if layer not in self._out:
+            raise KeyError(f"block {layer}'s output was not kept: capture with residuals=True")
+        if not self._out[layer]:
+            raise RuntimeError("nothing captured: run the model inside the capture")
+        return torch.cat(self._out[layer], dim=1)[:, rows or slice(None)]
+
     def hidden(self, rows: slice | None = None) -> Tensor:
         """Final hidden state [B, R, C] (after `ln_f`): the LM head's input at each position."""
-        if not self._resid:
-            raise RuntimeError("nothing captured: run the model inside the capture")
         with torch.no_grad():
-            return self.model.ln_f(torch.cat(self._resid, dim=1)[:, rows or slice(None)])
+            return self.model.ln_f(self.block_output(self.blocks[-1], rows))
 
     def next_token_probs(self, rows: slice | None = None) -> Tensor:
         """The model's next-token distribution [B, R, vocab] after each position in `rows`."""
@@ -148,17 +141,36 @@ class AttentionCapture:
         with torch.no_grad():
             return torch.softmax(self.model.logits(hidden).float(), dim=-1)
 
+    def lens(self, rows: slice | None = None, k: int = 5) -> Lens:
+        """The logit lens: after each block, the residual stream through `ln_f` and the tied LM
+        head, as the top `k` next tokens per position in `rows` (the last block's row is the
+        model's own prediction). Needs `residuals=True`."""
+        if len(self.blocks) != self.model.config.n_layer:
+            raise KeyError("the logit lens needs every block's output: capture with residuals=True")
+        start, stop, _ = (rows or slice(None)).indices(self.num_tokens)
+        ids, probs = [], []
+        with torch.no_grad():
+            for layer in self.blocks:
+                top = [torch.topk(torch.softmax(self.model.logits(self.model.ln_f(chunk)).float(), dim=-1), k)
+                       for chunk in self.block_output(layer, slice(start, stop)).split(_LENS_ROWS, dim=1)]
+                ids.append(torch.cat([t.indices for t in top], dim=1))
+                probs.append(torch.cat([t.values for t in top], dim=1))
+        return Lens(torch.stack(ids), torch.stack(probs))
+
 
 @contextmanager
-def capture_attention(model: GPT, layers: Sequence[int] | None = None) -> Iterator[AttentionCapture]:
-    """`with capture_attention(model) as att: model(idx)`, then `att[layer]` is [B, H, T, T]."""
-    att = AttentionCapture(model, layers)
+def capture_attention(model: GPT, layers: Sequence[int] | None = None,
+                      residuals: bool = False) -> Iterator[AttentionCapture]:
+    """`with capture_attention(model) as att: model(idx)`, then `att[layer]` is [B, H, T, T].
+    `residuals=True` also keeps every block's output, for `att.lens()`."""
+    att = AttentionCapture(model, layers, residuals)
     handles = [model.h[i].attn.c_attn.register_forward_hook(
         lambda mod, args, out, i=i: att._on_qkv(i, mod, args, out)) for i in att.layers]
-    handles.append(model.h[-1].register_forward_hook(att._on_last_block))
+    handles += [model.h[i].register_forward_hook(
+        lambda mod, args, out, i=i: att._on_block(i, mod, args, out)) for i in att.blocks]
     try:
         yield att
     finally:
-        att._open = False
+        att.close()
         for handle in handles:
             handle.remove()

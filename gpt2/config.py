@@ -1,6 +1,7 @@
 """Model hyper-parameters and OpenAI's four GPT-2 sizes."""
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 
@@ -14,6 +15,13 @@ class GPTConfig:
     layer_norm_eps: float = 1e-5
 
     def __post_init__(self) -> None:
+        for name in ("vocab_size", "context_length", "n_embd", "n_layer", "n_head"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+        eps = self.layer_norm_eps
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not 0 < eps < math.inf:
+            raise ValueError(f"layer_norm_eps must be a positive number, got {eps!r}")
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd={self.n_embd} is not divisible by n_head={self.n_head}")
 

@@ -6,6 +6,7 @@ from typing import Iterator
 import torch
 from torch import Tensor
 
+from .ablate import HeadAblation
 from .capture import AttentionCapture
 from .kv_cache import KVCache
 from .model import GPT
@@ -15,14 +16,17 @@ from .sampling import check_sampling_args, sample_next
 def stream(model: GPT, idx: Tensor, max_new_tokens: int, context_size: int | None = None,
            temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
            eos_id: int | None = None, seed: int | None = None,
-           capture: AttentionCapture | None = None) -> Iterator[Tensor]:
+           capture: AttentionCapture | None = None,
+           ablation: HeadAblation | None = None) -> Iterator[Tensor]:
     """Yield the next token ids [B] as soon as each exists.
 
     The prompt `idx` [B, T] (or [T]) is left-truncated so that prompt + new tokens fit in
     `context_size` (default: the model's context window). Rows that emit `eos_id` keep
     emitting it; the stream ends when every row has. `seed` seeds a private generator,
-    leaving torch's global RNG alone. Grad mode is set per step, not across `yield`s, so
-    a consumer may resume the iterator on any thread.
+    leaving torch's global RNG alone. `capture` (`gpt2.capture_attention`) records this
+    generation; `ablation` (`gpt2.ablate_heads`) knocks heads out of it, and only of it.
+    Grad mode is set per step, not across `yield`s, so a consumer may resume the iterator
+    on any thread.
     """
     ctx = model.config.context_length if context_size is None else int(context_size)
     if not 0 < ctx <= model.config.context_length:
@@ -48,8 +52,9 @@ def stream(model: GPT, idx: Tensor, max_new_tokens: int, context_size: int | Non
         generator = torch.Generator(device=model.device).manual_seed(seed)
     # An fp32 cache for every tier: attention over it stays exact and fast (see model.py).
     cache = KVCache(model.config, idx.size(0), idx.size(1) + max_new_tokens, model.device)
-    if capture is not None:
-        capture.bind(cache)
+    for hooks in (capture, ablation):
+        if hooks is not None:
+            hooks.bind(cache)
     done = torch.zeros(idx.size(0), dtype=torch.bool, device=model.device)
 
     with torch.inference_mode():
@@ -73,11 +78,12 @@ def stream(model: GPT, idx: Tensor, max_new_tokens: int, context_size: int | Non
 def generate(model: GPT, idx: Tensor, max_new_tokens: int, context_size: int | None = None,
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
              eos_id: int | None = None, seed: int | None = None,
-             capture: AttentionCapture | None = None) -> Tensor:
+             capture: AttentionCapture | None = None,
+             ablation: HeadAblation | None = None) -> Tensor:
     """`idx` [B, T] followed by up to `max_new_tokens` new ids: [B, T + n]. See `stream`."""
     if idx.dim() == 1:
         idx = idx.unsqueeze(0)
     new = list(stream(model, idx, max_new_tokens, context_size, temperature, top_k, top_p,
-                      eos_id, seed, capture))
+                      eos_id, seed, capture, ablation))
     out = idx.to(model.device)
     return torch.cat([out, torch.stack(new, dim=1)], dim=1) if new else out

@@ -40,16 +40,17 @@ class Linear(Pinned, nn.Linear):
         return x, self.weight, None, self.bias, x.dtype
 
 
-class FusedQKV(Linear):
-    """OpenAI's `c_attn`: x -> [q | k | v] in one matmul.
-
-    The generation's KV cache rides along as a second positional argument so that forward
-    hooks (`gpt2.capture`) see it in `args` and can tell which request a call belongs to;
-    the math ignores it.
-    """
+class RequestLinear(Linear):
+    """A Linear called with the generation's KV cache as a second positional argument, which
+    the math ignores: forward hooks (`gpt2.hooks`: capture, head knock-out) read it from
+    `args` to tell which request a call belongs to. Used for `c_attn` and `attn.c_proj`."""
 
     def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:  # noqa: ARG002
         return super().forward(x)
+
+
+class FusedQKV(RequestLinear):
+    """OpenAI's `c_attn`: x -> [q | k | v] in one matmul."""
 
 
 class CausalSelfAttention(Pinned, nn.Module):
@@ -58,7 +59,7 @@ class CausalSelfAttention(Pinned, nn.Module):
         self.layer_idx = layer_idx
         self.n_head = config.n_head
         self.c_attn = FusedQKV(config.n_embd, 3 * config.n_embd)
-        self.c_proj = Linear(config.n_embd, config.n_embd)
+        self.c_proj = RequestLinear(config.n_embd, config.n_embd)  # reads the merged heads
 
     def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
         B, T, C = x.shape
@@ -70,7 +71,8 @@ class CausalSelfAttention(Pinned, nn.Module):
             k, v, mask = cache.update(self.layer_idx, k, v)  # k, v: [B, H, keys, hd]
             q = q.to(k.dtype)  # attend in the cache's dtype (fp32: bf16 decode SDPA is slow on CPU)
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1)
-        return self.c_proj(y.to(x.dtype).transpose(1, 2).reshape(B, T, C))
+        heads = y.to(x.dtype).transpose(1, 2).reshape(B, T, C)  # head h in columns [h*hd, (h+1)*hd)
+        return self.c_proj(heads, cache)
 
 
 class MLP(Pinned, nn.Module):

@@ -18,8 +18,9 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
     if p >= 1.0:
         return logits
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
-    cum_probs = torch.softmax(sorted_logits, dim=-1).cumsum(dim=-1)
-    drop = cum_probs - torch.softmax(sorted_logits, dim=-1) >= p  # mass before this token
+    sorted_probs = torch.softmax(sorted_logits, dim=-1)
+    drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= p  # mass before this token
+    drop[..., 0] = False  # the most likely token stays, even when p rounds to 0 in float32
     sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
     return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
 
@@ -29,7 +30,12 @@ def sample_next(logits: Tensor, temperature: float = 0.0, top_k: int | None = No
     """logits [B, vocab] -> next ids [B]. temperature 0 is greedy (top-k/top-p then moot)."""
     if temperature == 0.0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+    logits = logits.float()
+    # Shifted so the largest logit is 0 before dividing: a tiny temperature then sends the
+    # others to -inf (the greedy limit) instead of overflowing to inf and NaN probabilities;
+    # below float32's smallest normal number it would round to 0 (and 0/0 to NaN).
+    temperature = max(float(temperature), torch.finfo(torch.float32).tiny)
+    logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
     if top_k:
         logits = top_k_filter(logits, top_k)
     if top_p is not None:

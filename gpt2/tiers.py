@@ -19,14 +19,14 @@ from torch import Tensor, nn
 
 from .fast import kernels
 from .fast.int8 import Int8Linear
-from .model import GPT, FusedQKV
+from .model import GPT, RequestLinear
 
 # `load_model` arguments for each precision tier, by name (the CLI's and the app's choices).
 TIERS: dict[str, dict] = {"fp32": {}, "bf16": {"dtype": torch.bfloat16}, "int8": {"quantize": "int8"}}
 
 
-class Int8FusedQKV(Int8Linear):
-    """`c_attn` in int8; takes the cache argument that capture hooks read (see FusedQKV)."""
+class Int8RequestLinear(Int8Linear):
+    """`c_attn` or `attn.c_proj` in int8: takes the cache argument hooks read (see RequestLinear)."""
 
     def forward(self, x: Tensor, cache: object = None) -> Tensor:  # noqa: ARG002
         return super().forward(x)
@@ -48,7 +48,7 @@ def quantize_int8(model: GPT) -> GPT:
         for parent in (block.attn, block.mlp):
             for name, child in list(parent.named_children()):
                 if isinstance(child, nn.Linear):
-                    cls = Int8FusedQKV if isinstance(child, FusedQKV) else Int8Linear
+                    cls = Int8RequestLinear if isinstance(child, RequestLinear) else Int8Linear
                     setattr(parent, name, cls(child.weight, child.bias))
     return model.to(torch.bfloat16)
 

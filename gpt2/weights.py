@@ -7,22 +7,22 @@ Every failure raises `WeightsError` naming the file and, where it applies, the k
 from __future__ import annotations
 
 import json
-import os
-import socket
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
 from .config import PRESETS, GPTConfig
 from .fast.kernels import compile_kernels
+from .hub import HUB_ORG, WeightsError, download, weights_dir
 from .model import GPT
 from .tiers import quantize_int8, to_bf16
+from .tokenizer import EOT_ID
 
-HUB_ORG = "openai-community"
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 HF_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers, not parameters
 CONFIG_KEY = "gpt2_config"  # safetensors metadata key of our own format
@@ -31,49 +31,83 @@ BUILTIN_FILE = Path(__file__).resolve().parent / "data" / "builtin-model.safeten
 
 
 
-class WeightsError(Exception):
-    """A checkpoint could not be found, read, or matched to the model."""
-
-
-def weights_dir() -> Path:
-    """Where converted checkpoints live: $GPT2_WEIGHTS_DIR, else ./weights."""
-    return Path(os.environ.get("GPT2_WEIGHTS_DIR", "weights"))
-
-
 def preset_name(source: str) -> str | None:
     name = source.removeprefix(f"{HUB_ORG}/")
     return name if name in PRESETS else None
 
 
 # -- reading ------------------------------------------------------------------------------
-def _read_safetensors(path: Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+# A checkpoint is checked against its own table of contents (the safetensors header: keys,
+# shapes, dtypes; safetensors refuses a header that does not cover the file exactly) before
+# a tensor is read or a model built, so a config claiming more than the file holds costs
+# nothing, and a failed load leaves no tensors behind.
+FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
+
+
+@dataclass(frozen=True)
+class Header:
+    """What a safetensors file says it holds, read without its tensor data."""
+    path: Path
+    shapes: dict[str, tuple[int, ...]]  # stored key -> shape
+    dtypes: dict[str, str]  # stored key -> safetensors dtype name ("F32", "BF16", ...)
+    metadata: dict[str, str]
+
+
+def read_header(path: Path) -> Header:
     if not path.is_file():
         raise WeightsError(f"{path}: file not found")
     try:
         with safe_open(path, framework="pt") as f:
-            metadata = f.metadata() or {}
-        return load_file(path), metadata
+            slices = {key: f.get_slice(key) for key in f.keys()}
+            return Header(path, {k: tuple(s.get_shape()) for k, s in slices.items()},
+                          {k: s.get_dtype() for k, s in slices.items()}, f.metadata() or {})
     except (SafetensorError, OSError, ValueError, RuntimeError) as e:
         raise WeightsError(f"{path}: not a readable safetensors file, it may be truncated or "
-                           f"corrupt ({e}). Delete it and download or convert it again.") from e
+                           f"corrupt ({e}). Delete it and download or convert it again.") from None
 
 
-def hf_to_ours(hf_state: dict[str, Tensor]) -> dict[str, Tensor]:
-    """Map Hugging Face GPT2LMHeadModel keys to ours; transpose Conv1D weights."""
-    state = {}
-    for key, tensor in hf_state.items():
-        key = key.removeprefix("transformer.")
-        if key == "lm_head.weight" or key.endswith(HF_BUFFERS):
-            continue  # the head is tied to wte; the buffers are masks we build on the fly
-        state[key] = tensor.t().contiguous() if key.endswith(CONV1D_WEIGHTS) else tensor
-    return state
+def our_key(stored: str, hub_layout: bool) -> str | None:
+    """Our state-dict key for a stored key, or None for what we do not load: the Hub's
+    `lm_head.weight` (tied to wte) and its causal-mask buffers (built on the fly)."""
+    if not hub_layout:
+        return stored
+    key = stored.removeprefix("transformer.")
+    return None if key == "lm_head.weight" or key.endswith(HF_BUFFERS) else key
 
 
-def _check_state(state: dict[str, Tensor], config: GPTConfig, path: Path) -> None:
-    with torch.device("meta"):
-        expected = GPT(config).state_dict()
-    missing = sorted(expected.keys() - state.keys())
-    extra = sorted(state.keys() - expected.keys())
+def expected_shapes(config: GPTConfig, layers: range | None = None) -> dict[str, tuple[int, ...]]:
+    """`GPT(config).state_dict()`'s shapes, by arithmetic: no module is built (a config
+    may claim a model far larger than memory). `layers` limits the blocks listed."""
+    V, C, T = config.vocab_size, config.n_embd, config.context_length
+    shapes = {"wte.weight": (V, C), "wpe.weight": (T, C), "ln_f.weight": (C,), "ln_f.bias": (C,)}
+    block = {"ln_1.weight": (C,), "ln_1.bias": (C,), "attn.c_attn.weight": (3 * C, C),
+             "attn.c_attn.bias": (3 * C,), "attn.c_proj.weight": (C, C), "attn.c_proj.bias": (C,),
+             "ln_2.weight": (C,), "ln_2.bias": (C,), "mlp.c_fc.weight": (4 * C, C),
+             "mlp.c_fc.bias": (4 * C,), "mlp.c_proj.weight": (C, 4 * C), "mlp.c_proj.bias": (C,)}
+    for i in range(config.n_layer) if layers is None else layers:
+        shapes.update({f"h.{i}.{name}": shape for name, shape in block.items()})
+    return shapes
+
+
+def check_header(header: Header, config: GPTConfig, hub_layout: bool) -> dict[str, str]:
+    """Raise WeightsError unless the file holds exactly `config`'s tensors, as floats; return
+    {our key: stored key} for the tensors to read."""
+    path = header.path
+    if config.vocab_size <= EOT_ID:
+        raise WeightsError(f"{path}: vocab_size={config.vocab_size} is smaller than GPT-2's "
+                           f"tokenizer, whose ids reach {EOT_ID}")
+    stored = {ours: key for key in header.shapes if (ours := our_key(key, hub_layout)) is not None}
+    shapes = {ours: tuple(header.shapes[key][::-1]) if hub_layout and ours.endswith(CONV1D_WEIGHTS)
+              else header.shapes[key] for ours, key in stored.items()}
+    # The file's block count bounds what is listed next, however many blocks the config claims.
+    file_layers = {int(k.split(".")[1]) for k in shapes if k.split(".")[0] == "h" and k.split(".")[1].isdigit()}
+    first_missing = min(set(range(min(config.n_layer, len(file_layers) + 1))) - file_layers, default=None)
+    if first_missing is not None:
+        key = min(expected_shapes(config, range(first_missing, first_missing + 1)))
+        raise WeightsError(f"{path}: missing key {key!r} (the config says n_layer={config.n_layer}, "
+                           f"the file holds {len(file_layers)} blocks)")
+    expected = expected_shapes(config)
+    missing, extra = sorted(expected.keys() - shapes.keys()), sorted(shapes.keys() - expected.keys())
     if missing:
         raise WeightsError(f"{path}: missing key {missing[0]!r}" +
                            (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
@@ -81,11 +115,42 @@ def _check_state(state: dict[str, Tensor], config: GPTConfig, path: Path) -> Non
         raise WeightsError(f"{path}: unexpected key {extra[0]!r}" +
                            (f" (and {len(extra) - 1} more)" if len(extra) > 1 else ""))
     for key, want in expected.items():
-        if state[key].shape != want.shape:
-            raise WeightsError(f"{path}: {key!r} has shape {tuple(state[key].shape)}, "
-                               f"expected {tuple(want.shape)} for {config}")
-        if not state[key].is_floating_point():
-            raise WeightsError(f"{path}: {key!r} has dtype {state[key].dtype}, expected floats")
+        if shapes[key] != want:
+            raise WeightsError(f"{path}: {key!r} has shape {shapes[key]}, expected {want} for {config}")
+        if header.dtypes[stored[key]] not in FLOAT_DTYPES:
+            raise WeightsError(f"{path}: {key!r} has dtype {header.dtypes[stored[key]]}, expected floats")
+    return stored
+
+
+def read_tensors(header: Header, stored: dict[str, str], hub_layout: bool) -> dict[str, Tensor]:
+    """The checked tensors, Conv1D weights transposed to [out, in]. Weights holding NaN or
+    infinity are refused. On any failure the dict is emptied before the error leaves: a
+    traceback keeps this frame alive (in a server, until the garbage collector runs), and
+    with it whatever the frame still holds."""
+    state: dict[str, Tensor] = {}
+    try:
+        with safe_open(header.path, framework="pt") as f:
+            for ours, key in stored.items():
+                state[ours] = f.get_tensor(key)
+                if hub_layout and ours.endswith(CONV1D_WEIGHTS):
+                    state[ours] = state[ours].t().contiguous()
+                if not bool(torch.isfinite(state[ours]).all()):
+                    raise WeightsError(f"{header.path}: {ours!r} holds NaN or infinite values; "
+                                       "the checkpoint is damaged")
+    except (SafetensorError, OSError, RuntimeError) as e:
+        state.clear()
+        raise WeightsError(f"{header.path}: could not read its tensors ({e})") from None
+    except BaseException:
+        state.clear()
+        raise
+    return state
+
+
+def _config(make: Callable[[], GPTConfig], source: Path, what: str) -> GPTConfig:
+    try:
+        return make()
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise WeightsError(f"{source}: {what} ({type(e).__name__}: {e})") from None
 
 
 def read_hf_dir(directory: Path) -> tuple[GPTConfig, dict[str, Tensor]]:
@@ -99,88 +164,24 @@ def read_hf_dir(directory: Path) -> tuple[GPTConfig, dict[str, Tensor]]:
     if not config_file.is_file():
         raise WeightsError(f"{config_file}: file not found (a Hub checkpoint folder needs "
                            "config.json beside model.safetensors)")
-    try:
-        config = GPTConfig.from_hf(json.loads(config_file.read_text()))
-    except (ValueError, KeyError, TypeError) as e:
-        raise WeightsError(f"{config_file}: not a GPT-2 config ({type(e).__name__}: {e})") from e
-    hf_state, _ = _read_safetensors(weights_file)
-    state = hf_to_ours(hf_state)
-    _check_state(state, config, weights_file)
-    return config, state
+    config = _config(lambda: GPTConfig.from_hf(json.loads(config_file.read_text())), config_file,
+                     "not a GPT-2 config")
+    header = read_header(weights_file)
+    return config, read_tensors(header, check_header(header, config, hub_layout=True), hub_layout=True)
 
 
 def read_file(path: Path) -> tuple[GPTConfig, dict[str, Tensor]]:
     """Our own format: one safetensors file, config in its metadata."""
-    state, metadata = _read_safetensors(path)
-    if CONFIG_KEY not in metadata:
+    header = read_header(path)
+    if CONFIG_KEY not in header.metadata:
         if (path.parent / "config.json").is_file() and path.name == "model.safetensors":
             return read_hf_dir(path.parent)
         raise WeightsError(f"{path}: no '{CONFIG_KEY}' metadata, so not a checkpoint saved by "
                            "gpt2.save_model; for a Hub checkpoint pass its folder (config.json + "
                            "model.safetensors)")
-    try:
-        config = GPTConfig(**json.loads(metadata[CONFIG_KEY]))
-    except (ValueError, TypeError) as e:
-        raise WeightsError(f"{path}: bad '{CONFIG_KEY}' metadata ({e})") from e
-    _check_state(state, config, path)
-    return config, state
-
-
-# -- the Hub ------------------------------------------------------------------------------
-def download(name: str) -> Path:
-    """`config.json` + `model.safetensors` of a preset in the Hub cache; return the folder.
-
-    Weights of a released checkpoint do not change, so a cached copy is used without asking
-    the Hub. Otherwise the Hub's host is probed first: huggingface_hub retries an unreachable
-    host with back-off for ~25 s, which a user waiting on a page should not sit through.
-    """
-    from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    repo_id = f"{HUB_ORG}/{name}"
-    cached = _cached_snapshot(repo_id)
-    if cached is not None:
-        return cached
-    unreachable = WeightsError(
-        f"{repo_id}: cannot download the weights and they are not in the Hugging Face cache "
-        f"(offline, or the Hub is unreachable). Go online and run `python -m gpt2 download "
-        f"{name}` once, or put a converted file at {weights_dir() / (name + '.safetensors')}. "
-        "Set HF_HUB_OFFLINE=1 to skip the network when everything is cached.")
-    if not constants.HF_HUB_OFFLINE and not _reachable(constants.ENDPOINT):
-        raise unreachable
-    try:
-        hf_hub_download(repo_id, "config.json")
-        return Path(hf_hub_download(repo_id, "model.safetensors")).parent
-    except LocalEntryNotFoundError as e:
-        raise unreachable from e
-    except OSError as e:  # HTTP errors, disk full, permission denied
-        raise WeightsError(f"{repo_id}: download failed ({type(e).__name__}: {e})") from e
-
-
-def obtainable(name: str) -> bool:
-    """Whether preset `name` can be loaded now: converted under `weights_dir()`, in the Hub
-    cache, or the Hub reachable (a quick probe, no download)."""
-    from huggingface_hub import constants
-
-    if (weights_dir() / f"{name}.safetensors").is_file() or _cached_snapshot(f"{HUB_ORG}/{name}"):
-        return True
-    return not constants.HF_HUB_OFFLINE and _reachable(constants.ENDPOINT)
-
-
-def _cached_snapshot(repo_id: str) -> Path | None:
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = [try_to_load_from_cache(repo_id, f) for f in ("config.json", "model.safetensors")]
-    return Path(cached[1]).parent if all(isinstance(path, str) for path in cached) else None
-
-
-def _reachable(url: str, timeout: float = 3.0) -> bool:
-    parts = urlsplit(url)
-    try:
-        socket.create_connection((parts.hostname, parts.port or 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
+    config = _config(lambda: GPTConfig(**json.loads(header.metadata[CONFIG_KEY])), path,
+                     f"bad '{CONFIG_KEY}' metadata")
+    return config, read_tensors(header, check_header(header, config, hub_layout=False), hub_layout=False)
 
 
 # -- public API ---------------------------------------------------------------------------

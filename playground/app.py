@@ -13,6 +13,9 @@ import os
 
 log = logging.getLogger(__name__)
 QUEUE_MAX_SIZE = 32  # waiting requests beyond this are turned away instead of piling up
+# Gradio keeps a copy of the page's config per session (measured ~0.26 MB each here, so at most
+# ~0.26 GB); beyond this the least recently active session is dropped (its page must reload).
+SESSION_CAPACITY = 1000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -48,13 +51,17 @@ def main(argv: list[str] | None = None) -> None:
     from starlette.middleware import Middleware
 
     from . import ui
+    from .guard import RouteGuard
     from .limits import BodyLimit
 
     demo = ui.build(args.model, args.extra_models)
-    demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=ui.VIEW_CONCURRENCY)
+    # api_open=False: Gradio's own /run/<name> refuses queued events (RouteGuard 404s it anyway).
+    demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=ui.VIEW_CONCURRENCY, api_open=False)
     demo.launch(server_name=args.host, server_port=args.port, share=False, show_error=False,
                 max_file_size="1mb", footer_links=["api", "gradio"], theme=gr.themes.Soft(),
-                css=ui.CSS, ssr_mode=False, app_kwargs={"middleware": [Middleware(BodyLimit)]},
+                css=ui.CSS, ssr_mode=False, enable_monitoring=False,
+                state_session_capacity=SESSION_CAPACITY,
+                app_kwargs={"middleware": [Middleware(BodyLimit), Middleware(RouteGuard, blocks=demo)]},
                 quiet=True, prevent_thread_lock=True)
     log.info("GPT-2 playground running at %s (Ctrl+C to stop)", demo.local_url)
     demo.block_thread()

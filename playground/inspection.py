@@ -5,13 +5,15 @@ cache), not attention maps: a layer's T×T map for every head is recomputed from
 milliseconds, for only the window being looked at. Next-token candidates are reduced to
 the top few per position right after the run, so the vocab-sized distributions are never
 kept. Runs live in a small LRU store with a byte budget, so memory stays bounded however
-many people use the app; a page only holds the run's random id.
+many people use the app; a run pushed out is recomputed from its token ids when its owner
+looks again. A page only holds the run's random id.
 """
 from __future__ import annotations
 
 import random
 import secrets
 import threading
+from array import array
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -126,34 +128,68 @@ def rank_candidates(capture: gpt2.AttentionCapture, ids: list[int],
     return out
 
 
-class RunStore:
-    """Finished runs by random id, least recently used dropped first when over budget."""
+@dataclass(frozen=True)
+class RunRecord:
+    """What recomputing a run needs, once its capture was dropped: 4 bytes a token."""
+    model_name: str
+    ids: array  # 'I' (uint32) token ids
+    n_prompt: int
+    seed: int | None
+    seconds: float
+    dropped: int
 
-    def __init__(self, max_runs: int = 32, max_bytes: int = 1024**3):
-        self.max_runs, self.max_bytes = max_runs, max_bytes
+    @classmethod
+    def of(cls, run: Run) -> "RunRecord":
+        return cls(run.model_name, array("I", run.ids), run.n_prompt, run.seed, run.seconds, run.dropped)
+
+
+class RunStore:
+    """Finished runs by random id. Captures are kept for the most recently used runs within
+    a count and byte budget; a run pushed out keeps its record (ids and settings, a few KB),
+    from which `Service.run` recomputes it for its owner, so other users' traffic never loses
+    anyone's run. Records beyond `max_records` go too, oldest first."""
+
+    def __init__(self, max_runs: int = 32, max_bytes: int = 1024**3, max_records: int = 10_000):
+        self.max_runs, self.max_bytes, self.max_records = max_runs, max_bytes, max_records
         self._runs: OrderedDict[str, tuple[Run, int]] = OrderedDict()
+        self._records: OrderedDict[str, RunRecord] = OrderedDict()
         self._lock = threading.Lock()
 
     def add(self, run: Run) -> str:
         run_id = secrets.token_urlsafe(12)
+        self.put(run_id, run)
+        return run_id
+
+    def put(self, run_id: str, run: Run) -> None:
+        """Store `run` under `run_id` (a new id, or a recomputed run's own)."""
         size = run.nbytes()
         with self._lock:
             self._runs[run_id] = (run, size)
+            self._runs.move_to_end(run_id)
+            self._records[run_id] = RunRecord.of(run)
+            self._records.move_to_end(run_id)
             while len(self._runs) > 1 and (len(self._runs) > self.max_runs or self._used() > self.max_bytes):
                 self._runs.popitem(last=False)
-        return run_id
+            while len(self._records) > self.max_records:
+                self._records.popitem(last=False)
 
     def get(self, run_id: str | None) -> Run | None:
-        """The run, or None when it never existed or was dropped to save memory."""
+        """The run with its capture, or None when it never existed or its capture was dropped."""
         with self._lock:
             item = self._runs.get(run_id or "")
             if item is None:
                 return None
             self._runs.move_to_end(run_id)
+            self._records.move_to_end(run_id)
             return item[0]
 
+    def record(self, run_id: str | None) -> RunRecord | None:
+        """What recomputing the run needs, or None for an id never issued (or very old)."""
+        with self._lock:
+            return self._records.get(run_id or "")
+
     def drop_model(self, model_name: str) -> None:
-        """Forget runs of a model the table dropped: their captures still reference it."""
+        """Drop the captures of a model the table dropped (they reference it); the records stay."""
         with self._lock:
             for run_id in [i for i, (run, _) in self._runs.items() if run.model_name == model_name]:
                 del self._runs[run_id]
@@ -162,5 +198,6 @@ class RunStore:
         return sum(size for _, size in self._runs.values())
 
     def __len__(self) -> int:
+        """Runs whose capture is kept."""
         with self._lock:
             return len(self._runs)

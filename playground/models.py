@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -47,6 +48,26 @@ def local_name(path: str) -> str:
     return f"local:{Path(path).name.removesuffix('.safetensors')}"
 
 
+def without_server_paths(message: str, named: dict[str, str]) -> str:
+    """`message` with the server's folders replaced by what a client may know: each path in
+    `named` by its name, converted presets' folder by `$GPT2_WEIGHTS_DIR`, the Hugging Face
+    cache by `<Hugging Face cache>`. Longest first, so a path inside another goes first."""
+    from huggingface_hub import constants
+
+    roots = {**named, str(gpt2.hub.weights_dir()): "$GPT2_WEIGHTS_DIR",
+             constants.HF_HUB_CACHE: "<Hugging Face cache>"}
+    spelled = {}
+    for path, shown in roots.items():
+        for form in {str(Path(path)), str(Path(path).resolve()), os.path.abspath(path)}:
+            spelled[form] = shown
+    for path in sorted(spelled, key=len, reverse=True):
+        # A relative folder ("weights") only where a path continues from it, not as a word.
+        pattern = (re.escape(path) + r"(?![\w.-])" if os.path.isabs(path)
+                   else r"(?<![\w./-])" + re.escape(path) + r"(?=[/\\])")
+        message = re.sub(pattern, lambda _, shown=spelled[path]: shown, message)
+    return message
+
+
 def resident_bytes(model: gpt2.GPT) -> int:
     """What a loaded model holds: its parameters and buffers (int8 weights, scales) as stored."""
     return sum(t.numel() * t.element_size() for t in model.state_dict().values())
@@ -74,7 +95,7 @@ def start_model(default: str, names: list[str]) -> tuple[str, str | None]:
     """The model the page opens on, and a one-line notice when it is not the one asked for:
     a preset that cannot be had (offline, nothing cached) gives way to the built-in model."""
     if default in gpt2.PRESETS:
-        if gpt2.weights.obtainable(default):
+        if gpt2.hub.obtainable(default):
             return default, None
         return BUILTIN, OFFLINE_NOTICE
     return (BUILTIN, None) if default == BUILTIN else (names[0], None)
@@ -176,14 +197,13 @@ class ModelTable:
 
     @staticmethod
     def _load(name: str, source: str, tier: str) -> gpt2.GPT:
-        """Read one checkpoint; its errors name the model, not the server's file path."""
+        """Read one checkpoint; its errors name the model, never a server path."""
         log.info("loading model %s", name)
         try:
             return gpt2.load_model(source, **gpt2.TIERS[tier])
         except gpt2.WeightsError as error:
-            if source in gpt2.PRESETS:
-                raise
-            raise gpt2.WeightsError(str(error).replace(str(Path(source)), name)) from error
+            message = without_server_paths(str(error), {} if source in gpt2.PRESETS else {source: name})
+        raise gpt2.WeightsError(message)  # outside the except: no traceback chain to the loader
 
     def _make_room(self, needed: int, keep: str | None = None) -> None:
         """Drop least recently used models (never `keep`) until `needed` more bytes fit."""

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -21,10 +22,11 @@ import gpt2
 from . import tokens
 from .inspection import Run, RunStore, Window, rank_candidates, window
 from .models import ModelTable
-from .validate import Settings
+from .validate import Settings, shown
 
 log = logging.getLogger(__name__)
 MEAN = "mean"
+COMPUTE_SLOTS = 2  # requests running the model at once: CPU-bound, more only slows each one
 
 
 @dataclass(frozen=True)
@@ -45,7 +47,7 @@ def parse_head(head: object, n_head: int) -> int | None:
     try:
         value = int(text)
     except ValueError:
-        raise ValueError(f"head must be 'mean' or a head number 0..{n_head - 1}, got {head!r}") from None
+        raise ValueError(f"head must be 'mean' or a head number 0..{n_head - 1}, got {shown(head)}") from None
     if not 0 <= value < n_head:
         raise ValueError(f"head must be in 0..{n_head - 1} (or 'mean'), got {value}")
     return value
@@ -66,10 +68,14 @@ class RunExpired(LookupError):
 
 
 class Service:
-    """Generation and inspection on top of a model table and a run store."""
+    """Generation and inspection on top of a model table and a run store.
 
-    def __init__(self, models: ModelTable, runs: RunStore):
+    Loading a model (or downloading it) happens before a request takes one of the
+    `compute_slots`, so a slow or stuck load never holds up other models' requests."""
+
+    def __init__(self, models: ModelTable, runs: RunStore, compute_slots: int = COMPUTE_SLOTS):
         self.models, self.runs = models, runs
+        self.compute = threading.BoundedSemaphore(compute_slots)
 
     def generate(self, s: Settings, notice: Callable[[str], object] = lambda _: None
                  ) -> Iterator[tuple[str, str | None]]:
@@ -88,34 +94,46 @@ class Service:
             notice(truncation_notice(len(prompt_ids), len(ids), s.model, ctx))
         seed = secrets.randbelow(2**31) if s.seed is None else s.seed
         decoder, text, generated = gpt2.StreamDecoder(), "", []
-        started = time.perf_counter()
         try:
-            with gpt2.capture_attention(model) as capture, closing(
-                    gpt2.stream(model, torch.tensor([ids]), s.max_new_tokens, temperature=s.temperature,
-                                top_k=s.top_k or None, top_p=s.top_p if s.top_p < 1 else None, seed=seed,
-                                capture=capture)) as steps:
-                for next_id in steps:
-                    generated.append(int(next_id[0]))
-                    text += decoder.add(generated[-1])
-                    yield text, None
+            with self.compute:
+                with gpt2.capture_attention(model) as capture, closing(
+                        gpt2.stream(model, torch.tensor([ids]), s.max_new_tokens, temperature=s.temperature,
+                                    top_k=s.top_k or None, top_p=s.top_p if s.top_p < 1 else None,
+                                    seed=seed, capture=capture)) as steps:
+                    started = time.perf_counter()  # once this request has a compute slot
+                    for next_id in steps:
+                        generated.append(int(next_id[0]))
+                        text += decoder.add(generated[-1])
+                        yield text, None
+                seconds = time.perf_counter() - started
+                all_ids = ids + generated
+                candidates = rank_candidates(capture, all_ids)  # the LM head over every position
         except GeneratorExit:
             log.info("generation stopped after %d of %d tokens; hooks removed, nothing stored",
                      len(generated), s.max_new_tokens)
             raise
-        seconds = time.perf_counter() - started
         text += decoder.flush()
-        all_ids = ids + generated
-        run = Run(s.model, all_ids, len(ids), capture, model.config, seed, seconds,
-                  rank_candidates(capture, all_ids), dropped=len(prompt_ids) - len(ids))
+        run = Run(s.model, all_ids, len(ids), capture, model.config, seed, seconds, candidates,
+                  dropped=len(prompt_ids) - len(ids))
         yield text, self.runs.add(run)
 
     def run(self, run_id: str | None) -> Run:
+        """The run, recomputed from its token ids (one forward pass with capture) if other
+        users' traffic pushed its capture out of the store."""
         if not run_id:
             raise RunExpired("Generate some text first: the maps show a finished run.")
         run = self.runs.get(run_id)
-        if run is None:
-            raise RunExpired("This run's maps are no longer kept (the server keeps only recent "
-                              "runs to bound memory). Generate again to inspect it.")
+        if run is not None:
+            return run
+        record = self.runs.record(run_id)
+        if record is None:
+            raise RunExpired("This run is unknown to the server (it restarted, or the run is very "
+                              "old). Generate again to inspect it.")
+        log.info("recomputing evicted run of %s (%d tokens)", record.model_name, len(record.ids))
+        run = self._captured(record.model_name, list(record.ids), with_candidates=True)
+        run = replace(run, n_prompt=record.n_prompt, seed=record.seed, seconds=record.seconds,
+                      dropped=record.dropped)
+        self.runs.put(run_id, run)
         return run
 
     def view(self, run: Run, layer: int, head: int | None, start: int | None, size: int) -> AttentionView:
@@ -132,13 +150,19 @@ class Service:
 
     def inspect_text(self, text: str, model_name: str) -> Run:
         """Capture one forward pass over any text (the stateless API's path): no generation."""
+        context = self.models.get(model_name).config.context_length
+        return self._captured(model_name, gpt2.encode(text)[-context:])
+
+    def _captured(self, model_name: str, ids: list[int], with_candidates: bool = False) -> Run:
+        """One forward pass over `ids` with attention capture, as a run (all of it prompt)."""
         model = self.models.get(model_name)
-        ids = gpt2.encode(text)[-model.config.context_length:]
         cache = gpt2.KVCache(model.config, 1, len(ids), model.device)
-        started = time.perf_counter()
-        with gpt2.capture_attention(model) as capture:
-            capture.bind(cache)  # ties the hooks to this request, whatever thread runs others
-            with torch.inference_mode():
-                model(torch.tensor([ids], device=model.device), cache, last_only=True)
-        return Run(model_name, ids, len(ids), capture, model.config, None,
-                   time.perf_counter() - started)
+        with self.compute:
+            with gpt2.capture_attention(model) as capture:
+                started = time.perf_counter()
+                capture.bind(cache)  # ties the hooks to this request, whatever thread runs others
+                with torch.inference_mode():
+                    model(torch.tensor([ids], device=model.device), cache, last_only=True)
+                seconds = time.perf_counter() - started
+            candidates = rank_candidates(capture, ids) if with_candidates else []
+        return Run(model_name, ids, len(ids), capture, model.config, None, seconds, candidates)

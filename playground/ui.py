@@ -38,7 +38,9 @@ EXAMPLES = [  # prompt, temperature, max new tokens
     ["Once upon a time, in a small village by the sea,", 0.9, 80],
 ]
 BUILTIN_PROMPT = "Once upon a time, there was a girl named Mira. Mira had a red kite."  # its own world
-GENERATE_CONCURRENCY = 2  # CPU-bound: more at once only slows each one down
+# Generation and API events admitted at once; the model itself runs at most
+# service.COMPUTE_SLOTS of them at a time, after each loaded its model.
+GENERATE_CONCURRENCY = 8
 VIEW_CONCURRENCY = 8
 CSS = """
 #title h1 { margin-bottom: 0; }
@@ -65,7 +67,7 @@ class Page:
     def model_status(self, name: str, progress: gr.Progress = gr.Progress(track_tqdm=True)) -> Iterator[str]:
         """Load (or download) a model, saying so; a failure is a message, never an error."""
         if name not in self.names:
-            yield f"⚠ Unknown model {name!r}."
+            yield f"⚠ Unknown model {validate.shown(name)}."
             return
         if not self.service.models.loaded(name):
             yield f"Loading **{name}**… (the first use of a preset downloads its weights)"

@@ -11,6 +11,14 @@ from dataclasses import dataclass
 MAX_PROMPT_CHARS = 20_000  # checked before tokenizing, so huge inputs cost nothing
 MAX_NEW_TOKENS = 512
 MAX_SEED = 2**63 - 1
+ECHO_CHARS = 40  # of a bad value quoted back in an error message
+
+
+def shown(value: object) -> str:
+    """`repr(value)`, cut to ECHO_CHARS: an error names what was wrong without echoing
+    (and logging) whatever megabyte a client sent."""
+    text = repr(value)
+    return text if len(text) <= ECHO_CHARS else f"{text[:ECHO_CHARS]}… ({len(text):,} characters)"
 
 
 @dataclass(frozen=True)
@@ -30,10 +38,10 @@ def _number(name: str, value: object) -> float:
         try:
             value = float(str(value).strip())
         except ValueError:
-            raise ValueError(f"{name} must be a number, got {value!r}") from None
+            raise ValueError(f"{name} must be a number, got {shown(value)}") from None
     value = float(value)
     if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+        raise ValueError(f"{name} must be a finite number, got {shown(value)}")
     return value
 
 
@@ -41,7 +49,7 @@ def integer(name: str, value: object, low: int, high: int) -> int:
     """An integer in [low, high]; accepts 3.0 (sliders send floats) but not 3.5."""
     number = _number(name, value)
     if not number.is_integer():
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
+        raise ValueError(f"{name} must be a whole number, got {shown(value)}")
     if not low <= number <= high:
         raise ValueError(f"{name} must be between {low} and {high}, got {int(number)}")
     return int(number)
@@ -60,7 +68,7 @@ def prompt_text(prompt: object) -> str:
 def model_name(model: object, offered: list[str]) -> str:
     """Only names the server offers; never a path chosen by the client."""
     if not isinstance(model, str) or model not in offered:
-        raise ValueError(f"model must be one of {', '.join(offered)}; got {model!r}")
+        raise ValueError(f"model must be one of {', '.join(offered)}; got {shown(model)}")
     return model
 
 

@@ -94,6 +94,7 @@ class AppServer:
     url: str
     pid: int
     log: Path
+    gradio_tmp: Path  # GRADIO_TEMP_DIR: where Gradio would keep uploads
 
 
 def free_port() -> int:
@@ -177,16 +178,35 @@ def broken_checkpoints(tiny_checkpoint, tmp_path_factory) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def app_server(tiny_checkpoint, long_checkpoint, broken_checkpoints, tmp_path_factory):
+def big_broken_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """Two ~30 MB checkpoints (128 wide) that fail to load: `big-nan` after reading every
+    tensor (a NaN in the last one read), `big-shape` on its header (config wider than the file)."""
+    from safetensors.torch import load_file, save_file
+
+    root = tmp_path_factory.mktemp("big")
+    good = save_hf_checkpoint(gpt2.GPTConfig(context_length=64, n_embd=128, n_layer=2, n_head=4), root / "good")
+    paths = {name: Path(shutil.copytree(good, root / name)) for name in ("big-nan", "big-shape")}
+    weights = paths["big-nan"] / "model.safetensors"
+    state = load_file(weights)
+    state["transformer.h.1.mlp.c_proj.weight"][0, 0] = float("nan")
+    save_file(state, weights, metadata={"format": "pt"})
+    config = paths["big-shape"] / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "n_embd": 256}))
+    return paths
+
+
+@pytest.fixture(scope="session")
+def app_server(tiny_checkpoint, long_checkpoint, broken_checkpoints, big_broken_checkpoints, tmp_path_factory):
     """`python app.py --model <tiny> --extra-model ... --port <free>`, offline with an empty
     Hub cache; killed when the session ends. Extras: `long`, `fresh` (a copy of tiny that
-    only the load-once test uses) and every BROKEN checkpoint."""
+    only the load-once test uses), every BROKEN checkpoint and the big broken ones."""
     home = tmp_path_factory.mktemp("app")
     fresh = shutil.copytree(tiny_checkpoint, home / "fresh")
-    extras = [long_checkpoint, fresh, *broken_checkpoints.values()]
+    extras = [long_checkpoint, fresh, *broken_checkpoints.values(), *big_broken_checkpoints.values()]
     port, log = free_port(), home / "app.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(home / "hf"),
-           "GPT2_WEIGHTS_DIR": str(home / "weights"), "GRADIO_ANALYTICS_ENABLED": "False"}
+           "GPT2_WEIGHTS_DIR": str(home / "weights"), "GRADIO_ANALYTICS_ENABLED": "False",
+           "GRADIO_TEMP_DIR": str(home / "gradio-tmp")}
     env.pop("GPT2_EXTRA_MODELS", None)
     command = [sys.executable, "app.py", "--model", str(tiny_checkpoint), "--port", str(port)]
     command += [arg for path in extras for arg in ("--extra-model", str(path))]
@@ -195,7 +215,7 @@ def app_server(tiny_checkpoint, long_checkpoint, broken_checkpoints, tmp_path_fa
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_until_up(url, proc, log)
-        yield AppServer(url, proc.pid, log)
+        yield AppServer(url, proc.pid, log, home / "gradio-tmp")
     finally:
         proc.terminate()
         try:

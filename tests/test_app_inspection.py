@@ -116,7 +116,7 @@ def test_store_keeps_recent_runs_within_budget(service):
     assert store.get(ids[2]) is run
     store.drop_model("tiny")  # the table dropped the model: its runs go too
     assert len(store) == 0
-    with pytest.raises(LookupError, match="Generate again"):
+    with pytest.raises(LookupError, match="unknown to the server"):
         service.run("made-up")
     with pytest.raises(LookupError, match="Generate some text first"):
         service.run(None)
@@ -134,3 +134,34 @@ def test_long_prompts_keep_their_end_and_say_so(service):
     assert run.n_prompt == CONFIG.context_length - 8
     assert run.dropped == len(gpt2.encode(prompt)) - run.n_prompt
     assert run.ids[:run.n_prompt] == gpt2.encode(prompt)[-run.n_prompt:]
+
+
+def test_a_run_pushed_out_by_other_users_is_recomputed_for_its_owner(checkpoint):
+    """Issue 14 item 9: 40 runs of other users used to expire a session's maps. The store
+    keeps the capture of the 4 latest runs here; the owner of an older one gets it back,
+    recomputed in one forward pass: same tokens and settings, same maps and candidates."""
+    service = Service(ModelTable({"tiny": str(checkpoint)}), RunStore(max_runs=4))
+    text, run_id = list(service.generate(settings(seed=5)))[-1]
+    original = service.run(run_id)
+    for i in range(40):
+        list(service.generate(settings(f"Another user, number {i}", seed=i, max_new_tokens=3)))
+    assert service.runs.get(run_id) is None  # its capture was pushed out
+    again = service.run(run_id)
+    assert (again.ids, again.n_prompt, again.seed, again.seconds, again.model_name) == \
+        (original.ids, original.n_prompt, original.seed, original.seconds, original.model_name)
+    every = window(len(original.ids), 0, MAX_WINDOW)
+    for layer in range(CONFIG.n_layer):
+        torch.testing.assert_close(again.attention(layer, every), original.attention(layer, every),
+                                   atol=1e-5, rtol=0)
+    assert [c.ids for c in again.candidates] == [c.ids for c in original.candidates]
+    for a, b in zip(again.candidates, original.candidates):
+        assert max(abs(x - y) for x, y in zip(a.probs + [a.chosen_prob], b.probs + [b.chosen_prob])) < 1e-5
+    assert service.runs.get(run_id) is again  # kept again, under the same id
+
+
+def test_records_are_bounded_too(checkpoint):
+    service = Service(ModelTable({"tiny": str(checkpoint)}), RunStore(max_runs=1, max_records=3))
+    ids = [list(service.generate(settings(seed=i, max_new_tokens=2)))[-1][1] for i in range(5)]
+    with pytest.raises(LookupError, match="unknown to the server"):
+        service.run(ids[0])
+    assert service.run(ids[2]).ids == service.run(ids[2]).ids

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT, AppServer, free_port, wait_until_up
+from conftest import ROOT, free_port, wait_until_up
 from test_app_server import ARTIFACTS, _heatmap, _pick, browser_page
 
 
@@ -25,7 +25,7 @@ def offline_app(tmp_path_factory):
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_until_up(url, proc, log)
-        yield AppServer(url, proc.pid, log)
+        yield url, log
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -34,7 +34,8 @@ def offline_app(tmp_path_factory):
 def test_offline_start_runs_the_builtin_model_and_shows_an_induction_head(offline_app):
     from playwright.sync_api import expect
 
-    with browser_page(offline_app.url) as page:
+    url, _ = offline_app
+    with browser_page(url) as page:
         expect(page.locator("#notice")).to_contain_text("built-in tiny model", timeout=30_000)
         expect(page.locator("#notice")).to_contain_text("python -m gpt2 download gpt2")
         expect(page.locator("#model-status")).to_contain_text("builtin", timeout=30_000)
@@ -69,7 +70,8 @@ def test_offline_start_runs_the_builtin_model_and_shows_an_induction_head(offlin
 
 
 def test_the_terminal_says_it_fell_back_to_the_builtin_model(offline_app):
-    lines = offline_app.log.read_text().splitlines()
+    _, log = offline_app
+    lines = log.read_text().splitlines()
     said = [line.split(": ", 1)[1] for line in lines if " playground." in line]
     assert "serving builtin (fp32 weights), loaded on first use" in said
     notice = [line for line in said if "Hub cannot be reached" in line]

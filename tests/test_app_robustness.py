@@ -47,6 +47,7 @@ BAD_INPUT = [  # change to GOOD, what the message must say
     ({"seed": 1.5}, "seed must be a whole number, got 1.5"),
     ({"seed": "abc"}, "seed must be a number, got 'abc'"),
     ({"seed": -1}, "seed must be between 0 and"),
+    ({"seed": "9" * 30 + "x" * 20_000}, "seed must be a number, got '" + "9" * 30 + "x" * 9 + "… (20,032 characters)"),
     ({"model": "gpt9"}, "model must be one of"),
     ({"model": "/etc/passwd"}, "model must be one of"),
     ({"model": "../../app.py"}, "model must be one of"),
@@ -364,3 +365,46 @@ def test_memory_stays_bounded_over_200_requests(app_server, client):
     growth = rss_kb(app_server.pid) - before
     assert sum(isinstance(a, str) for a in answers) == 150 and sum(isinstance(a, dict) for a in answers) == 50
     assert growth < RSS_MARGIN_KB, f"RSS grew by {growth} kB over 200 requests"
+
+
+def test_failed_loads_leave_nothing_behind(app_server, client):
+    """Every request retries a failed load. Each failure used to keep the ~30 MB it had read
+    alive through its exception's traceback until the garbage collector ran (hundreds of MB
+    within seconds on the server); now a checkpoint is checked on its header before any
+    tensor is read, and a load failing later (NaN weights) empties what it read."""
+    from gradio_client.exceptions import AppError
+
+    def fail(model: str, reason: str) -> None:
+        with pytest.raises(AppError, match=reason):
+            api_generate(client, model=model)
+
+    cases = [("local:big-nan", "holds NaN or infinite values"), ("local:big-shape", "has shape")]
+    for case in cases:
+        fail(*case)
+    before = rss_kb(app_server.pid)
+    for _ in range(10):
+        for case in cases:
+            fail(*case)
+    growth = rss_kb(app_server.pid) - before
+    assert growth < 40 * 1024, f"RSS grew by {growth // 1024} MB over 20 failed loads"
+
+
+def test_no_server_path_reaches_a_client(app_server, client, broken_checkpoints):
+    """Preset errors used to carry $GPT2_WEIGHTS_DIR's real path (the offline advice, a broken
+    converted file); local checkpoints' errors already named the model instead."""
+    from gradio_client.exceptions import AppError
+
+    home = app_server.log.parent
+    (home / "weights").mkdir(exist_ok=True)
+    (home / "weights" / "gpt2-medium.safetensors").write_bytes(b"\0" * 64)  # a broken converted preset
+    messages = []
+    for model in ("gpt2", "gpt2 · fp32", "gpt2-medium", "local:truncated", "local:no-config"):
+        for endpoint, args in (("/load_model", {}), ("/generate", dict(prompt="Hi", max_new_tokens=2)),
+                               ("/attention", dict(text="Hi", layer=0))):
+            with pytest.raises(AppError) as refused:
+                client.predict(model=model, **args, api_name=endpoint)
+            messages.append(str(refused.value))
+    roots = {str(home), str(home.resolve()), str(next(iter(broken_checkpoints.values())).parent)}
+    assert [m for m in messages if any(root in m for root in roots)] == []
+    assert any("$GPT2_WEIGHTS_DIR/gpt2-medium.safetensors: not a readable safetensors file" in m for m in messages)
+    assert any("put a converted file at $GPT2_WEIGHTS_DIR/gpt2.safetensors" in m for m in messages)

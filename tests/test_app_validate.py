@@ -97,3 +97,21 @@ def test_presets_are_offered_at_every_tier_and_tiers_load(tiny_checkpoint):
     assert table.get("a").h[0].mlp.c_fc.weight.dtype == torch.int8
     assert table.get("b").h[0].mlp.c_fc.weight.dtype == torch.bfloat16
     assert models.resident_bytes(table.get("a")) < models.resident_bytes(gpt2.load_model(tiny_checkpoint))
+
+
+@pytest.mark.parametrize("field", ["seed", "temperature", "model", "top_k"])
+def test_a_huge_bad_value_is_not_echoed_whole(field):
+    huge = "9x" * 10_000
+    args = dict(prompt="Hi", model="builtin", temperature=0.5, top_k=0, top_p=1.0, max_new_tokens=4, seed=None)
+    with pytest.raises(ValueError) as refused:
+        validate.settings(**{**args, field: huge}, offered=["builtin"])
+    message = str(refused.value)
+    assert len(message) < 300 and "'9x9x9x" in message and "(20,002 characters)" in message
+
+
+def test_a_huge_head_is_not_echoed_whole():
+    from playground.service import parse_head
+
+    with pytest.raises(ValueError) as refused:
+        parse_head("h" * 5000, 12)
+    assert len(str(refused.value)) < 200 and "(5,002 characters)" in str(refused.value)

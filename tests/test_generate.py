@@ -19,6 +19,31 @@ def test_top_p_keeps_smallest_set_reaching_p():
     assert torch.isfinite(top_p_filter(probs.log(), 0.01)).sum() == 1  # always one token
 
 
+@pytest.mark.parametrize("temperature", [1e-300, 5e-324, 1e-45, 1e-8])
+def test_a_tiny_temperature_is_the_greedy_limit(temperature):
+    """Accepted by the checks, so it must sample: logits / 1e-300 used to overflow to inf
+    and NaN probabilities (a RuntimeError in multinomial)."""
+    logits = torch.randn(4, 1000, generator=torch.Generator().manual_seed(0))
+    ids = sample_next(logits, temperature, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(ids, logits.argmax(-1))
+
+
+@pytest.mark.parametrize("top_p", [1e-300, 5e-324, 1e-45])
+def test_a_tiny_top_p_keeps_the_most_likely_token(top_p):
+    """p rounds to 0 in float32, which dropped every token."""
+    logits = torch.randn(4, 1000, generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(top_p_filter(logits, top_p)).sum(-1).tolist() == [1] * 4
+    ids = sample_next(logits, 1.0, top_p=top_p, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(ids, logits.argmax(-1))
+
+
+def test_tiny_sampling_values_generate(tiny_model):
+    idx = torch.tensor([[464, 3290]])
+    greedy = gpt2.generate(tiny_model, idx, 8)
+    assert torch.equal(gpt2.generate(tiny_model, idx, 8, temperature=1e-300, seed=0), greedy)
+    assert torch.equal(gpt2.generate(tiny_model, idx, 8, temperature=1.0, top_p=5e-324, seed=0), greedy)
+
+
 def test_sampling_respects_top_k_and_seed():
     logits = torch.randn(3, 100)
     g1, g2 = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)

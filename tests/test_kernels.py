@@ -275,3 +275,29 @@ def test_a_product_reading_its_inputs_in_another_order_is_refused():
     key = (torch.float32, torch.float32, None, None, torch.float32)
     with torch.inference_mode(), pytest.raises(Exception, match="unexpected graph inputs"):
         inductor.compile_product(reads_x_first, *kernels._stand_ins(key, 64, 32))
+
+
+def test_inductor_cache_is_a_private_folder(tmp_path):
+    """Not /tmp/torchinductor_<user>: its pickles and shared objects are loaded and run."""
+    env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_CACHE_DIR"}
+    env["GPT2_CACHE_DIR"] = str(tmp_path / "cache")
+    script = ("import os, gpt2; from gpt2.fast import cache; "
+              "print(cache.use_private_inductor_cache()); print(os.environ['TORCHINDUCTOR_CACHE_DIR'])")
+    out = subprocess.run([sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    folder = tmp_path / "cache" / "inductor"
+    assert out.stdout.split() == [str(folder)] * 2
+    assert folder.stat().st_mode & 0o777 == 0o700
+
+
+def test_a_cache_folder_others_may_write_is_refused(tmp_path, monkeypatch):
+    from gpt2.fast import cache
+
+    monkeypatch.setenv("GPT2_CACHE_DIR", str(tmp_path))
+    (tmp_path / "inductor").mkdir(mode=0o777)
+    (tmp_path / "inductor").chmod(0o777)
+    with pytest.raises(PermissionError, match="may be written by other users"):
+        cache.private_dir("inductor")
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR", raising=False)
+    model = gpt2.GPT(gpt2.GPTConfig(vocab_size=50257, context_length=8, n_embd=16, n_layer=1, n_head=2)).eval()
+    status = gpt2.compile_kernels(model)
+    assert status.done.is_set() and "may be written by other users" in status.error

@@ -44,6 +44,8 @@ def launched(monkeypatch, tiny_dir) -> dict:
 
 
 def test_launch_settings(launched):
+    from playground.app import SESSION_CAPACITY
+    from playground.guard import RouteGuard
     from playground.limits import BodyLimit
 
     demo = launched.pop("blocks")
@@ -51,8 +53,12 @@ def test_launch_settings(launched):
     assert demo.config["analytics_enabled"] is False
     assert launched["share"] is False and launched["server_name"] == "127.0.0.1"
     assert launched["show_error"] is False  # unexpected errors: no exception text
+    assert launched["enable_monitoring"] is False
+    assert launched["state_session_capacity"] == SESSION_CAPACITY
+    assert demo.api_open is False  # Gradio's /run/<name> may not skip the queue
     assert "allowed_paths" not in launched and "blocked_paths" not in launched
-    assert [m.cls for m in launched["app_kwargs"]["middleware"]] == [BodyLimit]
+    middleware = launched["app_kwargs"]["middleware"]
+    assert [m.cls for m in middleware] == [BodyLimit, RouteGuard] and middleware[1].kwargs["blocks"] is demo
 
 
 def test_no_component_takes_files_or_paths(launched):

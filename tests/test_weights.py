@@ -1,5 +1,6 @@
 """Loading checkpoints: layouts accepted, and a clear error for every broken one."""
 import json
+import re
 import shutil
 
 import pytest
@@ -53,7 +54,7 @@ def test_own_format_round_trip_and_dtype(tiny_model, tmp_path):
 
 def test_sizes_come_from_config_json(tmp_path):
     from conftest import save_hf_checkpoint
-    cfg = gpt2.GPTConfig(vocab_size=300, context_length=16, n_embd=24, n_layer=3, n_head=2,
+    cfg = gpt2.GPTConfig(vocab_size=50304, context_length=16, n_embd=24, n_layer=3, n_head=2,
                          layer_norm_eps=1e-6)
     model = gpt2.load_model(save_hf_checkpoint(cfg, tmp_path))
     assert model.config == cfg
@@ -179,17 +180,84 @@ def test_cached_preset_loads_without_the_network(tiny_dir, tmp_path, monkeypatch
     assert gpt2.load_model("gpt2").config == TINY
 
 
+# -- a config is checked against the file's header before anything is built or read ----------
+HUGE = [{"n_layer": 100_000}, {"n_embd": 1_000_000, "n_head": 10}, {"n_positions": 10**9},
+        {"vocab_size": 10**9}, {"n_layer": 10**12, "n_embd": 10**6, "n_head": 1}]
+
+
+@pytest.mark.parametrize("claim", HUGE, ids=[next(iter(c)) + str(i) for i, c in enumerate(HUGE)])
+def test_a_config_claiming_a_huge_model_is_refused_before_building(tiny_dir, tmp_path, monkeypatch, claim):
+    """Such a config used to build (on the meta device) a module per claimed block and grow
+    without bound; now the claim is compared with the file's own tensor headers first."""
+    d = _copy(tiny_dir, tmp_path)
+    (d / "config.json").write_text(json.dumps({**json.loads((d / "config.json").read_text()), **claim}))
+    monkeypatch.setattr(gpt2.GPT, "__init__", lambda *a, **k: pytest.fail("built a model"))
+    monkeypatch.setattr(gpt2.weights, "read_tensors", lambda *a, **k: pytest.fail("read the tensors"))
+    with pytest.raises(gpt2.WeightsError, match=r"model\.safetensors: (missing key|'\w+\.weight' has shape)"):
+        gpt2.load_model(d)
+
+
+BAD_CONFIGS = [
+    ({"n_head": 0}, "n_head must be a whole number >= 1, got 0"),
+    ({"n_head": -4}, "n_head must be a whole number >= 1, got -4"),
+    ({"n_head": 5}, "n_embd=32 is not divisible by n_head=5"),
+    ({"n_embd": 32.5}, "n_embd must be a whole number >= 1, got 32.5"),
+    ({"n_embd": "32"}, "n_embd must be a whole number >= 1, got '32'"),
+    ({"n_layer": True}, "n_layer must be a whole number >= 1, got True"),
+    ({"n_positions": 0}, "context_length must be a whole number >= 1, got 0"),
+    ({"layer_norm_epsilon": -1}, "layer_norm_eps must be a positive number, got -1"),
+    ({"vocab_size": 100}, "vocab_size=100 is smaller than GPT-2's tokenizer, whose ids reach 50256"),
+    ({"n_embd": None}, "n_embd must be a whole number >= 1, got None"),
+]
+
+
+@pytest.mark.parametrize("change, message", BAD_CONFIGS, ids=[str(c) for c, _ in BAD_CONFIGS])
+def test_configs_that_make_no_sense_are_refused_at_load(tiny_dir, tmp_path, change, message):
+    d = _copy(tiny_dir, tmp_path)
+    (d / "config.json").write_text(json.dumps({**json.loads((d / "config.json").read_text()), **change}))
+    with pytest.raises(gpt2.WeightsError, match=re.escape(message)):
+        gpt2.load_model(d)
+
+
+def test_our_format_with_bad_metadata_is_refused(tiny_model, tmp_path):
+    state = {k: v.contiguous() for k, v in tiny_model.state_dict().items()}
+    bad = json.dumps({**tiny_model.config.to_dict(), "n_head": 0})
+    save_file(state, tmp_path / "bad.safetensors", metadata={"gpt2_config": bad})
+    with pytest.raises(gpt2.WeightsError, match="bad 'gpt2_config' metadata .*n_head must be"):
+        gpt2.load_model(tmp_path / "bad.safetensors")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_weights_holding_nan_or_inf_are_refused(tiny_dir, tmp_path, value):
+    d = _copy(tiny_dir, tmp_path)
+    _rewrite(d, lambda s: s["transformer.h.1.mlp.c_proj.weight"].view(-1).__setitem__(7, value))
+    with pytest.raises(gpt2.WeightsError, match=r"'h\.1\.mlp\.c_proj\.weight' holds NaN or infinite values"):
+        gpt2.load_model(d)
+
+
+def test_an_integer_tensor_is_refused(tiny_dir, tmp_path):
+    d = _copy(tiny_dir, tmp_path)
+    _rewrite(d, lambda s: s.update({"transformer.ln_f.bias": torch.zeros(32, dtype=torch.int32)}))
+    with pytest.raises(gpt2.WeightsError, match=r"'ln_f\.bias' has dtype I32, expected floats"):
+        gpt2.load_model(d)
+
+
+def test_expected_shapes_are_the_models_own():
+    config = gpt2.GPTConfig(vocab_size=50257, context_length=16, n_embd=24, n_layer=3, n_head=2)
+    with torch.device("meta"):
+        real = {k: tuple(v.shape) for k, v in gpt2.GPT(config).state_dict().items()}
+    assert gpt2.weights.expected_shapes(config) == real
 def test_presets_come_from_the_hub_cache_and_convert_once(offline_hub, tmp_path, monkeypatch):
     """`load_model("gpt2")` through huggingface_hub's own cache lookup (the stand-in Hub of
     conftest), offline; `convert` writes weights/NAME.safetensors, which then loads the same."""
     from conftest import HUB_STANDINS
 
     monkeypatch.setenv("GPT2_WEIGHTS_DIR", str(tmp_path / "weights"))
-    snapshot = gpt2.weights.download("gpt2")
+    snapshot = gpt2.hub.download("gpt2")
     assert snapshot.is_relative_to(offline_hub / "hub" / "models--openai-community--gpt2" / "snapshots")
     model = gpt2.load_model("gpt2", compile=False)
     assert model.config == HUB_STANDINS["gpt2"]
-    assert gpt2.weights.obtainable("gpt2") and not gpt2.weights.obtainable("gpt2-large")
+    assert gpt2.hub.obtainable("gpt2") and not gpt2.hub.obtainable("gpt2-large")
     assert gpt2.convert("gpt2") == tmp_path / "weights" / "gpt2.safetensors"
     idx = torch.tensor([[464, 3290, 3332]])
     torch.testing.assert_close(gpt2.load_model("gpt2", compile=False)(idx), model(idx), rtol=0, atol=0)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from . import inductor
+from . import cache, inductor
 
 log = logging.getLogger(__name__)
 
@@ -198,8 +198,16 @@ def compile_kernels(model: nn.Module, background: bool = True) -> CompileStatus:
 
     The returned status is also `model.compile_status`. If compilation fails (no C++
     compiler, say) the model stays eager and correct; the reason is in the status and the log.
+    Inductor's on-disk cache goes to a private folder (`gpt2.fast.cache`).
     """
     status = model.compile_status = CompileStatus()
+    try:
+        cache.use_private_inductor_cache()
+    except OSError as error:  # an unsafe or unwritable cache: no compiled code at all
+        status.error = f"{type(error).__name__}: {error}"
+        log.warning("not compiling the decode kernels; staying eager (%s)", status.error)
+        status.done.set()
+        return status
 
     def work() -> None:
         start = time.perf_counter()
