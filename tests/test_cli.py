@@ -147,3 +147,12 @@ def test_train_runs_with_checked_flags(tmp_path):
     assert gpt2.load_model(out, compile=False).config.n_embd == 16
 
 
+
+
+@pytest.mark.parametrize("flags", [["--temperature", "1e-45"], ["--temperature", "0.8", "--top-p", "1e-45"]])
+def test_extreme_but_valid_sampling_values_do_not_crash(tmp_path, flags):
+    """Accepted values must generate, not end in a traceback inside sampling (issue 14 item 7)."""
+    run = _run("generate", "Once upon a time", "--model", "builtin", "--max-new-tokens", "4",
+               "--seed", "0", *flags, cwd=tmp_path)
+    assert run.returncode == 0 and "Traceback" not in run.stderr, run.stderr[-2000:]
+    assert run.stdout.startswith("Once upon a time") and len(run.stdout) > len("Once upon a time\n")
