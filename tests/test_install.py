@@ -49,6 +49,11 @@ def _works_from_anywhere(bin_dir: Path, package_root: Path, cwd: Path) -> None:
 
 def test_the_wheel_installs_library_data_app_and_command(installed, tmp_path):
     _works_from_anywhere(installed, installed.parent, tmp_path)
+    [site] = installed.parent.glob("lib/python*/site-packages")
+    shipped = [p.relative_to(ROOT) for package in ("gpt2", "playground") for p in (ROOT / package).rglob("*")
+               if p.is_file() and "__pycache__" not in p.parts]
+    assert Path("gpt2/data/builtin-model.safetensors") in shipped
+    assert [p for p in shipped if not (site / p).is_file()] == []  # every module and data file
 
 
 def test_an_editable_install_runs_the_source(tmp_path):

@@ -145,7 +145,8 @@ def serve(env, scratch) -> Iterator[Callable[[str], tuple[str, Path]]]:
             if command not in started:
                 log = scratch / f"app-{len(started)}.log"
                 port_env = {**env, "GRADIO_SERVER_PORT": str(free_port())}
-                url = stack.enter_context(serving(shlex.split(command, comments=True), port_env, scratch, log))
+                words = shlex.split(command, comments=True)
+                url = stack.enter_context(serving(words, port_env, scratch, log))
                 started[command] = url, log
             return started[command]
 
