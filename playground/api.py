@@ -26,8 +26,17 @@ def register(service: Service, generate_concurrency: int) -> None:
 
     def generate(prompt: str, model: str = names[0], temperature: float = 0.8, top_k: int = 40,
                  top_p: float = 0.95, max_new_tokens: int = 60, seed: int | None = None) -> Iterator[str]:
-        """Continue `prompt`; streams the generated text (without the prompt). A prompt too long
-        for the context keeps its end and says so in a warning (a `log` message)."""
+        """Continue a prompt; streams the generated text so far (without the prompt), one update per token.
+        prompt: the text to continue (at most 20,000 characters).
+        model: a name from the app's model list ("gpt2" runs at int8, "gpt2 · bf16" and "gpt2 · fp32" at
+        those precisions, likewise the other sizes; "builtin" is the small built-in model).
+        temperature: 0 = greedy; higher samples more freely (>= 0).
+        top_k: sample among the k most likely tokens (0 = off, up to 50257).
+        top_p: sample among the fewest tokens whose probabilities add up to p (in (0, 1], 1 = off).
+        max_new_tokens: tokens to generate (1 to 512, and below the model's context).
+        seed: a whole number >= 0 repeats a run exactly; None picks one at random.
+        A prompt too long for the context keeps its end and says so in a warning (a `log` message).
+        """
         s = validate.settings(prompt, model, temperature, top_k, top_p, max_new_tokens, seed, offered=names)
         with closing(service.generate(s, notice=gr.Warning)) as steps:
             for text, _ in steps:
@@ -35,8 +44,16 @@ def register(service: Service, generate_concurrency: int) -> None:
 
     def attention(text: str, model: str = names[0], layer: int = 0, head: str = MEAN,
                   start: int | None = None, size: int = DEFAULT_WINDOW) -> dict:
-        """Attention weights of `text` for one layer: head = 'mean', a head number, or 'all'.
-        Returns the window's token labels and weights[query][key] (or [head][query][key])."""
+        """Attention weights over any text (one forward pass) for one layer and a window of tokens.
+        text: the text to look at (at most 20,000 characters), e.g. a prompt and its generated text.
+        model: a name from the app's model list, as for /generate.
+        layer: the layer, 0 to the model's layers - 1.
+        head: "mean" (the average over heads), a head number as text ("0", "1", ...), or "all".
+        start: the window's first token; None shows the last `size` tokens.
+        size: tokens in the window (1 to 128).
+        Returns a dict: the window's token labels ("tokens"), weights[query][key] ([head][query][key]
+        for "all"), and where the window lies ("start", "stop", "total", "shown").
+        """
         run = service.inspect_text(validate.prompt_text(text), validate.model_name(model, names))
         layer = validate.integer("layer", layer, 0, run.config.n_layer - 1)
         size = validate.integer("size", size, 1, MAX_WINDOW)
@@ -53,8 +70,13 @@ def register(service: Service, generate_concurrency: int) -> None:
                 "weights": view.weights.round(5).tolist()}
 
     def next_tokens(text: str, model: str = names[0], k: int = 5) -> dict:
-        """For each token of `text` after the first: the model's top-k guesses for it and the
-        probability it gave the actual token (before any sampling settings)."""
+        """The model's guesses at every position of a text, before any sampling settings.
+        text: the text to look at (at most 20,000 characters).
+        model: a name from the app's model list, as for /generate.
+        k: guesses per position (1 to 20).
+        Returns a dict: "tokens" (the text's token labels) and, for each token after the first,
+        "positions": its probability ("prob") and the top k guesses for that place ("top").
+        """
         k = validate.integer("k", k, 1, 20)
         run = service.inspect_text(validate.prompt_text(text), validate.model_name(model, names))
         labels = tokens.labels(run.ids)
@@ -64,8 +86,11 @@ def register(service: Service, generate_concurrency: int) -> None:
             for p, c in enumerate(rank_candidates(run.capture, run.ids, k), start=1)]}
 
     def load_model(model: str) -> str:
-        """Load a model ahead of use; returns its status line. A model that cannot load is an
-        error saying why and how to fix it."""
+        """Load a model ahead of use, so the next request on it starts at once.
+        model: a name from the app's model list, as for /generate.
+        Returns its status line (name, precision, size); a model that cannot load is an error
+        saying why and how to fix it.
+        """
         name = validate.model_name(model, names)
         try:
             return describe(name, service.models.get(name))

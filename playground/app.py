@@ -11,32 +11,42 @@ import argparse
 import logging
 import os
 
+log = logging.getLogger(__name__)
 QUEUE_MAX_SIZE = 32  # waiting requests beyond this are turned away instead of piling up
 # Gradio keeps a copy of the page's config per session (measured ~0.26 MB each here, so at most
 # ~0.26 GB); beyond this the least recently active session is dropped (its page must reload).
 SESSION_CAPACITY = 1000
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
+    """The options, with defaults from the environment (and Spaces' address on Spaces)."""
     on_spaces = bool(os.environ.get("SPACE_ID"))
     parser = argparse.ArgumentParser(prog="gpt2-playground", description="GPT-2 playground (Gradio)",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", default=os.environ.get("GPT2_MODEL", "gpt2"),
-                        help="preset (gpt2, gpt2-medium, gpt2-large, gpt2-xl) or a local checkpoint: "
-                             "a Hub-layout folder or a .safetensors file (env: GPT2_MODEL)")
+                        help="the model the page opens on: a preset (gpt2, gpt2-medium, gpt2-large, "
+                             "gpt2-xl; at int8), builtin, or a local checkpoint: a Hub-layout folder or "
+                             "a .safetensors file (env: GPT2_MODEL)")
     parser.add_argument("--extra-model", action="append", dest="extra_models", metavar="PATH",
                         default=[p for p in os.environ.get("GPT2_EXTRA_MODELS", "").split(os.pathsep) if p],
                         help="another local checkpoint to offer in the model list (repeatable; env: "
                              f"GPT2_EXTRA_MODELS, paths separated by '{os.pathsep}')")
-    parser.add_argument("--host", default="0.0.0.0" if on_spaces else "127.0.0.1")
-    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)))
-    return parser.parse_args(argv)
+    parser.add_argument("--host", default="0.0.0.0" if on_spaces else "127.0.0.1",
+                        help="address to listen on (0.0.0.0 on Spaces, where SPACE_ID is set)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
+                        help="port to listen on (env: GRADIO_SERVER_PORT)")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return build_parser().parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not every request gradio makes to itself
     import gradio as gr
     from starlette.middleware import Middleware
 
@@ -51,7 +61,10 @@ def main(argv: list[str] | None = None) -> None:
                 max_file_size="1mb", footer_links=["api", "gradio"], theme=gr.themes.Soft(),
                 css=ui.CSS, ssr_mode=False, enable_monitoring=False,
                 state_session_capacity=SESSION_CAPACITY,
-                app_kwargs={"middleware": [Middleware(BodyLimit), Middleware(RouteGuard, blocks=demo)]})
+                app_kwargs={"middleware": [Middleware(BodyLimit), Middleware(RouteGuard, blocks=demo)]},
+                quiet=True, prevent_thread_lock=True)
+    log.info("GPT-2 playground running at %s (Ctrl+C to stop)", demo.local_url)
+    demo.block_thread()
 
 
 if __name__ == "__main__":

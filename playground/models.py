@@ -15,6 +15,8 @@ from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 
+import torch
+
 import gpt2
 
 log = logging.getLogger(__name__)
@@ -122,14 +124,20 @@ def with_tiers(sources: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]
     return names, tiers
 
 
+def precision(model: gpt2.GPT) -> str:
+    """The tier a loaded model runs at, read from its weights: int8, bf16 or fp32."""
+    dtypes = {t.dtype for t in model.state_dict().values()}
+    return "int8" if torch.int8 in dtypes else "bf16" if torch.bfloat16 in dtypes else "fp32"
+
+
 def describe(name: str, model: gpt2.GPT) -> str:
     """The status line of a loaded model (Markdown)."""
     c = model.config
     status = model.compile_status
     speed = (" · fast decode kernels unavailable, running eager"
              if status is not None and status.done.is_set() and status.error else "")
-    return (f"**{name}** ready · {c.num_params / 1e6:,.1f}M parameters · {c.n_layer} layers × "
-            f"{c.n_head} heads · {c.context_length}-token context{speed}")
+    return (f"**{name}** ready · {precision(model)} · {c.num_params / 1e6:,.1f}M parameters · "
+            f"{c.n_layer} layers × {c.n_head} heads · {c.context_length}-token context{speed}")
 
 
 def load_error_message(name: str, error: Exception) -> str:

@@ -187,6 +187,9 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
     service = Service(ModelTable(sources, tiers, on_evict=runs.drop_model), runs)
     page = Page(service)
     first, notice = start_model(default_model, page.names)
+    if notice:
+        log.warning(notice.replace("**", ""))  # the page's notice, for the terminal
+    log.info("serving %s (%s weights), loaded on first use", first, tiers[first])
 
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}", elem_id="title")

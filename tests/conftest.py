@@ -1,16 +1,21 @@
-"""Shared fixtures: tiny random GPT-2 checkpoints in the Hub's exact file layout, and the app
-served from them in a subprocess."""
+"""Shared fixtures: tiny random GPT-2 checkpoints in the Hub's exact file layout, a stand-in for
+the Hub's cache, the app served from them in a subprocess, and the package installed from a
+wheel into a fresh environment."""
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,6 +140,26 @@ def make_broken(good: Path, root: Path) -> dict[str, Path]:
     return paths
 
 
+@contextlib.contextmanager
+def serving(command: list[str], env: dict[str, str], cwd: Path, log: Path) -> Iterator[str]:
+    """Run an app command (on the port GRADIO_SERVER_PORT in `env`, or its --port) with its
+    output in `log`; yield its URL once it answers; end it with Ctrl+C (SIGINT), as a user would."""
+    port = env["GRADIO_SERVER_PORT"]
+    with log.open("w") as out:
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_up(url, proc, log)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory) -> Path:
     """The app's default model: 128-token context."""
@@ -210,6 +235,93 @@ def client(app_url):
     from gradio_client import Client
 
     return Client(app_url, verbose=False)
+
+
+# -- a stand-in for the Hugging Face Hub: its cache, with random weights under the presets' names --
+HUB_STANDINS = {  # preset -> a narrow model with the preset's depth and heads (blocks use layer 5, head 1)
+    "gpt2": gpt2.GPTConfig(n_embd=96, n_layer=12, n_head=12),
+    "gpt2-medium": gpt2.GPTConfig(n_embd=128, n_layer=24, n_head=16),
+}
+
+
+@pytest.fixture(scope="session")
+def hub_home(tmp_path_factory) -> Path:
+    """An HF_HOME whose cache holds the stand-ins as huggingface_hub lays a download out
+    (`hub/models--openai-community--NAME/refs/main` naming `snapshots/<revision>/`), so
+    `load_model("gpt2")` goes through huggingface_hub's own cache lookup."""
+    home = tmp_path_factory.mktemp("hf-home")
+    for seed, (name, config) in enumerate(HUB_STANDINS.items()):
+        repo = home / "hub" / f"models--openai-community--{name}"
+        revision = hashlib.sha1(name.encode()).hexdigest()
+        save_hf_checkpoint(config, repo / "snapshots" / revision, seed=seed)
+        (repo / "refs").mkdir()
+        (repo / "refs" / "main").write_text(revision)
+    return home
+
+
+def hub_env(hub_home: Path) -> dict[str, str]:
+    """The environment of a process that must find the stand-ins and never the network."""
+    return {"HF_HOME": str(hub_home), "HF_HUB_OFFLINE": "1"}
+
+
+@pytest.fixture
+def offline_hub(hub_home, monkeypatch) -> Path:
+    """The stand-in cache for this process too: huggingface_hub read the environment when it
+    was imported, so its constants change with it."""
+    from huggingface_hub import constants
+
+    for name, value in hub_env(hub_home).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(constants, "HF_HOME", str(hub_home))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(hub_home / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    return hub_home
+
+
+# -- the package as a user installs it --------------------------------------------------------
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without anything that would put the checkout on the path."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "GPT2_MODEL", "GPT2_EXTRA_MODELS")}
+    return {**env, "PIP_DISABLE_PIP_VERSION_CHECK": "1", "PIP_NO_INPUT": "1", **extra}
+
+
+def copy_source(dest: Path) -> Path:
+    """What a wheel is built from, copied (setuptools writes build/ and egg-info into it)."""
+    dest.mkdir(parents=True)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, dest / name)
+    for package in ("gpt2", "playground"):
+        shutil.copytree(ROOT / package, dest / package, ignore=shutil.ignore_patterns("__pycache__"))
+    return dest
+
+
+def make_venv(path: Path) -> Path:
+    """A fresh environment that sees this machine's packages (torch, gradio, ...: nothing to
+    download), pip and setuptools included (a venv's own would be the older ones bundled with
+    Python), but not the checkout. Returns its bin folder."""
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(path)],
+                   check=True, env=clean_env(), timeout=300)
+    return path / "bin"
+
+
+def pip(bin_dir: Path, *args: str) -> None:
+    run = subprocess.run([str(bin_dir / "python"), "-m", "pip", *args], capture_output=True, text=True,
+                         env=clean_env(), timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+
+
+@pytest.fixture(scope="session")
+def installed(tmp_path_factory) -> Path:
+    """The bin folder of a fresh environment with the wheel of this checkout installed."""
+    root = tmp_path_factory.mktemp("install")
+    source = copy_source(root / "src")
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                            "-w", str(root / "dist"), str(source)], capture_output=True, text=True,
+                           env=clean_env(), timeout=600)
+    assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
+    bin_dir = make_venv(root / "venv")
+    pip(bin_dir, "install", "--no-deps", "--no-index", str(next((root / "dist").glob("*.whl"))))
+    return bin_dir
 
 
 def pytest_configure(config) -> None:

@@ -1,6 +1,7 @@
 """Command line and environment: local by default, Spaces' address on Spaces."""
 from __future__ import annotations
 
+import argparse
 import os
 
 import app
@@ -26,3 +27,27 @@ def test_extra_models_from_flags_and_environment(monkeypatch):
     assert app.parse_args(["--extra-model", "/c"]).extra_models == ["/a", "/b", "/c"]
     monkeypatch.delenv("GPT2_EXTRA_MODELS")
     assert app.parse_args([]).extra_models == []
+
+
+def test_every_option_has_help_and_shows_its_default(monkeypatch):
+    from playground.app import build_parser
+
+    monkeypatch.setenv("GPT2_EXTRA_MODELS", "")
+    parser = build_parser()
+    assert parser.prog == "gpt2-playground"
+    assert parser.formatter_class is argparse.ArgumentDefaultsHelpFormatter
+    text = " ".join(parser.format_help().split())
+    for action in parser._actions:
+        assert action.help, action.dest
+        if action.dest != "help":
+            assert f"(default: {action.default})" in text, action.dest
+
+
+def test_builtin_is_a_model_name():
+    """`--model builtin` opens on the built-in model, offered under that name, as the library
+    and the CLI call it."""
+    from playground.models import offered_sources, start_model, with_tiers
+
+    names, tiers = with_tiers(offered_sources(app.parse_args(["--model", "builtin"]).model))
+    assert start_model("builtin", list(names)) == ("builtin", None)
+    assert names["builtin"] == "builtin" and tiers["builtin"] == "fp32"

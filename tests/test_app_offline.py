@@ -25,7 +25,7 @@ def offline_app(tmp_path_factory):
     url = f"http://127.0.0.1:{port}/"
     try:
         wait_until_up(url, proc, log)
-        yield url
+        yield url, log
     finally:
         proc.terminate()
         proc.wait(timeout=10)
@@ -34,7 +34,8 @@ def offline_app(tmp_path_factory):
 def test_offline_start_runs_the_builtin_model_and_shows_an_induction_head(offline_app):
     from playwright.sync_api import expect
 
-    with browser_page(offline_app) as page:
+    url, _ = offline_app
+    with browser_page(url) as page:
         expect(page.locator("#notice")).to_contain_text("built-in tiny model", timeout=30_000)
         expect(page.locator("#notice")).to_contain_text("python -m gpt2 download gpt2")
         expect(page.locator("#model-status")).to_contain_text("builtin", timeout=30_000)
@@ -66,3 +67,12 @@ def test_offline_start_runs_the_builtin_model_and_shows_an_induction_head(offlin
         score = float(named[0].split("induction")[1].split()[0])
         assert score >= 0.3
         page.screenshot(path=str(ARTIFACTS / "app-offline-induction.png"), full_page=True)
+
+
+def test_the_terminal_says_it_fell_back_to_the_builtin_model(offline_app):
+    _, log = offline_app
+    lines = log.read_text().splitlines()
+    said = [line.split(": ", 1)[1] for line in lines if " playground." in line]
+    assert "serving builtin (fp32 weights), loaded on first use" in said
+    notice = [line for line in said if "Hub cannot be reached" in line]
+    assert len(notice) == 1 and "python -m gpt2 download gpt2" in notice[0] and "**" not in notice[0]

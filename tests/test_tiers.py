@@ -63,7 +63,8 @@ def test_unknown_quantization(tiny_dir):
 
 
 def test_app_summary_counts_every_tiers_weights(tmp_path):
-    """int8 weights are buffers, not parameters: the page must still say the model's size."""
+    """int8 weights are buffers, not parameters: the page must still say the model's size,
+    and which tier the loaded weights are."""
     from conftest import save_hf_checkpoint
     from playground.models import describe
 
@@ -71,5 +72,6 @@ def test_app_summary_counts_every_tiers_weights(tmp_path):
                                    tmp_path)
     fp32 = gpt2.load_model(directory, compile=False)
     want = f"{sum(p.numel() for p in fp32.parameters()) / 1e6:,.1f}M parameters"  # 7.2M
-    for args in ({}, {"quantize": "int8"}, {"dtype": torch.bfloat16}):
-        assert want in describe("m", gpt2.load_model(directory, compile=False, **args))
+    for tier, args in gpt2.TIERS.items():
+        summary = describe("m", gpt2.load_model(directory, compile=False, **args))
+        assert want in summary and f"ready · {tier} · " in summary

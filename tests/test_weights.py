@@ -247,3 +247,17 @@ def test_expected_shapes_are_the_models_own():
     with torch.device("meta"):
         real = {k: tuple(v.shape) for k, v in gpt2.GPT(config).state_dict().items()}
     assert gpt2.weights.expected_shapes(config) == real
+def test_presets_come_from_the_hub_cache_and_convert_once(offline_hub, tmp_path, monkeypatch):
+    """`load_model("gpt2")` through huggingface_hub's own cache lookup (the stand-in Hub of
+    conftest), offline; `convert` writes weights/NAME.safetensors, which then loads the same."""
+    from conftest import HUB_STANDINS
+
+    monkeypatch.setenv("GPT2_WEIGHTS_DIR", str(tmp_path / "weights"))
+    snapshot = gpt2.hub.download("gpt2")
+    assert snapshot.is_relative_to(offline_hub / "hub" / "models--openai-community--gpt2" / "snapshots")
+    model = gpt2.load_model("gpt2", compile=False)
+    assert model.config == HUB_STANDINS["gpt2"]
+    assert gpt2.hub.obtainable("gpt2") and not gpt2.hub.obtainable("gpt2-large")
+    assert gpt2.convert("gpt2") == tmp_path / "weights" / "gpt2.safetensors"
+    idx = torch.tensor([[464, 3290, 3332]])
+    torch.testing.assert_close(gpt2.load_model("gpt2", compile=False)(idx), model(idx), rtol=0, atol=0)

@@ -19,7 +19,10 @@ thread makes from it meanwhile may repeat; seeded generation uses its own genera
 """
 from __future__ import annotations
 
+import concurrent.futures.process  # noqa: F401 - see `compile_kernels`: their exit hooks first
+import concurrent.futures.thread  # noqa: F401
 import contextlib
+import functools
 import logging
 import os
 import threading
@@ -131,6 +134,23 @@ def _fast_layers(model: nn.Module) -> list[nn.Module]:
 
 
 _BUILD_LOCK = threading.Lock()  # dynamo is not thread-safe while it compiles
+NO_COMPILER = ("no C++ compiler found (g++/clang++, or $CXX): decoding runs without the compiled "
+               "kernels; install build-essential (Debian/Ubuntu), the Xcode command line tools "
+               "(macOS: xcode-select --install) or Visual Studio's C++ build tools (Windows)")
+
+
+@functools.cache
+def _compiler_missing() -> bool:
+    """Whether inductor finds no C++ compiler; said once per process, in one line (inductor's
+    own error is many lines, and would come again for every model)."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except RuntimeError:  # inductor's InvalidCxxCompiler; a missing cl.exe on Windows
+        log.warning(NO_COMPILER)
+        return True
+    return False
 
 
 def _stand_ins(key: _Key, out_features: int, in_features: int) -> tuple:
@@ -196,18 +216,28 @@ def compile_kernels(model: nn.Module, background: bool = True) -> CompileStatus:
             # applies to this thread only, and to the compiler processes it starts).
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
         try:
-            _build(model)
+            with _BUILD_LOCK:  # one check, and one warning, however many models load at once
+                missing = _compiler_missing()
+            if missing:
+                status.error = NO_COMPILER
+            else:
+                _build(model)
         except Exception as error:  # noqa: BLE001 - any failure leaves the eager path in place
             status.error = f"{type(error).__name__}: {error}"
             log.warning("compiling the decode kernels failed; staying eager (%s)", status.error)
-        else:
+        if status.error is None:
             for layer in _fast_layers(model):
                 layer.use_kernels = True
         status.seconds = time.perf_counter() - start
         status.done.set()
 
     if background:  # not a daemon: interpreter shutdown under a running compile crashes
-        threading.Thread(target=work, name="gpt2-compile").start()
+        thread = threading.Thread(target=work, name="gpt2-compile")
+        thread.start()
+        # At exit, wait for it before the thread pools inductor compiles with refuse new work
+        # (they would fail it with "cannot schedule new futures after interpreter shutdown").
+        # Hooks run last registered first, and concurrent.futures registered its own on import.
+        threading._register_atexit(thread.join)
     else:
         work()
     return status
