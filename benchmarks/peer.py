@@ -15,8 +15,8 @@ Pairs compared: fp32 vs f32, bf16 vs the better of bf16/f16, int8 vs q8_0.
 
 llama-cpp-python is optional (a ~15 min source build, see benchmarks/README.md):
 
-    python benchmarks/peer.py --llama-cpp-src /tmp/llcp/llama_cpp_python-0.3.36   # -> PEER.md
-    python benchmarks/peer.py --configs gpt2,gpt2-medium --rounds 5
+    python benchmarks/peer.py --llama-cpp-src /tmp/llcp/src/llama_cpp_python-0.3.36   # -> PEER.md
+    LLAMA_CPP_SRC=/tmp/llcp/src/llama_cpp_python-0.3.36 python benchmarks/peer.py --configs gpt2,gpt2-medium
 """
 from __future__ import annotations
 
@@ -51,13 +51,12 @@ BUILD_HINT = ("llama-cpp-python is not installed: this benchmark is optional. Bu
 
 
 # -- preparing the weights ----------------------------------------------------------------
-def require_llama_cpp():
-    """The `llama_cpp` module, or exit with how to get it."""
+def require_llama_cpp() -> None:
+    """Exit with how to get llama-cpp-python unless it imports."""
     try:
-        import llama_cpp
+        import llama_cpp  # noqa: F401
     except ImportError:
         raise SystemExit(BUILD_HINT) from None
-    return llama_cpp
 
 
 def find_converter(source: str | None) -> Path:
@@ -397,8 +396,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--llama-cpp-src", default=os.environ.get("LLAMA_CPP_SRC"),
                    help="unpacked llama-cpp-python sdist (or its vendor/llama.cpp), for "
                         "convert_hf_to_gguf.py; default $LLAMA_CPP_SRC")
-    p.add_argument("--configs", default="gpt2", help="comma-separated gpt2.PRESETS names (gpt2,gpt2-medium), or tiny "
-                   "to smoke-test the script")
+    p.add_argument("--configs", default="gpt2",
+                   help="comma-separated gpt2.PRESETS names (gpt2,gpt2-medium); tiny: a smoke test")
     p.add_argument("--tiers", default="fp32,bf16,int8", help="comma-separated: fp32, bf16, int8")
     p.add_argument("--prompts", default="16,512", help="comma-separated prompt lengths")
     p.add_argument("--new-tokens", type=int, default=64)
