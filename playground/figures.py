@@ -37,15 +37,6 @@ def causal(weights: np.ndarray) -> list:
     return np.where(future, None, weights.astype(object)).tolist()
 
 
-def _hover_pairs(labels: Sequence[str]) -> np.ndarray:
-    """customdata[i][j] = (query label, key label)."""
-    grid = np.empty((len(labels), len(labels), 2), dtype=object)
-    for i, q in enumerate(labels):
-        for j, k in enumerate(labels):
-            grid[i, j] = (q, k)
-    return grid
-
-
 def attention_heatmap(weights: np.ndarray, labels: Sequence[str], start: int, title: str,
                       earlier: Sequence[float] | None = None) -> go.Figure:
     """One map [R, R]: rows are query tokens, columns key tokens, both starting at `start`.
@@ -106,19 +97,22 @@ def heads_grid(weights: np.ndarray, labels: Sequence[str], start: int, title: st
               for h in order]  # the role on a line of its own: two columns fit a phone
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles,
                         horizontal_spacing=0.03, vertical_spacing=0.35 / rows)
-    positions = list(range(start, start + len(labels)))
-    hover = _hover_pairs(labels).tolist()
-    z = causal(weights)
+    positions = np.arange(start, start + len(labels))
+    future = np.triu(np.ones(weights.shape[1:], dtype=bool), k=1)
+    z = np.where(future, np.nan, weights).astype(np.float32)  # arrays, not lists: 12+ maps stay fast to build
     for slot, h in enumerate(order):
-        fig.add_trace(go.Heatmap(z=z[h], x=positions, y=positions, customdata=hover,
-                                 hovertemplate=f"head {h}<br>" + HOVER, coloraxis="coloraxis"),
+        fig.add_trace(go.Heatmap(z=z[h], x=positions, y=positions, coloraxis="coloraxis", hoverongaps=False,
+                                 hovertemplate=f"head {h} · query %{{y}} · key %{{x}}<br>"
+                                               "weight %{z:.3f}<extra></extra>"),
                       row=slot // cols + 1, col=slot % cols + 1)
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed")
     fig.update_layout(coloraxis=dict(colorscale=COLORSCALE, cmin=0, cmax=1,
                                      colorbar=dict(thickness=12, title=dict(text="weight"))))
     fig.update_annotations(font=dict(size=11))
-    return _base_layout(fig, title, height=150 + 190 * rows)
+    _base_layout(fig, title, height=170 + 190 * rows)
+    fig.update_layout(margin=dict(l=10, r=10, t=90, b=10))  # room for two-line head titles
+    return fig
 
 
 def role_label(role: tuple[str, float] | None) -> str:

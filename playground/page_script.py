@@ -126,6 +126,7 @@ function show(v) {
   if (v.live || !sameRun || pinned == null || pinned >= spans.length) pinned = v.live ? null : v.selected;
   hovered = null;
   element.classList.toggle('live', !!v.live);
+  element.dataset.run = v.run;  // for tests and automation: which run is shown
   paint();
   if (v.live) text.scrollTop = text.scrollHeight;
   else keepInView(pinned);

@@ -64,9 +64,10 @@ CSS = """
   align-items: center; margin-bottom: 6px; }
 #token-view .tv-caption { font-size: 0.9em; }
 #token-view .tv-dir { display: inline-flex; gap: 4px; }
-#token-view .tv-dir button { border: 1px solid var(--border-color-primary); background: transparent;
-  color: inherit; padding: 2px 10px; border-radius: 6px; font-size: 0.85em; cursor: pointer; }
-#token-view .tv-dir button.on { background: var(--color-accent-soft); border-color: var(--color-accent); }
+#token-view .tv-dir button { border: 1px solid var(--border-color-primary); padding: 2px 10px;
+  border-radius: 6px; font-size: 0.85em; cursor: pointer; background: transparent !important;
+  color: var(--body-text-color) !important; }
+#token-view .tv-dir button.on { background: var(--color-accent-soft) !important; border-color: var(--color-accent); }
 #token-view.live .tv-dir { opacity: 0.5; }
 #token-view .tv-text { position: relative; white-space: pre-wrap; overflow-wrap: anywhere;
   font-family: var(--font-mono); font-size: 13px; line-height: 2; max-height: 28rem; overflow-y: auto;
@@ -326,7 +327,7 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
         run_id = gr.State(None)
         gr.HTML(html_template="", js_on_load=page_script.ENTER_APPLIES_JS, elem_id="page-keys")
         with gr.Row(equal_height=False):
-            with gr.Column(scale=2, min_width=300):
+            with gr.Column(scale=2, min_width=300, elem_id="settings"):
                 prompt = gr.Textbox(label="Prompt", lines=5, max_length=validate.MAX_PROMPT_CHARS,
                                     value=BUILTIN_PROMPT if first == BUILTIN else next(iter(EXAMPLES.values()))[0],
                                     elem_id="prompt")
@@ -348,7 +349,7 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
                                        example_labels=list(shown_examples), label="Try these")
                 induction_btn = gr.Button("Show an induction head: a repeated random sequence on the "
                                           "built-in model", size="sm", elem_id="induction-example")
-            with gr.Column(scale=3, min_width=300):
+            with gr.Column(scale=3, min_width=300, elem_id="views"):
                 output = gr.Textbox(label="Generated text", lines=5, interactive=False,
                                     elem_id="output", buttons=["copy"])
                 stats = gr.Markdown(elem_id="stats")
