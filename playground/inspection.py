@@ -236,6 +236,11 @@ class RunStore:
             self._changed.notify_all()
         return run_id
 
+    def pending(self, run_id: str | None) -> bool:
+        """Reserved and not stored yet: its generation is still running."""
+        with self._lock:
+            return run_id in self._pending
+
     def release(self, run_id: str) -> None:
         """The reserved id will get no run (the generation failed or stopped before a token)."""
         with self._changed:

@@ -80,16 +80,15 @@ function paint() {
   if (p == null || p >= spans.length) return;
   const weights = weightsFor(p);
   const top = Math.max(...weights.map(([, w]) => w), 1e-9);
-  const verb = view.live || direction === 'from' ? 'from' : 'to';
-  for (const [i, w] of weights) {
+  const row = view.live || direction === 'from';
+  for (const [i, w] of weights) {  // the selected token is one of them: a row or column includes it
     const s = spans[i];
     s.style.backgroundColor = `rgba(249, 115, 22, ${(0.85 * w / top).toFixed(3)})`;
-    s.title = verb === 'from' ? `receives ${shown(w)} from token ${p}` : `gives ${shown(w)} to token ${p}`;
+    s.title = row ? `receives ${shown(w)} from token ${p}` : `gives ${shown(w)} to token ${p}`;
     s.dataset.weight = w.toFixed(5);  // for tests and automation
     painted.push(i);
   }
   spans[p].classList.add('sel');
-  painted.push(p);
   const where = `layer ${view.layer} \u00b7 ${view.head}`;
   if (view.live) {
     const newest = spans.length - 1;

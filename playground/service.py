@@ -165,6 +165,8 @@ class Service:
     def run(self, run_id: str | None) -> Run:
         if not run_id:
             raise RunExpired("Generate some text first: the maps show a finished run.")
+        if self.runs.pending(run_id):
+            raise RunExpired("Still writing: the views show this run as soon as it ends (or is stopped).")
         run = self.runs.get(run_id)
         if run is None:
             raise RunExpired("This run's maps are no longer kept (the server keeps only recent "

@@ -178,10 +178,17 @@ def test_settings_follow_the_model(app_url):
         top = "#max-new-tokens input[type=range]"
         expect(page.locator(top)).to_have_attribute("max", "127")  # local:tiny: 128-token context
         assert not page.locator("#stop-at-end input").is_checked()  # on for the built-in model only
+        assert "Unicorns (news)" in page.locator(".gallery").first.inner_text()  # GPT-2's examples
         _pick(page, "model", "local:long")
         expect(page.locator(top)).to_have_attribute("max", "512", timeout=30_000)  # the app's cap
+        _pick(page, "model", "builtin")
+        expect(page.locator(top)).to_have_attribute("max", "255", timeout=30_000)
+        expect(page.locator("#stop-at-end input")).to_be_checked()
+        expect(page.locator(".gallery").first).to_contain_text("Mira's red kite")  # its own world
         _pick(page, "model", MODEL)
         expect(page.locator(top)).to_have_attribute("max", "127", timeout=30_000)
+        expect(page.locator("#stop-at-end input")).not_to_be_checked()
+        expect(page.locator(".gallery").first).to_contain_text("Unicorns (news)")
 
         _generate(page, PROMPT, 20)
         expect(page.locator("#stats")).to_contain_text("tokens/s", timeout=30_000)

@@ -213,10 +213,13 @@ def test_token_matrix_and_token_attention_are_the_full_map(service, small_blocks
 
 
 def test_live_rows_are_the_finished_maps_rows(service):
-    """While it streams, the newest captured row is the row the finished run will have."""
+    """While it streams, the newest captured row is the row the finished run will have; the
+    other views wait for the end."""
     live = []
     for step in service.generate(settings(max_new_tokens=6)):
         if step.n_generated and not step.stored:
+            with pytest.raises(LookupError, match="Still writing"):
+                service.run(step.run_id)
             position, row = service.live_row(step, 1, 3)
             assert position == len(step.ids) - 2  # the token whose attention chose the newest one
             live.append((position, row))
@@ -255,11 +258,11 @@ def test_the_store_waits_for_a_reserved_run(service):
     _, run = finish(service, settings())
     store = RunStore()
     run_id = store.reserve()
-    assert store.get(run_id) is None
+    assert store.get(run_id) is None and store.pending(run_id)
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(store.get, run_id, 30.0)
         store.add(run, run_id)
-        assert waiting.result() is run
+        assert waiting.result() is run and not store.pending(run_id)
     other = store.reserve()
     with ThreadPoolExecutor(1) as pool:
         waiting = pool.submit(store.get, other, 30.0)
