@@ -121,7 +121,11 @@ def test_head_overview_has_every_head_and_a_click_selects_one(app_url):
         assert len(z) == 2 and all(len(row) == 4 for row in z)  # n_layer × n_head of the tiny model
         _pick(page, "layer", "layer 1")
         _pick(page, "head", "head 1")
-        expect(page.locator("#all-heads .gtitle")).to_contain_text("Layer 1", timeout=20_000)
+        page.wait_for_function("""() => {  // the overview outlines the selection: layer 1, head 1
+            const shape = document.querySelector('#head-overview .js-plotly-plot').layout.shapes[0];
+            return shape && shape.x0 === 0.5 && shape.y0 === 0.5;
+        }""", timeout=20_000)
+        page.wait_for_timeout(300)  # let Plotly finish drawing it
         # Click the cell of layer 0, head 2, where Plotly draws it.
         page.locator("#head-overview").scroll_into_view_if_needed()
         x, y = page.eval_on_selector("#head-overview .js-plotly-plot", """el => {
