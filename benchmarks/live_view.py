@@ -61,6 +61,10 @@ def stream(page: TimedPage, model: str, prompt: str, new_tokens: int) -> tuple[f
     return time.perf_counter() - started, updates, page.live_seconds, sent
 
 
+def spread(values: list[float]) -> str:
+    return f"{statistics.median(values):.1f} [{min(values):.1f}–{max(values):.1f}]"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9)
@@ -98,13 +102,9 @@ def main() -> None:
                         shares.append(live_seconds / seconds)
                         per_update.append(live_seconds / max(updates, 1))
             ratios = [on / off for on, off in zip(rates["on"], rates["off"])]
-
-            def rate(system: str) -> str:
-                values = rates[system]
-                return f"{statistics.median(values):.1f} [{min(values):.1f}–{max(values):.1f}]"
-
-            rows.append(f"| {label} | {rate('on')} | {rate('off')} | **{statistics.median(ratios):.3f}** "
-                        f"[{min(ratios):.3f}–{max(ratios):.3f}] | {1e3 * statistics.median(per_update):.1f} | "
+            rows.append(f"| {label} | {spread(rates['on'])} | {spread(rates['off'])} | "
+                        f"**{statistics.median(ratios):.3f}** [{min(ratios):.3f}–{max(ratios):.3f}] | "
+                        f"{1e3 * statistics.median(per_update):.1f} | "
                         f"**{100 * statistics.median(shares):.2f}%** [{100 * max(shares):.2f}%] | "
                         f"{sent['on'] / 1e3:.0f} / {sent['off'] / 1e3:.0f} |")
 

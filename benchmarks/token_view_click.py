@@ -118,8 +118,8 @@ def main() -> None:
         checkpoint = gpt2.save_model(gpt2.GPT(gpt2.PRESETS["gpt2"]), Path(tmp) / "random-124m.safetensors")
         port, log = free_port(), Path(tmp) / "app.log"
         with log.open("w") as out:
-            app = subprocess.Popen([sys.executable, "app.py", "--model", str(checkpoint), "--port", str(port)],
-                                   cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+            command = [sys.executable, "app.py", "--model", str(checkpoint), "--port", str(port)]
+            app = subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
         try:
             url = f"http://127.0.0.1:{port}/"
             wait_until_up(url, app, log, timeout=300)

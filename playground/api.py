@@ -65,7 +65,8 @@ def register(service: Service, generate_concurrency: int) -> None:
         position = validate.integer("position", position, -len(run.ids), len(run.ids) - 1)
         found = service.token_attention(run, layer, parse_head(head, run.config.n_head), position,
                                         str(direction).strip().lower())
-        return {"tokens": found.labels, "weights": found.weights.round(6).tolist(), "position": found.position}
+        return {"tokens": found.labels, "weights": found.weights.round(6).tolist(),
+                "position": found.position}
 
     def next_tokens(text: str, model: str = names[0], k: int = 5) -> dict:
         """For each token of `text` after the first: the model's top-k guesses for it and the

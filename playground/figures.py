@@ -149,7 +149,8 @@ def head_overview(scores: Mapping[str, np.ndarray], selected: tuple[int, int | N
     mean) is outlined. One heatmap whose z is band + score, over a colour scale made of one
     light-to-dark ramp per band, so a click reports the cell's layer and head."""
     roles = list(scores)
-    stacked = np.stack([np.nan_to_num(np.asarray(scores[r], dtype=float), nan=-np.inf) for r in roles])  # [R, L, H]
+    stacked = np.stack([np.nan_to_num(np.asarray(scores[r], dtype=float), nan=-np.inf)
+                        for r in roles])  # [R, L, H]
     best, which = stacked.max(0), stacked.argmax(0)  # [L, H]
     n_layer, n_head = best.shape
     band = np.where(best >= threshold, which + 1, 0)

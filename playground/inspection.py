@@ -46,7 +46,8 @@ class Window:
             return f"All {self.total} tokens shown."
         earlier = (f"; the first column sums each row's attention to tokens 0–{self.start - 1}"
                    if self.start else "")
-        return f"Showing tokens {self.start}–{self.stop - 1} of {self.total} (window of {self.size}){earlier}."
+        return (f"Showing tokens {self.start}–{self.stop - 1} of {self.total} "
+                f"(window of {self.size}){earlier}.")
 
 
 def window(total: int, start: int | None, size: int) -> Window:
@@ -130,12 +131,13 @@ def attention_matrix(capture: gpt2.AttentionCapture, layer: int, head: int | Non
     return out
 
 
-def attention_column(capture: gpt2.AttentionCapture, layer: int, head: int | None, position: int) -> np.ndarray:
+def attention_column(capture: gpt2.AttentionCapture, layer: int, head: int | None,
+                     position: int) -> np.ndarray:
     """Column `position` of one head's (or the mean's) map: the weight each query from
     `position` on gives that key, [T - position], read in blocks of ROW_CHUNK rows."""
     T = capture.num_tokens
-    return np.concatenate([attention_rows(capture, layer, head, slice(start, min(start + ROW_CHUNK, T)))[:, position]
-                           for start in range(position, T, ROW_CHUNK)])
+    blocks = (slice(start, min(start + ROW_CHUNK, T)) for start in range(position, T, ROW_CHUNK))
+    return np.concatenate([attention_rows(capture, layer, head, rows)[:, position] for rows in blocks])
 
 
 def role_scores(capture: gpt2.AttentionCapture, ids: list[int]) -> dict[str, np.ndarray]:

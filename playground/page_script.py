@@ -13,12 +13,16 @@ TOKEN_VIEW_HTML = """
   <div class="tv-bar">
     <span class="tv-caption">Generate some text: each token will be painted by the attention it gets.</span>
     <span class="tv-dir" role="group" aria-label="direction">
-      <button type="button" data-dir="from" class="on" title="paint what the selected token attends to">attends to</button>
-      <button type="button" data-dir="to" title="paint the later tokens that attend to the selected token">attended by</button>
+      <button type="button" data-dir="from" class="on"
+        title="paint what the selected token attends to">attends to</button>
+      <button type="button" data-dir="to"
+        title="paint the later tokens that attend to the selected token">attended by</button>
     </span>
   </div>
-  <div class="tv-text" tabindex="0" aria-label="tokens; click one, then use the left and right arrow keys"></div>
-  <div class="tv-info">Hover a token to preview it, click to select it (click again to follow the mouse), ← → to move.</div>
+  <div class="tv-text" tabindex="0"
+    aria-label="tokens; click one, then use the left and right arrow keys"></div>
+  <div class="tv-info">Hover a token to preview it, click to select it (click again to follow the
+    mouse), ← → to move.</div>
 </div>
 """
 
@@ -72,7 +76,11 @@ function weightsFor(p) {
 function paint() {
   for (const i of painted) {
     const s = spans[i];
-    if (s) { s.style.backgroundColor = ''; s.removeAttribute('title'); delete s.dataset.weight; s.classList.remove('sel', 'newest'); }
+    if (!s) continue;
+    s.style.backgroundColor = '';
+    s.removeAttribute('title');
+    delete s.dataset.weight;
+    s.classList.remove('sel', 'newest');
   }
   painted = [];
   if (!view) return;
@@ -94,7 +102,8 @@ function paint() {
     const newest = spans.length - 1;
     spans[newest].classList.add('newest');
     painted.push(newest);
-    caption.textContent = `Writing\u2026 token ${quote(newest)} was chosen from what token ${quote(p)} attends to (${where})`;
+    caption.textContent =
+      `Writing\u2026 token ${quote(newest)} was chosen from what token ${quote(p)} attends to (${where})`;
   } else {
     caption.textContent = direction === 'from'
       ? `Token ${quote(p)} attends to the tokens shaded (${where}; darkest = ${shown(top)})`
@@ -156,7 +165,8 @@ text.addEventListener('keydown', e => {
   e.preventDefault();
   const last = spans.length - 1;
   const from = pinned ?? hovered ?? view.selected;
-  pinned = {ArrowLeft: Math.max(0, from - 1), ArrowRight: Math.min(last, from + 1), Home: 0, End: last}[e.key];
+  const moves = {ArrowLeft: Math.max(0, from - 1), ArrowRight: Math.min(last, from + 1), Home: 0, End: last};
+  pinned = moves[e.key];
   hovered = null;
   paint();
   keepInView(pinned);

@@ -4,7 +4,8 @@ the browser, which paints on hover, click and arrow keys without asking the serv
 So the browser gets, once per (run, layer, head), the whole lower triangle of the map:
 T(T+1)/2 weights in row order (row q holds keys 0..q), one byte each, q = round(255·√w).
 The square root spends the byte's steps where most weights are (small ones): the error is
-at most √w/255 + 4e-6, so 1e-4 is kept to ±4e-5 and 0.5 to ±0.003. For 1,024 tokens that is 524,800 bytes, 699,736 as base64 in JSON.
+at most √w/255 + 4e-6, so 1e-4 is kept to ±4e-5 and 0.5 to ±0.003. For 1,024 tokens that is
+524,800 bytes, 699,736 as base64 in JSON.
 While a run streams, only the newest row is sent (`live_payload`).
 """
 from __future__ import annotations

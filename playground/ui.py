@@ -51,7 +51,6 @@ BUILTIN_EXAMPLES = {  # its own world: template stories and dialogues whose name
                                0.5, 40],
     "Leo's map (greedy)": ["Leo found a green map under the bed. One day, Leo took the map to the", 0.0, 30],
 }
-BUILTIN_PROMPT = BUILTIN_EXAMPLES["Mira's red kite"][0]
 GENERATE_CONCURRENCY = 2  # CPU-bound: more at once only slows each one down
 VIEW_CONCURRENCY = 8
 LIVE_INTERVAL_S = 0.25  # at most 4 token-view updates a second while a run streams
@@ -67,13 +66,15 @@ CSS = """
 #token-view .tv-dir button { border: 1px solid var(--border-color-primary); padding: 2px 10px;
   border-radius: 6px; font-size: 0.85em; cursor: pointer; background: transparent !important;
   color: var(--body-text-color) !important; }
-#token-view .tv-dir button.on { background: var(--color-accent-soft) !important; border-color: var(--color-accent); }
+#token-view .tv-dir button.on { background: var(--color-accent-soft) !important;
+  border-color: var(--color-accent); }
 #token-view.live .tv-dir { opacity: 0.5; }
 #token-view .tv-text { position: relative; white-space: pre-wrap; overflow-wrap: anywhere;
   font-family: var(--font-mono); font-size: 13px; line-height: 2; max-height: 28rem; overflow-y: auto;
   padding: 8px 10px; border: 1px solid var(--border-color-primary); border-radius: 8px; }
 #token-view .tv-text:focus { outline: 2px solid var(--color-accent); }
-#token-view .tok { cursor: pointer; border-radius: 3px; box-shadow: inset 0 0 0 1px rgba(128, 128, 128, 0.2); }
+#token-view .tok { cursor: pointer; border-radius: 3px;
+  box-shadow: inset 0 0 0 1px rgba(128, 128, 128, 0.2); }
 #token-view .tok.gen { text-decoration: underline dotted rgba(128, 128, 128, 0.7); }
 #token-view .tok.sel { outline: 2px solid #e11d48; }
 #token-view .tok.newest { outline: 2px dashed #e11d48; }
@@ -142,7 +143,8 @@ class Page:
             return
         config, limit = model.config, _max_new_limit(model.config)
         value = min(int(max_new), limit) if max_new is not None else gr.skip()
-        yield (describe(name, model), gr.Slider(maximum=limit, value=value), gr.Checkbox(value=name == BUILTIN),
+        yield (describe(name, model), gr.Slider(maximum=limit, value=value),
+               gr.Checkbox(value=name == BUILTIN),
                gr.Dropdown(choices=_layer_choices(config), value=config.n_layer - 1),
                gr.Dropdown(choices=_head_choices(config), value=MEAN),
                _examples(BUILTIN_EXAMPLES if name == BUILTIN else EXAMPLES))
@@ -219,7 +221,8 @@ class Page:
         head = (f"Stopped after **{run.n_generated}** tokens, after a **{run.n_prompt}**-token prompt"
                 if run.ended == "stopped" else
                 f"**{run.n_generated}** tokens generated after a **{run.n_prompt}**-token prompt")
-        return (f"{head} in {run.seconds:.2f} s · **{rate:.1f} tokens/s** · seed `{run.seed}` · {run.model_name}"
+        return (f"{head} in {run.seconds:.2f} s · **{rate:.1f} tokens/s** · seed `{run.seed}` · "
+                f"{run.model_name}"
                 + (" · ended at `<|endoftext|>`" if run.ended == "end of text" else "")
                 + (f" · the prompt's first {run.dropped} tokens were dropped to fit the context"
                    if run.dropped else ""))
@@ -319,6 +322,7 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
     service = Service(ModelTable(sources, tiers, on_evict=runs.drop_model), runs)
     page = Page(service)
     first, notice = start_model(default_model, page.names)
+    shown_examples = BUILTIN_EXAMPLES if first == BUILTIN else EXAMPLES  # the first one fills the prompt
 
     with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
         gr.Markdown(f"# {TITLE}\n{INTRO}", elem_id="title")
@@ -329,7 +333,7 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=300, elem_id="settings"):
                 prompt = gr.Textbox(label="Prompt", lines=5, max_length=validate.MAX_PROMPT_CHARS,
-                                    value=BUILTIN_PROMPT if first == BUILTIN else next(iter(EXAMPLES.values()))[0],
+                                    value=next(iter(shown_examples.values()))[0],
                                     elem_id="prompt")
                 model = gr.Dropdown(choices=page.names, value=first, label="Model", elem_id="model")
                 temperature = gr.Slider(0, 2, value=0.8, step=0.05, label="Temperature", info="0 = greedy")
@@ -344,7 +348,6 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
                 with gr.Row():
                     generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
                     stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
-                shown_examples = BUILTIN_EXAMPLES if first == BUILTIN else EXAMPLES
                 examples = gr.Examples(list(shown_examples.values()), inputs=[prompt, temperature, max_new],
                                        example_labels=list(shown_examples), label="Try these")
                 induction_btn = gr.Button("Show an induction head: a repeated random sequence on the "
@@ -367,7 +370,8 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
                             start = gr.Slider(0, 1, value=0, step=1, label="Window start (token)",
                                               elem_id="window-start", min_width=160)
                             size = gr.Slider(4, MAX_WINDOW, value=DEFAULT_WINDOW, step=1,
-                                             label="Window size (tokens)", elem_id="window-size", min_width=160)
+                                             label="Window size (tokens)", elem_id="window-size",
+                                             min_width=160)
                         shown = gr.Markdown("Generate some text to see where each token looked.",
                                             elem_id="window-note")
                         heatmap = gr.Plot(show_label=False, elem_id="attention-heatmap")
@@ -380,7 +384,8 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
                         with gr.HTML(html_template="@children", js_on_load=page_script.OVERVIEW_JS,
                                      elem_id="head-overview-box") as overview_box:
                             overview = gr.Plot(show_label=False, elem_id="head-overview")
-                        sort_roles = gr.Checkbox(label="Sort heads by role", value=False, elem_id="sort-roles")
+                        sort_roles = gr.Checkbox(label="Sort heads by role", value=False,
+                                                 elem_id="sort-roles")
                         grid = gr.Plot(show_label=False, elem_id="all-heads")
                     with gr.Tab("Next token"):
                         highlighted = gr.HighlightedText(

@@ -15,10 +15,13 @@ STORY = "Once upon a time"
 def _token_view(page) -> dict:
     """What the token view shows: token count, the selected token, painted weights by position."""
     return page.evaluate("""() => {
-        const root = document.querySelector('#token-view [data-selected]') || document.querySelector('#token-view');
+        const root = document.querySelector('#token-view [data-selected]')
+            || document.querySelector('#token-view');
         const spans = [...document.querySelectorAll('#token-view [data-pos]')];
         const painted = {};
-        for (const s of spans) if (s.dataset.weight !== undefined) painted[s.dataset.pos] = Number(s.dataset.weight);
+        for (const s of spans) {
+            if (s.dataset.weight !== undefined) painted[s.dataset.pos] = Number(s.dataset.weight);
+        }
         return {count: spans.length, selected: Number(root.dataset.selected), painted,
                 live: !!document.querySelector('#token-view .live'),
                 caption: document.querySelector('#token-view .tv-caption').textContent};
@@ -55,7 +58,8 @@ def test_token_view_paints_while_it_streams_and_stop_keeps_the_run(app_url):
         assert live["selected"] == live["count"] - 2  # the newest token was chosen from the one before it
         assert sorted(map(int, live["painted"])) == list(range(live["selected"] + 1))  # its keys, all of them
         assert math.isclose(sum(live["painted"].values()), 1, abs_tol=0.05)  # one row of attention
-        page.wait_for_function(f"document.querySelectorAll('{TOKENS}').length > {live['count']}", timeout=30_000)
+        page.wait_for_function(f"document.querySelectorAll('{TOKENS}').length > {live['count']}",
+                               timeout=30_000)
         page.screenshot(path=str(ARTIFACTS / "app-token-view-live.png"), full_page=True)
 
         page.locator("#stop").click()
@@ -72,7 +76,8 @@ def test_token_view_paints_while_it_streams_and_stop_keeps_the_run(app_url):
         target = n_prompt + generated // 2
         page.locator(f"{TOKENS}[data-pos='{target}']").click()
         clicked = _token_view(page)
-        assert clicked["selected"] == target and sorted(map(int, clicked["painted"])) == list(range(target + 1))
+        assert clicked["selected"] == target
+        assert sorted(map(int, clicked["painted"])) == list(range(target + 1))
         assert clicked["painted"] != stopped["painted"]
         page.keyboard.press("ArrowLeft")
         assert _token_view(page)["selected"] == target - 1
@@ -149,8 +154,8 @@ def test_a_phone_sized_screen_reaches_everything_without_scrolling_sideways(app_
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2, is_mobile=True,
-                                    has_touch=True)
+            page = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2,
+                                    is_mobile=True, has_touch=True)
             page.goto(app_url)
             _generate(page, PROMPT, 8)
             expect(page.locator("#stats")).to_contain_text("tokens/s", timeout=30_000)
@@ -162,9 +167,12 @@ def test_a_phone_sized_screen_reaches_everything_without_scrolling_sideways(app_
                 assert overflow <= 0, f"{tab}: the page scrolls sideways by {overflow} px"
                 clipped = page.evaluate("""() => [...document.querySelectorAll('.gtitle')]
                     .filter(t => t.getBoundingClientRect().width > 0)
-                    .filter(t => { const r = t.getBoundingClientRect(),
-                                         box = t.closest('.block').getBoundingClientRect();  // the plot's visible box
-                                   return r.left < Math.max(0, box.left) - 1 || r.right > Math.min(innerWidth, box.right) + 1; })
+                    .filter(t => {
+                        const r = t.getBoundingClientRect();
+                        const box = t.closest('.block').getBoundingClientRect();  // the plot's visible box
+                        return r.left < Math.max(0, box.left) - 1
+                            || r.right > Math.min(innerWidth, box.right) + 1;
+                    })
                     .map(t => t.textContent)""")
                 assert clipped == [], f"{tab}: clipped titles {clipped}"
             page.get_by_role("tab", name="Tokens").click()

@@ -17,7 +17,7 @@ def test_heatmap_labels_values_and_hover():
     assert list(fig.layout.xaxis.tickvals) == [5, 6, 7] == list(heat.x) == list(heat.y)
     assert list(heat.z[1]) == [0.25, 0.75, None]  # future keys are blank, not 0
     assert list(heat.z[2]) == [0.1, 0.2, 0.7]
-    assert list(heat.customdata[2][1]) == ["·sat", "6 <b>·cat</b>"]  # hover: query token, key position and token
+    assert list(heat.customdata[2][1]) == ["·sat", "6 <b>·cat</b>"]  # query token; key position and token
     assert "%{z" in heat.hovertemplate and "query %{y} <b>%{customdata[0]}</b>" in heat.hovertemplate
     assert fig.layout.yaxis.autorange == "reversed"
     assert fig.layout.title.text == "Layer 0 · head 1"
@@ -28,9 +28,11 @@ def test_keys_before_the_window_are_one_summed_column():
     fig = figures.attention_heatmap(MAP / 2, LABELS, start=5, title="t", earlier=[0.5, 0.5, 0.5])
     heat = fig.data[0]
     assert list(heat.x) == [4, 5, 6, 7] and list(fig.layout.xaxis.ticktext) == ["earlier (0–4)", *LABELS]
-    assert [sum(v for v in row if v is not None) for row in heat.z] == pytest.approx([1, 1, 1])  # rows sum to 1
+    sums = [sum(v for v in row if v is not None) for row in heat.z]
+    assert sums == pytest.approx([1, 1, 1])  # every row sums to 1
     assert list(heat.customdata[1][0]) == ["·cat", "0–4, summed"]
-    assert list(figures.attention_heatmap(MAP, LABELS, 0, "t", earlier=earlier).data[0].x) == [0, 1, 2]  # none before 0
+    from_start = figures.attention_heatmap(MAP, LABELS, 0, "t", earlier=earlier)
+    assert list(from_start.data[0].x) == [0, 1, 2]  # nothing before token 0
     with pytest.raises(ValueError, match="earlier must have 3 values"):
         figures.attention_heatmap(MAP, LABELS, 5, "t", earlier=[0.1])
 
@@ -58,7 +60,8 @@ def test_head_overview_colours_every_head_by_its_strongest_role():
     band = np.floor(z).astype(int)  # 0 = no clear role, then one band per role in the given order
     assert band.tolist() == [[1, 4, 0], [2, 0, 0]]
     assert z[0, 0] == pytest.approx(1.9) and z[1, 0] == pytest.approx(2.7)  # shade = score
-    assert heat.customdata[1][0].startswith("<b>induction 0.70</b>") and "duplicate" not in heat.customdata[1][0]
+    assert heat.customdata[1][0].startswith("<b>induction 0.70</b>")
+    assert "duplicate" not in heat.customdata[1][0]  # not scored on this text
     assert heat.customdata[0][2].startswith("<b>no clear role</b>")
     assert list(heat.colorbar.ticktext) == ["no clear role", "previous token", "induction", "duplicate token",
                                             "first token"]

@@ -163,7 +163,8 @@ def small_blocks(monkeypatch):
 
 
 def test_roles_are_scored_once_per_run_in_blocks_of_rows(service, small_blocks):
-    _, run = finish(service, settings("The cat sat on the mat. The cat sat on the mat. The cat", max_new_tokens=10))
+    _, run = finish(service, settings("The cat sat on the mat. The cat sat on the mat. The cat",
+                                      max_new_tokens=10))
     reads_before = len(small_blocks)
     roles = run.roles
     assert small_blocks[reads_before:] and max(small_blocks[reads_before:]) <= 5  # never a whole map
@@ -177,7 +178,8 @@ def test_roles_are_scored_once_per_run_in_blocks_of_rows(service, small_blocks):
 
 def test_strongest_head_prefers_induction_then_previous_token():
     nan = np.full((2, 2), np.nan)
-    scores = {"previous_token": np.array([[0.9, 0.1], [0.2, 0.1]]), "induction": np.array([[0.1, 0.2], [0.4, 0.1]]),
+    scores = {"previous_token": np.array([[0.9, 0.1], [0.2, 0.1]]),
+              "induction": np.array([[0.1, 0.2], [0.4, 0.1]]),
               "duplicate_token": nan, "first_token": np.array([[0.0, 0.95], [0.0, 0.0]])}
     assert strongest_head(scores) == (1, 0)  # an induction head, though weaker than the others
     scores["induction"] = np.full((2, 2), 0.1)
@@ -240,7 +242,8 @@ def test_a_stopped_generation_is_kept_whole(service, checkpoint):
     steps.close()
     run = service.run(first.run_id)
     assert step.run_id == first.run_id and run.ids == step.ids and run.ended == "stopped"
-    assert (run.n_generated, run.capture.num_tokens, len(run.candidates)) == (5, len(run.ids), len(run.ids) - 1)
+    assert run.n_generated == 5 and run.capture.num_tokens == len(run.ids)
+    assert len(run.candidates) == len(run.ids) - 1
     model = gpt2.load_model(checkpoint)
     with gpt2.capture_attention(model) as att:
         model(torch.tensor([run.ids]))
