@@ -142,8 +142,9 @@ class Page:
             yield ("⚠ " + load_error_message(name, error), *keep)
             return
         config, limit = model.config, _max_new_limit(model.config)
-        value = min(int(max_new), limit) if max_new is not None else gr.skip()
-        yield (describe(name, model), gr.Slider(maximum=limit, value=value),
+        too_many = max_new is not None and int(max_new) > limit  # else a value typed meanwhile stands
+        slider = gr.Slider(maximum=limit, value=limit) if too_many else gr.Slider(maximum=limit)
+        yield (describe(name, model), slider,
                gr.Checkbox(value=name == BUILTIN),
                gr.Dropdown(choices=_layer_choices(config), value=config.n_layer - 1),
                gr.Dropdown(choices=_head_choices(config), value=MEAN),

@@ -31,13 +31,17 @@ def _token_view(page) -> dict:
 def _generate(page, prompt: str, max_new: int, model: str = MODEL) -> None:
     from playwright.sync_api import expect
 
+    limit = "#max-new-tokens input[type=range]"
     expect(page.locator("#model-status")).to_contain_text("ready", timeout=30_000)
+    expect(page.locator(limit)).to_have_attribute("max", "127", timeout=30_000)  # fitted to local:tiny
     if model != MODEL:
         _pick(page, "model", model)
         expect(page.locator("#model-status")).to_contain_text(f"{model} ready", timeout=30_000)
+        expect(page.locator(limit)).not_to_have_attribute("max", "127", timeout=30_000)
     page.fill("#prompt textarea", prompt)
     page.fill("#max-new-tokens input[type=number]", str(max_new))
     page.press("#max-new-tokens input[type=number]", "Enter")
+    expect(page.locator(limit)).to_have_value(str(max_new))  # applied before the run starts
     page.locator("#generate").click()
 
 
@@ -193,8 +197,11 @@ def test_settings_follow_the_model(app_url):
         assert "Unicorns (news)" in page.locator(".gallery").first.inner_text()  # GPT-2's examples
         _pick(page, "model", "local:long")
         expect(page.locator(top)).to_have_attribute("max", "512", timeout=30_000)  # the app's cap
+        page.fill("#max-new-tokens input[type=number]", "500")
+        page.press("#max-new-tokens input[type=number]", "Enter")
         _pick(page, "model", "builtin")
         expect(page.locator(top)).to_have_attribute("max", "255", timeout=30_000)
+        expect(page.locator(top)).to_have_value("255")  # 500 was too many for it
         expect(page.locator("#stop-at-end input")).to_be_checked()
         expect(page.locator(".gallery").first).to_contain_text("Mira's red kite")  # its own world
         _pick(page, "model", MODEL)
