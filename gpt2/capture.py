@@ -98,6 +98,19 @@ class AttentionCapture(RequestHooks):
         B, T, C = k.shape
         return k.view(B, T, -1, self.model.config.head_dim).transpose(1, 2)
 
+    def _queries(self, layer: int, start: int, stop: int) -> Tensor:
+        """Queries [B, stop - start, C] from only the chunks that hold them: a generation
+        keeps one chunk per step, so reading its newest row stays cheap however long it is."""
+        parts, offset = [], 0
+        for chunk in self._q[layer]:
+            end = offset + chunk.size(1)
+            if end > start and offset < stop:
+                parts.append(chunk[:, max(start - offset, 0):stop - offset])
+            if end >= stop:
+                break
+            offset = end
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
     def probs(self, layer: int, rows: slice | None = None) -> Tensor:
         """Attention probabilities [B, H, R, K] of the query rows `rows` (default all) over
         keys [0, K) where K is the end of `rows`: causal rows never look further."""
@@ -109,7 +122,7 @@ class AttentionCapture(RequestHooks):
         start, stop, _ = (rows or slice(None)).indices(T)
         stop = max(stop, start)
         hd = self.model.config.head_dim
-        q = torch.cat(self._q[layer], dim=1)[:, start:stop]  # [B, R, C]
+        q = self._queries(layer, start, stop)  # [B, R, C]
         B, R, C = q.shape
         q = q.view(B, R, -1, hd).transpose(1, 2)  # [B, H, R, hd]
         k = self._keys(layer, stop)  # [B, H, K, hd]

@@ -63,7 +63,8 @@ def head_scores(attn_probs: Tensor | Sequence[Tensor] | Mapping[int, Tensor], id
 
     `attn_probs`: per-layer softmax probabilities [B, H, T, T] (list, dict by layer, or one
     [L, B, H, T, T] tensor); `ids`: the token ids [B, T] that produced them. A role with no
-    scored query in `ids` (e.g. induction on text without repeats) scores NaN.
+    scored query in `ids` (e.g. induction on text without repeats) scores NaN. For long texts,
+    `score_sums` over blocks of query rows gives the same scores without every T×T map at once.
     """
     probs = _stack_layers(attn_probs)  # [L, B, H, T, T]
     ids = ids.to("cpu")
@@ -71,22 +72,33 @@ def head_scores(attn_probs: Tensor | Sequence[Tensor] | Mapping[int, Tensor], id
     T = ids.size(1)
     if probs.shape[1] != ids.shape[0] or probs.shape[-1] != T:
         raise ValueError(f"attention {tuple(probs.shape)} does not match ids {tuple(ids.shape)}")
-    n_keys = torch.arange(1, T + 1, dtype=torch.float32)[:, None]  # [Tq, 1]: keys 0..q
-    scores = {}
-    for role, targets in role_targets(ids).items():
-        t = targets.float()  # [B, Tq, Tk]
-        mass = (probs * t[None, :, None]).sum(-1)  # [L, B, H, Tq]
-        uniform = t.sum(-1) / n_keys.T  # [B, Tq]
-        scored = (t.sum(-1) > 0) & (uniform < 1)  # [B, Tq]
-        per_query = mass  # [L, B, H, Tq]
+    sums = score_sums(probs, role_targets(ids), 0, relative_to_uniform)
+    return {role: total / count if count > 0 else torch.full_like(total, float("nan"))
+            for role, (total, count) in sums.items()}
+
+
+def score_sums(probs: Tensor, targets: Mapping[str, Tensor], start: int = 0,
+               relative_to_uniform: bool = True) -> dict[str, tuple[Tensor, int]]:
+    """Per role, (sum of the per-query scores [L, H], number of scored queries) over the query
+    rows start..start+R. `probs` [L, B, H, R, K] holds those rows over keys 0..K-1 (K >= the
+    last row + 1; causal rows put nothing further); `targets` are `role_targets(ids)` cut to
+    the same rows and keys, [B, R, K]. Summing these over blocks of rows and dividing gives
+    `head_scores`."""
+    R = probs.size(-2)
+    n_keys = torch.arange(start + 1, start + R + 1, dtype=torch.float32)  # [R]: keys 0..q
+    sums = {}
+    for role, targets_of_role in targets.items():
+        t = targets_of_role.float()  # [B, R, K]
+        mass = (probs * t[None, :, None]).sum(-1)  # [L, B, H, R]
+        uniform = t.sum(-1) / n_keys  # [B, R]
+        scored = (t.sum(-1) > 0) & (uniform < 1)  # [B, R]
+        per_query = mass  # [L, B, H, R]
         if relative_to_uniform:
-            chance = uniform[None, :, None]  # [1, B, 1, Tq]
+            chance = uniform[None, :, None]  # [1, B, 1, R]
             per_query = (mass - chance) / (1 - chance).clamp_min(1e-9)
-        weight = scored[None, :, None].float()  # [1, B, 1, Tq]
-        total = weight.sum()
-        summed = (per_query * weight).sum(dim=(1, 3))  # [L, H]
-        scores[role] = summed / total if total > 0 else torch.full_like(summed, float("nan"))
-    return scores
+        weight = scored[None, :, None].float()  # [1, B, 1, R]
+        sums[role] = ((per_query * weight).sum(dim=(1, 3)), int(scored.sum()))  # [L, H], count
+    return sums
 
 
 def strongest_roles(scores: Mapping[str, Tensor],

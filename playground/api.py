@@ -1,8 +1,8 @@
 """The documented API: plain values in, plain values out, no session needed.
 
-`generate` streams text for the given settings; `attention` and `next_tokens` run one
-forward pass over any text (a finished generation's text included) and return numbers for
-a window of it, so a client never depends on what the server happens to keep.
+`generate` streams text for the given settings; `attention`, `token_attention` and
+`next_tokens` run one forward pass over any text (a finished generation's text included)
+and return numbers for it, so a client never depends on what the server happens to keep.
 """
 from __future__ import annotations
 
@@ -39,8 +39,9 @@ def register(service: Service, generate_concurrency: int) -> None:
         """
         s = validate.settings(prompt, model, temperature, top_k, top_p, max_new_tokens, seed, offered=names)
         with closing(service.generate(s, notice=gr.Warning)) as steps:
-            for text, _ in steps:
-                yield text
+            for step in steps:
+                if step.n_generated:
+                    yield step.text
 
     def attention(text: str, model: str = names[0], layer: int = 0, head: str = MEAN,
                   start: int | None = None, size: int = DEFAULT_WINDOW) -> dict:
@@ -67,7 +68,22 @@ def register(service: Service, generate_concurrency: int) -> None:
                 "head": "all" if every else MEAN if view.head is None else view.head,
                 "start": view.window.start, "stop": view.window.stop, "total": view.window.total,
                 "shown": view.window.describe(), "tokens": view.labels,
-                "weights": view.weights.round(5).tolist()}
+                "weights": view.weights.round(5).tolist(), "earlier": view.earlier.round(5).tolist()}
+
+    def token_attention(text: str, model: str = names[0], layer: int = 0, head: str = MEAN,
+                        position: int = -1, direction: str = "from") -> dict:
+        """One token's attention over the whole of `text` (up to the model's context; a longer
+        text keeps its end), for one layer and head = a head number or 'mean'. `position`
+        counts tokens from 0 (-1 = the last). direction='from': what the token attends to,
+        weights over keys 0..position; 'to': what attends to it, weights of the queries
+        position..T-1. `tokens` are the labels of the tokens `weights` belongs to."""
+        run = service.inspect_text(validate.prompt_text(text), validate.model_name(model, names))
+        layer = validate.integer("layer", layer, 0, run.config.n_layer - 1)
+        position = validate.integer("position", position, -len(run.ids), len(run.ids) - 1)
+        found = service.token_attention(run, layer, parse_head(head, run.config.n_head), position,
+                                        str(direction).strip().lower())
+        return {"tokens": found.labels, "weights": found.weights.round(6).tolist(),
+                "position": found.position}
 
     def next_tokens(text: str, model: str = names[0], k: int = 5) -> dict:
         """The model's guesses at every position of a text, before any sampling settings.
@@ -100,5 +116,6 @@ def register(service: Service, generate_concurrency: int) -> None:
     gr.api(friendly(generate), api_name="generate", concurrency_id="generate",
            concurrency_limit=generate_concurrency)
     gr.api(friendly(attention), api_name="attention", concurrency_id="generate")
+    gr.api(friendly(token_attention), api_name="token_attention", concurrency_id="generate")
     gr.api(friendly(next_tokens), api_name="next_tokens", concurrency_id="generate")
     gr.api(friendly(load_model), api_name="load_model", concurrency_id="load")

@@ -7,7 +7,7 @@ and text is mid-grey so the same figure reads in light and dark mode.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import plotly.graph_objects as go
@@ -15,8 +15,10 @@ from plotly.subplots import make_subplots
 
 COLORSCALE = "Viridis"  # dark at 0: calm on a dark page, still clear on a light one
 FONT = dict(color="#8a8a8a", size=12)
-HOVER = ("query %{y}: <b>%{customdata[0]}</b><br>key %{x}: <b>%{customdata[1]}</b><br>"
+HOVER = ("query %{y} <b>%{customdata[0]}</b><br>key %{customdata[1]}<br>"
          "weight %{z:.3f}<extra></extra>")
+CELL_PX = (14, 36)  # a heatmap cell's side: at least 14 px (10 px labels stay legible), at most 36
+HEATMAP_PX = 640  # small windows spread over about this much; large ones grow past it and scroll
 
 
 def _base_layout(fig: go.Figure, title: str, height: int) -> go.Figure:
@@ -35,34 +37,44 @@ def causal(weights: np.ndarray) -> list:
     return np.where(future, None, weights.astype(object)).tolist()
 
 
-def _hover_pairs(labels: Sequence[str]) -> np.ndarray:
-    """customdata[i][j] = (query label, key label)."""
-    grid = np.empty((len(labels), len(labels), 2), dtype=object)
-    for i, q in enumerate(labels):
-        for j, k in enumerate(labels):
-            grid[i, j] = (q, k)
-    return grid
-
-
-def attention_heatmap(weights: np.ndarray, labels: Sequence[str], start: int, title: str) -> go.Figure:
-    """One map [R, R]: rows are query tokens, columns key tokens, both starting at `start`."""
+def attention_heatmap(weights: np.ndarray, labels: Sequence[str], start: int, title: str,
+                      earlier: Sequence[float] | None = None) -> go.Figure:
+    """One map [R, R]: rows are query tokens, columns key tokens, both starting at `start`.
+    `earlier` [R] is each row's attention to the keys before the window, summed: drawn as a
+    first column so every row visibly sums to 1. Cells keep a legible size, so a large
+    window makes a large figure (the page scrolls rather than shrinking the labels)."""
     weights = np.asarray(weights)
-    if weights.ndim != 2 or weights.shape != (len(labels), len(labels)):
-        raise ValueError(f"weights must be [{len(labels)}, {len(labels)}] for {len(labels)} labels, "
-                         f"got {list(weights.shape)}")
-    positions = list(range(start, start + len(labels)))
     n = len(labels)
-    tick_size = 12 if n <= 24 else 11 if n <= 48 else 9 if n <= 80 else 8
-    fig = go.Figure(go.Heatmap(z=causal(weights), x=positions, y=positions,
-                               customdata=_hover_pairs(labels).tolist(), hovertemplate=HOVER,
-                               colorscale=COLORSCALE, zmin=0, zmax=1,
-                               colorbar=dict(title=dict(text="weight"), thickness=12)))
-    axis = dict(tickmode="array", tickvals=positions, ticktext=list(labels),
-                tickfont=dict(size=tick_size), showgrid=False, zeroline=False)
-    fig.update_xaxes(title_text="key (attended to)", tickangle=-60, side="bottom", **axis)
-    fig.update_yaxes(title_text="query (attending)", autorange="reversed", scaleanchor="x",
-                     constrain="domain", **axis)
-    return _base_layout(fig, title, height=max(460, min(900, 260 + 13 * n)))
+    if weights.ndim != 2 or weights.shape != (n, n):
+        raise ValueError(f"weights must be [{n}, {n}] for {n} labels, got {list(weights.shape)}")
+    positions = list(range(start, start + n))
+    z, keys, ticks = causal(weights), positions, list(labels)
+    hover = [[(q, f"{start + j} <b>{k}</b>") for j, k in enumerate(labels)] for q in labels]
+    if start > 0 and earlier is not None:
+        if len(earlier) != n:
+            raise ValueError(f"earlier must have {n} values, got {len(earlier)}")
+        span = f"0–{start - 1}" if start > 1 else "0"
+        z = [[round(float(e), 4), *row] for e, row in zip(earlier, z)]
+        keys, ticks = [start - 1, *positions], [f"earlier ({span})", *labels]
+        hover = [[(q, f"{span}, summed"), *row] for q, row in zip(labels, hover)]
+    cell = max(CELL_PX[0], min(CELL_PX[1], HEATMAP_PX // max(n, 1)))
+    tick_size = 10 if cell < 18 else 12
+    fig = go.Figure(go.Heatmap(z=z, x=keys, y=positions, customdata=hover, hovertemplate=HOVER,
+                               hoverongaps=False, colorscale=COLORSCALE, zmin=0, zmax=1,
+                               colorbar=dict(title=dict(text="weight", side="right"), orientation="h",
+                                             x=0, xanchor="left", y=1.0, yanchor="bottom", thickness=10,
+                                             lenmode="pixels", len=200)))  # above the map: seen unscrolled
+    axis = dict(tickmode="array", tickfont=dict(size=tick_size), showgrid=False, zeroline=False,
+                automargin=True)
+    fig.update_xaxes(title_text="key (attended to)", tickangle=-90, side="bottom", tickvals=keys,
+                     ticktext=ticks, **axis)
+    fig.update_yaxes(title_text="query (attending)", autorange="reversed", tickvals=positions,
+                     ticktext=list(labels), **axis)
+    label_px = 7 * max((len(t) for t in ticks), default=1) + 40  # rotated key labels, axis title
+    _base_layout(fig, title, height=100 + cell * n + label_px)
+    fig.update_layout(width=label_px + cell * len(keys) + 30, margin=dict(l=10, r=10, t=90, b=10),
+                      title=dict(x=0, xanchor="left", xref="container", pad=dict(l=10)))  # seen unscrolled
+    return fig
 
 
 def heads_grid(weights: np.ndarray, labels: Sequence[str], start: int, title: str,
@@ -81,23 +93,26 @@ def heads_grid(weights: np.ndarray, labels: Sequence[str], start: int, title: st
     order = list(range(n_head)) if order is None else list(order)
     if sorted(order) != list(range(n_head)):
         raise ValueError(f"order must list each of the {n_head} heads once, got {order}")
-    titles = [f"head {h}" + (f" · {head_labels[h]}" if head_labels and head_labels[h] else "")
-              for h in order]
+    titles = [f"head {h}" + (f"<br>{head_labels[h]}" if head_labels and head_labels[h] else "")
+              for h in order]  # the role on a line of its own: two columns fit a phone
     fig = make_subplots(rows=rows, cols=cols, subplot_titles=titles,
-                        horizontal_spacing=0.02, vertical_spacing=0.25 / rows)
-    positions = list(range(start, start + len(labels)))
-    hover = _hover_pairs(labels).tolist()
-    z = causal(weights)
+                        horizontal_spacing=0.03, vertical_spacing=0.35 / rows)
+    positions = np.arange(start, start + len(labels))
+    future = np.triu(np.ones(weights.shape[1:], dtype=bool), k=1)
+    z = np.where(future, np.nan, weights).astype(np.float32)  # arrays, not lists: 12+ maps stay fast to build
     for slot, h in enumerate(order):
-        fig.add_trace(go.Heatmap(z=z[h], x=positions, y=positions, customdata=hover,
-                                 hovertemplate=f"head {h}<br>" + HOVER, coloraxis="coloraxis"),
+        fig.add_trace(go.Heatmap(z=z[h], x=positions, y=positions, coloraxis="coloraxis", hoverongaps=False,
+                                 hovertemplate=f"head {h} · query %{{y}} · key %{{x}}<br>"
+                                               "weight %{z:.3f}<extra></extra>"),
                       row=slot // cols + 1, col=slot % cols + 1)
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed")
     fig.update_layout(coloraxis=dict(colorscale=COLORSCALE, cmin=0, cmax=1,
                                      colorbar=dict(thickness=12, title=dict(text="weight"))))
     fig.update_annotations(font=dict(size=11))
-    return _base_layout(fig, title, height=150 + 170 * rows)
+    _base_layout(fig, title, height=170 + 190 * rows)
+    fig.update_layout(margin=dict(l=10, r=10, t=90, b=10))  # room for two-line head titles
+    return fig
 
 
 def role_label(role: tuple[str, float] | None) -> str:
@@ -113,10 +128,79 @@ def by_role(roles: Sequence[tuple[str, float] | None], role_order: Sequence[str]
     return sorted(range(len(roles)), key=key)
 
 
+ROLE_STYLE = {  # role -> (name on the page, colour); None = no role reaches the threshold
+    None: ("no clear role", (148, 163, 184)),
+    "previous_token": ("previous token", (59, 130, 246)),
+    "induction": ("induction", (249, 115, 22)),
+    "duplicate_token": ("duplicate token", (34, 197, 94)),
+    "first_token": ("first token", (168, 85, 247)),
+}
+
+
+def _rgba(rgb: tuple[int, int, int], alpha: float) -> str:
+    return f"rgba({rgb[0]},{rgb[1]},{rgb[2]},{alpha})"
+
+
+def head_overview(scores: Mapping[str, np.ndarray], selected: tuple[int, int | None] | None, title: str,
+                  threshold: float = 0.3) -> go.Figure:
+    """Every head of every layer as one grid [L, H]: each cell in the colour of its strongest
+    role (shade = score; grey below `threshold`), every role's score on hover. `scores` maps
+    role -> [L, H] (NaN: not scored on this text); `selected` (layer, head or None = the
+    mean) is outlined. One heatmap whose z is band + score, over a colour scale made of one
+    light-to-dark ramp per band, so a click reports the cell's layer and head."""
+    roles = list(scores)
+    stacked = np.stack([np.nan_to_num(np.asarray(scores[r], dtype=float), nan=-np.inf)
+                        for r in roles])  # [R, L, H]
+    best, which = stacked.max(0), stacked.argmax(0)  # [L, H]
+    n_layer, n_head = best.shape
+    band = np.where(best >= threshold, which + 1, 0)
+    z = band + np.clip(np.where(np.isfinite(best), best, 0.0), 0.0, 0.999)
+    bands = [None, *roles]
+    colorscale = []
+    for k, role in enumerate(bands):
+        rgb = ROLE_STYLE.get(role, (None, ROLE_STYLE[None][1]))[1]
+        colorscale += [[k / len(bands), _rgba(rgb, 0.12)], [(k + 1) / len(bands), _rgba(rgb, 1.0)]]
+
+    def name(role: str | None) -> str:
+        return ROLE_STYLE.get(role, (role.replace("_", " "),))[0] if role else ROLE_STYLE[None][0]
+
+    def describe(layer: int, head: int) -> str:
+        lead = (f"<b>{name(roles[which[layer, head]])} {best[layer, head]:.2f}</b>" if band[layer, head]
+                else f"<b>{name(None)}</b>")
+        others = " · ".join(f"{name(r)} {scores[r][layer, head]:.2f}" for r in roles
+                            if np.isfinite(scores[r][layer, head]))
+        return f"{lead}<br>{others or 'no role scored on this text'}"
+
+    hover = [[describe(layer, head) for head in range(n_head)] for layer in range(n_layer)]
+    small = n_layer * n_head <= 256  # room to print each named head's score in its cell
+    text = [[f"{best[layer, head]:.2f}" if small and band[layer, head] else "" for head in range(n_head)]
+            for layer in range(n_layer)]
+    fig = go.Figure(go.Heatmap(
+        z=z.round(3).tolist(), x=list(range(n_head)), y=list(range(n_layer)), customdata=hover,
+        text=text, texttemplate="%{text}", textfont=dict(size=11),
+        hovertemplate="layer %{y} · head %{x}<br>%{customdata}<extra></extra>", xgap=2, ygap=2,
+        colorscale=colorscale, zmin=0, zmax=len(bands),
+        colorbar=dict(tickvals=[k + 0.5 for k in range(len(bands))], ticktext=[name(r) for r in bands],
+                      thickness=10, outlinewidth=0)))
+    if selected is not None:
+        layer, head = selected
+        x0, x1 = (-0.5, n_head - 0.5) if head is None else (head - 0.5, head + 0.5)
+        fig.add_shape(type="rect", x0=x0, x1=x1, y0=layer - 0.5, y1=layer + 0.5,
+                      line=dict(color="#e11d48", width=3))
+    fig.update_xaxes(title_text="head", tickmode="array", tickvals=list(range(n_head)), showgrid=False,
+                     zeroline=False, tickfont=dict(size=10 if n_head > 16 else 12))
+    fig.update_yaxes(title_text="layer", tickmode="array", tickvals=list(range(n_layer)), showgrid=False,
+                     zeroline=False, autorange="reversed", tickfont=dict(size=10 if n_layer > 24 else 12))
+    row_px = max(18, min(40, 480 // n_layer))
+    return _base_layout(fig, title, height=110 + row_px * n_layer)
+
+
 def candidates_bar(labels: Sequence[str], probs: Sequence[float], chosen: int | None,
                    title: str) -> go.Figure:
-    """Top candidates as horizontal bars, most likely on top; `chosen` (an index into them,
-    or None when the sampled token was not among them) is highlighted."""
+    """Top candidates as horizontal bars, most likely on top, each labelled with its
+    probability as a percentage; `chosen` (an index into them, or None when the sampled token
+    was not among them) is highlighted. The bars' own labels carry the numbers, so the x axis
+    has none, and the axis reaches past the longest bar so its label is never cut off."""
     if len(labels) != len(probs):
         raise ValueError(f"{len(labels)} labels but {len(probs)} probabilities")
     colors = ["#f97316" if i == chosen else "#6366f1" for i in range(len(labels))]
@@ -124,11 +208,12 @@ def candidates_bar(labels: Sequence[str], probs: Sequence[float], chosen: int | 
                            marker_color=colors, text=[percent(p) for p in probs],
                            textposition="outside", cliponaxis=False,
                            hovertemplate="%{y}: %{text}<extra></extra>"))
-    top = max(probs, default=1.0)
-    fig.update_xaxes(range=[0, min(1.0, top * 1.3) or 1.0], tickformat=".0%" if top > 0.05 else ".1e",
-                     showgrid=False)
-    fig.update_yaxes(autorange="reversed", type="category")
-    return _base_layout(fig, title, height=120 + 28 * len(labels))
+    top = max(probs, default=1.0) or 1.0
+    fig.update_xaxes(range=[0, top * 1.45], showticklabels=False, showgrid=False, zeroline=False)
+    fig.update_yaxes(autorange="reversed", type="category", automargin=True)
+    fig = _base_layout(fig, title, height=120 + 28 * len(labels))
+    fig.update_layout(margin=dict(l=10, r=30, t=50, b=10))
+    return fig
 
 
 # Probability bands for the token view: a legend people read at a glance, ecco-style.
@@ -143,8 +228,10 @@ def band(prob: float) -> str:
 
 
 def percent(prob: float) -> str:
-    """Readable down to tiny values: 42.0%, 0.3%, 3.2e-05."""
-    return f"{prob:.1%}" if prob >= 0.001 else f"{prob:.1e}"
+    """One format, a percentage, readable down to tiny values: 42.0%, 0.31%, <0.01%."""
+    if prob >= 0.01:
+        return f"{prob:.1%}"
+    return f"{prob:.2%}" if prob >= 0.0001 else "<0.01%"
 
 
 def highlighted_tokens(texts: Sequence[str], probs: Sequence[float | None]) -> list[tuple[str, str | None]]:

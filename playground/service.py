@@ -2,7 +2,8 @@
 
 Each request owns its tensors (its KV cache, its capture, its run); the only shared
 objects are the model table and the run store, both locked. So concurrent users each get
-exactly the text and maps a lone request would.
+exactly the text and maps a lone request would. The page and the API call these same
+functions, so both show the same numbers.
 """
 from __future__ import annotations
 
@@ -20,23 +21,51 @@ import torch
 import gpt2
 
 from . import tokens
-from .inspection import Run, RunStore, Window, rank_candidates, window
+from .inspection import (Run, RunStore, Window, attention_column, attention_matrix, attention_rows,
+                         check_layer, rank_candidates, window)
 from .models import ModelTable
 from .validate import Settings, shown
 
 log = logging.getLogger(__name__)
 MEAN = "mean"
+DIRECTIONS = ("from", "to")
 COMPUTE_SLOTS = 2  # requests running the model at once: CPU-bound, more only slows each one
 
 
 @dataclass(frozen=True)
 class AttentionView:
-    """The numbers behind one heatmap: weights [R, R] (or [H, R, R] for all heads)."""
+    """The numbers behind one heatmap: weights [R, R] (or [H, R, R] for all heads), and the
+    attention each row gives to the keys before the window, summed: [R] (or [H, R])."""
     weights: np.ndarray
+    earlier: np.ndarray
     labels: list[str]
     window: Window
     layer: int
     head: int | None  # None = mean over heads, or all heads for the grid
+
+
+@dataclass(frozen=True)
+class TokenAttention:
+    """One token's attention: `direction` "from" = its row over keys 0..position, "to" = the
+    column of queries position..T-1 that attend to it; `labels` name the tokens `weights` is on."""
+    labels: list[str]
+    weights: np.ndarray
+    position: int
+
+
+@dataclass(frozen=True)
+class Step:
+    """A generation in progress: what the page shows while it streams."""
+    text: str  # the generated text so far
+    run_id: str  # reserved when the generation starts; the run is stored under it at the end or on a stop
+    ids: list[int]  # prompt (as used) + the tokens generated so far
+    n_prompt: int
+    capture: gpt2.AttentionCapture  # the running generation's own, read between steps
+    stored: bool = False  # the last step: the run is in the store
+
+    @property
+    def n_generated(self) -> int:
+        return len(self.ids) - self.n_prompt
 
 
 def parse_head(head: object, n_head: int) -> int | None:
@@ -53,8 +82,12 @@ def parse_head(head: object, n_head: int) -> int | None:
     return value
 
 
+def head_name(head: int | None) -> str:
+    return "mean over heads" if head is None else f"head {head}"
+
+
 def select_head(weights: np.ndarray, head: int | None) -> np.ndarray:
-    """[H, R, R] -> one head's map, or the mean over heads."""
+    """[H, ...] -> one head's numbers, or the mean over heads."""
     return weights.mean(axis=0) if head is None else weights[head]
 
 
@@ -77,12 +110,12 @@ class Service:
         self.models, self.runs = models, runs
         self.compute = threading.BoundedSemaphore(compute_slots)
 
-    def generate(self, s: Settings, notice: Callable[[str], object] = lambda _: None
-                 ) -> Iterator[tuple[str, str | None]]:
-        """Yield (generated text so far, None) per token, then (text, run id) once the
-        run is stored for inspection. Raises ValueError / gpt2.WeightsError with clear text.
-        `notice` hears, before the first token, that a long prompt was cut to fit.
-        Closing the iterator early (Stop, a closed tab) removes the hooks and stores nothing."""
+    def generate(self, s: Settings, notice: Callable[[str], object] = lambda _: None) -> Iterator[Step]:
+        """Yield a Step before the first token (it carries the run id), one per token, and a
+        last one once the run is stored for inspection. Raises ValueError /
+        gpt2.WeightsError with clear text. `notice` hears, before the first token, that a
+        long prompt was cut to fit. Closing the iterator early (Stop, a closed tab) removes
+        the hooks and stores what was generated so far as a stopped run."""
         model = self.models.get(s.model)
         ctx = model.config.context_length
         if s.max_new_tokens >= ctx:
@@ -94,34 +127,54 @@ class Service:
             notice(truncation_notice(len(prompt_ids), len(ids), s.model, ctx))
         seed = secrets.randbelow(2**31) if s.seed is None else s.seed
         decoder, text, generated = gpt2.StreamDecoder(), "", []
+        run_id = self.runs.reserve()
+        stopped = False
         try:
             with self.compute:
-                with gpt2.capture_attention(model) as capture, closing(
-                        gpt2.stream(model, torch.tensor([ids]), s.max_new_tokens, temperature=s.temperature,
-                                    top_k=s.top_k or None, top_p=s.top_p if s.top_p < 1 else None,
-                                    seed=seed, capture=capture)) as steps:
-                    started = time.perf_counter()  # once this request has a compute slot
-                    for next_id in steps:
-                        generated.append(int(next_id[0]))
-                        text += decoder.add(generated[-1])
-                        yield text, None
+                started = time.perf_counter()  # once this request has a compute slot
+                with gpt2.capture_attention(model) as capture, closing(gpt2.stream(
+                        model, torch.tensor([ids]), s.max_new_tokens, temperature=s.temperature,
+                        top_k=s.top_k or None, top_p=s.top_p if s.top_p < 1 else None,
+                        eos_id=gpt2.EOT_ID if s.stop_at_end else None, seed=seed, capture=capture)) as steps:
+                    try:
+                        yield Step(text, run_id, ids, len(ids), capture)
+                        for next_id in steps:
+                            generated.append(int(next_id[0]))
+                            text += decoder.add(generated[-1])
+                            yield Step(text, run_id, ids + generated, len(ids), capture)
+                    except GeneratorExit:
+                        stopped = True
+                        if generated:  # one more step, as a finished stream takes: the capture then
+                            next(steps, None)  # holds the last token too (what it sampled is dropped)
                 seconds = time.perf_counter() - started
                 all_ids = ids + generated
-                candidates = rank_candidates(capture, all_ids)  # the LM head over every position
-        except GeneratorExit:
-            log.info("generation stopped after %d of %d tokens; hooks removed, nothing stored",
-                     len(generated), s.max_new_tokens)
-            raise
-        text += decoder.flush()
-        run = Run(s.model, all_ids, len(ids), capture, model.config, seed, seconds, candidates,
-                  dropped=len(prompt_ids) - len(ids))
-        yield text, self.runs.add(run)
+                if stopped:
+                    log.info("generation stopped after %d of %d tokens; hooks removed%s", len(generated),
+                             s.max_new_tokens, ", partial run stored" if generated else "")
+                    if generated:
+                        self._store(run_id, s, model, all_ids, len(ids), capture, seed, seconds,
+                                    len(prompt_ids) - len(ids), "stopped")
+                    return
+                ended = "end of text" if s.stop_at_end and generated[-1] == gpt2.EOT_ID else "length"
+                self._store(run_id, s, model, all_ids, len(ids), capture, seed, seconds,
+                            len(prompt_ids) - len(ids), ended)  # the LM head over every position
+            yield Step(text + decoder.flush(), run_id, all_ids, len(ids), capture, stored=True)
+        finally:
+            self.runs.release(run_id)  # no-op once stored; wakes a Stop waiting for a run that never came
+
+    def _store(self, run_id: str, s: Settings, model: gpt2.GPT, ids: list[int], n_prompt: int,
+               capture: gpt2.AttentionCapture, seed: int, seconds: float, dropped: int, ended: str) -> None:
+        run = Run(s.model, ids, n_prompt, capture, model.config, seed, seconds,
+                  rank_candidates(capture, ids), dropped=dropped, ended=ended)
+        self.runs.add(run, run_id)
 
     def run(self, run_id: str | None) -> Run:
         """The run, recomputed from its token ids (one forward pass with capture) if other
         users' traffic pushed its capture out of the store."""
         if not run_id:
             raise RunExpired("Generate some text first: the maps show a finished run.")
+        if self.runs.pending(run_id):
+            raise RunExpired("Still writing: the views show this run as soon as it ends (or is stopped).")
         run = self.runs.get(run_id)
         if run is not None:
             return run
@@ -132,21 +185,51 @@ class Service:
         log.info("recomputing evicted run of %s (%d tokens)", record.model_name, len(record.ids))
         run = self._captured(record.model_name, list(record.ids), with_candidates=True)
         run = replace(run, n_prompt=record.n_prompt, seed=record.seed, seconds=record.seconds,
-                      dropped=record.dropped)
-        self.runs.put(run_id, run)
+                      dropped=record.dropped, ended=record.ended)
+        self.runs.add(run, run_id)
         return run
 
+    # -- views of a run (the page) and of any text (the API): the same functions -------------
     def view(self, run: Run, layer: int, head: int | None, start: int | None, size: int) -> AttentionView:
         """One head (or the mean) of one layer, for a window of the run's text."""
-        win = window(len(run.ids), start, size)
-        weights = run.attention(layer, win).float().numpy()
-        return AttentionView(select_head(weights, head), tokens.labels(run.ids[win.start:win.stop]),
-                             win, layer, head)
+        grid = self.all_heads(run, layer, start, size)
+        return AttentionView(select_head(grid.weights, head), select_head(grid.earlier, head),
+                             grid.labels, grid.window, layer, head)
 
     def all_heads(self, run: Run, layer: int, start: int | None, size: int) -> AttentionView:
         win = window(len(run.ids), start, size)
-        weights = run.attention(layer, win).float().numpy()
-        return AttentionView(weights, tokens.labels(run.ids[win.start:win.stop]), win, layer, None)
+        weights, earlier = run.attention(layer, win)
+        return AttentionView(weights.numpy(), earlier.numpy(), tokens.labels(run.ids[win.start:win.stop]),
+                             win, layer, None)
+
+    def token_matrix(self, run: Run, layer: int, head: int | None) -> np.ndarray:
+        """The whole map [T, T] of one head (or the mean): what the token view paints from."""
+        check_layer(layer, run.config)
+        return attention_matrix(run.capture, layer, head)
+
+    def token_attention(self, run: Run, layer: int, head: int | None, position: int,
+                        direction: str) -> TokenAttention:
+        """One token's row ("from") or column ("to") of one head's map (or the mean's) over the
+        whole text; `position` may count from the end (-1 = the last token)."""
+        check_layer(layer, run.config)
+        T = len(run.ids)
+        if not -T <= position < T:
+            raise ValueError(f"position must be in 0..{T - 1} (or -{T}..-1 from the end), got {position}")
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be 'from' or 'to', got {direction!r}")
+        position %= T
+        if direction == "from":
+            weights = attention_rows(run.capture, layer, head, slice(position, position + 1))[0]
+            return TokenAttention(tokens.labels(run.ids[:position + 1]), weights, position)
+        column = attention_column(run.capture, layer, head, position)
+        return TokenAttention(tokens.labels(run.ids[position:]), column, position)
+
+    def live_row(self, step: Step, layer: int, head: int | None) -> tuple[int, np.ndarray]:
+        """The newest row a running generation has captured: what the token before the newest
+        attended to when it chose the newest one. No extra forward pass: read between steps."""
+        check_layer(layer, step.capture.model.config)
+        position = step.capture.num_tokens - 1
+        return position, attention_rows(step.capture, layer, head, slice(position, position + 1))[0]
 
     def inspect_text(self, text: str, model_name: str) -> Run:
         """Capture one forward pass over any text (the stateless API's path): no generation."""
@@ -166,3 +249,4 @@ class Service:
                 seconds = time.perf_counter() - started
             candidates = rank_candidates(capture, ids) if with_candidates else []
         return Run(model_name, ids, len(ids), capture, model.config, None, seconds, candidates)
+

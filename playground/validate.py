@@ -31,6 +31,7 @@ class Settings:
     top_p: float
     max_new_tokens: int
     seed: int | None
+    stop_at_end: bool = False  # end at GPT-2's <|endoftext|> token
 
 
 def _number(name: str, value: object) -> float:
@@ -79,8 +80,15 @@ def seed_value(seed: object) -> int | None:
     return integer("seed", seed, 0, MAX_SEED)
 
 
+def flag(name: str, value: object) -> bool:
+    """true or false, nothing else (JSON's booleans; "true" as text is a mistake to report)."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return value
+
+
 def settings(prompt: object, model: object, temperature: object, top_k: object, top_p: object,
-             max_new_tokens: object, seed: object, *, offered: list[str],
+             max_new_tokens: object, seed: object, stop_at_end: object = False, *, offered: list[str],
              vocab_size: int = 50257) -> Settings:
     """All generation inputs at once; raises ValueError naming the first bad one."""
     temperature_value = _number("temperature", temperature)
@@ -97,4 +105,5 @@ def settings(prompt: object, model: object, temperature: object, top_k: object, 
         top_p=top_p_value,
         max_new_tokens=integer("max_new_tokens", max_new_tokens, 1, MAX_NEW_TOKENS),
         seed=seed_value(seed),
+        stop_at_end=flag("stop_at_end_of_text", stop_at_end),
     )

@@ -1,8 +1,11 @@
 """Screenshots of the running app for the README: `python scripts/app_screenshots.py [--model M]`.
 
 Starts `app.py` on a free port, drives it with Chromium (Debian's, at /usr/bin/chromium),
-and writes assets/app-*.png. Without --model it uses the built-in model, whose heads show
-real structure (layer 1 head 0 is an induction head).
+and writes assets/app-*.png: each view at 1400 px wide (and the token view in dark mode),
+the token view while a run writes, the heads on the built-in model's induction example,
+and the token view and heatmap at a phone's 390 px. Without --model it uses the built-in
+model, whose heads show real structure (layer 0 head 2 looks one token back, layer 1
+holds induction heads).
 """
 from __future__ import annotations
 
@@ -19,6 +22,49 @@ from tests.conftest import free_port, wait_until_up  # noqa: E402
 from tests.test_app_server import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
 PROMPT = "Once upon a time, there was a girl named Mira. Mira had a red kite. One day, Mira"
+VIEWS = "#views"  # the right-hand column: output, stats, layer and head, the tabs
+
+
+def start(page, url: str) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(url)
+    expect(page.locator("#model-status")).to_contain_text("ready", timeout=120_000)
+
+
+def shown_run(page) -> str:
+    """The id of the run the token view shows ("" before the first)."""
+    return page.evaluate("document.querySelector('#token-view [data-run]')?.dataset.run || ''")
+
+
+def generate(page, prompt: str | None, max_new: int | None = None, stop_at_end: bool = True) -> str:
+    """Start a run (None: keep the prompt or length on the page); returns the id of the run
+    shown before it, for `finished`."""
+    if prompt is not None:
+        page.fill("#prompt textarea", prompt)
+    if max_new is not None:
+        page.fill("#max-new-tokens input[type=number]", str(max_new))
+        page.press("#max-new-tokens input[type=number]", "Enter")
+    page.fill("#seed textarea, #seed input", "42")
+    page.locator("#stop-at-end input").set_checked(stop_at_end)
+    before = shown_run(page)
+    page.locator("#generate").click()
+    return before
+
+
+def finished(page, before: str) -> None:
+    """Wait until the token view shows a new, finished run."""
+    page.wait_for_function(f"""() => {{
+        const view = document.querySelector('#token-view [data-run]');
+        return view && view.dataset.run !== {before!r} && !view.classList.contains('live');
+    }}""", timeout=120_000)
+    page.wait_for_timeout(300)  # the other panels of the same update
+
+
+def tab(page, name: str, ready: str) -> None:
+    page.get_by_role("tab", name=name).click()
+    page.wait_for_selector(ready, timeout=60_000)
+    page.wait_for_timeout(800)  # Plotly's first draw
 
 
 def shoot(url: str, out: Path, max_new: int) -> None:
@@ -27,32 +73,44 @@ def shoot(url: str, out: Path, max_new: int) -> None:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
-            for scheme in ("light", "dark"):
-                page = browser.new_page(viewport={"width": 1400, "height": 1000}, color_scheme=scheme)
-                page.goto(url + ("?__theme=dark" if scheme == "dark" else "?__theme=light"))
-                expect(page.locator("#model-status")).to_contain_text("ready", timeout=120_000)
-                page.fill("#prompt textarea", PROMPT)
-                page.fill("#max-new-tokens input[type=number]", str(max_new))
-                page.fill("#seed textarea, #seed input", "42")
-                page.locator("#generate").click()
-                expect(page.locator("#stats")).to_contain_text("tokens/s", timeout=120_000)
-                page.wait_for_selector("#attention-heatmap .js-plotly-plot")
-                page.click("#layer input")
-                page.get_by_role("option", name="layer 1", exact=True).click()
-                page.click("#head input")
-                page.get_by_role("option", name="head 0", exact=True).click()
-                expect(page.locator("#attention-heatmap .gtitle")).to_contain_text("head 0")
-                page.screenshot(path=str(out / f"app-attention-{scheme}.png"), full_page=True)
-                if scheme == "dark":
-                    break
-                page.get_by_role("tab", name="All heads").click()
-                page.wait_for_selector("#all-heads .js-plotly-plot")
-                page.locator("#all-heads").screenshot(path=str(out / "app-all-heads.png"))
-                page.get_by_role("tab", name="Next-token candidates").click()
-                page.wait_for_selector("#candidates .js-plotly-plot")
-                page.locator("#token-probs").locator("..").locator("..").screenshot(
-                    path=str(out / "app-next-token.png"))
-                page.close()
+            page = browser.new_page(viewport={"width": 1400, "height": 1000})
+            start(page, url + "?__theme=light")
+            generate(page, PROMPT, 200, stop_at_end=False)  # long enough to catch it writing
+            page.wait_for_function("document.querySelectorAll('#token-view .live [data-pos]').length > 60",
+                                   timeout=60_000)
+            page.locator(VIEWS).screenshot(path=str(out / "app-token-view-live.png"))
+            page.locator("#stop").click()
+            expect(page.locator("#stats")).to_contain_text("Stopped after", timeout=60_000)
+
+            finished(page, generate(page, PROMPT, max_new))
+            page.screenshot(path=str(out / "app-token-view.png"), full_page=True)
+            tab(page, "Heatmap", "#attention-heatmap .js-plotly-plot")
+            page.locator(VIEWS).screenshot(path=str(out / "app-heatmap.png"))
+            tab(page, "Next token", "#candidates .js-plotly-plot")
+            page.locator(VIEWS).screenshot(path=str(out / "app-next-token.png"))
+
+            page.get_by_role("tab", name="Tokens").click()
+            page.locator("#induction-example").click()  # a repeated random sequence on the built-in model
+            page.wait_for_function(f"document.querySelector('#prompt textarea').value !== {PROMPT!r}")
+            finished(page, generate(page, None, stop_at_end=False))
+            page.locator(VIEWS).screenshot(path=str(out / "app-induction-tokens.png"))
+            tab(page, "Heads", "#head-overview .js-plotly-plot")
+            page.locator(VIEWS).screenshot(path=str(out / "app-heads.png"))
+            page.close()
+
+            dark = browser.new_page(viewport={"width": 1400, "height": 1000}, color_scheme="dark")
+            start(dark, url + "?__theme=dark")
+            finished(dark, generate(dark, PROMPT, max_new))
+            dark.locator(VIEWS).screenshot(path=str(out / "app-token-view-dark.png"))
+            dark.close()
+
+            phone = browser.new_page(viewport={"width": 390, "height": 844}, device_scale_factor=2,
+                                     is_mobile=True, has_touch=True)
+            start(phone, url + "?__theme=light")
+            finished(phone, generate(phone, PROMPT, max_new))
+            phone.locator(VIEWS).screenshot(path=str(out / "app-phone-tokens.png"))
+            tab(phone, "Heatmap", "#attention-heatmap .js-plotly-plot")
+            phone.locator(VIEWS).screenshot(path=str(out / "app-phone-heatmap.png"))
         finally:
             browser.close()
 
@@ -61,14 +119,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="builtin", help="preset, checkpoint or builtin (default)")
     parser.add_argument("--out", type=Path, default=ROOT / "assets")
-    parser.add_argument("--max-new-tokens", type=int, default=20)
+    parser.add_argument("--max-new-tokens", type=int, default=40)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        model = args.model
         port = free_port()
         log = Path(tmp) / "app.log"
         with log.open("w") as handle:
-            proc = subprocess.Popen([sys.executable, "app.py", "--model", model, "--port", str(port)],
+            proc = subprocess.Popen([sys.executable, "app.py", "--model", args.model, "--port", str(port)],
                                     cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
         try:
             url = f"http://127.0.0.1:{port}/"

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 import torch
 
 import gpt2
-from playground.inspection import MAX_WINDOW, RunStore, window
-from playground.models import ModelTable
+from playground import tokens
+from playground.inspection import MAX_WINDOW, RunStore, strongest_head, window
+from playground.models import ModelTable, offered_sources
 from playground.service import Service, parse_head
 from playground.validate import Settings
 
@@ -35,8 +37,9 @@ def settings(prompt="The cat sat on the mat. The cat", seed=3, **kw) -> Settings
 
 
 def finish(service, s):
-    text, run_id = list(service.generate(s))[-1]
-    return text, service.run(run_id)
+    last = list(service.generate(s))[-1]
+    assert last.stored
+    return last.text, service.run(last.run_id)
 
 
 # -- windowing ------------------------------------------------------------------------------
@@ -76,6 +79,8 @@ def test_run_text_and_maps_match_the_library(service, checkpoint):
     view = service.view(run, 1, 2, 4, 6)
     assert (view.window.start, view.window.stop) == (4, 10)
     torch.testing.assert_close(torch.from_numpy(view.weights), full[2, 4:10, 4:10], atol=1e-5, rtol=0)
+    torch.testing.assert_close(torch.from_numpy(view.earlier), full[2, 4:10, :4].sum(-1), atol=1e-5, rtol=0)
+    assert abs(view.weights.sum(-1) + view.earlier - 1).max() < 1e-5  # every row sums to 1
     mean = service.view(run, 1, None, 4, 6)
     torch.testing.assert_close(torch.from_numpy(mean.weights), full[:, 4:10, 4:10].mean(0), atol=1e-5, rtol=0)
     heads = service.all_heads(run, 0, None, 100)
@@ -99,8 +104,8 @@ def test_concurrent_runs_each_get_their_own_text_and_maps(service):
     for (text, run), (text2, run2) in zip(alone, together):
         assert text == text2 and run.ids == run2.ids
         assert run2.capture.num_tokens == len(run2.ids)
-        torch.testing.assert_close(run.attention(1, window(len(run.ids), 0, 64)),
-                                   run2.attention(1, window(len(run2.ids), 0, 64)))
+        torch.testing.assert_close(run.attention(1, window(len(run.ids), 0, 64))[0],
+                                   run2.attention(1, window(len(run2.ids), 0, 64))[0])
 
 
 def test_store_keeps_recent_runs_within_budget(service):
@@ -136,23 +141,170 @@ def test_long_prompts_keep_their_end_and_say_so(service):
     assert run.ids[:run.n_prompt] == gpt2.encode(prompt)[-run.n_prompt:]
 
 
+# -- whole-text reads in blocks of rows: roles, the token view's map, one token's attention ------
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Blocks of 5 query rows, so short texts cross several; every read is recorded."""
+    from gpt2.capture import AttentionCapture
+
+    from playground import inspection
+
+    monkeypatch.setattr(inspection, "ROW_CHUNK", 5)
+    reads = []
+    real = AttentionCapture.probs
+
+    def probs(self, layer, rows=None):
+        out = real(self, layer, rows)
+        reads.append(out.shape[-2])
+        return out
+
+    monkeypatch.setattr(AttentionCapture, "probs", probs)
+    return reads
+
+
+def test_roles_are_scored_once_per_run_in_blocks_of_rows(service, small_blocks):
+    _, run = finish(service, settings("The cat sat on the mat. The cat sat on the mat. The cat",
+                                      max_new_tokens=10))
+    reads_before = len(small_blocks)
+    roles = run.roles
+    assert small_blocks[reads_before:] and max(small_blocks[reads_before:]) <= 5  # never a whole map
+    full = {layer: run.capture.probs(layer) for layer in range(CONFIG.n_layer)}  # [1, H, T, T] each
+    expected = gpt2.head_scores(full, torch.tensor([run.ids]))
+    for role, scores in expected.items():
+        np.testing.assert_allclose(roles[role], scores.numpy(), atol=1e-5)
+    reads = len(small_blocks)
+    assert run.roles is roles and len(small_blocks) == reads  # kept with the run, not recomputed
+
+
+def test_strongest_head_prefers_induction_then_previous_token():
+    nan = np.full((2, 2), np.nan)
+    scores = {"previous_token": np.array([[0.9, 0.1], [0.2, 0.1]]),
+              "induction": np.array([[0.1, 0.2], [0.4, 0.1]]),
+              "duplicate_token": nan, "first_token": np.array([[0.0, 0.95], [0.0, 0.0]])}
+    assert strongest_head(scores) == (1, 0)  # an induction head, though weaker than the others
+    scores["induction"] = np.full((2, 2), 0.1)
+    assert strongest_head(scores) == (0, 0)
+    scores["previous_token"] = np.zeros((2, 2))
+    assert strongest_head(scores) == (0, 1)  # any role, when neither
+    scores["first_token"] = np.zeros((2, 2))
+    assert strongest_head(scores) is None
+
+
+def test_token_matrix_and_token_attention_are_the_full_map(service, small_blocks):
+    _, run = finish(service, settings(max_new_tokens=12))
+    T = len(run.ids)
+    full = run.capture.probs(1)[0]  # [H, T, T]
+    small_blocks.clear()
+    np.testing.assert_allclose(service.token_matrix(run, 1, 2), full[2].numpy(), atol=1e-6)
+    np.testing.assert_allclose(service.token_matrix(run, 1, None), full.mean(0).numpy(), atol=1e-6)
+    assert max(small_blocks) <= 5
+    for position in (0, 7, T - 1):
+        row = service.token_attention(run, 1, 2, position, "from")
+        np.testing.assert_allclose(row.weights, full[2, position, :position + 1].numpy(), atol=1e-6)
+        assert row.labels == tokens.labels(run.ids[:position + 1]) and row.position == position
+        column = service.token_attention(run, 1, None, position, "to")
+        np.testing.assert_allclose(column.weights, full[:, position:, position].mean(0).numpy(), atol=1e-6)
+        assert column.labels == tokens.labels(run.ids[position:])
+    assert service.token_attention(run, 0, 1, -1, "from").position == T - 1
+    with pytest.raises(ValueError, match="direction must be 'from' or 'to'"):
+        service.token_attention(run, 0, 1, 0, "sideways")
+    with pytest.raises(ValueError, match=f"position must be in 0..{T - 1}"):
+        service.token_attention(run, 0, 1, T, "from")
+    with pytest.raises(ValueError, match="layer must be in 0..1"):
+        service.token_attention(run, 2, 1, 0, "from")
+
+
+def test_live_rows_are_the_finished_maps_rows(service):
+    """While it streams, the newest captured row is the row the finished run will have; the
+    other views wait for the end."""
+    live = []
+    for step in service.generate(settings(max_new_tokens=6)):
+        if step.n_generated and not step.stored:
+            with pytest.raises(LookupError, match="Still writing"):
+                service.run(step.run_id)
+            position, row = service.live_row(step, 1, 3)
+            assert position == len(step.ids) - 2  # the token whose attention chose the newest one
+            live.append((position, row))
+    run = service.run(step.run_id)
+    full = run.capture.probs(1)[0, 3]
+    assert len(live) == 6
+    for position, row in live:
+        np.testing.assert_allclose(row, full[position, :position + 1].numpy(), atol=1e-6)
+
+
+def test_a_stopped_generation_is_kept_whole(service, checkpoint):
+    """Closing the stream (Stop, a closed tab) stores the text so far as a run whose capture
+    holds every token, equal to a plain forward pass over the same ids."""
+    steps = service.generate(settings(max_new_tokens=20))
+    first = next(steps)
+    for _ in range(5):
+        step = next(steps)
+    steps.close()
+    run = service.run(first.run_id)
+    assert step.run_id == first.run_id and run.ids == step.ids and run.ended == "stopped"
+    assert run.n_generated == 5 and run.capture.num_tokens == len(run.ids)
+    assert len(run.candidates) == len(run.ids) - 1
+    model = gpt2.load_model(checkpoint)
+    with gpt2.capture_attention(model) as att:
+        model(torch.tensor([run.ids]))
+    torch.testing.assert_close(run.capture.probs(1), att[1], atol=1e-5, rtol=0)
+
+
+def test_a_generation_stopped_before_its_first_token_stores_nothing(service):
+    steps = service.generate(settings())
+    first = next(steps)
+    steps.close()
+    assert service.runs.get(first.run_id, wait=1.0) is None
+
+
+def test_the_store_waits_for_a_reserved_run(service):
+    _, run = finish(service, settings())
+    store = RunStore()
+    run_id = store.reserve()
+    assert store.get(run_id) is None and store.pending(run_id)
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(store.get, run_id, 30.0)
+        store.add(run, run_id)
+        assert waiting.result() is run and not store.pending(run_id)
+    other = store.reserve()
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(store.get, other, 30.0)
+        store.release(other)
+        assert waiting.result() is None
+
+
+def test_stop_at_end_of_text_ends_a_story_there():
+    """The built-in model ends its stories with <|endoftext|>: with the option on, the run ends
+    there (and says so); without it, a new story follows."""
+    service = Service(ModelTable(offered_sources(gpt2.BUILTIN)), RunStore())
+    story = "Once upon a time, there was a girl named Mira. Mira had a red kite."
+    runs = {}
+    for stop in (True, False):
+        s = Settings(story, gpt2.BUILTIN, 0.0, 0, 1.0, 150, 0, stop_at_end=stop)
+        runs[stop] = service.run(list(service.generate(s))[-1].run_id)
+    ended = runs[True]
+    assert ended.ended == "end of text" and ended.ids[-1] == gpt2.EOT_ID and ended.n_generated < 150
+    assert runs[False].ended == "length" and runs[False].n_generated == 150
+    assert runs[False].ids[:len(ended.ids)] == ended.ids  # greedy: the same story, then more
+
+
 def test_a_run_pushed_out_by_other_users_is_recomputed_for_its_owner(checkpoint):
     """Issue 14 item 9: 40 runs of other users used to expire a session's maps. The store
     keeps the capture of the 4 latest runs here; the owner of an older one gets it back,
     recomputed in one forward pass: same tokens and settings, same maps and candidates."""
     service = Service(ModelTable({"tiny": str(checkpoint)}), RunStore(max_runs=4))
-    text, run_id = list(service.generate(settings(seed=5)))[-1]
+    run_id = list(service.generate(settings(seed=5)))[-1].run_id
     original = service.run(run_id)
     for i in range(40):
         list(service.generate(settings(f"Another user, number {i}", seed=i, max_new_tokens=3)))
     assert service.runs.get(run_id) is None  # its capture was pushed out
     again = service.run(run_id)
-    assert (again.ids, again.n_prompt, again.seed, again.seconds, again.model_name) == \
-        (original.ids, original.n_prompt, original.seed, original.seconds, original.model_name)
+    assert (again.ids, again.n_prompt, again.seed, again.seconds, again.model_name, again.ended) == \
+        (original.ids, original.n_prompt, original.seed, original.seconds, original.model_name, original.ended)
     every = window(len(original.ids), 0, MAX_WINDOW)
     for layer in range(CONFIG.n_layer):
-        torch.testing.assert_close(again.attention(layer, every), original.attention(layer, every),
-                                   atol=1e-5, rtol=0)
+        for got, want in zip(again.attention(layer, every), original.attention(layer, every)):
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
     assert [c.ids for c in again.candidates] == [c.ids for c in original.candidates]
     for a, b in zip(again.candidates, original.candidates):
         assert max(abs(x - y) for x, y in zip(a.probs + [a.chosen_prob], b.probs + [b.chosen_prob])) < 1e-5
@@ -161,7 +313,7 @@ def test_a_run_pushed_out_by_other_users_is_recomputed_for_its_owner(checkpoint)
 
 def test_records_are_bounded_too(checkpoint):
     service = Service(ModelTable({"tiny": str(checkpoint)}), RunStore(max_runs=1, max_records=3))
-    ids = [list(service.generate(settings(seed=i, max_new_tokens=2)))[-1][1] for i in range(5)]
+    ids = [list(service.generate(settings(seed=i, max_new_tokens=2)))[-1].run_id for i in range(5)]
     with pytest.raises(LookupError, match="unknown to the server"):
         service.run(ids[0])
     assert service.run(ids[2]).ids == service.run(ids[2]).ids

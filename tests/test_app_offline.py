@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
+import gpt2
 from conftest import ROOT, free_port, wait_until_up
-from test_app_server import ARTIFACTS, _heatmap, _pick, browser_page
+from test_app_server import ARTIFACTS, _heatmap, browser_page
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +45,9 @@ def test_offline_start_runs_the_builtin_model_and_shows_an_induction_head(offlin
 
         story = page.locator("#prompt textarea").input_value()
         assert story.startswith("Once upon a time")  # a prompt in the built-in model's world
+        assert page.locator("#stop-at-end input").is_checked()  # its stories end with <|endoftext|>
+        expect(page.locator("#max-new-tokens input[type=range]")).to_have_attribute("max", "255")
+        assert "Mira's red kite" in page.locator(".gallery").first.inner_text()  # its own examples
         page.locator("#induction-example").click()  # a repeated random sequence
         expect(page.locator("#prompt textarea")).not_to_have_value(story, timeout=20_000)
         prompt = page.locator("#prompt textarea").input_value()
@@ -53,19 +57,27 @@ def test_offline_start_runs_the_builtin_model_and_shows_an_induction_head(offlin
         expect(page.locator("#stats")).to_contain_text("tokens/s", timeout=60_000)
         generated = page.locator("#output textarea").input_value()
         assert generated.strip() and prompt[:half].startswith(generated[: len(generated) // 2])
-        page.wait_for_selector("#attention-heatmap .js-plotly-plot", timeout=30_000)
-        values = [v for row in _heatmap(page)["z"] for v in row if v is not None]
-        assert values and max(values) > 0, "the heatmap is empty"
-
-        _pick(page, "layer", "layer 1")
-        expect(page.locator("#attention-heatmap .gtitle")).to_contain_text("Layer 1", timeout=20_000)
-        page.get_by_role("tab", name="All heads").click()
+        # The first view is the strongest induction head, on the last token, over the whole text.
+        expect(page.locator("#head input")).not_to_have_value("mean over heads", timeout=30_000)
+        caption = page.locator("#token-view .tv-caption").inner_text()
+        total = len(gpt2.encode(prompt + generated))
+        assert caption.startswith(f"Token {total - 1} ") and "layer 1 · head" in caption, caption
+        assert page.locator("#token-view [data-pos]").count() == total
+        page.get_by_role("tab", name="Heads").click()
+        page.wait_for_selector("#head-overview .js-plotly-plot", timeout=30_000)
+        overview = page.eval_on_selector("#head-overview .js-plotly-plot", "el => el.data[0].customdata")
+        layer, head = int(page.locator("#layer input").input_value().split()[1]), \
+            int(page.locator("#head input").input_value().split()[1])
+        score = float(overview[layer][head].split("induction ")[1].split("<")[0])
+        assert score >= 0.3  # the selected head is named an induction head
         titles = page.locator("#all-heads .annotation-text")
         expect(titles.first).to_be_visible(timeout=20_000)
         named = [t for t in titles.all_text_contents() if "induction" in t]
         assert named, titles.all_text_contents()
-        score = float(named[0].split("induction")[1].split()[0])
-        assert score >= 0.3
+        page.get_by_role("tab", name="Heatmap").click()
+        page.wait_for_selector("#attention-heatmap .js-plotly-plot", timeout=30_000)
+        values = [v for row in _heatmap(page)["z"] for v in row if v is not None]
+        assert values and max(values) > 0, "the heatmap is empty"
         page.screenshot(path=str(ARTIFACTS / "app-offline-induction.png"), full_page=True)
 
 

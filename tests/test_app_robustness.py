@@ -146,13 +146,32 @@ def test_bad_input_through_the_api(client, tiny, change, message):
 
 
 @pytest.mark.parametrize("endpoint, args", [
-    ("/attention", dict(text="Hi", layer=0)), ("/next_tokens", dict(text="Hi")), ("/load_model", {})])
+    ("/attention", dict(text="Hi", layer=0)), ("/token_attention", dict(text="Hi", layer=0)),
+    ("/next_tokens", dict(text="Hi")), ("/load_model", {})])
 @pytest.mark.parametrize("model", ["/etc/passwd", "../tiny", "gpt9"])
 def test_no_endpoint_takes_a_path_as_model(client, endpoint, args, model):
     from gradio_client.exceptions import AppError
 
     with pytest.raises(AppError, match="model must be one of"):
         client.predict(**args, model=model, api_name=endpoint)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"layer": 2}, "layer must be between 0 and 1, got 2"),
+    ({"head": "7"}, "head must be in 0..3 (or 'mean'), got 7"),
+    ({"head": "all"}, "head must be 'mean' or a head number 0..3, got 'all'"),
+    ({"position": 4}, "position must be between -4 and 3, got 4"),
+    ({"position": 1.5}, "position must be a whole number"),
+    ({"direction": "up"}, "direction must be 'from' or 'to', got 'up'"),
+    ({"text": " "}, "prompt is empty"),
+], ids=lambda c: str(c)[:30] if isinstance(c, dict) else None)
+def test_bad_input_to_token_attention(client, change, message):
+    from gradio_client.exceptions import AppError
+
+    good = dict(text="One two three four", model=MODEL, layer=1, head="2", position=-1, direction="to")
+    with pytest.raises(AppError, match=re.escape(message)):
+        client.predict(**{**good, **change}, api_name="/token_attention")
+    assert client.predict(**good, api_name="/token_attention")["position"] == 3
 
 
 def test_a_200k_prompt_is_refused_before_tokenizing(page, client, monkeypatch):
@@ -224,7 +243,7 @@ def reports_fault(status: str, model: str, reason: str, broken_root: Path) -> bo
 @pytest.mark.parametrize("model, reason", FAULTS, ids=[m for m, _ in FAULTS])
 def test_faults_in_the_ui(page, tiny, broken_checkpoints, hub_unreachable, model, reason):
     root = next(iter(broken_checkpoints.values())).parent
-    assert reports_fault(list(page.model_status(model))[-1], model, reason, root)
+    assert reports_fault(list(page.model_status(model))[-1][0], model, reason, root)  # the status line
     with pytest.raises(gr.Error, match=re.escape(reason)):
         ui_text(page, model=model)
     assert ui_text(page) == library_text(tiny, GOOD["prompt"])  # the other model keeps working
@@ -265,14 +284,31 @@ def hooked(model: gpt2.GPT) -> int:
 
 
 def test_stop_in_the_ui_releases_the_capture(page, caplog):
-    model, stored = page.service.models.get(MODEL), len(page.service.runs)
+    """Stop (or a closed tab) closes the page's generator: the hooks go, the text so far is
+    stored as a run under the id the page got before the first token, and Stop shows it."""
+    model = page.service.models.get(MODEL)
     steps = page.generate(**{**GOOD, "max_new_tokens": 50})
+    run_id = next(steps)[1]  # before the first token
     next(steps), next(steps)
-    assert hooked(model) > 0
+    assert hooked(model) > 0 and page.service.runs.get(run_id) is None
     with caplog.at_level("INFO", logger="playground.service"):
         steps.close()  # what Gradio does on Stop or a closed tab
-    assert hooked(model) == 0 and len(page.service.runs) == stored
+    assert hooked(model) == 0 and page.service.runs.get(run_id).ended == "stopped"
     assert "generation stopped after 2 of 50 tokens" in caplog.text
+    stats, *_, view = page.stop(run_id, 64)[:5]
+    n_prompt = len(gpt2.encode(GOOD["prompt"]))
+    assert stats.startswith(f"Stopped after **2** tokens, after a **{n_prompt}**-token prompt")
+    assert len(view["tokens"]) == n_prompt + 2 and view["selected"] == n_prompt + 1 and not view["live"]
+
+
+def test_stop_before_the_first_token_and_stop_with_nothing_running(page):
+    steps = page.generate(**GOOD)
+    run_id = next(steps)[1]
+    steps.close()
+    assert page.stop(run_id, 64)[0] == "Stopped before the first token."
+    finished = list(page.generate(**GOOD))[-1][1]
+    assert all(isinstance(out, type(gr.skip())) for out in page.stop(finished, 64))  # a finished run stands
+    assert page.stop(None, 64)[0] == "Stopped."
 
 
 def stopped_count(log: Path) -> int:

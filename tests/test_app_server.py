@@ -148,9 +148,13 @@ def test_browser_generate_and_inspect(app_url):
         page.locator("#generate").click()
         expect(page.locator("#output textarea")).not_to_have_value("", timeout=30_000)
         expect(page.locator("#stats")).to_contain_text("tokens/s", timeout=30_000)
-        page.wait_for_selector("#attention-heatmap .js-plotly-plot", timeout=30_000)
 
         prompt_labels = tokens.labels(gpt2.encode(PROMPT))
+        page.get_by_role("tab", name="Heatmap").click()
+        page.wait_for_selector("#attention-heatmap .js-plotly-plot", timeout=30_000)
+        _pick(page, "layer", "layer 0")
+        _pick(page, "head", "head 1")
+        expect(page.locator("#attention-heatmap .gtitle")).to_contain_text("Layer 0 · head 1", timeout=20_000)
         first = _heatmap(page)
         assert first["ticks"][:len(prompt_labels)] == prompt_labels
         total = len(prompt_labels) + max_new
@@ -172,11 +176,11 @@ def test_browser_generate_and_inspect(app_url):
         assert tick_text[:3] == prompt_labels[:3]
         page.screenshot(path=str(ARTIFACTS / "app-attention.png"), full_page=True)
 
-        page.get_by_role("tab", name="Next-token candidates").click()
+        page.get_by_role("tab", name="Next token").click()
         position = len(prompt_labels) + 2
         page.locator("#token-probs .token").nth(position).click()
-        expect(page.locator("#candidates .gtitle")).to_contain_text(f"(position {position})",
-                                                                   timeout=20_000)
+        expect(page.locator("#candidates-note")).to_contain_text(f"(position {position})", timeout=20_000)
+        expect(page.locator("#candidates .gtitle")).to_contain_text(f"Position {position}")
         bars = page.eval_on_selector("#candidates .js-plotly-plot", "el => el.data[0].x.length")
         assert bars == 10
 

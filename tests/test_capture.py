@@ -37,6 +37,16 @@ def test_windowed_rows_equal_the_full_map(tiny_model):
     torch.testing.assert_close(att.probs(1, slice(10, 20)), att[1][:, :, 10:20, :20], atol=1e-6, rtol=0)
 
 
+def test_rows_of_a_generation_read_across_its_steps(tiny_model):
+    """A generation keeps a prefill chunk, then one chunk per step: any rows, one or many,
+    across those chunks, equal the same rows of the whole map."""
+    with gpt2.capture_attention(tiny_model) as att:
+        gpt2.generate(tiny_model, torch.randint(0, 50257, (1, 9)), 8)
+    full = att[0]
+    for rows in (slice(0, 1), slice(8, 9), slice(9, 10), slice(16, 17), slice(5, 13), slice(10, 14)):
+        torch.testing.assert_close(att.probs(0, rows), full[:, :, rows, :rows.stop], atol=1e-6, rtol=0)
+
+
 def test_selected_layers_only(tiny_model):
     with gpt2.capture_attention(tiny_model, layers=[1]) as att:
         with torch.no_grad():

@@ -1,7 +1,7 @@
 """head_scores on hand-built attention patterns whose answers are known."""
 import torch
 
-from gpt2.heads import ROLES, head_scores, strongest_roles
+from gpt2.heads import ROLES, head_scores, role_targets, score_sums, strongest_roles
 
 
 def causal_uniform(T: int) -> torch.Tensor:
@@ -76,3 +76,22 @@ def test_no_repeats_means_no_induction_score():
     scores = head_scores([causal_uniform(8)[None, None]], ids)
     assert torch.isnan(scores["induction"]).all()
     assert strongest_roles(scores) == {}
+
+
+def test_sums_over_blocks_of_rows_give_the_same_scores():
+    """What the app does for long texts: score blocks of query rows, never the whole map."""
+    ids = repeated_ids(12)[None]
+    T = ids.size(1)
+    probs = torch.softmax(torch.randn(2, 1, 3, T, T).masked_fill(~torch.ones(T, T, dtype=torch.bool).tril(), -1e9), -1)
+    whole = head_scores(probs, ids)
+    targets = role_targets(ids)
+    totals = {role: 0 for role in ROLES}
+    counts = dict.fromkeys(ROLES, 0)
+    for start in range(0, T, 4):
+        stop = min(start + 4, T)
+        block = {role: t[:, start:stop, :stop] for role, t in targets.items()}
+        for role, (total, count) in score_sums(probs[..., start:stop, :stop], block, start).items():
+            totals[role] = totals[role] + total
+            counts[role] += count
+    for role in ROLES:
+        torch.testing.assert_close(totals[role] / counts[role], whole[role])

@@ -12,9 +12,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PICKLE = re.compile(r"torch\.load\b|\bimport pickle\b|\bpickle\.|\bdill\b|\bjoblib\b|weights_only\s*=\s*False")
-# Every component type the page may contain: none of them uploads a file or takes a path.
+# Every component type the page may contain: none of them uploads a file or takes a path. The
+# page's `html` components render our own templates and script (playground/page_script.py): no
+# file input, no `server_functions` (calls outside the queue), only queued events.
 SAFE_COMPONENTS = {"api", "button", "checkbox", "column", "dataset", "dropdown", "form", "highlightedtext",
-                   "markdown", "plot", "row", "slider", "state", "tabitem", "tabs", "textbox"}
+                   "html", "markdown", "plot", "row", "slider", "state", "tabitem", "tabs", "textbox"}
 
 
 def test_no_pickle_in_product_code():

@@ -1,0 +1,205 @@
+"""What runs in the browser: the token view's painting, the head overview's clicks, and
+Enter in a slider's number box. Each is a `gr.HTML` component's `js_on_load` (Gradio
+passes `element`, `props`, `trigger` and `watch`); nothing here talks to the server except
+through `trigger`, which is an ordinary queued Gradio event.
+
+The token view gets from the server one payload per (run, layer, head) (see
+`playground/token_view.py`) and repaints locally on hover, click and arrow keys. Token text
+is only ever set with `textContent`, never parsed as HTML.
+"""
+
+TOKEN_VIEW_HTML = """
+<div class="tv">
+  <div class="tv-bar">
+    <span class="tv-caption">Generate some text: each token will be painted by the attention it gets.</span>
+    <span class="tv-dir" role="group" aria-label="direction">
+      <button type="button" data-dir="from" class="on"
+        title="paint what the selected token attends to">attends to</button>
+      <button type="button" data-dir="to"
+        title="paint the later tokens that attend to the selected token">attended by</button>
+    </span>
+  </div>
+  <div class="tv-text" tabindex="0"
+    aria-label="tokens; click one, then use the left and right arrow keys"></div>
+  <div class="tv-info">Hover a token to preview it, click to select it (click again to follow the
+    mouse), ← → to move.</div>
+</div>
+"""
+
+TOKEN_VIEW_JS = r"""
+const text = element.querySelector('.tv-text');
+const caption = element.querySelector('.tv-caption');
+const info = element.querySelector('.tv-info');
+const dirButtons = element.querySelectorAll('[data-dir]');
+let view = null;      // the payload shown
+let codes = null;     // Uint8Array: a packed lower triangle (a finished run) or one row (live)
+let spans = [];
+let pinned = null;    // the selected token (null: follow the mouse)
+let hovered = null;
+let direction = 'from';
+let painted = [];
+
+const weightOf = c => (c / 255) ** 2;  // codes are round(255 * sqrt(w))
+const label = t => t.replace(/ /g, '\u00b7').replace(/\n/g, '\u21b5').replace(/\t/g, '\u21e5');
+const quote = p => `${p} \u201c${label(view.tokens[p])}\u201d`;
+const shown = w => w >= 0.001 ? w.toFixed(3) : w > 0 ? '<0.001' : '0';
+
+function decode(b64) {
+  const raw = atob(b64);
+  const out = new Uint8Array(raw.length);
+  for (let i = 0; i < raw.length; i++) out[i] = raw.charCodeAt(i);
+  return out;
+}
+
+function tokenSpan(t, i) {
+  const s = document.createElement('span');
+  s.className = 'tok' + (i >= view.n_prompt ? ' gen' : '');
+  s.dataset.pos = i;
+  s.textContent = t.includes('\n') ? t.replace(/\n/g, '\u21b5\n') : (t || '\u2205');
+  return s;
+}
+
+// weights painted for the selected token: [[position, weight], ...]
+function weightsFor(p) {
+  const out = [];
+  if (view.live) {
+    for (let k = 0; k <= p; k++) out.push([k, weightOf(codes[k])]);
+  } else if (direction === 'from') {
+    const start = p * (p + 1) / 2;
+    for (let k = 0; k <= p; k++) out.push([k, weightOf(codes[start + k])]);
+  } else {
+    for (let q = p; q < spans.length; q++) out.push([q, weightOf(codes[q * (q + 1) / 2 + p])]);
+  }
+  return out;
+}
+
+function paint() {
+  for (const i of painted) {
+    const s = spans[i];
+    if (!s) continue;
+    s.style.backgroundColor = '';
+    s.removeAttribute('title');
+    delete s.dataset.weight;
+    s.classList.remove('sel', 'newest');
+  }
+  painted = [];
+  if (!view) return;
+  const p = pinned ?? hovered ?? view.selected;
+  if (p == null || p >= spans.length) return;
+  const weights = weightsFor(p);
+  const top = Math.max(...weights.map(([, w]) => w), 1e-9);
+  const row = view.live || direction === 'from';
+  for (const [i, w] of weights) {  // the selected token is one of them: a row or column includes it
+    const s = spans[i];
+    s.style.backgroundColor = `rgba(249, 115, 22, ${(0.85 * w / top).toFixed(3)})`;
+    s.title = row ? `receives ${shown(w)} from token ${p}` : `gives ${shown(w)} to token ${p}`;
+    s.dataset.weight = w.toFixed(5);  // for tests and automation
+    painted.push(i);
+  }
+  spans[p].classList.add('sel');
+  const where = `layer ${view.layer} \u00b7 ${view.head}`;
+  if (view.live) {
+    const newest = spans.length - 1;
+    spans[newest].classList.add('newest');
+    painted.push(newest);
+    caption.textContent =
+      `Writing\u2026 token ${quote(newest)} was chosen from what token ${quote(p)} attends to (${where})`;
+  } else {
+    caption.textContent = direction === 'from'
+      ? `Token ${quote(p)} attends to the tokens shaded (${where}; darkest = ${shown(top)})`
+      : `Tokens shaded attend to token ${quote(p)} (${where}; darkest = ${shown(top)})`;
+  }
+  element.dataset.selected = p;
+}
+
+function keepInView(p) {
+  const s = spans[p];
+  if (!s) return;
+  const top = s.offsetTop;  // .tv-text is the offset parent (position: relative)
+  if (top < text.scrollTop || top + s.offsetHeight > text.scrollTop + text.clientHeight) {
+    text.scrollTop = top - text.clientHeight / 2;
+  }
+}
+
+function show(v) {
+  if (!v || !v.tokens) { view = null; spans = []; text.textContent = ''; painted = []; return; }
+  const sameRun = view && v.run === view.run;
+  const grown = sameRun && v.tokens.length >= spans.length;
+  view = v;
+  if (!grown) { text.textContent = ''; spans = []; painted = []; }
+  for (let i = spans.length; i < v.tokens.length; i++) {
+    spans.push(text.appendChild(tokenSpan(v.tokens[i], i)));
+  }
+  codes = decode(v.weights);
+  if (v.live || !sameRun || pinned == null || pinned >= spans.length) pinned = v.live ? null : v.selected;
+  hovered = null;
+  element.classList.toggle('live', !!v.live);
+  element.dataset.run = v.run;  // for tests and automation: which run is shown
+  paint();
+  if (v.live) text.scrollTop = text.scrollHeight;
+  else keepInView(pinned);
+}
+
+function position(event) {
+  const s = event.target.closest('[data-pos]');
+  return s ? Number(s.dataset.pos) : null;
+}
+
+text.addEventListener('mouseover', e => {
+  const p = position(e);
+  if (p == null || !view) return;
+  if (!view.live && pinned == null) { hovered = p; paint(); }
+  info.textContent = spans[p].title ? `token ${quote(p)}: ${spans[p].title}` : `token ${quote(p)}`;
+});
+text.addEventListener('mouseleave', () => { if (hovered != null) { hovered = null; paint(); } });
+text.addEventListener('click', e => {
+  const p = position(e);
+  if (p == null || !view || view.live) return;
+  pinned = pinned === p ? null : p;
+  hovered = pinned == null ? p : null;
+  paint();
+  text.focus({preventScroll: true});
+});
+text.addEventListener('keydown', e => {
+  if (!view || view.live || !['ArrowLeft', 'ArrowRight', 'Home', 'End'].includes(e.key)) return;
+  e.preventDefault();
+  const last = spans.length - 1;
+  const from = pinned ?? hovered ?? view.selected;
+  const moves = {ArrowLeft: Math.max(0, from - 1), ArrowRight: Math.min(last, from + 1), Home: 0, End: last};
+  pinned = moves[e.key];
+  hovered = null;
+  paint();
+  keepInView(pinned);
+});
+dirButtons.forEach(b => b.addEventListener('click', () => {
+  direction = b.dataset.dir;
+  dirButtons.forEach(o => o.classList.toggle('on', o === b));
+  paint();
+}));
+
+watch('value', () => show(props.value));
+show(props.value);
+"""
+
+# The head overview is a Plotly figure inside this component: a click on a cell reports its
+# layer and head as a `pick` event (Gradio's own Plot has no click event).
+OVERVIEW_JS = r"""
+function bind() {
+  const plot = element.querySelector('.js-plotly-plot');
+  if (!plot || !plot.on || plot.dataset.picks) return;
+  plot.dataset.picks = '1';
+  plot.on('plotly_click', d => {
+    const cell = d.points && d.points[0];
+    if (cell) trigger('pick', {layer: cell.y, head: cell.x});
+  });
+}
+new MutationObserver(bind).observe(element, {childList: true, subtree: true});
+bind();
+"""
+
+# A slider's number box applies its value on blur (Gradio's `release`); make Enter do the same.
+ENTER_APPLIES_JS = r"""
+document.addEventListener('keydown', e => {
+  if (e.key === 'Enter' && e.target.matches('input[type=number]')) e.target.blur();
+});
+"""
