@@ -8,9 +8,12 @@ Which forward pass belongs to which capture: hooks on a shared module fire for e
 request running through it, and a streamed generation may resume on a different thread at
 each step. So a capture is tied to the generation's own `KVCache` (passed to `c_attn` and
 to each block as an argument the hooks can read), not to thread-locals or module state:
-- `generate(..., capture=att)` / `stream(..., capture=att)` bind the cache explicitly;
+- `generate(..., capture=att)` / `stream(..., capture=att)` (and `BatchedGenerator.stream`)
+  bind the cache explicitly;
 - otherwise the first forward pass run on the thread that opened the capture is its own
   (a plain `model(idx)`, or the prefill of a `generate` called inside the `with`).
+A batched decode step (`gpt2.BatchedGenerator`) passes a `CacheBatch` instead: a bound
+capture keeps only the row of its own cache, so each request sees exactly its own rows.
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import Tensor
 
-from .kv_cache import KVCache
+from .kv_cache import CacheBatch, KVCache
 from .model import GPT
 
 
@@ -82,20 +85,30 @@ class AttentionCapture:
         self._claim(cache)
         return True
 
+    def _rows(self, cache: KVCache | CacheBatch | None, may_claim: bool) -> slice | None:
+        """Which rows of this forward pass are ours: all of them, our row of a batched step,
+        or none."""
+        if isinstance(cache, CacheBatch):
+            mine = self._cache_ref() if self._open and self._cache_ref is not None else None
+            return next((slice(i, i + 1) for i, c in enumerate(cache.caches) if c is mine), None)
+        return slice(None) if self._owns(cache, may_claim) else None
+
     # -- hooks (positional args: (x, cache)) -------------------------------------------------
     def _on_qkv(self, layer: int, module, args, qkv: Tensor) -> None:
         cache = args[1] if len(args) > 1 else None
-        if not self._owns(cache, may_claim=layer == self.layers[0]):
+        rows = self._rows(cache, may_claim=layer == self.layers[0])
+        if rows is None:
             return
         C = qkv.size(-1) // 3
-        self._q[layer].append(qkv[..., :C].detach().clone())
+        self._q[layer].append(qkv[rows][..., :C].detach().clone())
         if cache is None:
-            self._k[layer].append(qkv[..., C:2 * C].detach().clone())
+            self._k[layer].append(qkv[rows][..., C:2 * C].detach().clone())
 
     def _on_last_block(self, module, args, out: Tensor) -> None:
         cache = args[1] if len(args) > 1 else None
-        if self._owns(cache, may_claim=False):
-            self._resid.append(out.detach().clone())
+        rows = self._rows(cache, may_claim=False)
+        if rows is not None:
+            self._resid.append(out[rows].detach().clone())
             self._complete = cache is None
 
     # -- results -------------------------------------------------------------------------
