@@ -136,6 +136,11 @@ class BatchedGenerator:
         """Requests being prefilled or decoded now."""
         return len(self._prefilling) + len(self._decoding)
 
+    @property
+    def pending(self) -> int:
+        """Requests submitted that have not started (the loop is busy or full)."""
+        return len(self._inbox) + len(self._waiting)
+
     def close(self) -> None:
         """Stop the loop: requests still running or waiting end with a RuntimeError."""
         with self._worker.cond:
