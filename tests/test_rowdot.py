@@ -101,8 +101,10 @@ def test_bad_arguments_are_refused_not_read(lib):
         lib.linear(x[:, :15], w)
     with pytest.raises(ValueError, match="contiguous"):
         lib.linear(x, w.t().contiguous().t())
+    with pytest.raises(ValueError, match="fp32 or bf16"):
+        lib.linear(x.to(torch.int8), w)
     with pytest.raises(ValueError, match="unsupported"):
-        lib.linear(x.double(), w)
+        lib.linear(x, w.double())
     with pytest.raises(ValueError, match="vectors"):
         lib.linear(x, w, bias=b[:4])
 

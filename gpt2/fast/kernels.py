@@ -16,8 +16,6 @@ mode meanwhile. If it cannot be built (no C++ compiler, say) the model stays eag
 """
 from __future__ import annotations
 
-import contextlib
-import functools
 import logging
 import os
 import threading
@@ -43,39 +41,36 @@ def linear(x: Tensor, weight: Tensor, scales: Tensor | None = None, bias: Tensor
            out_dtype: torch.dtype | None = None, gelu: bool = False) -> Tensor:
     """x [..., in] @ weight [out, in].T (int8 weights times their per-row `scales`) + bias,
     GELU if asked -> [..., out] in `out_dtype` (default x's). For callers checked by `serves`."""
-    with _profiler_range("gpt2.fast.kernels.linear"):
-        return library().linear(x, weight, scales, bias, out_dtype, gelu)
+    lib = _library or library()
+    if torch.autograd.profiler._is_profiler_enabled:  # named for torch.profiler, which sees no op here
+        with torch.profiler.record_function("gpt2.fast.kernels.linear"):
+            return lib.linear(x, weight, scales, bias, out_dtype, gelu)
+    return lib.linear(x, weight, scales, bias, out_dtype, gelu)
 
 
 def decode_attention(qkv: Tensor, rows: rowdot.DecodeRows, layer: int, n_head: int) -> Tensor:
     """A decode step's attention, row b over its own cache (`rows`): qkv [B, 1, 3C] -> [B, 1, C]."""
-    with _profiler_range("gpt2.fast.kernels.decode_attention"):
-        return library().decode_attention(qkv, rows, layer, n_head)
-
-
-def _profiler_range(name: str) -> contextlib.AbstractContextManager:
-    """Names the C call for torch.profiler (benchmarks/overhead_audit.py), which otherwise sees
-    no op there; free when not profiling."""
+    lib = _library or library()
     if torch.autograd.profiler._is_profiler_enabled:
-        return torch.profiler.record_function(name)
-    return contextlib.nullcontext()
+        with torch.profiler.record_function("gpt2.fast.kernels.decode_attention"):
+            return lib.decode_attention(qkv, rows, layer, n_head)
+    return lib.decode_attention(qkv, rows, layer, n_head)
 
 
-_BUILD_LOCK = threading.Lock()
-
-
-@functools.cache
-def _built() -> rowdot.Library:
-    lib = rowdot.build()
-    _self_test(lib)
-    return lib
+_build_lock = threading.Lock()
+_library: rowdot.Library | None = None  # this process's, once built and checked
 
 
 def library() -> rowdot.Library:
     """This process's kernels, built (or loaded from the cache) and checked on first use.
     Raises `rowdot.BuildError` where they cannot be."""
-    with _BUILD_LOCK:
-        return _built()
+    global _library
+    with _build_lock:
+        if _library is None:
+            lib = rowdot.build()
+            _self_test(lib)
+            _library = lib
+        return _library
 
 
 def _self_test(lib: rowdot.Library) -> None:

@@ -375,46 +375,53 @@ int gpt2_rowdot_isa() {
 #endif
 }
 
-// y[b, o] for b < rows, o < out. x: rows x in, row stride xs elements, F32 or BF16; w: out x
-// in, contiguous, F32, BF16 or I8; scales (per output, I8 weights) and bias may be null; y:
-// rows x out, row stride ys, F32 or BF16. Returns 0, or -1 if out of memory.
-int gpt2_rowdot(const void* x, int x_kind, int64_t xs, const void* w, int w_kind, const void* scales,
-                int scale_kind, const void* bias, int bias_kind, void* y, int y_kind, int64_t ys,
-                int64_t rows, int64_t out, int64_t in, int gelu, int threads) {
+// A product's weights, described once per layer (gpt2/fast/rowdot.py caches these): w is
+// out x in, contiguous, F32, BF16 or I8; scales (per output row, I8 weights) and bias may be
+// null; the output is F32 or BF16, with GPT-2's tanh GELU if gelu.
+struct Product {
+    const void* w;
+    const void* scales;
+    const void* bias;
+    int64_t out, in;
+    int32_t w_kind, scale_kind, bias_kind, y_kind, gelu;
+};
+
+// y[b, o] for b < rows: x is rows x in (contiguous, F32 or BF16), y rows x out (contiguous).
+// Returns 0, or -1 if out of memory.
+int gpt2_rowdot(const Product* p, const void* x, int x_kind, int64_t rows, void* y, int threads) {
+    const int64_t out = p->out, in = p->in;
     if (rows <= 0 || out <= 0) return 0;
     bool bf16_rows = false;  // bf16 rows straight into vdpbf16ps
 #if GPT2_AVX512_BF16
-    bf16_rows = x_kind == BF16 && w_kind != F32;
+    bf16_rows = x_kind == BF16 && p->w_kind != F32;
 #endif
     float* x32 = nullptr;  // otherwise rows in fp32 (exact for bf16)
     if (x_kind != F32 && !bf16_rows) {
         x32 = static_cast<float*>(std::malloc(sizeof(float) * rows * in));
         if (!x32) return -1;
-        for (int64_t r = 0; r < rows; ++r)
-            for (int64_t k = 0; k < in; ++k) x32[r * in + k] = load1(x_kind, x, r * xs + k);
+        for (int64_t i = 0; i < rows * in; ++i) x32[i] = load1(x_kind, x, i);
     }
     const char* xb = x32 ? reinterpret_cast<const char*>(x32) : static_cast<const char*>(x);
-    int64_t x_stride = x32 ? in : xs;
-    int64_t x_row_bytes = x_stride * (x32 ? 4 : elem_size(x_kind));
-    bool direct = y_kind == F32 && !scales && !bias && !gelu;  // dot products straight into y
+    int64_t x_row_bytes = in * (x32 ? 4 : elem_size(x_kind));
+    bool direct = p->y_kind == F32 && !p->scales && !p->bias && !p->gelu;  // dot products straight into y
     float* z = direct ? static_cast<float*>(y) : static_cast<float*>(std::malloc(sizeof(float) * rows * out));
     if (!z) {
         std::free(x32);
         return -1;
     }
-    int64_t zs = direct ? ys : out;
-    const char* wb = static_cast<const char*>(w);
-    int64_t w_row = in * elem_size(w_kind);
+    const char* wb = static_cast<const char*>(p->w);
+    int64_t w_row = in * elem_size(p->w_kind);
+    if (rows * out * in < (1 << 16)) threads = 1;  // too little work to share
     parallel(threads, out, LANES, [&](int64_t o0, int64_t o1) {
         for (int64_t o = o0; o < o1; ++o)
             for (int64_t rb = 0; rb < rows; rb += ROW_TILE) {
                 int r = int(rows - rb < ROW_TILE ? rows - rb : ROW_TILE);
-                pick(w_kind, bf16_rows, r)(wb + o * w_row, in, xb + rb * x_row_bytes, x_stride, z + rb * zs + o, zs);
+                pick(p->w_kind, bf16_rows, r)(wb + o * w_row, in, xb + rb * x_row_bytes, in, z + rb * out + o, out);
             }
         if (!direct)
             for (int64_t r = 0; r < rows; ++r)
-                epilogue(z + r * zs, scales, scale_kind, bias, bias_kind, gelu,
-                         static_cast<char*>(y) + r * ys * elem_size(y_kind), y_kind, o0, o1);
+                epilogue(z + r * out, p->scales, p->scale_kind, p->bias, p->bias_kind, p->gelu,
+                         static_cast<char*>(y) + r * out * elem_size(p->y_kind), p->y_kind, o0, o1);
     });
     if (!direct) std::free(z);
     std::free(x32);
@@ -444,6 +451,7 @@ int gpt2_decode_attention(const void* qkv, int qkv_kind, int64_t qkv_stride, flo
                 v_cache(b)[at] = load1(qkv_kind, qkv, b * qkv_stride + 2 * C + h * head_dim + d);
             }
     const float scale = 1.0f / std::sqrt(float(head_dim));
+    if (rows * heads * longest * head_dim < (1 << 16)) threads = 1;  // too little work to share
     int failed = 0;
     parallel(threads, rows * heads, 1, [&](int64_t lo, int64_t hi) {
         float* buf = static_cast<float*>(std::malloc(sizeof(float) * (longest + 2 * head_dim)));

@@ -117,19 +117,28 @@ class DecodeRows:
                    (_I64 * n)(*(p for _, _, p in rows)), n)
 
 
+class Product(ctypes.Structure):
+    """A product's weights as `rowdot.cpp` reads them (its `struct Product`)."""
+    _fields_ = [("w", _P), ("scales", _P), ("bias", _P), ("out", _I64), ("in_", _I64), ("w_kind", ctypes.c_int32),
+                ("scale_kind", ctypes.c_int32), ("bias_kind", ctypes.c_int32), ("y_kind", ctypes.c_int32),
+                ("gelu", ctypes.c_int32)]
+
+
 class Library:
-    """The loaded kernels. Arguments are checked here (dtypes, devices, contiguity), since
-    the C code trusts its pointers."""
+    """The loaded kernels. The C code trusts its pointers, so arguments are checked here; a
+    product's weights are checked once and described in a `Product` kept per weight pointer,
+    dtype and shape (a call costs a few microseconds, and decoding makes ~60 a token)."""
 
     def __init__(self, lib: ctypes.CDLL, path: Path):
         self.path = path
         self.isa = {2: "avx512-bf16", 1: "avx512", 0: "portable"}[lib.gpt2_rowdot_isa()]
         self._rowdot = lib.gpt2_rowdot
         self._rowdot.restype = _I
-        self._rowdot.argtypes = [_P, _I, _I64, _P, _I, _P, _I, _P, _I, _P, _I, _I64, _I64, _I64, _I64, _I, _I]
+        self._rowdot.argtypes = [ctypes.POINTER(Product), _P, _I, _I64, _P, _I]
         self._attention = lib.gpt2_decode_attention
         self._attention.restype = _I
         self._attention.argtypes = [_P, _I, _I64, _P, _P, _P, _I64, _P, _P, _P, _I, _I64, _I64, _I64, _I64, _I]
+        self._products: dict[tuple, Product] = {}
 
     def linear(self, x: Tensor, weight: Tensor, scales: Tensor | None = None, bias: Tensor | None = None,
                out_dtype: torch.dtype | None = None, gelu: bool = False, threads: int = 0) -> Tensor:
@@ -137,28 +146,39 @@ class Library:
         then GPT-2's tanh GELU if asked -> [..., out] in `out_dtype` (default x's). `threads`
         0: as many as torch uses on this thread."""
         out_dtype = out_dtype or x.dtype
-        x2 = x.reshape(-1, x.size(-1))
-        if x2.stride(-1) != 1:
-            x2 = x2.contiguous()
-        out_features, in_features = weight.shape
-        if x2.size(1) != in_features:
-            raise ValueError(f"x has {x2.size(1)} features, the weight takes {in_features}")
-        for t in (x2, weight, scales, bias):
+        key = (weight.data_ptr(), weight.dtype, weight.shape, _ptr(scales), scales is not None and scales.dtype,
+               _ptr(bias), bias is not None and bias.dtype, out_dtype, gelu)
+        product = self._products.get(key)
+        if product is None:
+            product = self._product(weight, scales, bias, out_dtype, gelu)
+            if len(self._products) > 4096:  # weights come and go (models loaded, converted)
+                self._products.clear()
+            self._products[key] = product
+        x_kind = _KIND.get(x.dtype)
+        if x_kind is None or x_kind == _KIND[torch.int8] or not x.is_cpu or x.size(-1) != product.in_:
+            raise ValueError(f"x must be fp32 or bf16 on the CPU with {product.in_} features, got "
+                             f"{x.dtype} {tuple(x.shape)} on {x.device}")
+        if not x.is_contiguous():
+            x = x.contiguous()
+        y = torch.empty(*x.shape[:-1], product.out, dtype=out_dtype)
+        if self._rowdot(product, x.data_ptr(), x_kind, x.numel() // product.in_, y.data_ptr(), threads):
+            raise MemoryError("gpt2_rowdot could not allocate its scratch memory")
+        return y
+
+    @staticmethod
+    def _product(weight: Tensor, scales: Tensor | None, bias: Tensor | None, out_dtype: torch.dtype,
+                 gelu: bool) -> Product:
+        for t in (weight, scales, bias):
             if t is not None and (not t.is_cpu or t.dtype not in _KIND):
                 raise ValueError(f"unsupported tensor for the CPU kernels: {t.dtype} on {t.device}")
-        if not weight.is_contiguous() or x2.dtype == torch.int8 or out_dtype not in (torch.float32, torch.bfloat16):
-            raise ValueError("weights must be contiguous, rows and outputs fp32 or bf16")
-        if any(t is not None and (t.dim() != 1 or t.numel() != out_features or t.stride(0) != 1)
-               for t in (scales, bias)):
-            raise ValueError("scales and bias must be contiguous [out] vectors")
-        y = torch.empty(x2.size(0), out_features, dtype=out_dtype)
-        status = self._rowdot(
-            x2.data_ptr(), _KIND[x2.dtype], x2.stride(0), weight.data_ptr(), _KIND[weight.dtype],
-            _ptr(scales), _kind(scales), _ptr(bias), _kind(bias), y.data_ptr(), _KIND[out_dtype], y.stride(0),
-            x2.size(0), out_features, in_features, int(gelu), threads)
-        if status:
-            raise MemoryError("gpt2_rowdot could not allocate its scratch memory")
-        return y.view(*x.shape[:-1], out_features)
+        if weight.dim() != 2 or not weight.is_contiguous() or out_dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError("the weight must be a contiguous [out, in] matrix, the output fp32 or bf16")
+        out_features, in_features = weight.shape
+        if any(t is not None and (t.dim() != 1 or t.numel() != out_features or t.stride(0) != 1
+                                  or t.dtype == torch.int8) for t in (scales, bias)):
+            raise ValueError("scales and bias must be contiguous fp32/bf16 [out] vectors")
+        return Product(weight.data_ptr(), _ptr(scales), _ptr(bias), out_features, in_features, _KIND[weight.dtype],
+                       _kind(scales), _kind(bias), _KIND[out_dtype], int(gelu))
 
     def decode_attention(self, qkv: Tensor, rows: DecodeRows, layer: int, n_head: int,
                          threads: int = 0) -> Tensor:
