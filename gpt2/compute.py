@@ -15,6 +15,7 @@ decode kernels'); code that calls the model on its own threads is not covered.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import threading
 from collections import deque
@@ -24,6 +25,7 @@ from typing import Callable, Protocol, TypeVar
 import torch
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 _settings_lock = threading.Lock()
 _threads: int | None = None  # None: GPT2_THREADS, else the cores we may use
 _worker: "Worker | None" = None
@@ -68,6 +70,7 @@ class Worker:
     work, loops in the order they registered; it sleeps when there is nothing to do."""
 
     def __init__(self):
+        threads()  # a bad GPT2_THREADS fails here, for the caller, not on the compute thread
         self.cond = threading.Condition()  # guards the jobs, the loops, and the loops' inboxes
         self._loops: list[Loop] = []
         self._jobs: deque[tuple[Callable[[], object], Future]] = deque()
@@ -139,7 +142,10 @@ class Worker:
                     except BaseException as error:  # noqa: BLE001 - the caller gets it
                         future.set_exception(error)
             for loop in loops:
-                loop.step()  # a loop reports its own failures to its requests
+                try:
+                    loop.step()  # a loop reports its own requests' failures to them
+                except Exception:  # noqa: BLE001 - the thread must outlive a broken loop
+                    log.exception("a decode loop's step failed")
 
 
 def worker() -> Worker:

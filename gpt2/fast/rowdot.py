@@ -110,7 +110,15 @@ class DecodeRows:
 
     @classmethod
     def of(cls, rows: list[tuple[Tensor, Tensor, int]]) -> "DecodeRows":
-        """rows: (k, v, pos) per row, k and v [layers, heads, max_len, head_dim] views."""
+        """rows: (k, v, pos) per row, k and v [layers, heads, max_len, head_dim] fp32 CPU views
+        whose last three dimensions are contiguous (a `KVCache` row), pos < max_len."""
+        for k, v, pos in rows:
+            for t in (k, v):
+                _, H, max_len, hd = t.shape
+                if t.dtype != torch.float32 or not t.is_cpu or t.stride()[1:] != (max_len * hd, hd, 1):
+                    raise ValueError("decode rows need fp32 CPU caches laid out [layers, heads, max_len, head_dim]")
+            if k.shape != v.shape or not 0 <= pos < k.size(2):
+                raise ValueError(f"position {pos} is outside a cache of {k.size(2)}")
         n = len(rows)
         return cls((_P * n)(*(k.data_ptr() for k, _, _ in rows)), (_P * n)(*(v.data_ptr() for _, v, _ in rows)),
                    (_I64 * n)(*(k.stride(0) for k, _, _ in rows)), (_I64 * n)(*(k.size(2) for k, _, _ in rows)),
