@@ -338,3 +338,19 @@ print("EXACT")
            "PYTHONPATH": str(ROOT)}
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=600)
     assert run.returncode == 0 and "EXACT" in run.stdout, run.stderr[-3000:]
+
+
+def test_the_thread_setting_is_checked(monkeypatch):
+    for bad in (0, -1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="integer >= 1"):
+            gpt2.compute.set_threads(bad)
+    assert gpt2.compute.threads() == 1  # conftest's setting survived the bad ones
+    gpt2.compute.set_threads(None)
+    try:
+        monkeypatch.setenv("GPT2_THREADS", "3")
+        assert gpt2.compute.threads() == 3
+        monkeypatch.setenv("GPT2_THREADS", "many")
+        with pytest.raises(ValueError, match="integer >= 1"):
+            gpt2.compute.threads()
+    finally:
+        gpt2.compute.set_threads(1)

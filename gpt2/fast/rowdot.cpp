@@ -248,36 +248,29 @@ template <int WK> inline float load_w1(const char* w, int64_t k) {
     else return load1(WK, w, k);
 }
 
-template <int WK, int R> struct FmaBlock {
-    using Row = float;
+template <int WK, int R> struct FmaBlock {  // fp32 rows; the weights' kind
+    static constexpr int kind = WK;
 };
 
-template <class Block, int R> struct Tile;
-
-template <int WK, int R> struct Tile<FmaBlock<WK, R>, R> {
-    static void run(const char* w, int64_t in, const void* xv, int64_t xs, float* z, int64_t zs) {
-        const float* x = static_cast<const float*>(xv);
-        float acc[R][2][LANES] = {};
-        for (int64_t k = 0, block = 0; k < in; k += LANES, ++block) {
-            int64_t n = in - k < LANES ? in - k : LANES;
-            float wv[LANES] = {};
-            for (int64_t l = 0; l < n; ++l) wv[l] = load_w1<WK>(w, k + l);
-            for (int r = 0; r < R; ++r) {
-                float* a = acc[r][block & 1];
-                for (int64_t l = 0; l < LANES; ++l) a[l] = fma1(wv[l], l < n ? x[r * xs + k + l] : 0.0f, a[l]);
-            }
-        }
+// As the AVX-512 tile: blocks of 16 values of k go to two accumulators in turn.
+template <class Block, int R>
+void tile(const char* w, int64_t in, const void* xv, int64_t xs, float* z, int64_t zs) {
+    const float* x = static_cast<const float*>(xv);
+    float acc[R][2][LANES] = {};
+    for (int64_t k = 0, block = 0; k < in; k += LANES, ++block) {
+        int64_t n = in - k < LANES ? in - k : LANES;
+        float wv[LANES] = {};
+        for (int64_t l = 0; l < n; ++l) wv[l] = load_w1<Block::kind>(w, k + l);
         for (int r = 0; r < R; ++r) {
-            float s[LANES];
-            for (int l = 0; l < LANES; ++l) s[l] = acc[r][0][l] + acc[r][1][l];
-            z[r * zs] = reduce16(s);
+            float* a = acc[r][block & 1];
+            for (int64_t l = 0; l < LANES; ++l) a[l] = fma1(wv[l], l < n ? x[r * xs + k + l] : 0.0f, a[l]);
         }
     }
-};
-
-template <class Block, int R>
-void tile(const char* w, int64_t in, const void* x, int64_t xs, float* z, int64_t zs) {
-    Tile<Block, R>::run(w, in, x, xs, z, zs);
+    for (int r = 0; r < R; ++r) {
+        float s[LANES];
+        for (int l = 0; l < LANES; ++l) s[l] = acc[r][0][l] + acc[r][1][l];
+        z[r * zs] = reduce16(s);
+    }
 }
 
 inline float gelu1(float v) {
