@@ -149,10 +149,11 @@ def main() -> None:
         print(f"round {r + 1}/{args.rounds} done, {time.perf_counter() - clock:.0f} s", flush=True)
 
     rate = lambda n, secs: n * args.new_tokens / statistics.median(secs)  # noqa: E731
+    env = f"GPT2_THREADS={os.environ['GPT2_THREADS']} " if os.environ.get("GPT2_THREADS") else ""
     lines = [
         "# Batched decoding: concurrent users through one decode loop",
         "",
-        f"Command: `{shlex.join(['python', *sys.argv])}`  ",
+        f"Command: `{env}{shlex.join(['python', *sys.argv])}`  ",
         f"Date: {started:%Y-%m-%d %H:%M} UTC, took {time.perf_counter() - clock:.0f} s; random 124M weights "
         f"(seed 0), greedy, {args.prompt}-token prompts (one per user), {args.new_tokens} new tokens each, "
         f"{args.rounds} interleaved rounds, medians.",
