@@ -17,7 +17,9 @@ Medians of 30 repetitions, ms.
 """
 from __future__ import annotations
 
+import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -34,6 +36,20 @@ SHAPES = [(2304, 768), (768, 768), (3072, 768), (768, 3072)] * 12  # (out, in) p
 
 def ms(fn: Callable[[], object]) -> float:
     return median_ms(fn, reps=30, warmup=5)
+
+
+def interleaved_ms(cases: dict[str, Callable[[], object]], reps: int = 30) -> dict[str, float]:
+    """Median ms of each case over `reps` rounds that run every case once, so that a busy
+    neighbour slows them all alike rather than whichever ran at the time."""
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for fn in cases.values():
+        fn()
+    for _ in range(reps):
+        for name, fn in cases.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
 
 
 def product(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | None, bias: torch.Tensor | None,
@@ -77,8 +93,7 @@ def decode_rows() -> list[tuple[str, str, float]]:
                 for n in (1, 8):
                     cases[f"gpt2.fast.gemm.linear (oneDNN; the eager path), {n} row{'s' * (n > 1)}"] = \
                         lambda n=n: [gemm.linear(x[:n], w, b) for w, s, b, x in mats]
-            for name, fn in cases.items():
-                rows.append((tier, name, ms(fn)))
+            rows += [(tier, name, t) for name, t in interleaved_ms(cases).items()]
     return rows
 
 
@@ -121,9 +136,9 @@ def main() -> None:
         "Command: `python benchmarks/kernel_variants.py`  ",
         machine_line(),
         "",
-        "Decode rows: the 48 block matrices of the 124M config (ms for all 48, median of 30), "
-        "one row (a decode step of one request) or several (a batched step). Prefill rows: one "
-        "layer at 512 tokens.",
+        "Decode rows: the 48 block matrices of the 124M config (ms for all 48, median of 30 "
+        "rounds that run each of a tier's variants once), one row (a decode step of one "
+        "request) or several (a batched step). Prefill rows: one layer at 512 tokens.",
         "",
         "| tier | variant | ms |",
         "|---|---|---:|",
