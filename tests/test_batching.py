@@ -92,6 +92,28 @@ def assert_same_capture(got: gpt2.AttentionCapture, want: gpt2.AttentionCapture,
     torch.testing.assert_close(got.next_token_probs(slice(0, n)), want.next_token_probs(), atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("tier", gpt2.TIERS)
+def test_a_batched_step_gives_every_row_its_lone_logits(tiny_dir, tier):
+    """One decode step of five generations at different positions, batched (CacheBatch) and
+    one at a time: bit-identical logits at every tier, so LayerNorm, residual adds, the
+    embeddings and the LM head are row-invariant along with the kernels."""
+    model = compiled(gpt2.load_model(tiny_dir, **gpt2.TIERS[tier]))
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(0, 50257, (1, n), generator=g) for n in (1, 4, 9, 2, 30)]
+    ids = torch.randint(0, 50257, (len(prompts), 1), generator=g)
+    logits = {}
+    for way in ("alone", "batched"):
+        caches = [gpt2.KVCache(model.config, 1, 40) for _ in prompts]
+        with torch.inference_mode():
+            for p, c in zip(prompts, caches):
+                model(p, c, last_only=True)
+            if way == "alone":
+                logits[way] = torch.cat([model(ids[i:i + 1], c, last_only=True) for i, c in enumerate(caches)])
+            else:
+                logits[way] = model(ids, gpt2.CacheBatch(caches), last_only=True)
+    assert torch.equal(logits["batched"], logits["alone"])
+
+
 REQUESTS = [  # prompt length, new tokens, settings, stop after (None: run to the end)
     (3, 40, dict(), None),
     (PREFILL_CHUNK + 90, 30, dict(temperature=1.0, top_k=40, seed=1), None),  # prefilled in two chunks
