@@ -99,7 +99,9 @@ def thread_per_request(model: gpt2.GPT, prompts: list[torch.Tensor], new: int) -
 
 
 def percentile(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
+    if len(values) == 1:
+        return values[0]
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
 
 
 def main() -> None:
@@ -113,7 +115,8 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=HERE / "BATCHING.md")
     args = p.parse_args()
     tiers, users = args.tiers.split(","), [int(u) for u in args.users.split(",")]
-    started, clock, load_start = datetime.datetime.now(datetime.timezone.utc), time.perf_counter(), os.getloadavg()
+    started, clock = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
+    load_start = os.getloadavg()
     torch.set_num_threads(gpt2.compute.threads())  # one at a time and thread-per-request: as many as the loop
 
     torch.manual_seed(0)
@@ -124,7 +127,8 @@ def main() -> None:
         assert gpt2.compile_kernels(models[tier], background=False).ready, models[tier].compile_status.error
         batchers[tier] = gpt2.BatchedGenerator(models[tier], max_batch=max(users))
     g = torch.Generator().manual_seed(1)
-    prompts = [torch.randint(0, base.config.vocab_size, (1, args.prompt), generator=g) for _ in range(max(users))]
+    prompts = [torch.randint(0, base.config.vocab_size, (1, args.prompt), generator=g)
+               for _ in range(max(users))]
     for tier in tiers:  # warm-up: every shape once
         gpt2.generate(models[tier], prompts[0], 4)
         through_loop(batchers[tier], prompts, 4, Samples())
@@ -161,15 +165,17 @@ def main() -> None:
         *environment(torch.device("cpu")),
         f"- Compute threads (`gpt2.compute.threads()`): {gpt2.compute.threads()}; decode kernels: "
         f"{gpt2.fast.kernels.library().isa}",
-        f"- Load average (1 / 5 / 15 min): {load_text(load_start)} at start, {load_text(os.getloadavg())} at end",
-        f"- Every loop answer equal to its one-at-a-time ids: {'yes' if mismatches == 0 else f'NO ({mismatches})'}",
+        f"- Load average (1 / 5 / 15 min): {load_text(load_start)} at start, "
+        f"{load_text(os.getloadavg())} at end",
+        f"- Every loop answer equal to its one-at-a-time ids: "
+        f"{'yes' if mismatches == 0 else f'NO ({mismatches})'}",
         "",
         "Total tok/s = users x new tokens / wall time of the batch; × = over one at a time. Per-user tok/s "
         "and time to first token (TTFT, from submitting) are the loop's; TTFT p50 / p95 over every "
         "request of every round.",
         "",
-        "| tier | users | one at a time tok/s | loop total tok/s | × | loop per-user tok/s | TTFT p50 / p95 s |"
-        + ("" if args.no_threads else " thread per request tok/s | × |"),
+        "| tier | users | one at a time tok/s | loop total tok/s | × | loop per-user tok/s | "
+        "TTFT p50 / p95 s |" + ("" if args.no_threads else " thread per request tok/s | × |"),
         "|---|---:|---:|---:|---:|---:|---:|" + ("" if args.no_threads else "---:|---:|"),
     ]
     for tier in tiers:
@@ -177,14 +183,16 @@ def main() -> None:
             s = results[(tier, n)]
             one, loop = rate(n, s.one_at_a_time), rate(n, s.loop)
             row = (f"| {tier} | {n} | {one:.1f} | {loop:.1f} | {loop / one:.2f} | "
-                   f"{statistics.median(s.per_user):.1f} | {percentile(s.ttft, 50):.3f} / {percentile(s.ttft, 95):.3f} |")
+                   f"{statistics.median(s.per_user):.1f} | "
+                   f"{percentile(s.ttft, 50):.3f} / {percentile(s.ttft, 95):.3f} |")
             if not args.no_threads:
                 threads = rate(n, s.threads)
                 row += f" {threads:.1f} | {threads / one:.2f} |"
             lines.append(row)
+    alone = {t: rate(1, results[(t, 1)].loop) / rate(1, results[(t, 1)].one_at_a_time)
+             for t in tiers if 1 in users}
     lines += ["", "One user through the loop against `gpt2.generate` alone (the loop's own cost): "
-              + ", ".join(f"{t} {rate(1, results[(t, 1)].loop) / rate(1, results[(t, 1)].one_at_a_time):.3f}×"
-                          for t in tiers if 1 in users) + "."]
+              + ", ".join(f"{t} {ratio:.3f}×" for t, ratio in alone.items()) + "."]
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     for batcher in batchers.values():

@@ -83,13 +83,15 @@ def decode_rows() -> list[tuple[str, str, float]]:
             cases = {
                 f"gpt2.fast.kernels.linear, {n} row{'s' * (n > 1)} (C++, the decode path)":
                     lambda n=n: [kernels.linear(x[:n], w, s, b) for w, s, b, x in mats] for n in (1, 4, 8)}
-            cases["inductor-compiled multiply + row sum, 1 row, through torch.compile's wrapper (replaced)"] = \
-                lambda: [compiled(x[0, 0].to(x_inductor), w, s, b, act) for w, s, b, x in mats]
+            replaced = ("inductor-compiled multiply + row sum, 1 row, through torch.compile's wrapper "
+                        "(replaced)")
+            cases[replaced] = lambda: [compiled(x[0, 0].to(x_inductor), w, s, b, act) for w, s, b, x in mats]
             if w_dtype == i8:
                 cases["torch._weight_int8pack_mm + bias, 1 row"] = \
                     lambda: [torch._weight_int8pack_mm(x[0], w, s).add_(b) for w, s, b, x in mats]
             else:
-                cases["F.linear (PyTorch's kernel), 1 row"] = lambda: [F.linear(x[:1], w, b) for w, s, b, x in mats]
+                cases["F.linear (PyTorch's kernel), 1 row"] = \
+                    lambda: [F.linear(x[:1], w, b) for w, s, b, x in mats]
                 for n in (1, 8):
                     cases[f"gpt2.fast.gemm.linear (oneDNN; the eager path), {n} row{'s' * (n > 1)}"] = \
                         lambda n=n: [gemm.linear(x[:n], w, b) for w, s, b, x in mats]

@@ -20,7 +20,6 @@ token at once and joins this step's decode; then one batched decode step for all
 from __future__ import annotations
 
 import queue
-import threading
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, TypeVar

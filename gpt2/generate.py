@@ -36,7 +36,8 @@ def prepare(model: GPT, idx: Tensor, max_new_tokens: int, context_size: int | No
     if idx.dim() == 1:
         idx = idx.unsqueeze(0)
     if idx.dim() != 2 or idx.size(1) == 0:
-        raise ValueError(f"idx must be a non-empty [batch, T] tensor of token ids, got shape {tuple(idx.shape)}")
+        raise ValueError(f"idx must be a non-empty [batch, T] tensor of token ids, "
+                         f"got shape {tuple(idx.shape)}")
     return idx[:, -(ctx - max_new_tokens):].to(model.device)
 
 
@@ -54,8 +55,8 @@ def stream(model: GPT, idx: Tensor, max_new_tokens: int, context_size: int | Non
     The prompt `idx` [B, T] (or [T]) is left-truncated so that prompt + new tokens fit in
     `context_size` (default: the model's context window), and prefilled `PREFILL_CHUNK`
     tokens at a time. Rows that emit `eos_id` keep emitting it; the stream ends when every
-    row has. `seed` seeds a private generator, leaving torch's global RNG alone. Grad mode is set per step, not across `yield`s, so
-    a consumer may resume the iterator on any thread.
+    row has. `seed` seeds a private generator, leaving torch's global RNG alone. Grad mode
+    is set per step, not across `yield`s, so a consumer may resume the iterator on any thread.
     """
     idx = prepare(model, idx, max_new_tokens, context_size, temperature, top_k, top_p, seed)
     if max_new_tokens == 0:

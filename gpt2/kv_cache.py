@@ -92,7 +92,8 @@ class CacheBatch:
         for c in self.caches:
             if c.pos + T > c.max_len:
                 raise ValueError(f"{c.pos + T} positions exceed a cache of {c.max_len}")
-        return torch.tensor([[c.pos + t for t in range(T)] for c in self.caches], device=self.caches[0].k.device)
+        return torch.tensor([[c.pos + t for t in range(T)] for c in self.caches],
+                            device=self.caches[0].k.device)
 
     def advance(self, T: int) -> None:
         for c in self.caches:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import gpt2
-from conftest import ROOT, TINY, compiled, save_hf_checkpoint
+from conftest import ROOT, compiled, save_hf_checkpoint
 from gpt2.generate import PREFILL_CHUNK
 
 LONG = gpt2.GPTConfig(vocab_size=50257, context_length=2 * PREFILL_CHUNK + 64, n_embd=32, n_layer=2, n_head=4)
@@ -31,7 +31,12 @@ def long_model(request, tmp_path_factory) -> gpt2.GPT:
 def batcher_of():
     """One BatchedGenerator per model, closed after the module."""
     made = {}
-    yield lambda model, **kw: made.setdefault((id(model), tuple(kw.items())), gpt2.BatchedGenerator(model, **kw))
+    def batcher(model: gpt2.GPT, **kw) -> gpt2.BatchedGenerator:
+        key = (id(model), tuple(kw.items()))
+        if key not in made:
+            made[key] = gpt2.BatchedGenerator(model, **kw)
+        return made[key]
+    yield batcher
     for batcher in made.values():
         batcher.close()
 
@@ -72,7 +77,8 @@ def batch_sizes(model: gpt2.GPT):
 
 def lone_run(model, idx, n, stop_after=None, **settings):
     """The request alone through gpt2.stream, with a capture: (ids, capture)."""
-    with gpt2.capture_attention(model) as att, closing(gpt2.stream(model, idx, n, capture=att, **settings)) as steps:
+    with gpt2.capture_attention(model) as att, \
+            closing(gpt2.stream(model, idx, n, capture=att, **settings)) as steps:
         ids = []
         for next_id in steps:
             ids.append(int(next_id[0]))
@@ -108,7 +114,8 @@ def test_a_batched_step_gives_every_row_its_lone_logits(tiny_dir, tier):
             for p, c in zip(prompts, caches):
                 model(p, c, last_only=True)
             if way == "alone":
-                logits[way] = torch.cat([model(ids[i:i + 1], c, last_only=True) for i, c in enumerate(caches)])
+                logits[way] = torch.cat([model(ids[i:i + 1], c, last_only=True)
+                                         for i, c in enumerate(caches)])
             else:
                 logits[way] = model(ids, gpt2.CacheBatch(caches), last_only=True)
     assert torch.equal(logits["batched"], logits["alone"])
@@ -131,7 +138,8 @@ def test_concurrent_requests_each_equal_their_lone_run(long_model, batcher_of):
     want = [lone_run(model, p, n, stop, **s) for p, (_, n, s, stop) in zip(prompts, REQUESTS)]
     # one request ends on its eos: the token its lone run emits 5th
     eos_id = want[5][0][4]
-    REQUESTS_EOS = [r if i != 5 else (r[0], r[1], {**r[2], "eos_id": eos_id}, r[3]) for i, r in enumerate(REQUESTS)]
+    REQUESTS_EOS = [r if i != 5 else (r[0], r[1], {**r[2], "eos_id": eos_id}, r[3])
+                    for i, r in enumerate(REQUESTS)]
     want[5] = lone_run(model, prompts[5], REQUESTS_EOS[5][1], None, **REQUESTS_EOS[5][2])
     assert want[5][0][-1] == eos_id and len(want[5][0]) <= 5
 
@@ -349,8 +357,9 @@ batcher = gpt2.BatchedGenerator(model)
 prompts = [torch.tensor([[i + 1, 7, 3 * i + 2]]) for i in range(4)]
 want = [gpt2.generate(model, p, 20, temperature=1.0, seed=i) for i, p in enumerate(prompts)]
 got = [None] * 4
-ts = [threading.Thread(target=lambda i=i: got.__setitem__(i, batcher.generate(prompts[i], 20, temperature=1.0, seed=i)))
-      for i in range(4)]
+def run(i):
+    got[i] = batcher.generate(prompts[i], 20, temperature=1.0, seed=i)
+ts = [threading.Thread(target=run, args=(i,)) for i in range(4)]
 for t in ts: t.start()
 for t in ts: t.join()
 assert all(torch.equal(g, w) for g, w in zip(got, want))

@@ -55,7 +55,8 @@ def reference(x, w, scales, bias, gelu):
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("out_features,in_features", [(1, 1), (7, 3), (40, 24), (100, 70), (96, 5120), (2304, 768)])
+@pytest.mark.parametrize("out_features,in_features",
+                         [(1, 1), (7, 3), (40, 24), (100, 70), (96, 5120), (2304, 768)])
 @pytest.mark.parametrize("gelu", [False, True])
 def test_equals_the_eager_math(lib, kind, out_features, in_features, gelu):
     x, w, s, b, out_dtype = make(kind, out_features, in_features, rows=9, bias=out_features > 1)
@@ -127,7 +128,8 @@ def test_decode_attention_equals_sdpa_and_writes_the_cache(lib, head_dim, dtype)
     qkv = torch.randn(len(lengths), 1, 3 * C, generator=torch.Generator().manual_seed(3)).to(dtype)
     want = []
     for b, (k, v, n) in enumerate(caches):
-        q_, k_, v_ = (t.float().view(1, 1, heads, head_dim).transpose(1, 2) for t in qkv[b:b + 1].split(C, -1))
+        q_, k_, v_ = (t.float().view(1, 1, heads, head_dim).transpose(1, 2)
+                      for t in qkv[b:b + 1].split(C, -1))
         keys = torch.cat([k[layer, :, :, :n], k_], dim=2)
         values = torch.cat([v[layer, :, :, :n], v_], dim=2)
         want.append(F.scaled_dot_product_attention(q_, keys, values).transpose(1, 2).reshape(1, 1, C))
@@ -155,9 +157,9 @@ def test_decode_attention_is_batch_invariant(lib):
                 rows = rowdot.DecodeRows.of([(k[:, 0], v[:, 0], n) for k, v, n in caches])
                 results.append(lib.decode_attention(qkv, rows, 0, heads))
             else:
-                results.append(torch.cat([
-                    lib.decode_attention(qkv[b:b + 1], rowdot.DecodeRows.of([(k[:, 0], v[:, 0], n)]), 0, heads)
-                    for b, (k, v, n) in enumerate(caches)]))
+                alone = [lib.decode_attention(qkv[b:b + 1], rowdot.DecodeRows.of([(k[:, 0], v[:, 0], n)]),
+                                              0, heads) for b, (k, v, n) in enumerate(caches)]
+                results.append(torch.cat(alone))
     assert torch.equal(results[0], results[1])
 
 

@@ -80,17 +80,19 @@ def _self_test(lib: rowdot.Library) -> None:
     w = torch.randn(40, 70, generator=g)
     bias, x = torch.randn(40, generator=g), torch.randn(3, 70, generator=g)
     scales = w.abs().amax(1) / 127
-    cases = [(x, w, None, bias, torch.float32), (x.bfloat16(), w.bfloat16(), None, bias.bfloat16(), torch.bfloat16),
+    w8 = torch.round(w / scales[:, None]).to(torch.int8)
+    cases = [(x, w, None, bias, torch.float32),
+             (x.bfloat16(), w.bfloat16(), None, bias.bfloat16(), torch.bfloat16),
              (x, w.bfloat16(), None, None, torch.float32),
-             (x.bfloat16(), torch.round(w / scales[:, None]).to(torch.int8), scales.bfloat16(), bias.bfloat16(),
-              torch.bfloat16)]
+             (x.bfloat16(), w8, scales.bfloat16(), bias.bfloat16(), torch.bfloat16)]
     with torch.inference_mode():
         for xs, ws, ss, bs, out_dtype in cases:
-            want = xs.double() @ ws.double().T * (1 if ss is None else ss.double()) + (0 if bs is None else bs.double())
-            want = torch.nn.functional.gelu(want, approximate="tanh")
+            want = xs.double() @ ws.double().T * (1 if ss is None else ss.double())
+            want = torch.nn.functional.gelu(want + (0 if bs is None else bs.double()), approximate="tanh")
             got = lib.linear(xs, ws, ss, bs, out_dtype, gelu=True).double()
             if not torch.allclose(got, want, rtol=1e-2, atol=1e-2 * want.abs().max().item()):
-                raise rowdot.BuildError(f"the built kernels disagree with the eager math ({xs.dtype} x {ws.dtype})")
+                raise rowdot.BuildError(f"the built kernels disagree with the eager math "
+                                        f"({xs.dtype} x {ws.dtype})")
 
 
 @dataclass
@@ -152,7 +154,8 @@ def compile_kernels(model: nn.Module, background: bool = True) -> CompileStatus:
         try:
             off_cpu = {str(t.device) for t in (*model.parameters(), *model.buffers()) if not t.is_cpu}
             if off_cpu:
-                raise ValueError(f"the decode kernels are CPU-only; this model is on {', '.join(sorted(off_cpu))}")
+                raise ValueError(f"the decode kernels are CPU-only; this model is on "
+                                 f"{', '.join(sorted(off_cpu))}")
             library()
         except Exception as error:  # noqa: BLE001 - any failure leaves the eager path in place
             status.error = f"{type(error).__name__}: {error}"

@@ -116,20 +116,23 @@ class DecodeRows:
             for t in (k, v):
                 _, H, max_len, hd = t.shape
                 if t.dtype != torch.float32 or not t.is_cpu or t.stride()[1:] != (max_len * hd, hd, 1):
-                    raise ValueError("decode rows need fp32 CPU caches laid out [layers, heads, max_len, head_dim]")
+                    raise ValueError("decode rows need fp32 CPU caches laid out "
+                                     "[layers, heads, max_len, head_dim]")
             if k.shape != v.shape or not 0 <= pos < k.size(2):
                 raise ValueError(f"position {pos} is outside a cache of {k.size(2)}")
         n = len(rows)
-        return cls((_P * n)(*(k.data_ptr() for k, _, _ in rows)), (_P * n)(*(v.data_ptr() for _, v, _ in rows)),
-                   (_I64 * n)(*(k.stride(0) for k, _, _ in rows)), (_I64 * n)(*(k.size(2) for k, _, _ in rows)),
+        return cls((_P * n)(*(k.data_ptr() for k, _, _ in rows)),
+                   (_P * n)(*(v.data_ptr() for _, v, _ in rows)),
+                   (_I64 * n)(*(k.stride(0) for k, _, _ in rows)),
+                   (_I64 * n)(*(k.size(2) for k, _, _ in rows)),
                    (_I64 * n)(*(p for _, _, p in rows)), n)
 
 
 class Product(ctypes.Structure):
     """A product's weights as `rowdot.cpp` reads them (its `struct Product`)."""
-    _fields_ = [("w", _P), ("scales", _P), ("bias", _P), ("out", _I64), ("in_", _I64), ("w_kind", ctypes.c_int32),
-                ("scale_kind", ctypes.c_int32), ("bias_kind", ctypes.c_int32), ("y_kind", ctypes.c_int32),
-                ("gelu", ctypes.c_int32)]
+    _fields_ = [("w", _P), ("scales", _P), ("bias", _P), ("out", _I64), ("in_", _I64),
+                ("w_kind", ctypes.c_int32), ("scale_kind", ctypes.c_int32), ("bias_kind", ctypes.c_int32),
+                ("y_kind", ctypes.c_int32), ("gelu", ctypes.c_int32)]
 
 
 class Library:
@@ -145,7 +148,8 @@ class Library:
         self._rowdot.argtypes = [ctypes.POINTER(Product), _P, _I, _I64, _P, _I]
         self._attention = lib.gpt2_decode_attention
         self._attention.restype = _I
-        self._attention.argtypes = [_P, _I, _I64, _P, _P, _P, _I64, _P, _P, _P, _I, _I64, _I64, _I64, _I64, _I]
+        self._attention.argtypes = [_P, _I, _I64, _P, _P, _P, _I64, _P, _P, _P, _I, _I64, _I64, _I64, _I64,
+                                    _I]
         self._products: dict[tuple, Product] = {}
 
     def linear(self, x: Tensor, weight: Tensor, scales: Tensor | None = None, bias: Tensor | None = None,
@@ -154,8 +158,8 @@ class Library:
         then GPT-2's tanh GELU if asked -> [..., out] in `out_dtype` (default x's). `threads`
         0: as many as torch uses on this thread."""
         out_dtype = out_dtype or x.dtype
-        key = (weight.data_ptr(), weight.dtype, weight.shape, _ptr(scales), scales is not None and scales.dtype,
-               _ptr(bias), bias is not None and bias.dtype, out_dtype, gelu)
+        key = (weight.data_ptr(), weight.dtype, weight.shape, _ptr(scales), _dtype(scales), _ptr(bias),
+               _dtype(bias), out_dtype, gelu)
         product = self._products.get(key)
         if product is None:
             product = self._product(weight, scales, bias, out_dtype, gelu)
@@ -179,14 +183,15 @@ class Library:
         for t in (weight, scales, bias):
             if t is not None and (not t.is_cpu or t.dtype not in _KIND):
                 raise ValueError(f"unsupported tensor for the CPU kernels: {t.dtype} on {t.device}")
-        if weight.dim() != 2 or not weight.is_contiguous() or out_dtype not in (torch.float32, torch.bfloat16):
+        if (weight.dim() != 2 or not weight.is_contiguous()
+                or out_dtype not in (torch.float32, torch.bfloat16)):
             raise ValueError("the weight must be a contiguous [out, in] matrix, the output fp32 or bf16")
         out_features, in_features = weight.shape
         if any(t is not None and (t.dim() != 1 or t.numel() != out_features or t.stride(0) != 1
                                   or t.dtype == torch.int8) for t in (scales, bias)):
             raise ValueError("scales and bias must be contiguous fp32/bf16 [out] vectors")
-        return Product(weight.data_ptr(), _ptr(scales), _ptr(bias), out_features, in_features, _KIND[weight.dtype],
-                       _kind(scales), _kind(bias), _KIND[out_dtype], int(gelu))
+        return Product(weight.data_ptr(), _ptr(scales), _ptr(bias), out_features, in_features,
+                       _KIND[weight.dtype], _kind(scales), _kind(bias), _KIND[out_dtype], int(gelu))
 
     def decode_attention(self, qkv: Tensor, rows: DecodeRows, layer: int, n_head: int,
                          threads: int = 0) -> Tensor:
@@ -194,7 +199,8 @@ class Library:
         in qkv's dtype; the new keys and values are written into the caches first."""
         B, T, C3 = qkv.shape
         if T != 1 or B != rows.count or not qkv.is_cpu or qkv.dtype not in (torch.float32, torch.bfloat16):
-            raise ValueError(f"decode attention takes [rows, 1, 3C] fp32/bf16 on the CPU, got {tuple(qkv.shape)}")
+            raise ValueError(f"decode attention takes [rows, 1, 3C] fp32/bf16 on the CPU, "
+                             f"got {tuple(qkv.shape)}")
         qkv2 = qkv.reshape(B, C3)
         if qkv2.stride(-1) != 1:
             qkv2 = qkv2.contiguous()
@@ -210,6 +216,10 @@ class Library:
 
 def _ptr(t: Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
+
+
+def _dtype(t: Tensor | None) -> torch.dtype | None:
+    return None if t is None else t.dtype
 
 
 def _kind(t: Tensor | None) -> int:
