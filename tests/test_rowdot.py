@@ -110,6 +110,25 @@ def test_bad_arguments_are_refused_not_read(lib):
         lib.linear(x, w, bias=b[:4])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("scale_dtype", [torch.float32, torch.bfloat16])
+def test_dequantize_gives_torchs_values(lib, dtype, scale_dtype):
+    """The int8 tier's prefill weights in one pass: bit for bit `w.to(dtype) * scales`."""
+    for out_features, in_features in ((1, 1), (7, 5), (100, 70), (3072, 768)):
+        q = Int8Linear(torch.randn(out_features, in_features, generator=torch.Generator().manual_seed(3)), None)
+        scales = q.scales.to(scale_dtype)
+        want = q.weight.to(dtype) * scales[:, None].to(dtype)
+        assert torch.equal(lib.dequantize(q.weight, scales, dtype), want)
+        into = torch.empty(out_features * in_features + 3, dtype=dtype)
+        assert torch.equal(lib.dequantize(q.weight, scales, dtype, out=into), want)
+    with kernels.dequantized(q.weight, q.scales, torch.bfloat16) as first:
+        pass
+    with kernels.dequantized(q.weight, q.scales, torch.bfloat16) as again:  # the buffer, reused
+        assert again.data_ptr() == first.data_ptr()
+        with kernels.dequantized(q.weight, q.scales, torch.bfloat16) as meanwhile:  # in use: another
+            assert meanwhile.data_ptr() != again.data_ptr() and torch.equal(meanwhile, again)
+
+
 def caches_for(lengths: list[int], heads: int, head_dim: int, layers: int = 2, seed: int = 0):
     """One cache per row (as KVCache keeps a one-sequence generation: [L, 1, H, max_len, hd])
     with `lengths[b]` positions already filled."""

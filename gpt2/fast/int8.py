@@ -28,7 +28,12 @@ class Int8Linear(nn.Module):
             return kernels.linear(x, self.weight, self.scales, self.bias, gelu=gelu)
         x2d = x.reshape(-1, x.size(-1))
         if x2d.size(0) > 16:  # prefill: a dequantised GEMM beats the matrix-vector kernel
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            if (self.use_kernels and x.is_cpu and x.dtype in (torch.float32, torch.bfloat16)
+                    and not (torch.is_grad_enabled() and x.requires_grad)):  # autograd would keep it
+                with kernels.dequantized(self.weight, self.scales, x.dtype) as weight:  # same values
+                    return gemm.linear(x, weight, bias, gelu)
             weight = self.weight.to(x.dtype) * self.scales[:, None].to(x.dtype)
-            return gemm.linear(x, weight, None if self.bias is None else self.bias.to(x.dtype), gelu)
+            return gemm.linear(x, weight, bias, gelu)
         y = torch._weight_int8pack_mm(x2d, self.weight, self.scales.to(x.dtype)).view(*x.shape[:-1], -1)
         return gemm.gelu_if(y if self.bias is None else y + self.bias, gelu)

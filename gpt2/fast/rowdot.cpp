@@ -209,6 +209,16 @@ void epilogue(const float* z, const void* scales, int scale_kind, const void* bi
     }
 }
 
+// y[0:n] = w[0:n] * scale, rounded once to y's kind (as torch's w.to(dtype) * scale).
+void dequantize_row(const int8_t* w, float scale, void* y, int y_kind, int64_t n) {
+    __m512 sv = _mm512_set1_ps(scale);
+    for (int64_t k = 0; k < n; k += LANES) {
+        __mmask16 m = mask16(n - k);
+        __m512 v = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(m, w + k)));
+        store_f32(y_kind, y, k, _mm512_mul_ps(v, sv), m);
+    }
+}
+
 inline float dot_f32(const float* a, const float* b, int64_t n) {  // fixed order
     __m512 acc = _mm512_setzero_ps();
     for (int64_t i = 0; i < n; i += LANES) {
@@ -300,6 +310,10 @@ void epilogue(const float* z, const void* scales, int scale_kind, const void* bi
         if (gelu) v = gelu1(v);
         store1(y_kind, y, o, v);
     }
+}
+
+void dequantize_row(const int8_t* w, float scale, void* y, int y_kind, int64_t n) {
+    for (int64_t k = 0; k < n; ++k) store1(y_kind, y, k, float(w[k]) * scale);
 }
 
 inline float dot_f32(const float* a, const float* b, int64_t n) {
@@ -501,6 +515,20 @@ int gpt2_decode_attention(const void* qkv, int qkv_kind, int64_t qkv_stride, flo
         std::free(buf);
     });
     return failed ? -1 : 0;
+}
+
+// y = w * scales[:, None] for an out x in int8 matrix, in F32 or BF16: the int8 tier's
+// weights for a prefill GEMM, in one pass (torch's w.to(dtype) * scales takes two and a
+// temporary), the same values. Returns 0.
+int gpt2_dequantize(const int8_t* w, const void* scales, int scale_kind, void* y, int y_kind, int64_t out,
+                    int64_t in, int threads) {
+    if (out * in < (1 << 16)) threads = 1;
+    parallel(threads, out, 1, [&](int64_t o0, int64_t o1) {
+        for (int64_t o = o0; o < o1; ++o)
+            dequantize_row(w + o * in, load1(scale_kind, scales, o),
+                           static_cast<char*>(y) + o * in * elem_size(y_kind), y_kind, in);
+    });
+    return 0;
 }
 
 }  // extern "C"

@@ -151,6 +151,9 @@ class Library:
         self._attention.argtypes = [_P, _I, _I64, _P, _P, _P, _I64, _P, _P, _P, _I, _I64, _I64, _I64, _I64,
                                     _I]
         self._products: dict[tuple, Product] = {}
+        self._dequantize = lib.gpt2_dequantize
+        self._dequantize.restype = _I
+        self._dequantize.argtypes = [_P, _P, _I, _P, _I, _I64, _I64, _I]
 
     def linear(self, x: Tensor, weight: Tensor, scales: Tensor | None = None, bias: Tensor | None = None,
                out_dtype: torch.dtype | None = None, gelu: bool = False, threads: int = 0) -> Tensor:
@@ -192,6 +195,29 @@ class Library:
             raise ValueError("scales and bias must be contiguous fp32/bf16 [out] vectors")
         return Product(weight.data_ptr(), _ptr(scales), _ptr(bias), out_features, in_features,
                        _KIND[weight.dtype], _kind(scales), _kind(bias), _KIND[out_dtype], int(gelu))
+
+    def dequantize(self, weight: Tensor, scales: Tensor, dtype: torch.dtype, out: Tensor | None = None,
+                   threads: int = 0) -> Tensor:
+        """int8 weight [out, in] times its per-row `scales` [out] -> [out, in] in `dtype`
+        (fp32 or bf16): the values of `weight.to(dtype) * scales[:, None].to(dtype)`, written
+        into `out` (at least as many elements, contiguous) if given."""
+        if (weight.dtype != torch.int8 or weight.dim() != 2 or not weight.is_contiguous() or not weight.is_cpu
+                or scales.dtype not in (torch.float32, torch.bfloat16) or not scales.is_cpu
+                or scales.shape != weight.shape[:1] or scales.stride(0) != 1
+                or dtype not in (torch.float32, torch.bfloat16)):
+            raise ValueError("dequantize takes a contiguous int8 [out, in] matrix, fp32/bf16 [out] scales "
+                             "and an fp32/bf16 output on the CPU")
+        if scales.dtype != dtype:
+            scales = scales.to(dtype)  # as torch rounds them before the product
+        if out is None:
+            y = torch.empty(weight.shape, dtype=dtype)
+        elif out.dtype == dtype and out.is_cpu and out.is_contiguous() and out.numel() >= weight.numel():
+            y = out.view(-1)[:weight.numel()].view(weight.shape)
+        else:
+            raise ValueError("out must be a contiguous CPU tensor of the output dtype, large enough")
+        self._dequantize(weight.data_ptr(), scales.data_ptr(), _KIND[scales.dtype], y.data_ptr(), _KIND[dtype],
+                         weight.size(0), weight.size(1), threads)
+        return y
 
     def decode_attention(self, qkv: Tensor, rows: DecodeRows, layer: int, n_head: int,
                          threads: int = 0) -> Tensor:
