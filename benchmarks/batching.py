@@ -3,13 +3,21 @@ the same requests one at a time, per tier, in one process.
 
 For N = 1, 2, 4, 8 users (random 124M weights from seed 0, a different random prompt per
 user, 64 new tokens each), interleaved over rounds:
-- one at a time: the N requests through `gpt2.generate`, one after another;
+- one at a time: the N requests through `gpt2.generate`, one after another, on the compute
+  thread (as the app would run a lone request: see below);
 - loop: N client threads streaming through one BatchedGenerator at once;
 - thread per request (what the app did before the loop, for contrast): N threads each
   calling `gpt2.generate`, every one with its own OpenMP team.
 Total tok/s = N x 64 / wall time of the whole batch; per-user tok/s = 64 / that user's time
 from submitting to its last token; time to first token from submitting, p50/p95 over every
 request of every round. Every loop answer is checked against its one-at-a-time ids.
+
+All model work but the contrast runs on the compute thread, the models' building included,
+and the main thread computes with one thread: a second thread that has computed keeps its
+OpenMP team, and while two teams exist libgomp stops letting idle workers spin (more
+threads than cores), so every parallel region pays a wake-up (measured here: a 4-row decode
+step 10 -> 16 ms, 25 LayerNorms 0.1 -> 1.4 ms). The contrast's threads end after each batch,
+and their teams with them.
 
     python benchmarks/batching.py                      # int8, bf16, fp32, 3 rounds -> BATCHING.md
     python benchmarks/batching.py --tiers int8 --rounds 2
@@ -49,7 +57,7 @@ class Samples:
 
 def one_at_a_time(model: gpt2.GPT, prompts: list[torch.Tensor], new: int) -> tuple[float, list[torch.Tensor]]:
     start = time.perf_counter()
-    out = [gpt2.generate(model, p, new) for p in prompts]
+    out = gpt2.compute.run(lambda: [gpt2.generate(model, p, new) for p in prompts])
     return time.perf_counter() - start, out
 
 
@@ -85,6 +93,7 @@ def thread_per_request(model: gpt2.GPT, prompts: list[torch.Tensor], new: int) -
     barrier = threading.Barrier(len(prompts) + 1)
 
     def client(p: torch.Tensor) -> None:
+        torch.set_num_threads(gpt2.compute.threads())  # each request its own team, as before the loop
         barrier.wait()
         gpt2.generate(model, p, new)
 
@@ -117,20 +126,24 @@ def main() -> None:
     tiers, users = args.tiers.split(","), [int(u) for u in args.users.split(",")]
     started, clock = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
     load_start = os.getloadavg()
-    torch.set_num_threads(gpt2.compute.threads())  # one at a time and thread-per-request: as many as the loop
+    torch.set_num_threads(1)  # the main thread starts no OpenMP team (see above)
 
-    torch.manual_seed(0)
-    base = gpt2.GPT(gpt2.PRESETS["gpt2"]).eval()
-    models, batchers = {}, {}
-    for tier in tiers:
-        models[tier] = make_tier(base, tier)
-        assert gpt2.compile_kernels(models[tier], background=False).ready, models[tier].compile_status.error
-        batchers[tier] = gpt2.BatchedGenerator(models[tier], max_batch=max(users))
+    def build() -> dict[str, gpt2.GPT]:
+        torch.manual_seed(0)
+        base = gpt2.GPT(gpt2.PRESETS["gpt2"]).eval()
+        built = {tier: make_tier(base, tier) for tier in tiers}
+        for model in built.values():
+            assert gpt2.compile_kernels(model, background=False).ready, model.compile_status.error
+        return built
+
+    models = gpt2.compute.run(build)
+    batchers = {tier: gpt2.BatchedGenerator(models[tier], max_batch=max(users)) for tier in tiers}
+    base = models[tiers[0]]
     g = torch.Generator().manual_seed(1)
     prompts = [torch.randint(0, base.config.vocab_size, (1, args.prompt), generator=g)
                for _ in range(max(users))]
     for tier in tiers:  # warm-up: every shape once
-        gpt2.generate(models[tier], prompts[0], 4)
+        one_at_a_time(models[tier], prompts[:1], 4)
         through_loop(batchers[tier], prompts, 4, Samples())
 
     results = {(t, n): Samples() for t in tiers for n in users}
@@ -163,7 +176,8 @@ def main() -> None:
         f"{args.rounds} interleaved rounds, medians.",
         "",
         *environment(torch.device("cpu")),
-        f"- Compute threads (`gpt2.compute.threads()`): {gpt2.compute.threads()}; decode kernels: "
+        f"- Compute threads (`gpt2.compute.threads()`, the loop and one at a time): "
+        f"{gpt2.compute.threads()}; decode kernels: "
         f"{gpt2.fast.kernels.library().isa}",
         f"- Load average (1 / 5 / 15 min): {load_text(load_start)} at start, "
         f"{load_text(os.getloadavg())} at end",
