@@ -1,11 +1,12 @@
-"""What compiling the decode kernels costs a fresh process, and what its first request feels.
+"""What building the decode kernels costs a fresh process, and what its first request feels.
 
-`gpt2.load_model` returns at once and compiles the one-row kernels (`gpt2.fast.kernels`) in a
-background thread; requests run eager until they are ready. Each case below is a fresh
-Python process that loads the 124M config (random weights, saved once) and at once runs a
-request (prompt 16, 64 new tokens, greedy), then waits for the kernels and runs it again:
-- cold: inductor's on-disk cache empty (a first start on a new machine or Space);
-- warm: the cache left by the cold run (every later start);
+`gpt2.load_model` returns at once and builds the decode kernels (`gpt2.fast.kernels`: a C++
+library compiled by the system's compiler) in a background thread; requests run eager until
+they are ready. Each case below is a fresh Python process that loads the 124M config (random
+weights, saved once) and at once runs a request (prompt 16, 64 new tokens, greedy), then
+waits for the kernels and runs it again:
+- cold: the kernel cache (`GPT2_KERNEL_DIR`) empty (a first start on a new machine or Space);
+- warm: the library the cold run left (every later start);
 - eager: `compile=False`, for reference.
 
     python benchmarks/compile_probe.py    # -> the compile section of benchmarks/RESULTS.md
@@ -57,7 +58,7 @@ print(json.dumps(dict(load_s=loaded, first_ttft_s=first_ttft, first_total_s=firs
 
 
 def run_case(checkpoint: Path, cache_dir: Path, compile: bool, tier: str) -> dict:
-    env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache_dir), "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "GPT2_KERNEL_DIR": str(cache_dir), "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-c", CHILD, str(checkpoint), "1" if compile else "0",
                           tier], capture_output=True, text=True, env=env, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -75,21 +76,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = gpt2.save_model(gpt2.GPT(gpt2.PRESETS["gpt2"]), Path(tmp) / "gpt2-random.safetensors")
         for tier in TIER_NAMES:
-            cache = Path(tmp) / f"inductor-{tier}"
+            cache = Path(tmp) / f"kernels-{tier}"
             for case, compile in (("cold", True), ("warm", True), ("eager", False)):
                 result = run_case(checkpoint, cache, compile, tier)
                 rows.append((tier, case, result))
                 print(tier, case, json.dumps(result), flush=True)
     lines = [
-        "## Compiling the decode kernels: cost at start-up and the first request",
+        "## Building the decode kernels: cost at start-up and the first request",
         "",
         f"Command: `{shlex.join(['python', 'benchmarks/compile_probe.py'])}`  ",
         machine_line(),
         "",
         "Each row is a fresh process: load the 124M config (random weights), run a request at "
-        "once (prompt 16, 64 new tokens, greedy) while the kernels compile in the background, "
-        "wait for them, run the request again. Cold = inductor's on-disk cache empty; warm = "
-        "the cache the cold run left; eager = `compile=False`. Seconds.",
+        "once (prompt 16, 64 new tokens, greedy) while the kernels build in the background, "
+        "wait for them, run the request again. Cold = the kernel cache (`GPT2_KERNEL_DIR`) "
+        "empty; warm = the library the cold run left; eager = `compile=False`. Seconds.",
         "",
         "| tier | case | load | 1st request: first token | 1st request: total | kernels ready after load "
         "| compile_kernels | 2nd request: first token | 2nd request: total |",

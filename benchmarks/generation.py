@@ -449,8 +449,8 @@ def write_report(path: Path, rows: list[Row], machine: Machine,
         f"- Load average (1 / 5 / 15 min): {load_text(load[0])} at start, {load_text(load[1])} at end",
         f"- Measured ceilings (best of 5, at the start and again at the end; the better kept): "
         f"{ceilings(machine)}",
-        *(f"- Kernels for {name}, built before timing: {compile_text(sec)} (inductor's on-disk "
-          "cache may already hold them; a cold start is in the compile section below)"
+        *(f"- Kernels for {name}, built before timing: {compile_text(sec)} (the kernel library's "
+          "on-disk cache may already hold them; a cold start is in the compile section below)"
           for name, sec in compile_seconds.items()),
         "",
         "TTFT and decode are median [min–max] over rounds. Decode tok/s = "

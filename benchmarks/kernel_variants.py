@@ -1,11 +1,12 @@
-"""The one-row products of a 124M decode step, done each way we tried, and prefill pieces.
+"""The products of a 124M decode step, done each way we tried, and prefill pieces.
 
 Decode: the 48 block matrices of the 124M config (12 layers x c_attn, attn c_proj, c_fc, mlp
 c_proj; random weights, distinct tensors so that they stream from memory as in a real step,
-not from cache), one row each, per tier: `gpt2.fast.kernels.linear` (inductor's code called
-directly), the same compiled function called through torch.compile's wrapper, PyTorch's own
-kernel, oneDNN's (`gpt2.fast.gemm.linear`, the eager path), and for int8 the input row in bf16
-instead of fp32 and `torch._weight_int8pack_mm`.
+not from cache), per tier: `gpt2.fast.kernels.linear` (our C++, the decode path) for 1, 4
+and 8 rows (a batched step of 4 or 8 requests); the multiply-and-row-sum it replaced,
+compiled by inductor (called through torch.compile's wrapper here, ~20 us a call more than
+the direct call the library made); PyTorch's own kernel and oneDNN's (`gpt2.fast.gemm.linear`,
+the eager path) for 1 and 8 rows; for int8 `torch._weight_int8pack_mm`.
 Prefill at 512 tokens: one layer's attention (flash SDPA, fp32 and bf16), its four products
 through `F.linear`, through `gpt2.fast.gemm.linear` and through oneDNN with weights pre-packed in
 its layout (faster, but a second copy of every weight: not used), and c_fc + GELU with the
@@ -16,7 +17,9 @@ Medians of 30 repetitions, ms.
 """
 from __future__ import annotations
 
+import statistics
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -35,16 +38,37 @@ def ms(fn: Callable[[], object]) -> float:
     return median_ms(fn, reps=30, warmup=5)
 
 
-def build(key: tuple) -> None:
-    """The kind of call `key` (x, weight, scales, bias, output dtypes), as a model's build makes it."""
-    kernels._ensure_kernel(kernels._stand_ins(key, 2304, 768))
+def interleaved_ms(cases: dict[str, Callable[[], object]], reps: int = 30) -> dict[str, float]:
+    """Median ms of each case over `reps` rounds that run every case once, so that a busy
+    neighbour slows them all alike rather than whichever ran at the time."""
+    times: dict[str, list[float]] = {name: [] for name in cases}
+    for fn in cases.values():
+        fn()
+    for _ in range(reps):
+        for name, fn in cases.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) * 1e3 for name, t in times.items()}
+
+
+def product(x: torch.Tensor, weight: torch.Tensor, scales: torch.Tensor | None, bias: torch.Tensor | None,
+            out_dtype: torch.dtype) -> torch.Tensor:
+    """The one-row product as the inductor-compiled kernels computed it (before gpt2.fast.rowdot)."""
+    y = (weight.float() * x.float()).sum(-1)
+    if scales is not None:
+        y = y * scales.float()
+    if bias is not None:
+        y = y + bias.float()
+    return y.to(out_dtype)[None]
 
 
 def decode_rows() -> list[tuple[str, str, float]]:
-    wrapped = torch.compile(kernels._product, dynamic=True)  # torch.compile's own call path
+    compiled = torch.compile(product, dynamic=True)
     rows = []
     f32, bf16, i8 = torch.float32, torch.bfloat16, torch.int8
     for tier, w_dtype in (("fp32", f32), ("bf16", bf16), ("int8", i8)):
+        act = bf16 if w_dtype == i8 else w_dtype  # the tier's activations
         mats = []
         for out_f, in_f in SHAPES:
             if w_dtype == i8:
@@ -52,34 +76,26 @@ def decode_rows() -> list[tuple[str, str, float]]:
                 scales = torch.rand(out_f, dtype=bf16) / 127
             else:
                 weight, scales = torch.randn(out_f, in_f).to(w_dtype), None
-            mats.append((weight, scales, torch.randn(out_f).to(w_dtype if w_dtype != i8 else bf16),
-                         torch.randn(1, in_f).to(w_dtype if w_dtype != i8 else bf16)))
-        act = bf16 if w_dtype == i8 else w_dtype  # the tier's activations
-        x_in = f32 if w_dtype == i8 else w_dtype  # what the kernel takes
-        build((x_in, w_dtype, None if w_dtype != i8 else bf16, act, act))
+            mats.append((weight, scales, torch.randn(out_f).to(act), torch.randn(8, 1, in_f).to(act)))
+        x_inductor = f32 if w_dtype == i8 else w_dtype  # the row dtype the inductor kernels took
         with torch.inference_mode():
-            wrapped(mats[0][3].to(x_in), mats[0][0], mats[0][1], mats[0][2], act)
+            compiled(mats[0][3][0, 0].to(x_inductor), mats[0][0], mats[0][1], mats[0][2], act)
             cases = {
-                "gpt2.fast.kernels.linear (compiled code, called directly)":
-                    lambda: [kernels.linear(x.to(x_in), w, s, b, act) for w, s, b, x in mats],
-                "same compiled function through torch.compile's wrapper":
-                    lambda: [wrapped(x.to(x_in), w, s, b, act) for w, s, b, x in mats],
-            }
+                f"gpt2.fast.kernels.linear, {n} row{'s' * (n > 1)} (C++, the decode path)":
+                    lambda n=n: [kernels.linear(x[:n], w, s, b) for w, s, b, x in mats] for n in (1, 4, 8)}
+            replaced = ("inductor-compiled multiply + row sum, 1 row, through torch.compile's wrapper "
+                        "(replaced)")
+            cases[replaced] = lambda: [compiled(x[0, 0].to(x_inductor), w, s, b, act) for w, s, b, x in mats]
             if w_dtype == i8:
-                build((bf16, i8, bf16, bf16, bf16))
-                cases["compiled code, input row in bf16 (converted per output row)"] = \
-                    lambda: [kernels.linear(x, w, s, b) for w, s, b, x in mats]
-                wrapped(mats[0][3], mats[0][0], mats[0][1], mats[0][2], act)
-                cases["both: bf16 row, through the wrapper (the earlier path)"] = \
-                    lambda: [wrapped(x, w, s, b, act) for w, s, b, x in mats]
-                cases["torch._weight_int8pack_mm + bias"] = \
-                    lambda: [torch._weight_int8pack_mm(x, w, s).add_(b) for w, s, b, x in mats]
+                cases["torch._weight_int8pack_mm + bias, 1 row"] = \
+                    lambda: [torch._weight_int8pack_mm(x[0], w, s).add_(b) for w, s, b, x in mats]
             else:
-                cases["F.linear (PyTorch's kernel)"] = lambda: [F.linear(x, w, b) for w, s, b, x in mats]
-                cases["gpt2.fast.gemm.linear (oneDNN; the eager path)"] = \
-                    lambda: [gemm.linear(x, w, b) for w, s, b, x in mats]
-            for name, fn in cases.items():
-                rows.append((tier, name, ms(fn)))
+                cases["F.linear (PyTorch's kernel), 1 row"] = \
+                    lambda: [F.linear(x[:1], w, b) for w, s, b, x in mats]
+                for n in (1, 8):
+                    cases[f"gpt2.fast.gemm.linear (oneDNN; the eager path), {n} row{'s' * (n > 1)}"] = \
+                        lambda n=n: [gemm.linear(x[:n], w, b) for w, s, b, x in mats]
+            rows += [(tier, name, t) for name, t in interleaved_ms(cases).items()]
     return rows
 
 
@@ -122,8 +138,9 @@ def main() -> None:
         "Command: `python benchmarks/kernel_variants.py`  ",
         machine_line(),
         "",
-        "Decode rows: the 48 block matrices of the 124M config, one row each (ms for all 48, "
-        "median of 30). Prefill rows: one layer at 512 tokens.",
+        "Decode rows: the 48 block matrices of the 124M config (ms for all 48, median of 30 "
+        "rounds that run each of a tier's variants once), one row (a decode step of one "
+        "request) or several (a batched step). Prefill rows: one layer at 512 tokens.",
         "",
         "| tier | variant | ms |",
         "|---|---|---:|",

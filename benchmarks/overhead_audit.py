@@ -1,10 +1,11 @@
-"""Per-token overhead audit: where one decode step's time goes, per tier, eager and compiled;
-and where a 512-token prefill's goes, per tier.
+"""Per-token overhead audit: where one decode step's time goes, per tier, eager and with the
+decode kernels; and where a 512-token prefill's goes, per tier.
 
 One decode step of the 124M config (random weights) after a 16-token prefill, batch 1.
 Wall time per step is measured without the profiler; then torch.profiler's self CPU time
-per ATen op (and per compiled region) is grouped into what it is for. What the profiler
-does not attribute is Python: module calls, argument checks, the generation loop.
+per ATen op (and per decode-kernel call, which `gpt2.fast.kernels` names for the profiler)
+is grouped into what it is for. What the profiler does not attribute is Python: module
+calls, argument checks, the generation loop.
 
     python benchmarks/overhead_audit.py    # -> benchmarks/AUDIT.md
 """
@@ -24,14 +25,11 @@ HERE = Path(__file__).resolve().parent
 STEPS = 40
 PREFILL = 512  # tokens
 GROUPS = {  # group -> substrings of profiler event names (first match wins, in this order)
-    "matrix products (compiled kernels)": ("gpt2.fast.kernels.linear",),
+    "matrix products (decode kernels)": ("gpt2.fast.kernels.linear",),
     "matrix products (PyTorch/oneDNN kernels)": ("aten::addmm", "aten::mm", "_weight_int8pack_mm",
                                                  "mkldnn::_linear_pointwise"),
-    # gpt2.fast.kernels calls inductor's code directly: this group should stay at zero.
-    "compiled-call wrappers (dynamo guards, AOT wrappers)": ("Torch-Compiled Region", "TorchDynamo",
-                                                            "Pregraph", "AOTDispatcher",
-                                                            "CompiledFxGraph"),
-    "attention (SDPA over the cache)": ("scaled_dot_product",),
+    "attention over the cache (decode kernel, or SDPA)": ("gpt2.fast.kernels.decode_attention",
+                                                          "scaled_dot_product"),
     "KV cache writes and dtype copies": ("aten::copy_",),
     "LayerNorm, GELU, residual adds": ("layer_norm", "aten::gelu", "aten::add"),
 }
@@ -88,7 +86,7 @@ def main() -> None:
     results = {c: audit(step_fn(make(*c)), STEPS) for c in columns}
     prefills = {tier: audit(prefill_fn(make(tier, True)), 5) for tier in ("fp32", "bf16", "int8")}
     names = list(next(iter(results.values()))[1])
-    head = " | ".join(f"{t} {'compiled' if c else 'eager'}" for t, c in columns)
+    head = " | ".join(f"{t} {'kernels' if c else 'eager'}" for t, c in columns)
     lines = [
         "# Per-token overhead audit (124M, one decode step)",
         "",
@@ -109,13 +107,13 @@ def main() -> None:
         "",
         "What the step already avoids: logits for the last position only (`last_only`), no mask",
         "at decode (one query sees every cached key), no per-step cache allocation (the cache is",
-        "preallocated for prompt + new tokens and written in place: two copies per layer, k and",
-        "v), no second forward pass for attention capture (hooks keep q; the cache holds k).",
+        "preallocated for prompt + new tokens and written in place, by the attention kernel itself),",
+        "no second forward pass for attention capture (hooks keep q; the cache holds k).",
         "",
         f"## Prefill of {PREFILL} tokens (the time to first token)",
         "",
-        "The same grouping for one prefill (median wall time of 5, ms; the kernels only serve "
-        "one-row products, so compiled or not is the same here).",
+        "The same grouping for one prefill (median wall time of 5, ms; the decode kernels serve "
+        "only the LM head's last position here).",
         "",
         "| ms per prefill | " + " | ".join(prefills) + " |",
         "|---|" + "---:|" * len(prefills),

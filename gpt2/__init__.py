@@ -1,18 +1,20 @@
 """GPT-2 from scratch, OpenAI-weights compatible, with a KV cache and attention capture.
 
-The core lives here (config, model, cache, sampling, generation, capture, head roles,
-tokenizer, weights); `gpt2.fast` is the speed layer it calls, `gpt2.training` the trainer.
+The core lives here (config, model, cache, sampling, generation, the batched decode loop and
+the compute thread it runs on, capture, head roles, tokenizer, weights); `gpt2.fast` is the
+speed layer it calls, `gpt2.training` the trainer.
 """
+from . import compute, hub
 from .ablate import HeadAblation, ablate_heads
+from .batching import BatchedGenerator
 from .capture import AttentionCapture, Lens, capture_attention
 from .compat import (get_gpt2_tokenizer, load_openai_124m_gpt2, load_openai_355m_gpt2,
                      perform_non_cpu_backend_check, text_to_token_ids, token_ids_to_text)
 from .config import PRESETS, GPTConfig
-from . import hub
 from .fast.kernels import CompileStatus, compile_kernels
 from .generate import generate, stream
 from .heads import ROLES, head_scores, strongest_roles
-from .kv_cache import KVCache
+from .kv_cache import CacheBatch, KVCache
 from .model import GPT
 from .tiers import TIERS, quantize_int8, to_bf16
 from .tokenizer import EOT_ID, StreamDecoder, decode, encode, get_tokenizer
@@ -20,8 +22,9 @@ from .training import restricted, train
 from .weights import BUILTIN, WeightsError, convert, download, load_model, save_model
 
 __all__ = [
-    "GPT", "GPTConfig", "PRESETS", "BUILTIN", "KVCache", "CompileStatus", "compile_kernels",
-    "AttentionCapture", "capture_attention", "Lens", "HeadAblation", "ablate_heads", "generate", "stream", "quantize_int8", "to_bf16",
+    "GPT", "GPTConfig", "PRESETS", "BUILTIN", "KVCache", "CacheBatch", "CompileStatus", "compile_kernels",
+    "AttentionCapture", "capture_attention", "Lens", "HeadAblation", "ablate_heads", "generate", "stream",
+    "BatchedGenerator", "compute", "quantize_int8", "to_bf16",
     "load_model", "TIERS", "save_model", "download", "convert", "WeightsError",
     "get_tokenizer", "encode", "decode", "StreamDecoder", "EOT_ID",
     "perform_non_cpu_backend_check", "get_gpt2_tokenizer", "text_to_token_ids",

@@ -42,10 +42,16 @@ class HeadAblation(RequestHooks):
 
     def _on_proj(self, layer: int, module, args: tuple) -> tuple | None:
         cache = args[1] if len(args) > 1 else None
-        if not self._owns(cache, may_claim=layer == next(iter(self.heads))):
+        rows = self._rows(cache, may_claim=layer == next(iter(self.heads)))
+        if rows is None:
             return None
         merged = args[0]  # [B, T, C]
-        return (merged * self._keep[layer].to(merged.device, merged.dtype), *args[1:])
+        keep = self._keep[layer].to(merged.device, merged.dtype)
+        if rows == slice(None):
+            return (merged * keep, *args[1:])
+        ours = merged.clone()  # a batched step: only our row
+        ours[rows] = merged[rows] * keep
+        return (ours, *args[1:])
 
 
 @contextmanager

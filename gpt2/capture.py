@@ -6,6 +6,9 @@ copy per layer to a forward pass and never a second pass. Hooks exist only while
 is open; without one the model runs its plain SDPA path. Which forward passes a capture
 records: see `gpt2.hooks` (it is tied to its generation's `KVCache`).
 
+A batched decode step (`gpt2.BatchedGenerator`) passes a `CacheBatch` instead: a bound
+capture keeps only the row of its own cache, so each request sees exactly its own rows.
+
 The logit lens (`residuals=True`) keeps every block's output: 4 * n_embd bytes per token
 and layer (3 KB at 124M, so 37.7 MB for 1,024 tokens over 12 layers).
 """
@@ -71,17 +74,19 @@ class AttentionCapture(RequestHooks):
     # -- hooks (positional args: (x, cache)) -------------------------------------------------
     def _on_qkv(self, layer: int, module, args, qkv: Tensor) -> None:
         cache = args[1] if len(args) > 1 else None
-        if not self._owns(cache, may_claim=layer == self.layers[0]):
+        rows = self._rows(cache, may_claim=layer == self.layers[0])
+        if rows is None:
             return
         C = qkv.size(-1) // 3
-        self._q[layer].append(qkv[..., :C].detach().clone())
+        self._q[layer].append(qkv[rows][..., :C].detach().clone())
         if cache is None:
-            self._k[layer].append(qkv[..., C:2 * C].detach().clone())
+            self._k[layer].append(qkv[rows][..., C:2 * C].detach().clone())
 
     def _on_block(self, layer: int, module, args, out: Tensor) -> None:
         cache = args[1] if len(args) > 1 else None
-        if self._owns(cache, may_claim=False):
-            self._out[layer].append(out.detach().clone())
+        rows = self._rows(cache, may_claim=False)
+        if rows is not None:
+            self._out[layer].append(out[rows].detach().clone())
             if layer == self.model.config.n_layer - 1:
                 self._complete = cache is None
 

@@ -41,7 +41,8 @@ def token_ids_to_text(token_ids: torch.Tensor, tokenizer: tiktoken.Encoding) -> 
 
 
 # compile=False: the seed's callers seed torch's global RNG and expect the same text each
-# time, and a background compile saves and restores that RNG (see gpt2.fast.kernels).
+# time, and a background build of the decode kernels would switch the math (by rounding
+# only) between one call and the next.
 def load_openai_124m_gpt2(device: str, eval_mode: bool = False) -> GPT:
     return _train_mode_unless(load_model("gpt2", device=device, compile=False), eval_mode)
 

@@ -1,4 +1,4 @@
-"""Autoregressive generation with a KV cache: one prefill, then one token per step."""
+"""Autoregressive generation with a KV cache: a prefill in chunks, then one token per step."""
 from __future__ import annotations
 
 from typing import Iterator
@@ -12,22 +12,17 @@ from .kv_cache import KVCache
 from .model import GPT
 from .sampling import check_sampling_args, sample_next
 
+# Prompt tokens per forward pass of a prefill. `gpt2.BatchedGenerator` interleaves a long
+# prompt's chunks with other requests' decode steps, so a chunk is the longest they wait;
+# every prefill is cut the same way so that a request's answer does not depend on where it
+# ran (a chunk attends to the cache with a mask, which rounds differently from one pass).
+PREFILL_CHUNK = 256
 
-def stream(model: GPT, idx: Tensor, max_new_tokens: int, context_size: int | None = None,
-           temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-           eos_id: int | None = None, seed: int | None = None,
-           capture: AttentionCapture | None = None,
-           ablation: HeadAblation | None = None) -> Iterator[Tensor]:
-    """Yield the next token ids [B] as soon as each exists.
 
-    The prompt `idx` [B, T] (or [T]) is left-truncated so that prompt + new tokens fit in
-    `context_size` (default: the model's context window). Rows that emit `eos_id` keep
-    emitting it; the stream ends when every row has. `seed` seeds a private generator,
-    leaving torch's global RNG alone. `capture` (`gpt2.capture_attention`) records this
-    generation; `ablation` (`gpt2.ablate_heads`) knocks heads out of it, and only of it.
-    Grad mode is set per step, not across `yield`s, so a consumer may resume the iterator
-    on any thread.
-    """
+def prepare(model: GPT, idx: Tensor, max_new_tokens: int, context_size: int | None, temperature: float,
+            top_k: int | None, top_p: float | None, seed: int | None) -> Tensor:
+    """Check the settings (ValueError with a specific message) and return the prompt [B, T]
+    on the model's device, left-truncated so that prompt + new tokens fit the context."""
     ctx = model.config.context_length if context_size is None else int(context_size)
     if not 0 < ctx <= model.config.context_length:
         raise ValueError(f"context_size must be in 1..{model.config.context_length}, got {context_size}")
@@ -42,14 +37,35 @@ def stream(model: GPT, idx: Tensor, max_new_tokens: int, context_size: int | Non
     if idx.dim() == 1:
         idx = idx.unsqueeze(0)
     if idx.dim() != 2 or idx.size(1) == 0:
-        raise ValueError(f"idx must be a non-empty [batch, T] tensor of token ids, got shape {tuple(idx.shape)}")
+        raise ValueError(f"idx must be a non-empty [batch, T] tensor of token ids, "
+                         f"got shape {tuple(idx.shape)}")
+    return idx[:, -(ctx - max_new_tokens):].to(model.device)
+
+
+def private_generator(model: GPT, seed: int | None) -> torch.Generator | None:
+    """A generator of the request's own: seeded sampling leaves torch's global RNG alone."""
+    return None if seed is None else torch.Generator(device=model.device).manual_seed(seed)
+
+
+def stream(model: GPT, idx: Tensor, max_new_tokens: int, context_size: int | None = None,
+           temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+           eos_id: int | None = None, seed: int | None = None,
+           capture: AttentionCapture | None = None,
+           ablation: HeadAblation | None = None) -> Iterator[Tensor]:
+    """Yield the next token ids [B] as soon as each exists.
+
+    The prompt `idx` [B, T] (or [T]) is left-truncated so that prompt + new tokens fit in
+    `context_size` (default: the model's context window), and prefilled `PREFILL_CHUNK`
+    tokens at a time. Rows that emit `eos_id` keep emitting it; the stream ends when every
+    row has. `seed` seeds a private generator, leaving torch's global RNG alone. `capture`
+    (`gpt2.capture_attention`) records this generation; `ablation` (`gpt2.ablate_heads`)
+    knocks heads out of it, and only of it. Grad mode is set per step, not across `yield`s,
+    so a consumer may resume the iterator on any thread.
+    """
+    idx = prepare(model, idx, max_new_tokens, context_size, temperature, top_k, top_p, seed)
     if max_new_tokens == 0:
         return
-    idx = idx[:, -(ctx - max_new_tokens):].to(model.device)
-
-    generator = None
-    if seed is not None:
-        generator = torch.Generator(device=model.device).manual_seed(seed)
+    generator = private_generator(model, seed)
     # An fp32 cache for every tier: attention over it stays exact and fast (see model.py).
     cache = KVCache(model.config, idx.size(0), idx.size(1) + max_new_tokens, model.device)
     for hooks in (capture, ablation):
@@ -57,8 +73,9 @@ def stream(model: GPT, idx: Tensor, max_new_tokens: int, context_size: int | Non
             hooks.bind(cache)
     done = torch.zeros(idx.size(0), dtype=torch.bool, device=model.device)
 
-    with torch.inference_mode():
-        logits = model(idx, cache, last_only=True)[:, -1]  # prefill: [B, vocab]
+    for start in range(0, idx.size(1), PREFILL_CHUNK):
+        with torch.inference_mode():
+            logits = model(idx[:, start:start + PREFILL_CHUNK], cache, last_only=True)[:, -1]  # [B, vocab]
     for step in range(max_new_tokens):
         with torch.inference_mode():
             next_id = sample_next(logits, temperature, top_k, top_p, generator)  # [B]

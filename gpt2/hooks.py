@@ -8,13 +8,15 @@ to thread-locals or module state:
 - `stream(..., capture=att, ablation=ab)` binds them to the generation's cache explicitly;
 - otherwise the first forward pass run on the thread that opened them is theirs (a plain
   `model(idx)`, or the prefill of a `generate` called inside the `with`).
+A batched decode step (`gpt2.BatchedGenerator`) passes a `CacheBatch`, one cache per row:
+bound hooks act on the row of their own cache only.
 """
 from __future__ import annotations
 
 import threading
 import weakref
 
-from .kv_cache import KVCache
+from .kv_cache import CacheBatch, KVCache
 
 
 class RequestHooks:
@@ -63,3 +65,11 @@ class RequestHooks:
             return False
         self._claim(cache)
         return True
+
+    def _rows(self, cache: KVCache | CacheBatch | None, may_claim: bool) -> slice | None:
+        """Which rows of this forward pass are ours: all of them, our row of a batched step,
+        or none."""
+        if isinstance(cache, CacheBatch):
+            mine = self._cache_ref() if self._open and self._cache_ref is not None else None
+            return next((slice(i, i + 1) for i, c in enumerate(cache.caches) if c is mine), None)
+        return slice(None) if self._owns(cache, may_claim) else None

@@ -1,10 +1,14 @@
-"""Preallocated key/value storage for one batch of sequences being generated."""
+"""Preallocated key/value storage for one batch of sequences being generated, and a batched
+decode step's view of several generations' caches."""
 from __future__ import annotations
+
+from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from .config import GPTConfig
+from .fast.rowdot import DecodeRows
 
 
 class KVCache:
@@ -26,6 +30,10 @@ class KVCache:
         # Set by an attention capture recording this generation: the last sampled token
         # then goes through the model too, so the record covers the whole text.
         self.captured = False
+        self._decode_rows: tuple[tuple[int, int], DecodeRows] | None = None
+
+    def __getstate__(self) -> dict:  # a copy gets its own pointers (`decode_rows`), not ours
+        return {**self.__dict__, "_decode_rows": None}
 
     @property
     def max_len(self) -> int:
@@ -50,3 +58,52 @@ class KVCache:
 
     def advance(self, T: int) -> None:
         self.pos += T
+
+    def rows(self) -> list[tuple[Tensor, Tensor, int]]:
+        """Per sequence: its keys and values [L, H, max_len, hd] and the next position."""
+        return [(self.k[:, b], self.v[:, b], self.pos) for b in range(self.k.size(1))]
+
+    def decode_rows(self) -> DecodeRows | None:
+        """This step's rows for the decode attention kernel (`gpt2.fast.kernels`), built once
+        per position; None if it cannot read this cache (only fp32 on the CPU)."""
+        if self.k.dtype != torch.float32 or not self.k.is_cpu:
+            return None
+        if self.pos + 1 > self.max_len:
+            raise ValueError(f"{self.pos + 1} positions exceed the cache of {self.max_len}")
+        key = (self.pos, self.k.data_ptr())
+        if self._decode_rows is None or self._decode_rows[0] != key:
+            self._decode_rows = (key, DecodeRows.of(self.rows()))
+        return self._decode_rows[1]
+
+
+class CacheBatch:
+    """The caches of several generations that each advance by one token in one forward pass
+    (`gpt2.BatchedGenerator`): row i of the step belongs to `caches[i]`. Attention stays per
+    row, over that row's own cache; capture hooks find their row by the cache's identity."""
+
+    def __init__(self, caches: Sequence[KVCache]):
+        if any(c.k.size(1) != 1 for c in caches):
+            raise ValueError("a CacheBatch takes caches of one sequence each")
+        self.caches = tuple(caches)
+        self._decode_rows: tuple[tuple[int, ...], DecodeRows] | None = None
+
+    def positions(self, T: int) -> Tensor:
+        """Position ids [B, T] of each row's next T tokens."""
+        for c in self.caches:
+            if c.pos + T > c.max_len:
+                raise ValueError(f"{c.pos + T} positions exceed a cache of {c.max_len}")
+        return torch.tensor([[c.pos + t for t in range(T)] for c in self.caches],
+                            device=self.caches[0].k.device)
+
+    def advance(self, T: int) -> None:
+        for c in self.caches:
+            c.advance(T)
+
+    def decode_rows(self) -> DecodeRows | None:
+        """As `KVCache.decode_rows`, one row per cache."""
+        if any(c.k.dtype != torch.float32 or not c.k.is_cpu for c in self.caches):
+            return None
+        key = tuple((c.pos, c.k.data_ptr()) for c in self.caches)
+        if self._decode_rows is None or self._decode_rows[0] != key:
+            self._decode_rows = (key, DecodeRows.of([row for c in self.caches for row in c.rows()]))
+        return self._decode_rows[1]

@@ -9,43 +9,32 @@ from torch import Tensor, nn
 
 from .config import GPTConfig
 from .fast import gemm, kernels
-from .fast.pinned import Pinned
-from .kv_cache import KVCache
+from .kv_cache import CacheBatch, KVCache
+
+Cache = KVCache | CacheBatch  # one generation's cache, or one per row of a batched step
 
 
-class LayerNorm(Pinned, nn.LayerNorm):
-    pass
-
-
-class Embedding(Pinned, nn.Embedding):
-    pass
-
-
-class Linear(Pinned, nn.Linear):
-    """`nn.Linear` whose one-row products (decoding) run on a compiled kernel once
-    `gpt2.fast.kernels.compile_kernels` has built it; everything else is `gpt2.fast.gemm.linear`.
-    `gelu=True` returns GPT-2's tanh GELU of the output, fused into the GEMM where it can be."""
+class Linear(nn.Linear):
+    """`nn.Linear` whose decode-step products (one position per sequence) run on
+    `gpt2.fast.kernels` once `compile_kernels` has built them; everything else is
+    `gpt2.fast.gemm.linear`. `gelu=True` returns GPT-2's tanh GELU of the output, fused into
+    the kernel or the GEMM."""
 
     use_kernels = False
 
     def forward(self, x: Tensor, gelu: bool = False) -> Tensor:
-        if self.use_kernels and kernels.one_row(x):
-            y = kernels.linear(x, self.weight, bias=self.bias)
-            if y is not None:  # None: no kernel for these dtypes (converted after the build)
-                return gemm.gelu_if(y, gelu)
+        if self.use_kernels and kernels.serves(x):
+            return kernels.linear(x, self.weight, bias=self.bias, gelu=gelu)
         return gemm.linear(x, self.weight, self.bias, gelu)
-
-    def kernel_example(self) -> tuple:
-        x = self.weight.new_zeros(1, self.in_features)
-        return x, self.weight, None, self.bias, x.dtype
 
 
 class RequestLinear(Linear):
-    """A Linear called with the generation's KV cache as a second positional argument, which
-    the math ignores: forward hooks (`gpt2.hooks`: capture, head knock-out) read it from
-    `args` to tell which request a call belongs to. Used for `c_attn` and `attn.c_proj`."""
+    """A Linear called with the generation's KV cache (or a batched step's `CacheBatch`) as a
+    second positional argument, which the math ignores: forward hooks (`gpt2.hooks`: capture,
+    head knock-out) read it from `args` to tell which request, or which row, a call belongs
+    to. Used for `c_attn` and `attn.c_proj`."""
 
-    def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:  # noqa: ARG002
+    def forward(self, x: Tensor, cache: Cache | None = None) -> Tensor:  # noqa: ARG002
         return super().forward(x)
 
 
@@ -53,7 +42,9 @@ class FusedQKV(RequestLinear):
     """OpenAI's `c_attn`: x -> [q | k | v] in one matmul."""
 
 
-class CausalSelfAttention(Pinned, nn.Module):
+class CausalSelfAttention(nn.Module):
+    use_kernels = False  # decode steps' attention in `gpt2.fast.kernels`, as in `Linear`
+
     def __init__(self, config: GPTConfig, layer_idx: int):
         super().__init__()
         self.layer_idx = layer_idx
@@ -61,21 +52,34 @@ class CausalSelfAttention(Pinned, nn.Module):
         self.c_attn = FusedQKV(config.n_embd, 3 * config.n_embd)
         self.c_proj = RequestLinear(config.n_embd, config.n_embd)  # reads the merged heads
 
-    def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
+    def forward(self, x: Tensor, cache: Cache | None = None) -> Tensor:
         B, T, C = x.shape
         qkv = self.c_attn(x, cache)  # [B, T, 3C]
+        if cache is not None and T == 1 and self.use_kernels and kernels.serves(qkv):
+            rows = cache.decode_rows()  # None: a cache the kernel cannot read (not fp32)
+            if rows is not None:
+                return self.c_proj(kernels.decode_attention(qkv, rows, self.layer_idx, self.n_head), cache)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
                    for t in qkv.split(C, dim=2))  # each [B, H, T, hd]
-        mask = None  # None: causal from position 0, or a single query that sees every key
-        if cache is not None:
-            k, v, mask = cache.update(self.layer_idx, k, v)  # k, v: [B, H, keys, hd]
-            q = q.to(k.dtype)  # attend in the cache's dtype (fp32: bf16 decode SDPA is slow on CPU)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and T > 1)
+        if isinstance(cache, CacheBatch):  # each row over its own cache
+            y = torch.cat([attend(q[i:i + 1], k[i:i + 1], v[i:i + 1], c, self.layer_idx)
+                           for i, c in enumerate(cache.caches)])
+        else:
+            y = attend(q, k, v, cache, self.layer_idx)
         heads = y.to(x.dtype).transpose(1, 2).reshape(B, T, C)  # head h in columns [h*hd, (h+1)*hd)
         return self.c_proj(heads, cache)
 
 
-class MLP(Pinned, nn.Module):
+def attend(q: Tensor, k: Tensor, v: Tensor, cache: KVCache | None, layer: int) -> Tensor:
+    """Causal attention of q over k, v [B, H, T, hd], after the cached keys and values if any."""
+    mask = None  # None: causal from position 0, or a single query that sees every key
+    if cache is not None:
+        k, v, mask = cache.update(layer, k, v)  # k, v: [B, H, keys, hd]
+        q = q.to(k.dtype)  # attend in the cache's dtype (fp32: bf16 decode SDPA is slow on CPU)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and q.size(2) > 1)
+
+
+class MLP(nn.Module):
     """c_fc, GELU, c_proj; the GELU runs inside c_fc's call (fused into its GEMM on the CPU),
     so a forward hook on `mlp.c_fc` sees the activations after the GELU."""
 
@@ -88,32 +92,33 @@ class MLP(Pinned, nn.Module):
         return self.c_proj(self.c_fc(x, gelu=True))
 
 
-class Block(Pinned, nn.Module):
+class Block(nn.Module):
     def __init__(self, config: GPTConfig, layer_idx: int):
         super().__init__()
-        self.ln_1 = LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
         self.attn = CausalSelfAttention(config, layer_idx)
-        self.ln_2 = LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x: Tensor, cache: KVCache | None = None) -> Tensor:
+    def forward(self, x: Tensor, cache: Cache | None = None) -> Tensor:
         x = x + self.attn(self.ln_1(x), cache)
         return x + self.mlp(self.ln_2(x))
 
 
-class GPT(Pinned, nn.Module):
-    """`model(idx)` -> logits [B, T, vocab]; with a `KVCache`, `idx` continues the cached text."""
+class GPT(nn.Module):
+    """`model(idx)` -> logits [B, T, vocab]; with a `KVCache`, `idx` continues the cached text;
+    with a `CacheBatch`, row i of `idx` continues the text of the batch's cache i."""
 
-    use_kernels = False  # the LM head's one-row kernel, as in `Linear`
+    use_kernels = False  # the LM head's decode-step kernel, as in `Linear`
     compile_status: kernels.CompileStatus | None = None  # set by `gpt2.load_model`
 
     def __init__(self, config: GPTConfig):
         super().__init__()
         self.config = config
-        self.wte = Embedding(config.vocab_size, config.n_embd)
-        self.wpe = Embedding(config.context_length, config.n_embd)
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
+        self.wpe = nn.Embedding(config.context_length, config.n_embd)
         self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
-        self.ln_f = LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -133,7 +138,7 @@ class GPT(Pinned, nn.Module):
     def device(self) -> torch.device:
         return self.wte.weight.device
 
-    def hidden_states(self, idx: Tensor, cache: KVCache | None = None) -> Tensor:
+    def hidden_states(self, idx: Tensor, cache: Cache | None = None) -> Tensor:
         """Final LayerNorm output [B, T, C]: what the LM head reads."""
         T = idx.size(1)
         if cache is None:
@@ -141,7 +146,7 @@ class GPT(Pinned, nn.Module):
                 raise ValueError(f"{T} positions exceed the context window of {self.config.context_length}")
             pos = torch.arange(T, device=idx.device)
         else:
-            pos = cache.positions(T)
+            pos = cache.positions(T)  # [T], or [B, T] for a CacheBatch
         x = (self.wte(idx) + self.wpe(pos)).to(self.wpe.weight.dtype)  # the blocks' dtype
         for block in self.h:
             x = block(x, cache)  # positional: capture hooks read it from args
@@ -155,10 +160,8 @@ class GPT(Pinned, nn.Module):
         rounding logits to bf16 flips near-tied predictions (see `gpt2.tiers`). One
         exception: eager decoding of a fast tier on the CPU (see below)."""
         weight = self.wte.weight
-        if self.use_kernels and kernels.one_row(hidden):
-            logits = kernels.linear(hidden.float(), weight)
-            if logits is not None:
-                return logits
+        if self.use_kernels and kernels.serves(hidden):  # bf16 hidden: its products are exact in fp32
+            return kernels.linear(hidden, weight, out_dtype=torch.float32)
         if weight.dtype == torch.float32:
             return gemm.linear(hidden.float(), weight)
         if hidden.numel() == hidden.size(-1) and hidden.is_cpu:
@@ -173,10 +176,6 @@ class GPT(Pinned, nn.Module):
             logits[..., start:start + rows.size(0)] = gemm.linear(hidden, rows.float())
         return logits
 
-    def kernel_example(self) -> tuple:
-        hidden = torch.zeros(1, self.config.n_embd, device=self.device)  # fp32, as in `logits`
-        return hidden, self.wte.weight, None, None, hidden.dtype
-
-    def forward(self, idx: Tensor, cache: KVCache | None = None, last_only: bool = False) -> Tensor:
+    def forward(self, idx: Tensor, cache: Cache | None = None, last_only: bool = False) -> Tensor:
         hidden = self.hidden_states(idx, cache)
         return self.logits(hidden[:, -1:] if last_only else hidden)

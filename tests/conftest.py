@@ -325,6 +325,8 @@ def installed(tmp_path_factory) -> Path:
 
 
 def pytest_configure(config) -> None:
-    """One torch thread for the test run: on a busy 2-core machine, OpenMP threads waiting
-    for a core that another process holds make these small models many times slower."""
+    """One torch thread for the test run, on the main thread and on the compute thread of
+    `gpt2.BatchedGenerator`: on a busy 2-core machine, OpenMP threads waiting for a core that
+    another process holds make these small models many times slower."""
     torch.set_num_threads(1)
+    gpt2.compute.set_threads(1)

@@ -15,7 +15,7 @@ from gpt2.fast.kernels import NO_COMPILER
 def test_the_terminal_says_model_url_and_a_missing_compiler_once(tmp_path):
     port, log = free_port(), tmp_path / "app.log"
     env = clean_env(GRADIO_SERVER_PORT=str(port), CXX="/nonexistent/c++", HF_HUB_OFFLINE="1",
-                    HF_HOME=str(tmp_path / "hf"), TORCHINDUCTOR_CACHE_DIR=str(tmp_path / "inductor"))
+                    HF_HOME=str(tmp_path / "hf"), GPT2_KERNEL_DIR=str(tmp_path / "kernels"))
     with serving([sys.executable, "app.py", "--model", "builtin"], env, ROOT, log) as url:
         from gradio_client import Client
 

@@ -1,8 +1,8 @@
 """The speed layer: how the model's matrix products run fast on a CPU. Imports torch only.
 
-- `gemm`: every product the decode kernels do not serve (prefill, batched decoding, eager),
-  through oneDNN's GEMM with bias and GELU in its epilogue;
-- `kernels` + `inductor`: compiled one-row products for decoding, built in the background;
-- `int8`: weight-only int8 layers of the int8 tier;
-- `pinned`: keeps requests clear of torch.fx's process-wide patches while kernels compile.
+- `kernels` + `rowdot` (`rowdot.cpp`): a decode step's products and attention in our own C++,
+  batch-invariant (each row exactly as if alone), built on first use in the background;
+- `gemm`: every product the decode kernels do not serve (prefill, eager decoding), through
+  oneDNN's GEMM with bias and GELU in its epilogue;
+- `int8`: weight-only int8 layers of the int8 tier.
 """

@@ -1,5 +1,5 @@
-"""The matrix products the compiled decode kernels do not serve: prefill, batched decoding,
-and everything before the kernels are built.
+"""The matrix products the decode kernels (`gpt2.fast.kernels`) do not serve: prefill, and
+every product before the kernels are built or where they cannot be.
 
 On the CPU they go straight to oneDNN's GEMM (`torch.ops.mkldnn._linear_pointwise`, the op
 inductor emits for bf16 linears on the CPU) with the bias and, in the MLP, GPT-2's tanh GELU
@@ -7,7 +7,7 @@ applied in its epilogue on the fp32 accumulator. Measured on a 2-core AMD EPYC
 (benchmarks/KERNELS.md): c_fc + GELU over 512 rows 8.5 -> 6.5 ms in bf16 (the GELU as its
 own pass over 512 x 3072 cost a quarter) and 15.5 -> 11.9 ms in fp32; fp32 products are
 faster through oneDNN than through `F.linear` (MKL): a layer's four over 512 rows 37.1 ->
-34.4 ms, decoding's 48 one-row products 21.7 -> 12.4 ms (the compiled kernels: 10.7).
+34.4 ms, decoding's 48 one-row products 21.7 -> 12.4 ms (the decode kernels then: 10.7).
 Everywhere else it is `F.linear` and `F.gelu`, the same math: under autograd or autocast
 (the op has neither a backward nor a cast rule), on another device, with mixed or other
 dtypes, with oneDNN switched off (`torch.backends.mkldnn`), on non-x86 CPUs (not measured),

@@ -9,10 +9,9 @@ import torch
 from torch import Tensor, nn
 
 from . import gemm, kernels
-from .pinned import Pinned
 
 
-class Int8Linear(Pinned, nn.Module):
+class Int8Linear(nn.Module):
     use_kernels = False  # see gpt2.fast.kernels
 
     def __init__(self, weight: Tensor, bias: Tensor | None):
@@ -25,18 +24,16 @@ class Int8Linear(Pinned, nn.Module):
 
     def forward(self, x: Tensor, gelu: bool = False) -> Tensor:
         """As `gpt2.model.Linear.forward`: `gelu=True` returns the tanh GELU of the output."""
-        if self.use_kernels and kernels.one_row(x):  # x in fp32: inductor's loop would convert
-            # a bf16 row again for every output row (1.13x slower, benchmarks/KERNELS.md)
-            y = kernels.linear(x.float(), self.weight, self.scales, self.bias, out_dtype=x.dtype)
-            if y is not None:
-                return gemm.gelu_if(y, gelu)
+        if self.use_kernels and kernels.serves(x):
+            return kernels.linear(x, self.weight, self.scales, self.bias, gelu=gelu)
         x2d = x.reshape(-1, x.size(-1))
         if x2d.size(0) > 16:  # prefill: a dequantised GEMM beats the matrix-vector kernel
+            bias = None if self.bias is None else self.bias.to(x.dtype)
+            if (self.use_kernels and x.is_cpu and x.dtype in (torch.float32, torch.bfloat16)
+                    and not (torch.is_grad_enabled() and x.requires_grad)):  # autograd would keep it
+                with kernels.dequantized(self.weight, self.scales, x.dtype) as weight:  # same values
+                    return gemm.linear(x, weight, bias, gelu)
             weight = self.weight.to(x.dtype) * self.scales[:, None].to(x.dtype)
-            return gemm.linear(x, weight, None if self.bias is None else self.bias.to(x.dtype), gelu)
+            return gemm.linear(x, weight, bias, gelu)
         y = torch._weight_int8pack_mm(x2d, self.weight, self.scales.to(x.dtype)).view(*x.shape[:-1], -1)
         return gemm.gelu_if(y if self.bias is None else y + self.bias, gelu)
-
-    def kernel_example(self) -> tuple:
-        x = torch.zeros(1, self.weight.size(1), device=self.weight.device)  # fp32, as in `forward`
-        return x, self.weight, self.scales, self.bias, self.scales.dtype

@@ -1,0 +1,256 @@
+"""The decode kernels of `rowdot.cpp`: built on first use with the system's C++ compiler,
+cached, and called through ctypes with data pointers.
+
+`rowdot.cpp` computes every row of a product exactly as it computes one row alone (see its
+header), which is what lets `gpt2.BatchedGenerator` batch requests and still give each the
+ids and attention maps of a lone run. A plain shared library, not a torch extension: no
+torch headers to compile against (a build takes seconds, not a minute), no Python in the
+compiler's process, and a call costs ~2 us. It links OpenMP by name (`libgomp.so.1`), which
+resolves to the copy torch already loaded, so its threads are torch's threads.
+
+Cache: `$GPT2_KERNEL_DIR`, else `$XDG_CACHE_HOME/gpt2-playground/kernels` (default
+`~/.cache/...`), a folder only this user may write; one file per source, flags, compiler and
+CPU (`-march=native`), written atomically so that processes building at once do not clash.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import stat
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+SOURCE = Path(__file__).with_name("rowdot.cpp")
+FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC")
+_KIND = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
+_P, _I, _I64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
+
+
+class BuildError(RuntimeError):
+    """The library could not be built or loaded (no compiler, say): stay on the eager path."""
+
+
+def cache_dir() -> Path:
+    """Where built libraries are kept; created private (0700) and refused if others may write it."""
+    root = os.environ.get("GPT2_KERNEL_DIR")
+    if root is None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(base, "gpt2-playground", "kernels")
+    path = Path(root)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = path.stat()
+    if (hasattr(os, "getuid") and info.st_uid != os.getuid()) or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise BuildError(f"{path} is writable by others or not ours: refusing to load code from it")
+    return path
+
+
+class NoCompiler(BuildError):
+    """No C++ compiler to build with: $CXX, g++ or c++."""
+
+
+def _compiler() -> str:
+    cxx = os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++")
+    if not cxx or not shutil.which(cxx):
+        raise NoCompiler(f"no C++ compiler found ({cxx or 'set CXX, or install g++'})")
+    return cxx
+
+
+def _fingerprint(cxx: str, defines: tuple[str, ...]) -> str:
+    """What the binary depends on: source, flags, compiler version, and this CPU (-march=native)."""
+    try:
+        version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except OSError as error:
+        raise BuildError(f"C++ compiler {cxx!r} cannot run: {error}") from None
+    cpu = platform.machine()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            cpu += next((line for line in f if line.startswith(("flags", "Features"))), "")
+    parts = (SOURCE.read_text(), " ".join(FLAGS + defines), version, cpu)
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
+
+
+def build(portable: bool = False) -> "Library":
+    """The library, compiled now if no cached build matches (a few seconds). `portable=True`
+    builds the plain-loop code instead of AVX-512 (tests run both). Raises BuildError."""
+    defines = ("-DGPT2_PORTABLE",) if portable else ()
+    cxx = _compiler()
+    target = cache_dir() / f"rowdot-{_fingerprint(cxx, defines)}.so"
+    if not target.exists():
+        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+            out = Path(tmp) / target.name
+            try:
+                run = subprocess.run([cxx, *FLAGS, *defines, str(SOURCE), "-o", str(out)],
+                                     capture_output=True, text=True, timeout=600)
+            except OSError as error:
+                raise BuildError(f"C++ compiler {cxx!r} cannot run: {error}") from None
+            if run.returncode != 0:
+                raise BuildError(f"{cxx} failed: {run.stderr.strip()[-2000:]}")
+            os.replace(out, target)  # atomic: another process may be building the same file
+    try:
+        return Library(ctypes.CDLL(str(target)), target)
+    except OSError as error:
+        raise BuildError(f"cannot load {target}: {error}") from None
+
+
+@dataclass(frozen=True)
+class DecodeRows:
+    """Where each row of a decode step keeps its keys and values: per row, pointers to layer
+    0 of its K and V cache ([heads, max_len, head_dim] fp32 per layer), the elements between
+    layers, its cache length and the position of its new token. Built once per step."""
+    k: ctypes.Array
+    v: ctypes.Array
+    layer_stride: ctypes.Array
+    max_len: ctypes.Array
+    pos: ctypes.Array
+    count: int
+
+    @classmethod
+    def of(cls, rows: list[tuple[Tensor, Tensor, int]]) -> "DecodeRows":
+        """rows: (k, v, pos) per row, k and v [layers, heads, max_len, head_dim] fp32 CPU views
+        whose last three dimensions are contiguous (a `KVCache` row), pos < max_len."""
+        for k, v, pos in rows:
+            for t in (k, v):
+                _, H, max_len, hd = t.shape
+                if t.dtype != torch.float32 or not t.is_cpu or t.stride()[1:] != (max_len * hd, hd, 1):
+                    raise ValueError("decode rows need fp32 CPU caches laid out "
+                                     "[layers, heads, max_len, head_dim]")
+            if k.shape != v.shape or not 0 <= pos < k.size(2):
+                raise ValueError(f"position {pos} is outside a cache of {k.size(2)}")
+        n = len(rows)
+        return cls((_P * n)(*(k.data_ptr() for k, _, _ in rows)),
+                   (_P * n)(*(v.data_ptr() for _, v, _ in rows)),
+                   (_I64 * n)(*(k.stride(0) for k, _, _ in rows)),
+                   (_I64 * n)(*(k.size(2) for k, _, _ in rows)),
+                   (_I64 * n)(*(p for _, _, p in rows)), n)
+
+
+class Product(ctypes.Structure):
+    """A product's weights as `rowdot.cpp` reads them (its `struct Product`)."""
+    _fields_ = [("w", _P), ("scales", _P), ("bias", _P), ("out", _I64), ("in_", _I64),
+                ("w_kind", ctypes.c_int32), ("scale_kind", ctypes.c_int32), ("bias_kind", ctypes.c_int32),
+                ("y_kind", ctypes.c_int32), ("gelu", ctypes.c_int32)]
+
+
+class Library:
+    """The loaded kernels. The C code trusts its pointers, so arguments are checked here; a
+    product's weights are checked once and described in a `Product` kept per weight pointer,
+    dtype and shape (a call costs a few microseconds, and decoding makes ~60 a token)."""
+
+    def __init__(self, lib: ctypes.CDLL, path: Path):
+        self.path = path
+        self.isa = {2: "avx512-bf16", 1: "avx512", 0: "portable"}[lib.gpt2_rowdot_isa()]
+        self._rowdot = lib.gpt2_rowdot
+        self._rowdot.restype = _I
+        self._rowdot.argtypes = [ctypes.POINTER(Product), _P, _I, _I64, _P, _I]
+        self._attention = lib.gpt2_decode_attention
+        self._attention.restype = _I
+        self._attention.argtypes = [_P, _I, _I64, _P, _P, _P, _I64, _P, _P, _P, _I, _I64, _I64, _I64, _I64,
+                                    _I]
+        self._products: dict[tuple, Product] = {}
+        self._dequantize = lib.gpt2_dequantize
+        self._dequantize.restype = _I
+        self._dequantize.argtypes = [_P, _P, _I, _P, _I, _I64, _I64, _I]
+
+    def linear(self, x: Tensor, weight: Tensor, scales: Tensor | None = None, bias: Tensor | None = None,
+               out_dtype: torch.dtype | None = None, gelu: bool = False, threads: int = 0) -> Tensor:
+        """x [..., in] @ weight [out, in].T (times per-row `scales` for int8 weights) + bias,
+        then GPT-2's tanh GELU if asked -> [..., out] in `out_dtype` (default x's). `threads`
+        0: as many as torch uses on this thread."""
+        out_dtype = out_dtype or x.dtype
+        key = (weight.data_ptr(), weight.dtype, weight.shape, _ptr(scales), _dtype(scales), _ptr(bias),
+               _dtype(bias), out_dtype, gelu)
+        product = self._products.get(key)
+        if product is None:
+            product = self._product(weight, scales, bias, out_dtype, gelu)
+            if len(self._products) > 4096:  # weights come and go (models loaded, converted)
+                self._products.clear()
+            self._products[key] = product
+        x_kind = _KIND.get(x.dtype)
+        if x_kind is None or x_kind == _KIND[torch.int8] or not x.is_cpu or x.size(-1) != product.in_:
+            raise ValueError(f"x must be fp32 or bf16 on the CPU with {product.in_} features, got "
+                             f"{x.dtype} {tuple(x.shape)} on {x.device}")
+        if not x.is_contiguous():
+            x = x.contiguous()
+        y = torch.empty(*x.shape[:-1], product.out, dtype=out_dtype)
+        if self._rowdot(product, x.data_ptr(), x_kind, x.numel() // product.in_, y.data_ptr(), threads):
+            raise MemoryError("gpt2_rowdot could not allocate its scratch memory")
+        return y
+
+    @staticmethod
+    def _product(weight: Tensor, scales: Tensor | None, bias: Tensor | None, out_dtype: torch.dtype,
+                 gelu: bool) -> Product:
+        for t in (weight, scales, bias):
+            if t is not None and (not t.is_cpu or t.dtype not in _KIND):
+                raise ValueError(f"unsupported tensor for the CPU kernels: {t.dtype} on {t.device}")
+        if (weight.dim() != 2 or not weight.is_contiguous()
+                or out_dtype not in (torch.float32, torch.bfloat16)):
+            raise ValueError("the weight must be a contiguous [out, in] matrix, the output fp32 or bf16")
+        out_features, in_features = weight.shape
+        if any(t is not None and (t.dim() != 1 or t.numel() != out_features or t.stride(0) != 1
+                                  or t.dtype == torch.int8) for t in (scales, bias)):
+            raise ValueError("scales and bias must be contiguous fp32/bf16 [out] vectors")
+        return Product(weight.data_ptr(), _ptr(scales), _ptr(bias), out_features, in_features,
+                       _KIND[weight.dtype], _kind(scales), _kind(bias), _KIND[out_dtype], int(gelu))
+
+    def dequantize(self, weight: Tensor, scales: Tensor, dtype: torch.dtype, out: Tensor | None = None,
+                   threads: int = 0) -> Tensor:
+        """int8 weight [out, in] times its per-row `scales` [out] -> [out, in] in `dtype`
+        (fp32 or bf16): the values of `weight.to(dtype) * scales[:, None].to(dtype)`, written
+        into `out` (at least as many elements, contiguous) if given."""
+        if (weight.dtype != torch.int8 or weight.dim() != 2 or not weight.is_contiguous() or not weight.is_cpu
+                or scales.dtype not in (torch.float32, torch.bfloat16) or not scales.is_cpu
+                or scales.shape != weight.shape[:1] or scales.stride(0) != 1
+                or dtype not in (torch.float32, torch.bfloat16)):
+            raise ValueError("dequantize takes a contiguous int8 [out, in] matrix, fp32/bf16 [out] scales "
+                             "and an fp32/bf16 output on the CPU")
+        if scales.dtype != dtype:
+            scales = scales.to(dtype)  # as torch rounds them before the product
+        if out is None:
+            y = torch.empty(weight.shape, dtype=dtype)
+        elif out.dtype == dtype and out.is_cpu and out.is_contiguous() and out.numel() >= weight.numel():
+            y = out.view(-1)[:weight.numel()].view(weight.shape)
+        else:
+            raise ValueError("out must be a contiguous CPU tensor of the output dtype, large enough")
+        self._dequantize(weight.data_ptr(), scales.data_ptr(), _KIND[scales.dtype], y.data_ptr(), _KIND[dtype],
+                         weight.size(0), weight.size(1), threads)
+        return y
+
+    def decode_attention(self, qkv: Tensor, rows: DecodeRows, layer: int, n_head: int,
+                         threads: int = 0) -> Tensor:
+        """One decode step's attention: qkv [B, 1, 3C] (row b is `rows`' row b) -> y [B, 1, C]
+        in qkv's dtype; the new keys and values are written into the caches first."""
+        B, T, C3 = qkv.shape
+        if T != 1 or B != rows.count or not qkv.is_cpu or qkv.dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"decode attention takes [rows, 1, 3C] fp32/bf16 on the CPU, "
+                             f"got {tuple(qkv.shape)}")
+        qkv2 = qkv.reshape(B, C3)
+        if qkv2.stride(-1) != 1:
+            qkv2 = qkv2.contiguous()
+        C = C3 // 3
+        y = torch.empty(B, C, dtype=qkv.dtype)
+        status = self._attention(qkv2.data_ptr(), _KIND[qkv.dtype], qkv2.stride(0), rows.k, rows.v,
+                                 rows.layer_stride, layer, rows.max_len, rows.pos, y.data_ptr(),
+                                 _KIND[qkv.dtype], y.stride(0), B, n_head, C // n_head, threads)
+        if status:
+            raise MemoryError("gpt2_decode_attention could not allocate its scratch memory")
+        return y.view(B, 1, C)
+
+
+def _ptr(t: Tensor | None) -> int | None:
+    return None if t is None else t.data_ptr()
+
+
+def _dtype(t: Tensor | None) -> torch.dtype | None:
+    return None if t is None else t.dtype
+
+
+def _kind(t: Tensor | None) -> int:
+    return 0 if t is None else _KIND[t.dtype]

@@ -1,0 +1,202 @@
+"""The C++ decode kernels (gpt2/fast/rowdot.cpp): equal to the eager math at every tier and
+odd size, and batch-invariant bit for bit (a row's result never depends on the rows beside
+it or the thread count), in the AVX-512 build and the portable one."""
+import math
+import os
+import stat
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpt2.fast import kernels, rowdot
+from gpt2.fast.int8 import Int8Linear
+
+
+@pytest.fixture(scope="module", params=["native", "portable"])
+def lib(request) -> rowdot.Library:
+    """The process's library (AVX-512 on this machine where the CPU has it), and the plain-loop
+    build that CPUs without AVX-512 get."""
+    return kernels.library() if request.param == "native" else rowdot.build(portable=True)
+
+
+# (x dtype, weight kind, out dtype): the products the tiers make, and the LM head's.
+KINDS = {
+    "fp32": (torch.float32, "fp32", torch.float32),
+    "bf16": (torch.bfloat16, "bf16", torch.bfloat16),
+    "int8": (torch.bfloat16, "int8", torch.bfloat16),
+    "head-bf16": (torch.float32, "bf16", torch.float32),
+    "head-bf16-rows": (torch.bfloat16, "bf16", torch.float32),
+    "int8-fp32-rows": (torch.float32, "int8", torch.float32),
+}
+
+
+def make(kind: str, out_features: int, in_features: int, rows: int, bias: bool, seed: int = 0):
+    x_dtype, w_kind, out_dtype = KINDS[kind]
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(out_features, in_features, generator=g) / math.sqrt(in_features)
+    b = torch.randn(out_features, generator=g) if bias else None
+    x = torch.randn(rows, in_features, generator=g).to(x_dtype)
+    if w_kind == "int8":
+        q = Int8Linear(w, b)
+        return x, q.weight, q.scales, q.bias, out_dtype
+    dtype = torch.float32 if w_kind == "fp32" else torch.bfloat16
+    return x, w.to(dtype), None, None if b is None else b.to(dtype), out_dtype
+
+
+def reference(x, w, scales, bias, gelu):
+    """The same math in fp64."""
+    y = x.double() @ w.double().T
+    if scales is not None:
+        y = y * scales.double()
+    if bias is not None:
+        y = y + bias.double()
+    return F.gelu(y, approximate="tanh") if gelu else y
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("out_features,in_features",
+                         [(1, 1), (7, 3), (40, 24), (100, 70), (96, 5120), (2304, 768)])
+@pytest.mark.parametrize("gelu", [False, True])
+def test_equals_the_eager_math(lib, kind, out_features, in_features, gelu):
+    x, w, s, b, out_dtype = make(kind, out_features, in_features, rows=9, bias=out_features > 1)
+    with torch.inference_mode():
+        y = lib.linear(x, w, s, b, out_dtype, gelu)
+    assert y.shape == (9, out_features) and y.dtype == out_dtype
+    want = reference(x, w, s, b, gelu)
+    # fp32 products: fp32 rounding only; bf16 outputs: one bf16 rounding on top
+    tol = 1e-5 if out_dtype == torch.float32 else 1e-2
+    assert (y.double() - want).abs().max().item() <= tol * max(1.0, want.abs().max().item())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("out_features,in_features", [(5, 7), (40, 24), (130, 770), (64, 3072)])
+@pytest.mark.parametrize("gelu", [False, True])
+def test_every_row_is_computed_as_if_alone(lib, kind, out_features, in_features, gelu):
+    """Bit for bit: one row alone, that row among 1..19 others (more than one tile of 8), in
+    any position, and with one thread or two."""
+    x, w, s, b, out_dtype = make(kind, out_features, in_features, rows=19, bias=True, seed=1)
+    with torch.inference_mode():
+        alone = torch.cat([lib.linear(x[i:i + 1], w, s, b, out_dtype, gelu) for i in range(19)])
+        for n in (2, 3, 8, 9, 16, 19):
+            assert torch.equal(lib.linear(x[:n], w, s, b, out_dtype, gelu), alone[:n])
+        assert torch.equal(lib.linear(x[5:12], w, s, b, out_dtype, gelu), alone[5:12])
+        for threads in (1, 2, 3):
+            assert torch.equal(lib.linear(x, w, s, b, out_dtype, gelu, threads=threads), alone)
+
+
+def test_rows_that_are_slices_or_strided(lib):
+    x, w, _, b, _ = make("fp32", 33, 40, rows=6, bias=True)
+    wide = torch.randn(6, 80)
+    wide[:, ::2] = x  # every other column: not contiguous
+    with torch.inference_mode():
+        want = lib.linear(x, w, bias=b)
+        torch.testing.assert_close(lib.linear(wide[:, ::2], w, bias=b), want, atol=0, rtol=0)
+        torch.testing.assert_close(lib.linear(x[2:5], w, bias=b), want[2:5], atol=0, rtol=0)
+        assert lib.linear(x.view(2, 3, 40), w, bias=b).shape == (2, 3, 33)
+
+
+def test_bad_arguments_are_refused_not_read(lib):
+    x, w, _, b, _ = make("fp32", 8, 16, rows=2, bias=True)
+    with pytest.raises(ValueError, match="features"):
+        lib.linear(x[:, :15], w)
+    with pytest.raises(ValueError, match="contiguous"):
+        lib.linear(x, w.t().contiguous().t())
+    with pytest.raises(ValueError, match="fp32 or bf16"):
+        lib.linear(x.to(torch.int8), w)
+    with pytest.raises(ValueError, match="unsupported"):
+        lib.linear(x, w.double())
+    with pytest.raises(ValueError, match="vectors"):
+        lib.linear(x, w, bias=b[:4])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("scale_dtype", [torch.float32, torch.bfloat16])
+def test_dequantize_gives_torchs_values(lib, dtype, scale_dtype):
+    """The int8 tier's prefill weights in one pass: bit for bit `w.to(dtype) * scales`."""
+    for out_features, in_features in ((1, 1), (7, 5), (100, 70), (3072, 768)):
+        q = Int8Linear(torch.randn(out_features, in_features, generator=torch.Generator().manual_seed(3)), None)
+        scales = q.scales.to(scale_dtype)
+        want = q.weight.to(dtype) * scales[:, None].to(dtype)
+        assert torch.equal(lib.dequantize(q.weight, scales, dtype), want)
+        into = torch.empty(out_features * in_features + 3, dtype=dtype)
+        assert torch.equal(lib.dequantize(q.weight, scales, dtype, out=into), want)
+    with kernels.dequantized(q.weight, q.scales, torch.bfloat16) as first:
+        pass
+    with kernels.dequantized(q.weight, q.scales, torch.bfloat16) as again:  # the buffer, reused
+        assert again.data_ptr() == first.data_ptr()
+        with kernels.dequantized(q.weight, q.scales, torch.bfloat16) as meanwhile:  # in use: another
+            assert meanwhile.data_ptr() != again.data_ptr() and torch.equal(meanwhile, again)
+
+
+def caches_for(lengths: list[int], heads: int, head_dim: int, layers: int = 2, seed: int = 0):
+    """One cache per row (as KVCache keeps a one-sequence generation: [L, 1, H, max_len, hd])
+    with `lengths[b]` positions already filled."""
+    g = torch.Generator().manual_seed(seed)
+    return [(torch.randn(layers, 1, heads, n + 3, head_dim, generator=g),
+             torch.randn(layers, 1, heads, n + 3, head_dim, generator=g), n) for n in lengths]
+
+
+@pytest.mark.parametrize("head_dim", [8, 64, 20])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_attention_equals_sdpa_and_writes_the_cache(lib, head_dim, dtype):
+    heads, layer = 3, 1
+    lengths = [0, 5, 17, 40]  # position of each row's new token
+    caches = caches_for(lengths, heads, head_dim)
+    C = heads * head_dim
+    qkv = torch.randn(len(lengths), 1, 3 * C, generator=torch.Generator().manual_seed(3)).to(dtype)
+    want = []
+    for b, (k, v, n) in enumerate(caches):
+        q_, k_, v_ = (t.float().view(1, 1, heads, head_dim).transpose(1, 2)
+                      for t in qkv[b:b + 1].split(C, -1))
+        keys = torch.cat([k[layer, :, :, :n], k_], dim=2)
+        values = torch.cat([v[layer, :, :, :n], v_], dim=2)
+        want.append(F.scaled_dot_product_attention(q_, keys, values).transpose(1, 2).reshape(1, 1, C))
+    rows = rowdot.DecodeRows.of([(k[:, 0], v[:, 0], n) for k, v, n in caches])
+    with torch.inference_mode():
+        y = lib.decode_attention(qkv, rows, layer, heads)
+    assert y.shape == (len(lengths), 1, C) and y.dtype == dtype
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(y.float(), torch.cat(want).to(dtype).float(), atol=tol, rtol=tol)
+    for b, (k, v, n) in enumerate(caches):  # the new key and value went into the cache, in fp32
+        new_k = qkv[b, 0, C:2 * C].float().view(heads, head_dim)
+        assert torch.equal(k[layer, 0, :, n], new_k)
+        assert torch.equal(v[layer, 0, :, n], qkv[b, 0, 2 * C:].float().view(heads, head_dim))
+
+
+def test_decode_attention_is_batch_invariant(lib):
+    heads, head_dim, lengths = 4, 16, [3, 30, 9, 0, 12]
+    C = heads * head_dim
+    qkv = torch.randn(len(lengths), 1, 3 * C, generator=torch.Generator().manual_seed(4))
+    results = []
+    for together in (False, True):
+        caches = caches_for(lengths, heads, head_dim, seed=7)  # fresh, identical caches
+        with torch.inference_mode():
+            if together:
+                rows = rowdot.DecodeRows.of([(k[:, 0], v[:, 0], n) for k, v, n in caches])
+                results.append(lib.decode_attention(qkv, rows, 0, heads))
+            else:
+                alone = [lib.decode_attention(qkv[b:b + 1], rowdot.DecodeRows.of([(k[:, 0], v[:, 0], n)]),
+                                              0, heads) for b, (k, v, n) in enumerate(caches)]
+                results.append(torch.cat(alone))
+    assert torch.equal(results[0], results[1])
+
+
+def test_the_cache_folder_must_be_private(tmp_path, monkeypatch):
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv("GPT2_KERNEL_DIR", str(shared))
+    with pytest.raises(rowdot.BuildError, match="writable by others"):
+        rowdot.cache_dir()
+    fresh = tmp_path / "fresh" / "kernels"
+    monkeypatch.setenv("GPT2_KERNEL_DIR", str(fresh))
+    assert rowdot.cache_dir() == fresh and stat.S_IMODE(os.stat(fresh).st_mode) == 0o700
+
+
+def test_no_compiler_is_a_build_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("GPT2_KERNEL_DIR", str(tmp_path / "kernels"))
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    with pytest.raises(rowdot.NoCompiler, match="no C.. compiler found"):
+        rowdot.build()
+    assert issubclass(rowdot.NoCompiler, rowdot.BuildError)  # callers that catch BuildError see it
