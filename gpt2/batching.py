@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from . import compute
+from .ablate import HeadAblation
 from .capture import AttentionCapture
 from .generate import PREFILL_CHUNK, prepare, private_generator
 from .kv_cache import CacheBatch, KVCache
@@ -87,18 +88,21 @@ class BatchedGenerator:
     def stream(self, idx: Tensor, max_new_tokens: int, context_size: int | None = None,
                temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                eos_id: int | None = None, seed: int | None = None,
-               capture: AttentionCapture | None = None) -> Iterator[Tensor]:
+               capture: AttentionCapture | None = None,
+               ablation: HeadAblation | None = None) -> Iterator[Tensor]:
         """Yield the next id [1] as soon as the loop has it, as `gpt2.stream` would for this
-        one sequence (`idx` [T] or [1, T]; same checks, same left-truncation). Closing or
-        dropping the iterator takes the request out at the next step."""
+        one sequence (`idx` [T] or [1, T]; same checks, same left-truncation; `capture` and
+        `ablation` act on this request only). Closing or dropping the iterator takes the
+        request out at the next step."""
         idx = prepare(self.model, idx, max_new_tokens, context_size, temperature, top_k, top_p, seed)
         if idx.size(0) != 1:
             raise ValueError(f"a request is one sequence: idx must be [T] or [1, T], got {idx.size(0)} rows")
         if max_new_tokens == 0:
             return
         cache = KVCache(self.model.config, 1, idx.size(1) + max_new_tokens, self.model.device)
-        if capture is not None:
-            capture.bind(cache)
+        for hooks in (capture, ablation):  # each acts on this request's row only
+            if hooks is not None:
+                hooks.bind(cache)
         request = Request(idx, max_new_tokens, temperature, top_k, top_p, eos_id,
                           private_generator(self.model, seed), cache)
         with self._worker.cond:
@@ -118,11 +122,12 @@ class BatchedGenerator:
     def generate(self, idx: Tensor, max_new_tokens: int, context_size: int | None = None,
                  temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                  eos_id: int | None = None, seed: int | None = None,
-                 capture: AttentionCapture | None = None) -> Tensor:
+                 capture: AttentionCapture | None = None,
+                 ablation: HeadAblation | None = None) -> Tensor:
         """`idx` followed by up to `max_new_tokens` new ids: [1, T + n], as `gpt2.generate`."""
         idx = idx.unsqueeze(0) if idx.dim() == 1 else idx
         new = list(self.stream(idx, max_new_tokens, context_size, temperature, top_k, top_p,
-                               eos_id, seed, capture))
+                               eos_id, seed, capture, ablation))
         out = idx.to(self.model.device)
         return torch.cat([out, torch.stack(new, dim=1)], dim=1) if new else out
 
@@ -140,6 +145,13 @@ class BatchedGenerator:
         """Requests submitted that have not started (the loop is busy or full)."""
         return len(self._inbox) + len(self._waiting)
 
+    def retire(self) -> None:
+        """Take no new requests; leave the compute thread once the running ones end (a model
+        dropped from memory while someone is still generating with it)."""
+        with self._worker.cond:
+            self._closed = True
+        self._worker.run(self._leave_if_idle)
+
     def close(self) -> None:
         """Stop the loop: requests still running or waiting end with a RuntimeError."""
         with self._worker.cond:
@@ -156,6 +168,13 @@ class BatchedGenerator:
             self._step()
         except Exception as error:  # noqa: BLE001 - a bug here must not stall every client
             self._fail_all(error)
+        if self._closed:
+            self._leave_if_idle()
+
+    def _leave_if_idle(self) -> None:
+        with self._worker.cond:
+            if not self.has_work():
+                self._worker.remove(self)
 
     def _step(self) -> None:
         with self._worker.cond:

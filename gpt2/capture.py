@@ -90,6 +90,18 @@ class AttentionCapture(RequestHooks):
             if layer == self.model.config.n_layer - 1:
                 self._complete = cache is None
 
+    def truncate(self, n: int) -> None:
+        """Keep the first `n` positions: a generation whose consumer stopped while its decode
+        loop (`gpt2.BatchedGenerator`) had already run a few steps ahead."""
+        for chunks in (*self._q.values(), *self._k.values(), *self._out.values()):
+            kept, total = [], 0
+            for chunk in chunks:
+                if total >= n:
+                    break
+                kept.append(chunk[:, :n - total])
+                total += kept[-1].size(1)
+            chunks[:] = kept
+
     # -- results -------------------------------------------------------------------------
     @property
     def num_tokens(self) -> int:

@@ -1,9 +1,10 @@
 """The models the app offers, loaded on first use and kept within a memory budget.
 
 Many requests may ask for a model that is not loaded yet; a per-name lock makes them
-wait for one load instead of each reading gigabytes. Least recently used models are
-dropped when the next one would not fit (a generation still running keeps its own
-reference, so dropping never breaks a request).
+wait for one load instead of each reading gigabytes. Each loaded model has its decode loop
+(`gpt2.BatchedGenerator`): every generation with that model is a row of its steps. Least
+recently used models are dropped when the next one would not fit; a dropped model's loop
+takes no new requests and leaves once the running ones end, so dropping never breaks a request.
 """
 from __future__ import annotations
 
@@ -163,6 +164,7 @@ class ModelTable:
         self.on_evict = on_evict  # whatever else holds the model (stored runs) lets go too
         self.max_bytes = int(0.6 * physical_memory()) if max_bytes is None else max_bytes
         self._models: OrderedDict[str, gpt2.GPT] = OrderedDict()
+        self._loops: dict[str, gpt2.BatchedGenerator] = {}
         self._name_locks = {name: threading.Lock() for name in sources}
         self._lock = threading.Lock()
 
@@ -176,38 +178,47 @@ class ModelTable:
 
     def get(self, name: str) -> gpt2.GPT:
         """The model, loading it if needed. Raises gpt2.WeightsError with a readable reason."""
+        return self.loop(name).model
+
+    def loop(self, name: str) -> gpt2.BatchedGenerator:
+        """The model's decode loop (`.model` is the model), loading it if needed."""
         if name not in self.sources:
             raise KeyError(f"unknown model {name!r}")
         with self._lock:
             if name in self._models:
                 self._models.move_to_end(name)
-                return self._models[name]
+                return self._loops[name]
         with self._name_locks[name]:  # one load per name; others wait for it
             with self._lock:
                 if name in self._models:
-                    return self._models[name]
+                    return self._loops[name]
             source, tier = self.sources[name], self.tiers.get(name, "fp32")
             if source in gpt2.PRESETS:
                 self._make_room(model_bytes(gpt2.PRESETS[source]) // (1 if tier == "fp32" else 2))
             model = self._load(name, source, tier)
+            loop = gpt2.BatchedGenerator(model)
             with self._lock:
-                self._models[name] = model
+                self._models[name], self._loops[name] = model, loop
             self._make_room(0, keep=name)  # a local checkpoint's size is known only now
-            return model
+            return loop
 
     @staticmethod
     def _load(name: str, source: str, tier: str) -> gpt2.GPT:
-        """Read one checkpoint; its errors name the model, never a server path."""
+        """Read one checkpoint; its errors name the model, never a server path. A download
+        waits on this thread; reading and converting the weights is compute, so it runs on the
+        compute thread (between decode steps: other users' generations pause, not stall)."""
         log.info("loading model %s", name)
         try:
-            return gpt2.load_model(source, **gpt2.TIERS[tier])
+            if source in gpt2.PRESETS and not (gpt2.hub.weights_dir() / f"{source}.safetensors").is_file():
+                gpt2.hub.download(source)  # the Hub cache then holds it
+            return gpt2.compute.run(lambda: gpt2.load_model(source, **gpt2.TIERS[tier]))
         except gpt2.WeightsError as error:
             message = without_server_paths(str(error), {} if source in gpt2.PRESETS else {source: name})
         raise gpt2.WeightsError(message)  # outside the except: no traceback chain to the loader
 
     def _make_room(self, needed: int, keep: str | None = None) -> None:
         """Drop least recently used models (never `keep`) until `needed` more bytes fit."""
-        evicted = []
+        evicted, retired = [], []
         with self._lock:
             for name in list(self._models):
                 used = sum(resident_bytes(m) for m in self._models.values())
@@ -216,6 +227,9 @@ class ModelTable:
                 if name != keep:
                     del self._models[name]
                     evicted.append(name)
+                    retired.append(self._loops.pop(name))
+        for loop in retired:
+            loop.retire()
         for name in evicted:
             if self.on_evict is not None:
                 self.on_evict(name)

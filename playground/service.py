@@ -1,19 +1,22 @@
 """The app's actions, free of Gradio: generate with capture, view a run, inspect any text.
 
 Each request owns its tensors (its KV cache, its capture, its run); the only shared
-objects are the model table and the run store, both locked. So concurrent users each get
-exactly the text and maps a lone request would. The page and the API call these same
-functions, so both show the same numbers.
+objects are the model table and the run store, both locked. Generations with one model are
+rows of that model's decode loop (`gpt2.BatchedGenerator`), whose steps are batch-invariant,
+and every other forward pass runs on the same compute thread (`gpt2.compute`) between
+steps: so the CPU is never oversubscribed, and concurrent users each get exactly the text,
+maps and candidates a lone request would. The page and the API call these same functions,
+so both show the same numbers.
 """
 from __future__ import annotations
 
 import logging
 import secrets
-import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -27,9 +30,9 @@ from .models import ModelTable
 from .validate import Settings, shown
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 MEAN = "mean"
 DIRECTIONS = ("from", "to")
-COMPUTE_SLOTS = 2  # requests running the model at once: CPU-bound, more only slows each one
 
 
 @dataclass(frozen=True)
@@ -103,12 +106,18 @@ class RunExpired(LookupError):
 class Service:
     """Generation and inspection on top of a model table and a run store.
 
-    Loading a model (or downloading it) happens before a request takes one of the
-    `compute_slots`, so a slow or stuck load never holds up other models' requests."""
+    A download waits on the request's own thread, so a slow or stuck one never holds up
+    other requests; only the compute runs on the shared compute thread."""
 
-    def __init__(self, models: ModelTable, runs: RunStore, compute_slots: int = COMPUTE_SLOTS):
+    def __init__(self, models: ModelTable, runs: RunStore):
         self.models, self.runs = models, runs
-        self.compute = threading.BoundedSemaphore(compute_slots)
+
+    def compute(self, model_name: str, fn: Callable[[gpt2.GPT], T]) -> T:
+        """fn(model) on the compute thread, between decode steps: every forward pass outside
+        a generation goes through here, so the process never computes on more threads than
+        `gpt2.compute.threads()`."""
+        loop = self.models.loop(model_name)  # loads (and downloads) first, on this thread
+        return loop.run(lambda: fn(loop.model))
 
     def generate(self, s: Settings, notice: Callable[[str], object] = lambda _: None) -> Iterator[Step]:
         """Yield a Step before the first token (it carries the run id), one per token, and a
@@ -116,7 +125,8 @@ class Service:
         gpt2.WeightsError with clear text. `notice` hears, before the first token, that a
         long prompt was cut to fit. Closing the iterator early (Stop, a closed tab) removes
         the hooks and stores what was generated so far as a stopped run."""
-        model = self.models.get(s.model)
+        loop = self.models.loop(s.model)
+        model = loop.model
         ctx = model.config.context_length
         if s.max_new_tokens >= ctx:
             raise ValueError(f"max_new_tokens must be below {s.model}'s context of {ctx} tokens, "
@@ -130,42 +140,43 @@ class Service:
         run_id = self.runs.reserve()
         stopped = False
         try:
-            with self.compute:
-                started = time.perf_counter()  # once this request has a compute slot
-                with gpt2.capture_attention(model) as capture, closing(gpt2.stream(
-                        model, torch.tensor([ids]), s.max_new_tokens, temperature=s.temperature,
-                        top_k=s.top_k or None, top_p=s.top_p if s.top_p < 1 else None,
-                        eos_id=gpt2.EOT_ID if s.stop_at_end else None, seed=seed, capture=capture)) as steps:
-                    try:
-                        yield Step(text, run_id, ids, len(ids), capture)
-                        for next_id in steps:
-                            generated.append(int(next_id[0]))
-                            text += decoder.add(generated[-1])
-                            yield Step(text, run_id, ids + generated, len(ids), capture)
-                    except GeneratorExit:
-                        stopped = True
-                        if generated:  # one more step, as a finished stream takes: the capture then
-                            next(steps, None)  # holds the last token too (what it sampled is dropped)
-                seconds = time.perf_counter() - started
-                all_ids = ids + generated
-                if stopped:
-                    log.info("generation stopped after %d of %d tokens; hooks removed%s", len(generated),
-                             s.max_new_tokens, ", partial run stored" if generated else "")
-                    if generated:
-                        self._store(run_id, s, model, all_ids, len(ids), capture, seed, seconds,
-                                    len(prompt_ids) - len(ids), "stopped")
-                    return
-                ended = "end of text" if s.stop_at_end and generated[-1] == gpt2.EOT_ID else "length"
-                self._store(run_id, s, model, all_ids, len(ids), capture, seed, seconds,
-                            len(prompt_ids) - len(ids), ended)  # the LM head over every position
+            started = time.perf_counter()
+            with gpt2.capture_attention(model) as capture, closing(loop.stream(
+                    torch.tensor([ids]), s.max_new_tokens, temperature=s.temperature,
+                    top_k=s.top_k or None, top_p=s.top_p if s.top_p < 1 else None,
+                    eos_id=gpt2.EOT_ID if s.stop_at_end else None, seed=seed, capture=capture)) as steps:
+                try:
+                    yield Step(text, run_id, ids, len(ids), capture)
+                    for next_id in steps:
+                        generated.append(int(next_id[0]))
+                        text += decoder.add(generated[-1])
+                        yield Step(text, run_id, ids + generated, len(ids), capture)
+                except GeneratorExit:
+                    stopped = True
+                    if generated:  # one more step, as a finished stream takes: the capture then
+                        next(steps, None)  # holds the last token too (what it sampled is dropped)
+            seconds = time.perf_counter() - started
+            all_ids = ids + generated
+            if stopped:  # the loop may have run ahead of this consumer: keep what it was shown
+                loop.run(lambda: capture.truncate(len(all_ids)))
+                log.info("generation stopped after %d of %d tokens; hooks removed%s", len(generated),
+                         s.max_new_tokens, ", partial run stored" if generated else "")
+                if generated:
+                    self._store(run_id, s, loop, all_ids, len(ids), capture, seed, seconds,
+                                len(prompt_ids) - len(ids), "stopped")
+                return
+            ended = "end of text" if s.stop_at_end and generated[-1] == gpt2.EOT_ID else "length"
+            self._store(run_id, s, loop, all_ids, len(ids), capture, seed, seconds,
+                        len(prompt_ids) - len(ids), ended)  # the LM head over every position
             yield Step(text + decoder.flush(), run_id, all_ids, len(ids), capture, stored=True)
         finally:
             self.runs.release(run_id)  # no-op once stored; wakes a Stop waiting for a run that never came
 
-    def _store(self, run_id: str, s: Settings, model: gpt2.GPT, ids: list[int], n_prompt: int,
+    def _store(self, run_id: str, s: Settings, loop: gpt2.BatchedGenerator, ids: list[int], n_prompt: int,
                capture: gpt2.AttentionCapture, seed: int, seconds: float, dropped: int, ended: str) -> None:
-        run = Run(s.model, ids, n_prompt, capture, model.config, seed, seconds,
-                  rank_candidates(capture, ids), dropped=dropped, ended=ended)
+        candidates = loop.run(lambda: rank_candidates(capture, ids))
+        run = Run(s.model, ids, n_prompt, capture, loop.model.config, seed, seconds, candidates,
+                  dropped=dropped, ended=ended)
         self.runs.add(run, run_id)
 
     def run(self, run_id: str | None) -> Run:
@@ -225,11 +236,14 @@ class Service:
         return TokenAttention(tokens.labels(run.ids[position:]), column, position)
 
     def live_row(self, step: Step, layer: int, head: int | None) -> tuple[int, np.ndarray]:
-        """The newest row a running generation has captured: what the token before the newest
-        attended to when it chose the newest one. No extra forward pass: read between steps."""
+        """What the token before the newest attended to when it chose the newest one, read from
+        the running generation's capture (no extra forward pass). The decode loop may be steps
+        ahead of this consumer and writes the capture as it goes, so it is read on the compute
+        thread, between steps, at the position this step shows."""
         check_layer(layer, step.capture.model.config)
-        position = step.capture.num_tokens - 1
-        return position, attention_rows(step.capture, layer, head, slice(position, position + 1))[0]
+        position = len(step.ids) - 2
+        return position, gpt2.compute.run(
+            lambda: attention_rows(step.capture, layer, head, slice(position, position + 1))[0])
 
     def inspect_text(self, text: str, model_name: str) -> Run:
         """Capture one forward pass over any text (the stateless API's path): no generation."""
@@ -238,15 +252,16 @@ class Service:
 
     def _captured(self, model_name: str, ids: list[int], with_candidates: bool = False) -> Run:
         """One forward pass over `ids` with attention capture, as a run (all of it prompt)."""
-        model = self.models.get(model_name)
-        cache = gpt2.KVCache(model.config, 1, len(ids), model.device)
-        with self.compute:
+
+        def forward(model: gpt2.GPT) -> tuple[gpt2.AttentionCapture, float, list]:
+            cache = gpt2.KVCache(model.config, 1, len(ids), model.device)
             with gpt2.capture_attention(model) as capture:
                 started = time.perf_counter()
-                capture.bind(cache)  # ties the hooks to this request, whatever thread runs others
+                capture.bind(cache)  # ties the hooks to this request's forward pass
                 with torch.inference_mode():
                     model(torch.tensor([ids], device=model.device), cache, last_only=True)
                 seconds = time.perf_counter() - started
-            candidates = rank_candidates(capture, ids) if with_candidates else []
-        return Run(model_name, ids, len(ids), capture, model.config, None, seconds, candidates)
+            return capture, seconds, rank_candidates(capture, ids) if with_candidates else []
 
+        capture, seconds, candidates = self.compute(model_name, forward)
+        return Run(model_name, ids, len(ids), capture, capture.model.config, None, seconds, candidates)

@@ -51,9 +51,9 @@ BUILTIN_EXAMPLES = {  # its own world: template stories and dialogues whose name
                                0.5, 40],
     "Leo's map (greedy)": ["Leo found a green map under the bed. One day, Leo took the map to the", 0.0, 30],
 }
-# Generation and API events admitted at once; the model itself runs at most
-# service.COMPUTE_SLOTS of them at a time, after each loaded its model.
-GENERATE_CONCURRENCY = 8
+# Generation and API events admitted at once: as many as a model's decode loop batches
+# (the rows of one step); more wait in Gradio's queue, whose size stays capped.
+GENERATE_CONCURRENCY = gpt2.batching.MAX_BATCH
 VIEW_CONCURRENCY = 8
 LIVE_INTERVAL_S = 0.25  # at most 4 token-view updates a second while a run streams
 STOP_WAIT_S = 30.0  # how long Stop waits for the stopped generation to store its run
