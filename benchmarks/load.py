@@ -1,21 +1,28 @@
-"""Soak/load test: N concurrent gradio_client users against a locally started app.
+"""The app under load: many users on one CPU (issue 17) and a long mixed soak (issue 14).
 
-Starts `python app.py --model MODEL --port P` on 127.0.0.1, runs N client threads for a
-bounded time (each loops over mixed prompts and settings: a /generate call, and every
-third time an /attention call on its result), checks every answer against the same
-request's earlier answer (greedy or a fixed seed makes that checkable), then reports
-requests served, p50/p95 latency, errors (must be 0) and the server's peak RSS (VmHWM).
+Both start `python app.py --model gpt2` on a free local port, offline, with random 124M
+weights standing in for GPT-2 in a Hugging Face cache folder of our own (so `gpt2` goes
+through huggingface_hub's real cache lookup, at the app's default tier, int8).
 
-    python benchmarks/load.py --users 8 --seconds 60 [--model PATH|random-tiny] [--out benchmarks/LOAD.md]
+    python benchmarks/load.py scaling [--users 1,2,4,8] [--requests 8]   # -> LOAD.md, "scaling"
+    python benchmarks/load.py soak [--requests 2000] [--users 8]          # -> LOAD.md, "soak"
 
-`--model random-tiny` (the default when `gpt2/data/builtin-model.safetensors` is absent) writes
-a random 2-layer GPT-2 (32 wide, 128-token context) to a temporary folder: it measures the
-app's serving path (queue, validation, capture, JSON), not the model's speed.
+scaling: greedy 64-token `/generate` streams (gradio_client `submit`): the same requests run
+one at a time, then by N concurrent users (each its own client, `--requests` each): total
+tokens/s, per-user tokens/s and time to first token (submit -> first streamed text, p50/p95).
+
+soak: N users send a mix until `--requests` are done: `/generate` (short, mixed settings),
+`/attention`, `/next_tokens`, page visits (the page's own events through Gradio's queue
+protocol: a generation, then a view), `/load_model` of a broken checkpoint, and streams
+cancelled midway. A repeated request must give its first answer again, nothing may fail but
+the broken load (with its reason), and the server's RSS is sampled every second: the report
+gives the curve, which must level off.
 """
 from __future__ import annotations
 
 import argparse
-import itertools
+import hashlib
+import json
 import os
 import random
 import socket
@@ -26,174 +33,323 @@ import tempfile
 import threading
 import time
 import urllib.request
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-BUILTIN = ROOT / "gpt2" / "data" / "builtin-model.safetensors"
-PROMPTS = ["Once upon a time", "The meaning of life is", "Mira took the kite to the river.",
-           "def fibonacci(n):", "In 1969, the first", "Hello, my name is"]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from common import machine_line, put_section  # noqa: E402
+
+LOAD = HERE / "LOAD.md"
+PROMPTS = ["Once upon a time", "The meaning of life is", "In 1969, the first", "def fibonacci(n):",
+           "Hello, my name is", "The capital of France", "Scientists discovered", "My favourite food"]
+
+
+# -- the app ------------------------------------------------------------------------------------
+def stand_in_hub(home: Path) -> None:
+    """Random 124M weights as `openai-community/gpt2`, laid out as a download would be."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    repo = home / "hub" / "models--openai-community--gpt2"
+    revision = hashlib.sha1(b"gpt2 stand-in").hexdigest()
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config()).save_pretrained(repo / "snapshots" / revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(revision)
+
+
+def broken_checkpoint(folder: Path) -> Path:
+    """A Hub-layout folder whose weights file is cut in half: every load of it fails."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=4, n_positions=128)).save_pretrained(folder)
+    weights = folder / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    return folder
 
 
 @dataclass
-class Tally:
-    """What all users saw, under one lock."""
-    latencies: list[float] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    mismatches: list[str] = field(default_factory=list)
-    answers: dict[tuple, object] = field(default_factory=dict)
-    lock: threading.Lock = field(default_factory=threading.Lock)
+class App:
+    url: str
+    proc: subprocess.Popen
 
-    def record(self, key: tuple, answer: object, seconds: float) -> None:
-        with self.lock:
-            self.latencies.append(seconds)
-            if self.answers.setdefault(key, answer) != answer:
-                self.mismatches.append(str(key))
-
-    def fail(self, error: Exception) -> None:
-        with self.lock:
-            self.errors.append(f"{type(error).__name__}: {error}")
+    def rss_mb(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return float("nan")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def random_tiny(directory: Path) -> Path:
-    import gpt2
-
-    config = gpt2.GPTConfig(vocab_size=50257, context_length=128, n_embd=32, n_layer=2, n_head=4)
-    return gpt2.save_model(gpt2.GPT(config).eval(), directory / "random-tiny.safetensors")
-
-
-def start_app(model: str, port: int, log: Path) -> subprocess.Popen:
-    env = os.environ | {"HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
-    with log.open("w") as out:  # a file, not a pipe: an unread pipe would stall the server
-        return subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--model", model, "--port", str(port)],
-                                cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
-
-
-def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"app exited: {log.read_text()[-2000:]}")
-        try:
-            urllib.request.urlopen(url + "gradio_api/info", timeout=2).close()
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"app not ready after {timeout}s")
-
-
-def proc_status_mb(pid: int, field_name: str) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field_name + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def request_args(rng: random.Random, model: str) -> dict:
-    return dict(prompt=rng.choice(PROMPTS), model=model, temperature=rng.choice([0.0, 0.8]),
-                top_k=rng.choice([0, 40]), top_p=rng.choice([1.0, 0.9]),
-                max_new_tokens=rng.choice([8, 16, 32]), seed=rng.randrange(3))
-
-
-def user(i: int, url: str, model: str, deadline: float, tally: Tally) -> None:
-    """One client session looping until the deadline; every failure is counted."""
+def start_app(tmp: Path, *extra: str) -> App:
+    """The app on `gpt2` from the stand-in cache, its kernels built and the model loaded."""
     from gradio_client import Client
 
-    client, rng = Client(url, verbose=False), random.Random(i)
-    for n in itertools.count():
-        if time.monotonic() >= deadline:
-            return
-        req = request_args(rng, model)
+    stand_in_hub(tmp / "hf")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = os.environ | {"HF_HOME": str(tmp / "hf"), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    log = (tmp / "app.log").open("w")  # a file, not a pipe: an unread pipe would stall the server
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--model", "gpt2", "--port", str(port), *extra],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + 300
+    while True:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"the app did not start:\n{(tmp / 'app.log').read_text()[-3000:]}")
         try:
-            started = time.perf_counter()
-            text = client.predict(**req, api_name="/generate")
-            tally.record(tuple(sorted(req.items())), text, time.perf_counter() - started)
-            if n % 3 == 2:
-                started = time.perf_counter()
-                full = req["prompt"] + text
-                maps = client.predict(text=full, model=model, layer=1, head="mean", api_name="/attention")
-                tally.record(("attention", full), maps["weights"], time.perf_counter() - started)
-        except Exception as error:  # noqa: BLE001 - counted and reported, never hidden
-            tally.fail(error)
+            urllib.request.urlopen(url + "gradio_api/info", timeout=2).close()
+            break
+        except OSError:
+            time.sleep(0.5)
+    client = Client(url, verbose=False)
+    client.predict(model="gpt2", api_name="/load_model")
+    for _ in range(3):  # warm: the kernels are built on first use
+        client.predict(prompt="Warm up", model="gpt2", temperature=0.0, max_new_tokens=64, api_name="/generate")
+    return App(url, proc)
 
 
-def cpu_model() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
-def report(args: argparse.Namespace, model: str, tally: Tally, peak_mb: float, end_mb: float,
-           loads: tuple[str, str]) -> str:
-    lat = sorted(tally.latencies)
-    pct = (lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan"))
-    return "\n".join([
-        f"command: python benchmarks/load.py --users {args.users} --seconds {args.seconds:g} "
-        f"--model {args.model}",
-        f"model: {Path(model).name}",
-        f"machine: {cpu_model()}, {os.cpu_count()} cores; load average before {loads[0]}, after {loads[1]}",
-        f"requests served: {len(lat)} in {args.seconds:g} s by {args.users} concurrent users "
-        f"({len(lat) / args.seconds:.1f}/s; /generate, and /attention every third round)",
-        f"latency p50: {pct(0.50):.3f} s, p95: {pct(0.95):.3f} s, "
-        f"mean: {statistics.fmean(lat) if lat else float('nan'):.3f} s",
-        f"errors: {len(tally.errors)}" + (f" (first: {tally.errors[0]})" if tally.errors else ""),
-        f"answers differing from the same request's earlier answer: {len(tally.mismatches)}",
-        f"server RSS: peak (VmHWM) {peak_mb:.0f} MB, at the end {end_mb:.0f} MB",
-    ])
+# -- scaling ------------------------------------------------------------------------------------
+def timed_stream(client, prompt: str, new_tokens: int) -> tuple[float, float]:
+    """(time to first streamed token, total time) of one greedy `/generate` stream."""
+    started = time.perf_counter()
+    first = None
+    job = client.submit(prompt=prompt, model="gpt2", temperature=0.0, top_k=0, top_p=1.0,
+                        max_new_tokens=new_tokens, seed=0, api_name="/generate")
+    for _ in job:
+        first = first or time.perf_counter() - started
+    job.result()
+    return first or float("nan"), time.perf_counter() - started
 
 
 def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--users", type=int, default=8)
-    parser.add_argument("--seconds", type=float, default=60)
-    parser.add_argument("--model", default=str(BUILTIN) if BUILTIN.is_file() else "random-tiny",
-                        help="checkpoint for the app, or random-tiny (default: the built-in model "
-                             "if present)")
-    parser.add_argument("--out", default=None, help="also write the report here (markdown)")
-    parser.add_argument("--note", default="", help="a line about the conditions, added to the report")
-    args = parser.parse_args()
+def scaling(args: argparse.Namespace) -> None:
+    from gradio_client import Client
 
-    from playground.models import local_name
-
+    users = [int(n) for n in args.users.split(",")]
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        model = str(random_tiny(Path(tmp))) if args.model == "random-tiny" else args.model
-        port, log, tally = free_port(), Path(tmp) / "app.log", Tally()
-        url = f"http://127.0.0.1:{port}/"
-        proc = start_app(model, port, log)
+        app = start_app(Path(tmp))
         try:
-            wait_ready(url, proc, log)
-            loads = [load_average()]
-            deadline = time.monotonic() + args.seconds
-            threads = [threading.Thread(target=user, args=(i, url, local_name(model), deadline, tally))
-                       for i in range(args.users)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            loads.append(load_average())
-            peak, end = proc_status_mb(proc.pid, "VmHWM"), proc_status_mb(proc.pid, "VmRSS")
+            clients = [Client(app.url, verbose=False) for _ in range(max(users))]  # one per user, made before timing
+            for n in users:
+                prompts = [PROMPTS[(u * args.requests + r) % len(PROMPTS)] + f" ({u}.{r})"
+                           for u in range(n) for r in range(args.requests)]
+                before = load_average()
+                started = time.perf_counter()
+                alone = [timed_stream(clients[0], p, args.new_tokens) for p in prompts]
+                alone_rate = len(prompts) * args.new_tokens / (time.perf_counter() - started)
+                together: list[tuple[float, float]] = []
+                lock = threading.Lock()
+
+                def user(u: int) -> None:
+                    for r in range(args.requests):
+                        result = timed_stream(clients[u], prompts[u * args.requests + r], args.new_tokens)
+                        with lock:
+                            together.append(result)
+
+                started = time.perf_counter()
+                threads = [threading.Thread(target=user, args=(u,)) for u in range(n)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                wall = time.perf_counter() - started
+                total = len(prompts) * args.new_tokens / wall
+                ttft = [first for first, _ in together]
+                per_user = statistics.median(args.new_tokens / (t - f) for f, t in together)
+                rows.append(f"| {n} | {alone_rate:.1f} | {total:.1f} | **{total / alone_rate:.2f}x** | "
+                            f"{per_user:.1f} | {percentile(ttft, 0.5):.3f} / {percentile(ttft, 0.95):.3f} | "
+                            f"{percentile([f for f, _ in alone], 0.5):.3f} | {before} |")
+                print(rows[-1], flush=True)
         finally:
-            proc.terminate()
-            proc.wait(timeout=30)
-        text = report(args, model, tally, peak, end, (loads[0], loads[1]))
-    if args.note:
-        text += f"\nnote: {args.note}"
-    print(text)
-    if args.out:
-        Path(args.out).write_text(f"# Load test\n\n```\n{text}\n```\n")
+            app.proc.terminate()
+            app.proc.wait(timeout=60)
+    lines = ["## Concurrent users (issue 17)", "",
+             f"Command: `python benchmarks/load.py scaling --users {args.users} --requests {args.requests}`. "
+             f"The app on `gpt2` (random 124M weights from a local Hub cache, default tier int8), "
+             f"greedy {args.new_tokens}-token `/generate` streams through gradio_client; each row runs the same "
+             f"N x {args.requests} requests one at a time, then by N concurrent users. {machine_line()}.", "",
+             "| users | one at a time, tok/s | concurrent, total tok/s | ratio | per-user tok/s (median, after the "
+             "first token) | time to first token p50 / p95, s | alone, p50 s | load average before |",
+             "|---|---|---|---|---|---|---|---|", *rows]
+    put_section("scaling", lines, LOAD)
+
+
+# -- soak ---------------------------------------------------------------------------------------
+@dataclass
+class Tally:
+    done: int = 0
+    kinds: dict[str, int] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    mismatches: list[str] = field(default_factory=list)
+    answers: dict[tuple, object] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count(self, kind: str, key: tuple | None = None, answer: object = None) -> None:
+        with self.lock:
+            self.done += 1
+            self.kinds[kind] = self.kinds.get(kind, 0) + 1
+            if key is not None and self.answers.setdefault(key, answer) != answer:
+                self.mismatches.append(f"{kind} {key[:3]}")
+
+
+class PageVisit:
+    """The page's own events, as a browser sends them: Gradio's queue protocol with a session
+    of its own, State inputs sent empty (the server holds them), other inputs their defaults."""
+
+    def __init__(self, url: str, config: dict):
+        self.url, self.session = url, uuid.uuid4().hex
+        self.components = {c["id"]: c for c in config["components"]}
+        self.events = {d["api_name"]: d for d in config["dependencies"] if d.get("api_name")}
+
+    def call(self, api_name: str, **values: object) -> dict:
+        """Join the event with each input's default, `values` by elem_id; its last message."""
+        event = self.events[api_name]
+        data = []
+        for cid in event["inputs"]:
+            props = self.components[cid].get("props", {})
+            data.append(values.get(props.get("elem_id"), None if self.components[cid]["type"] == "state"
+                                   else props.get("value")))
+        body = json.dumps({"data": data, "fn_index": event["id"], "session_hash": self.session,
+                           "event_data": None, "trigger_id": None}).encode()
+        request = urllib.request.Request(self.url + "gradio_api/queue/join", body, {"Content-Type": "application/json"})
+        urllib.request.urlopen(request, timeout=120).close()
+        with urllib.request.urlopen(f"{self.url}gradio_api/queue/data?session_hash={self.session}", timeout=300) as s:
+            for line in s:
+                if line.startswith(b"data: "):
+                    message = json.loads(line[6:])
+                    if message["msg"] == "process_completed":
+                        if not message["success"]:
+                            raise RuntimeError(f"{api_name}: {message['output']}")
+                        return message
+        raise RuntimeError(f"{api_name}: the event never completed")
+
+
+def soak_user(i: int, app: App, config: dict, args: argparse.Namespace, tally: Tally) -> None:
+    from gradio_client import Client
+
+    client, rng = Client(app.url, verbose=False), random.Random(i)
+    while True:
+        with tally.lock:
+            if tally.done >= args.requests:
+                return
+        kind = rng.choices(["generate", "attention", "next_tokens", "page", "broken", "cancel"],
+                           weights=[5, 2, 2, 2, 1, 1])[0]
+        prompt = rng.choice(PROMPTS)
+        try:
+            if kind == "generate":
+                settings = dict(prompt=prompt, model="gpt2", temperature=rng.choice([0.0, 0.8]), top_k=40,
+                                top_p=rng.choice([1.0, 0.9]), max_new_tokens=rng.choice([4, 8, 16]),
+                                seed=rng.randrange(3))
+                text = client.predict(**settings, api_name="/generate")
+                tally.count(kind, tuple(sorted(settings.items())), text)
+            elif kind == "attention":
+                text = prompt + " " + " ".join(rng.choice(PROMPTS) for _ in range(rng.randrange(1, 30)))
+                maps = client.predict(text=text, model="gpt2", layer=rng.randrange(12), head="mean",
+                                      api_name="/attention")
+                tally.count(kind, ("attention", text), maps["weights"][-1][:8])
+            elif kind == "next_tokens":
+                out = client.predict(text=prompt, model="gpt2", k=5, api_name="/next_tokens")
+                tally.count(kind, ("next", prompt), [p["top"][0]["token"] for p in out["positions"]])
+            elif kind == "page":
+                visit = PageVisit(app.url, config)
+                visit.call("ui_generate", prompt=prompt, model="gpt2", **{"max-new-tokens": 8})
+                for name in args.page_views:
+                    visit.call(name)
+                tally.count(kind)
+            elif kind == "broken":
+                try:
+                    client.predict(model="local:broken", api_name="/load_model")
+                    tally.errors.append("the broken checkpoint loaded")
+                except Exception as error:  # noqa: BLE001 - the expected refusal
+                    if "truncated or corrupt" not in str(error):
+                        raise
+                tally.count(kind)
+            else:
+                job = client.submit(prompt=prompt, model="gpt2", temperature=0.0, max_new_tokens=200,
+                                    api_name="/generate")
+                while not job.outputs() and not job.done():
+                    time.sleep(0.02)
+                job.cancel()
+                tally.count(kind)
+        except Exception as error:  # noqa: BLE001 - counted and reported, never hidden
+            with tally.lock:
+                tally.errors.append(f"{kind}: {type(error).__name__}: {error}"[:300])
+                tally.done += 1
+
+
+def soak(args: argparse.Namespace) -> None:
+    tally, curve = Tally(), []
+    with tempfile.TemporaryDirectory() as tmp:
+        broken = broken_checkpoint(Path(tmp) / "broken")
+        app = start_app(Path(tmp), "--extra-model", str(broken))
+        try:
+            with urllib.request.urlopen(app.url + "config", timeout=30) as response:
+                config = json.load(response)
+            started = time.perf_counter()
+            users = [threading.Thread(target=soak_user, args=(i, app, config, args, tally)) for i in range(args.users)]
+            for t in users:
+                t.start()
+            while any(t.is_alive() for t in users):
+                curve.append((time.perf_counter() - started, tally.done, app.rss_mb()))
+                time.sleep(1)
+            for t in users:
+                t.join()
+            wall = time.perf_counter() - started
+            curve.append((wall, tally.done, app.rss_mb()))
+        finally:
+            app.proc.terminate()
+            app.proc.wait(timeout=60)
+    marks = [curve[min(len(curve) - 1, int(f * (len(curve) - 1)))] for f in (0, .1, .2, .3, .4, .5, .6, .7, .8, .9, 1)]
+    half = [rss for _, done, rss in curve if done >= args.requests / 2]
+    lines = ["## Soak (issue 14)", "",
+             f"Command: `python benchmarks/load.py soak --requests {args.requests} --users {args.users}`. "
+             f"The app on `gpt2` (random 124M weights from a local Hub cache, int8) and a broken checkpoint; "
+             f"{args.users} concurrent users, each its own client, drawing from: /generate (5), /attention (2), "
+             f"/next_tokens (2), a page visit ({', '.join(['ui_generate', *args.page_views])}; 2), /load_model of "
+             f"the broken checkpoint (1), a 200-token stream cancelled at its first token (1). {machine_line()}.", "",
+             f"- requests: {tally.done} in {wall:.0f} s ({', '.join(f'{k} {v}' for k, v in sorted(tally.kinds.items()))})",
+             f"- errors: {len(tally.errors)}" + (f" (first: {tally.errors[0]})" if tally.errors else ""),
+             f"- repeated requests answering differently: {len(tally.mismatches)}",
+             f"- server RSS over the second half: {min(half):.0f} to {max(half):.0f} MB "
+             f"(peak over the run {max(r for _, _, r in curve):.0f} MB)", "",
+             "| time, s | requests done | server RSS, MB |", "|---|---|---|",
+             *[f"| {t:.0f} | {done} | {rss:.0f} |" for t, done, rss in marks]]
+    put_section("soak", lines, LOAD)
+    print("\n".join(lines))
     sys.exit(1 if tally.errors or tally.mismatches else 0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    sub = parser.add_subparsers(dest="mode", required=True)
+    p = sub.add_parser("scaling", help="total tokens/s of N concurrent users against one at a time")
+    p.add_argument("--users", default="1,2,4,8", help="comma-separated user counts")
+    p.add_argument("--requests", type=int, default=4, help="streams per user")
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.set_defaults(run=scaling)
+    p = sub.add_parser("soak", help="a long mixed soak with the server's RSS curve")
+    p.add_argument("--requests", type=int, default=2000)
+    p.add_argument("--users", type=int, default=8)
+    p.add_argument("--page-views", nargs="*", default=["show_run"],
+                   help="the page's events a visit runs after its generation (by api_name)")
+    p.set_defaults(run=soak)
+    args = parser.parse_args()
+    args.run(args)
 
 
 if __name__ == "__main__":

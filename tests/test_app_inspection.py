@@ -97,15 +97,49 @@ def test_candidates_are_the_models_predictions(service, checkpoint):
 
 
 def test_concurrent_runs_each_get_their_own_text_and_maps(service):
+    """Concurrent generations are rows of the model's one decode loop (batched steps once the
+    kernels are built), and each gets the text, maps and candidates it gets alone."""
+    loop = service.models.loop("tiny")
+    assert loop.model.compile_status.wait(timeout=600), loop.model.compile_status.error
     prompts = [f"Request number {i} says hello to" for i in range(8)]
-    alone = [finish(service, settings(p, seed=i)) for i, p in enumerate(prompts)]
+    alone = [finish(service, settings(p, seed=i, max_new_tokens=24)) for i, p in enumerate(prompts)]
+    widest, running = [0], [True]
+
+    def watch() -> None:
+        while running[0]:
+            widest[0] = max(widest[0], loop.active)
+
+    watcher = ThreadPoolExecutor(1).submit(watch)
     with ThreadPoolExecutor(8) as pool:
-        together = list(pool.map(lambda a: finish(service, settings(a[1], seed=a[0])), enumerate(prompts)))
+        together = list(pool.map(lambda a: finish(service, settings(a[1], seed=a[0], max_new_tokens=24)),
+                                 enumerate(prompts)))
+    running[0] = False
+    watcher.result()
+    assert widest[0] > 1  # they shared steps
     for (text, run), (text2, run2) in zip(alone, together):
         assert text == text2 and run.ids == run2.ids
         assert run2.capture.num_tokens == len(run2.ids)
         torch.testing.assert_close(run.attention(1, window(len(run.ids), 0, 64))[0],
-                                   run2.attention(1, window(len(run2.ids), 0, 64))[0])
+                                   run2.attention(1, window(len(run2.ids), 0, 64))[0], rtol=0, atol=1e-5)
+        assert [c.ids for c in run.candidates] == [c.ids for c in run2.candidates]
+        for c, c2 in zip(run.candidates, run2.candidates):
+            assert c.probs == pytest.approx(c2.probs, abs=1e-5)
+
+
+def test_a_dropped_model_finishes_its_running_generation(checkpoint):
+    """The table drops a model while someone generates with it: that generation ends normally,
+    new requests load the model again, and the old loop leaves the compute thread."""
+    table = ModelTable({"tiny": str(checkpoint), "other": str(checkpoint)}, max_bytes=1)
+    service = Service(table, RunStore())
+    steps = service.generate(settings(max_new_tokens=16))
+    first = [next(steps), next(steps)]
+    old = table.loop("tiny")
+    table.get("other")  # does not fit beside it: "tiny" is dropped
+    assert not table.loaded("tiny")
+    rest = list(steps)
+    assert first[-1].n_generated == 1 and rest[-1].stored and rest[-1].n_generated == 16
+    assert table.loop("tiny") is not old
+    assert old not in gpt2.compute.worker()._loops
 
 
 def test_store_keeps_recent_runs_within_budget(service):

@@ -65,6 +65,7 @@ def test_table_drops_least_recently_used_presets_to_fit(monkeypatch):
     loaded = []
 
     monkeypatch.setattr(gpt2, "load_model", lambda source, **tier: loaded.append(source) or Fake(source))
+    monkeypatch.setattr(gpt2.hub, "download", lambda name: None)  # sizes matter here, not files
     small, medium = (models.model_bytes(gpt2.PRESETS[n]) for n in ("gpt2", "gpt2-medium"))
     evicted = []
     table = models.ModelTable({n: n for n in gpt2.PRESETS}, max_bytes=small + medium,
@@ -77,6 +78,7 @@ def test_table_drops_least_recently_used_presets_to_fit(monkeypatch):
     table.get("gpt2-large")  # does not fit beside either
     assert table.loaded("gpt2-large") and not table.loaded("gpt2-medium") and not table.loaded("gpt2")
     assert evicted == ["gpt2-medium", "gpt2"]  # least recently used first
+    assert table.loop("gpt2-large").model is table.get("gpt2-large")  # its decode loop
     assert models.model_bytes(gpt2.PRESETS["gpt2"]) == pytest.approx(4 * 124_439_808, rel=1e-3)
 
 
