@@ -343,8 +343,10 @@ class Page:
         """The form's settings; a blank seed takes the shown run's own, so its text comes back."""
         s = validate.settings(prompt, model, temperature, top_k, top_p, max_new, seed, stop_at_end,
                               offered=self.names)
-        record = self.service.runs.record(run_id) if s.seed is None and run_id else None
-        return validate.Settings(**{**s.__dict__, "seed": record.seed if record else 0})
+        if s.seed is not None:
+            return s
+        record = self.service.runs.record(run_id) if run_id else None
+        return validate.Settings(**{**s.__dict__, "seed": record.seed if record and record.seed is not None else 0})
 
     def knockout(self, run_id: str | None, heads: Any, prompt: Any, model: Any, temperature: Any, top_k: Any,
                  top_p: Any, max_new: Any, seed: Any, stop_at_end: Any = False) -> tuple:
