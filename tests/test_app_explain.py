@@ -182,3 +182,15 @@ def test_explain_endpoints_refuse_bad_input_clearly(client, api_name, kwargs, me
 
     with pytest.raises(AppError, match=message):
         client.predict(**kwargs, api_name=api_name)
+
+
+def test_side_by_side_marks_the_first_difference_and_escapes_text():
+    from playground import explain
+
+    a, b = gpt2.encode(" <b>bold</b> and"), gpt2.encode(" <b>bold</b> or")
+    out = explain.side_by_side("<script>x</script>", ("as is", "knocked out"), a, b)
+    assert "<script>" not in out and "&lt;script&gt;" in out and "<b>bold" not in out
+    first = explain.first_difference(a, b)
+    assert out.count('class="first-diff"') == 2 and f'data-first-diff="{first}"' in out
+    assert explain.first_difference([1, 2], [1, 2]) is None and explain.first_difference([1, 2], [1]) == 1
+    assert explain.file_name("gpt2 · fp32", "layer5", "head 1") == "gpt2-fp32-layer5-head-1"
