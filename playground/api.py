@@ -101,6 +101,46 @@ def register(service: Service, generate_concurrency: int) -> None:
              "top": [{"token": t, "prob": round(q, 6)} for t, q in zip(tokens.labels(c.ids), c.probs)]}
             for p, c in enumerate(rank_candidates(run.capture, run.ids, k), start=1)]}
 
+    def logit_lens(text: str, model: str = names[0], position: int = -1, k: int = 5) -> dict:
+        """The logit lens: what the model would predict after every block, at one position of a text.
+        text: the text to look at (at most 20,000 characters; a text longer than the context keeps its end).
+        model: a name from the app's model list, as for /generate.
+        position: the token whose next token is predicted, from 0 (-1 = the last).
+        k: top tokens per layer (1 to 20).
+        Returns {"position": int, "layers": [{"layer": i, "top": [{"token": str, "id": int, "prob": float}]}]},
+        one entry per block: the residual stream after block i through the final LayerNorm and the
+        tied LM head (the last block's entry is the model's own prediction). "token" is the token's
+        text (invalid UTF-8 replaced).
+        """
+        k = validate.integer("k", k, 1, validate.MAX_LENS_K)
+        run = service.inspect_text(validate.prompt_text(text), validate.model_name(model, names))
+        T = len(run.ids)
+        position = validate.integer("position", position, -T, T - 1) % T
+        lens = service.lens(run, slice(position, position + 1), k)
+        return {"position": position, "layers": [
+            {"layer": layer, "top": [{"token": t, "id": int(i), "prob": round(float(p), 6)}
+                                     for t, i, p in zip(tokens.text(lens.ids[layer, 0, 0].tolist()),
+                                                        lens.ids[layer, 0, 0].tolist(), lens.probs[layer, 0, 0])]}
+            for layer in range(lens.ids.size(0))]}
+
+    def ablate(prompt: str, model: str = names[0], heads: list[str] | None = None, max_new_tokens: int = 20,
+               temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = 0) -> dict:
+        """Head knock-out: continue a prompt twice with the same settings and seed, as is and with some
+        attention heads' outputs set to zero (each head's slice of the merged heads, before c_proj).
+        prompt: the text to continue (at most 20,000 characters).
+        model: a name from the app's model list, as for /generate.
+        heads: the heads to knock out, as "layer.head" strings, e.g. ["1.0", "2.1"] (at most 64).
+        max_new_tokens: tokens to generate (1 to 512, and below the model's context).
+        temperature, top_k, top_p, seed: as for /generate (0 = greedy; a seed repeats both runs exactly).
+        Returns {"baseline": str, "ablated": str, "baseline_ids": [int], "ablated_ids": [int]}: the two
+        continuations (without the prompt) and their token ids.
+        """
+        s = validate.settings(prompt, model, temperature, top_k, top_p, max_new_tokens, seed, offered=names)
+        config = service.models.get(s.model).config
+        knockout = service.ablate(s, validate.heads(heads, config.n_layer, config.n_head))
+        return {"baseline": gpt2.decode(knockout.baseline), "ablated": gpt2.decode(knockout.ablated),
+                "baseline_ids": knockout.baseline, "ablated_ids": knockout.ablated}
+
     def load_model(model: str) -> str:
         """Load a model ahead of use, so the next request on it starts at once.
         model: a name from the app's model list, as for /generate.
@@ -118,4 +158,6 @@ def register(service: Service, generate_concurrency: int) -> None:
     gr.api(friendly(attention), api_name="attention", concurrency_id="generate")
     gr.api(friendly(token_attention), api_name="token_attention", concurrency_id="generate")
     gr.api(friendly(next_tokens), api_name="next_tokens", concurrency_id="generate")
+    gr.api(friendly(logit_lens), api_name="logit_lens", concurrency_id="generate")
+    gr.api(friendly(ablate), api_name="ablate", concurrency_id="generate")
     gr.api(friendly(load_model), api_name="load_model", concurrency_id="load")

@@ -240,3 +240,57 @@ def highlighted_tokens(texts: Sequence[str], probs: Sequence[float | None]) -> l
     if len(texts) != len(probs):
         raise ValueError(f"{len(texts)} tokens but {len(probs)} probabilities")
     return [(text, None if p is None else band(float(p))) for text, p in zip(texts, probs)]
+
+
+def lens_grid(top: Sequence[Sequence[str]], probs: np.ndarray, start: int, labels: Sequence[str],
+              title: str) -> go.Figure:
+    """The logit lens over a window (ecco's view): rows are layers, columns positions
+    start.., each cell the top-1 next token after that block, coloured by its probability.
+    `top` [L][R] token labels, `probs` [L, R], `labels` [R] the window's own tokens."""
+    probs = np.asarray(probs, dtype=float)
+    n_layer, n = probs.shape
+    if len(top) != n_layer or any(len(row) != n for row in top) or len(labels) != n:
+        raise ValueError(f"top must be [{n_layer}][{n}] and labels [{n}]")
+    positions = list(range(start, start + n))
+    hover = [[labels[j] for j in range(n)] for _ in range(n_layer)]
+    cell = max(40, min(72, HEATMAP_PX // max(n, 1)))
+    fig = go.Figure(go.Heatmap(
+        z=probs.round(4).tolist(), x=positions, y=list(range(n_layer)), text=[list(row) for row in top],
+        texttemplate="%{text}", textfont=dict(size=10), customdata=hover, colorscale=COLORSCALE, zmin=0, zmax=1,
+        hovertemplate="after layer %{y}, at %{x} <b>%{customdata}</b><br>top-1 next: <b>%{text}</b> "
+                      "%{z:.1%}<extra></extra>", xgap=1, ygap=1,
+        colorbar=dict(title=dict(text="probability", side="right"), orientation="h", x=0, xanchor="left",
+                      y=1.0, yanchor="bottom", thickness=10, lenmode="pixels", len=200)))
+    fig.update_xaxes(title_text="position (token)", tickmode="array", tickvals=positions, ticktext=list(labels),
+                     tickangle=-90, showgrid=False, zeroline=False, automargin=True, tickfont=dict(size=10))
+    fig.update_yaxes(title_text="after layer", tickmode="array", tickvals=list(range(n_layer)), showgrid=False,
+                     zeroline=False, autorange="reversed", automargin=True)
+    row_px = max(20, min(36, 560 // max(n_layer, 1)))
+    label_px = 7 * max((len(t) for t in labels), default=1) + 40
+    _base_layout(fig, title, height=120 + row_px * n_layer + label_px)
+    fig.update_layout(width=80 + cell * n, margin=dict(l=10, r=10, t=90, b=10),
+                      title=dict(x=0, xanchor="left", xref="container", pad=dict(l=10)))
+    return fig
+
+
+def attention_rows_figure(rows: Sequence[Sequence[float]], names: Sequence[str], labels: Sequence[str],
+                          title: str) -> go.Figure:
+    """Two (or more) runs' attention rows for one token over the same keys: one heatmap row
+    each, keys as columns; a row shorter than the keys (another text) is blank past its end."""
+    n = len(labels)
+    z = [[round(float(w), 4) for w in row] + [None] * (n - len(row)) for row in rows]
+    fig = go.Figure(go.Heatmap(z=z, x=list(range(n)), y=list(range(len(rows))), colorscale=COLORSCALE,
+                               zmin=0, zmax=1, hoverongaps=False, xgap=1, ygap=2,
+                               customdata=[list(labels)] * len(rows),
+                               hovertemplate="key %{x} <b>%{customdata}</b><br>weight %{z:.3f}<extra></extra>",
+                               colorbar=dict(thickness=10, orientation="h", x=0, xanchor="left", y=1.0,
+                                             yanchor="bottom", lenmode="pixels", len=200)))
+    fig.update_xaxes(tickmode="array", tickvals=list(range(n)), ticktext=list(labels), tickangle=-90,
+                     showgrid=False, zeroline=False, automargin=True, tickfont=dict(size=10))
+    fig.update_yaxes(tickmode="array", tickvals=list(range(len(rows))), ticktext=list(names),
+                     autorange="reversed", showgrid=False, zeroline=False, automargin=True)
+    label_px = 7 * max((len(t) for t in labels), default=1) + 40
+    _base_layout(fig, title, height=140 + 40 * len(rows) + label_px)
+    fig.update_layout(width=max(360, 160 + 18 * n), margin=dict(l=10, r=10, t=90, b=10),
+                      title=dict(x=0, xanchor="left", xref="container", pad=dict(l=10)))
+    return fig

@@ -126,6 +126,7 @@ function show(v) {
   const sameRun = view && v.run === view.run;
   const grown = sameRun && v.tokens.length >= spans.length;
   view = v;
+  window.gpt2Playground = Object.assign(window.gpt2Playground || {}, {view: v});
   if (!grown) { text.textContent = ''; spans = []; painted = []; }
   for (let i = spans.length; i < v.tokens.length; i++) {
     spans.push(text.appendChild(tokenSpan(v.tokens[i], i)));
@@ -202,4 +203,69 @@ ENTER_APPLIES_JS = r"""
 document.addEventListener('keydown', e => {
   if (e.key === 'Enter' && e.target.matches('input[type=number]')) e.target.blur();
 });
+"""
+
+# "Copy link": the settings (and the seed the shown run used, when the seed box is blank) as a
+# query string; the page restores them when it opens (ui.Page.restore) and generates.
+COPY_LINK_JS = r"""
+(prompt, model, temperature, top_k, top_p, max_new, seed, stop_at_end) => {
+  let used = String(seed ?? '').trim();
+  if (!used) {
+    const m = (document.querySelector('#stats')?.textContent || '').match(/seed\s+(\d+)/);
+    if (m) used = m[1];
+  }
+  const q = new URLSearchParams({prompt, model, temperature, top_k, top_p, max_new_tokens: max_new,
+                                 seed: used, stop_at_end: stop_at_end ? '1' : '0'});
+  const url = location.origin + location.pathname + '?' + q.toString();
+  try { navigator.clipboard?.writeText(url).catch(() => {}); } catch (e) {}
+  return url;
+}
+"""
+
+# After a shared link's settings were restored: generate, as the link's owner did.
+REGENERATE_JS = r"""
+() => {
+  if (new URLSearchParams(location.search).has('prompt'))
+    setTimeout(() => document.querySelector('#generate')?.click(), 0);
+}
+"""
+
+# "Download JSON": the run as the page shows it, put together in the browser from what it
+# already holds (the token view's tokens, the heatmap's numbers, the lens table's data):
+# nothing is written or served by the server.
+DOWNLOAD_JS = r"""
+(prompt, model, temperature, top_k, top_p, max_new, seed, stop_at_end, layer, head, start, size) => {
+  const stats = (document.querySelector('#stats')?.textContent || '').trim();
+  const used = stats.match(/seed\s+(\d+)/);
+  const view = (window.gpt2Playground || {}).view || null;
+  let attention = null;
+  if (view && !view.live) {  // the token view's map of the shown layer and head, for the heatmap's window
+    const raw = atob(view.weights), T = view.tokens.length;
+    const a = Math.min(Math.max(0, Number(start) || 0), T - 1), b = Math.min(T, a + (Number(size) || 64));
+    const rows = [];
+    for (let q = a; q < b; q++) {
+      const row = [];
+      for (let k = 0; k <= q; k++) row.push(Number(((raw.charCodeAt(q * (q + 1) / 2 + k) / 255) ** 2).toFixed(4)));
+      rows.push(row);
+    }
+    attention = {layer: view.layer, head: view.head, start: a, stop: b, queries: view.tokens.slice(a, b),
+                 note: 'weights[i][k]: what query start+i gives key k (0..start+i), 8-bit as the page holds them',
+                 weights: rows};
+  }
+  const lensEl = document.querySelector('#lens-table [data-lens]');
+  const run = {
+    format: 'gpt2-playground run 1', model, seed: used ? Number(used[1]) : null,
+    settings: {prompt, model, temperature, top_k, top_p, max_new_tokens: max_new, seed: used ? Number(used[1]) : seed,
+               stop_at_end},
+    summary: stats, layer, head, tokens: view ? view.tokens : [], n_prompt: view ? view.n_prompt : null,
+    attention, logit_lens: lensEl ? JSON.parse(lensEl.dataset.lens) : null,
+  };
+  const blob = new Blob([JSON.stringify(run, null, 1)], {type: 'application/json'});
+  const a = document.createElement('a');
+  a.href = URL.createObjectURL(blob);
+  a.download = `gpt2-run-${String(model).replace(/[^A-Za-z0-9._-]+/g, '-')}-seed${run.seed ?? 'none'}.json`;
+  document.body.appendChild(a);
+  a.click();
+  setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
+}
 """

@@ -10,10 +10,12 @@ so both show the same numbers.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, replace
 from typing import TypeVar
@@ -54,6 +56,24 @@ class TokenAttention:
     labels: list[str]
     weights: np.ndarray
     position: int
+
+
+@dataclass(frozen=True)
+class Knockout:
+    """One prompt generated twice with the same settings and seed: as is and with heads knocked out."""
+    prompt_ids: list[int]  # as used (a long prompt keeps its end)
+    baseline: list[int]  # generated ids, without the prompt
+    ablated: list[int]
+    seed: int
+    heads: dict[int, list[int]]
+
+    @property
+    def first_difference(self) -> int | None:
+        """The index (in the generated ids) of the first token that differs, None if none does."""
+        for i, (a, b) in enumerate(zip(self.baseline, self.ablated)):
+            if a != b:
+                return i
+        return None if len(self.baseline) == len(self.ablated) else min(len(self.baseline), len(self.ablated))
 
 
 @dataclass(frozen=True)
@@ -141,7 +161,7 @@ class Service:
         stopped = False
         try:
             started = time.perf_counter()
-            with gpt2.capture_attention(model) as capture, closing(loop.stream(
+            with gpt2.capture_attention(model, residuals=True) as capture, closing(loop.stream(
                     torch.tensor([ids]), s.max_new_tokens, temperature=s.temperature,
                     top_k=s.top_k or None, top_p=s.top_p if s.top_p < 1 else None,
                     eos_id=gpt2.EOT_ID if s.stop_at_end else None, seed=seed, capture=capture)) as steps:
@@ -235,6 +255,56 @@ class Service:
         column = attention_column(run.capture, layer, head, position)
         return TokenAttention(tokens.labels(run.ids[position:]), column, position)
 
+    def lens(self, run: Run, rows: slice, k: int) -> gpt2.Lens:
+        """The logit lens of `rows` from the run's kept block outputs (no forward pass over the
+        text: each block's residual through ln_f and the LM head), on the compute thread."""
+        return self.compute(run.model_name, lambda _: run.capture.lens(rows, k))
+
+    def ablate(self, s: Settings, heads: dict[int, list[int]]) -> Knockout:
+        """The same prompt, settings and seed twice, as two rows of the model's decode loop at
+        once: as is, and with `heads` ({layer: [head, ...]}) knocked out. Greedy or seeded
+        runs give exactly what a lone generation would."""
+        loop = self.models.loop(s.model)
+        model = loop.model
+        ctx = model.config.context_length
+        if s.max_new_tokens >= ctx:
+            raise ValueError(f"max_new_tokens must be below {s.model}'s context of {ctx} tokens, "
+                             f"got {s.max_new_tokens}")
+        ids = gpt2.encode(s.prompt)[-(ctx - s.max_new_tokens):]
+        seed = secrets.randbelow(2**31) if s.seed is None else s.seed
+        args = dict(temperature=s.temperature, top_k=s.top_k or None, top_p=s.top_p if s.top_p < 1 else None,
+                    eos_id=gpt2.EOT_ID if s.stop_at_end else None, seed=seed)
+
+        def run(ablation: gpt2.HeadAblation | None) -> list[int]:
+            return loop.generate(torch.tensor([ids]), s.max_new_tokens, ablation=ablation,
+                                 **args)[0, len(ids):].tolist()
+
+        with gpt2.ablate_heads(model, heads) as ablation, ThreadPoolExecutor(1) as pool:
+            baseline = pool.submit(run, None)  # both rows step together
+            ablated = run(ablation)
+            return Knockout(ids, baseline.result(), ablated, seed, heads)
+
+    def chosen_probs(self, model_name: str, ids: list[int], heads: dict[int, list[int]] | None) -> np.ndarray:
+        """[T - 1]: the probability the model (with `heads` knocked out, if any) gives each
+        token of `ids` after the ones before it; one forward pass on the compute thread."""
+
+        def forward(model: gpt2.GPT) -> np.ndarray:
+            idx = torch.tensor([ids], device=model.device)
+            with contextlib.ExitStack() as stack:
+                capture = stack.enter_context(gpt2.capture_attention(model, layers=[0]))
+                if heads:
+                    stack.enter_context(gpt2.ablate_heads(model, heads))
+                with torch.inference_mode():
+                    model(idx, last_only=True)
+                out = []
+                for start in range(0, len(ids) - 1, 64):
+                    stop = min(start + 64, len(ids) - 1)
+                    probs = capture.next_token_probs(rows=slice(start, stop))[0]
+                    out.append(probs.gather(1, idx[0, start + 1:stop + 1, None].cpu())[:, 0])
+            return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
+
+        return self.compute(model_name, forward)
+
     def live_row(self, step: Step, layer: int, head: int | None) -> tuple[int, np.ndarray]:
         """What the token before the newest attended to when it chose the newest one, read from
         the running generation's capture (no extra forward pass). The decode loop may be steps
@@ -255,7 +325,7 @@ class Service:
 
         def forward(model: gpt2.GPT) -> tuple[gpt2.AttentionCapture, float, list]:
             cache = gpt2.KVCache(model.config, 1, len(ids), model.device)
-            with gpt2.capture_attention(model) as capture:
+            with gpt2.capture_attention(model, residuals=True) as capture:
                 started = time.perf_counter()
                 capture.bind(cache)  # ties the hooks to this request's forward pass
                 with torch.inference_mode():

@@ -9,6 +9,7 @@ figures and the token view's payload -> components.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import Iterator
 from contextlib import closing
@@ -18,13 +19,24 @@ import gradio as gr
 
 import gpt2
 
-from . import api, figures, page_script, token_view, tokens, validate
+import json
+
+import numpy as np
+from gradio.components.plot import PlotData
+
+from . import api, explain, figures, page_script, token_view, tokens, validate
 from .errors import friendly, to_gr_error
 from .inspection import (DEFAULT_WINDOW, MAX_WINDOW, ROLE_THRESHOLD, Run, RunStore, head_roles,
-                         repeated_random_text, strongest_head)
+                         repeated_random_text, strongest_head, window)
 from .models import (BUILTIN, ModelTable, describe, load_error_message, offered_sources, start_model,
                      with_tiers)
 from .service import MEAN, Service, Step, head_name, parse_head, select_head
+
+# The built-in model's induction heads, measured in benchmarks/KNOCKOUT.md (their knock-out
+# raises the second copy's loss from 0.09 to 5.55 nats/token).
+BUILTIN_INDUCTION_HEADS = "1.0, 1.2, 1.3, 2.1"
+LENS_K = 5  # top tokens per layer in the page's lens table
+LINK_FIELDS = ("prompt", "model", "temperature", "top_k", "top_p", "max_new_tokens", "seed", "stop_at_end")
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +93,22 @@ CSS = """
 #token-view .tok.sel { outline: 2px solid #e11d48; }
 #token-view .tok.newest { outline: 2px dashed #e11d48; }
 #token-view .tv-info { font-size: 0.85em; opacity: 0.8; min-height: 1.4em; margin-top: 4px; }
-#attention-heatmap, #all-heads, #head-overview { overflow-x: auto !important; }
+#attention-heatmap, #all-heads, #head-overview, #lens-grid, #compare-rows { overflow-x: auto !important; }
+.sbs { display: grid; grid-template-columns: 1fr 1fr; gap: 10px; }
+@media (max-width: 640px) { .sbs { grid-template-columns: 1fr; } }
+.sbs-col { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px 10px; min-width: 0; }
+.sbs-title { font-weight: 600; font-size: 0.9em; margin-bottom: 4px; }
+.sbs-text { white-space: pre-wrap; overflow-wrap: anywhere; font-family: var(--font-mono); font-size: 13px;
+  line-height: 1.7; max-height: 20rem; overflow-y: auto; }
+.sbs-prompt { opacity: 0.55; }
+.sbs mark.first-diff { background: #fde047; color: #111; outline: 2px solid #e11d48; border-radius: 3px; }
+.sbs .after-diff { text-decoration: underline dotted rgba(225, 29, 72, 0.6); }
+.sbs-note, .lens-caption { font-size: 0.85em; opacity: 0.85; margin: 6px 0; }
+.lens-scroll { overflow-x: auto; }
+.lens table { border-collapse: collapse; font-size: 12px; }
+.lens th, .lens td { padding: 3px 8px; border: 1px solid var(--border-color-primary); white-space: nowrap;
+  text-align: left; }
+.lens code { font-size: 12px; }
 """
 
 
@@ -216,7 +243,9 @@ class Page:
                 self._overview(run, layer, head),
                 self._highlighted(run),
                 gr.Slider(minimum=1, maximum=max(1, len(run.ids) - 1), value=max(1, first)),
-                *self._candidates(run, max(1, first)))
+                *self._candidates(run, max(1, first)),
+                gr.Slider(minimum=0, maximum=max(1, len(run.ids) - 1), value=len(run.ids) - 1),
+                *self._lens(run, len(run.ids) - 1, start, size))
 
     @staticmethod
     def _stats(run: Run) -> str:
@@ -250,12 +279,16 @@ class Page:
                                    f"Layer {layer} · {span}",
                                    head_labels=[figures.role_label(r) for r in roles],
                                    order=figures.by_role(roles, gpt2.ROLES) if sort_by_role else None)
-        return grid.window.describe(), heatmap, heads
+        where = (f"tokens{grid.window.start}-{grid.window.stop - 1}",)
+        return (grid.window.describe(),
+                plot(heatmap, run.model_name, f"layer{layer}", head_name(head), *where),
+                plot(heads, run.model_name, f"layer{layer}", "all-heads", *where))
 
     @staticmethod
     def _overview(run: Run, layer: int, head: int | None) -> Any:
-        return figures.head_overview(run.roles, (layer, head), "Every head by its strongest role",
-                                     threshold=ROLE_THRESHOLD)
+        return plot(figures.head_overview(run.roles, (layer, head), "Every head by its strongest role",
+                                          threshold=ROLE_THRESHOLD),
+                    run.model_name, "head-roles", f"selected-layer{layer}", head_name(head))
 
     def update_view(self, run_id: str | None, layer: Any, head: Any, start: Any, size: Any,
                     sort_by_role: Any = False) -> tuple:
@@ -282,6 +315,183 @@ class Page:
         head = validate.integer("head", cell.get("head"), 0, run.config.n_head - 1)
         return (gr.Dropdown(value=layer), gr.Dropdown(value=str(head)),
                 *self.update_view(run_id, layer, head, start, size, sort_by_role))
+
+    # -- logit lens ------------------------------------------------------------------------------
+    def _lens(self, run: Run, position: int, start: int, size: int) -> tuple[str, Any]:
+        """The lens table of one position (layers × top-k) and the layers × positions grid of the
+        window's top-1 tokens, from the run's kept block outputs (no forward pass)."""
+        T = len(run.ids)
+        position = min(max(0, int(position)), T - 1)
+        one = self.service.lens(run, slice(position, position + 1), LENS_K)
+        label = tokens.labels(run.ids[position:position + 1])[0]
+        following = tokens.labels(run.ids[position + 1:position + 2])[0] if position + 1 < T else None
+        table = explain.lens_table(position, label, following, one.ids[:, 0, 0].tolist(), one.probs[:, 0, 0].tolist())
+        win = window(T, int(start), int(size))
+        grid = self.service.lens(run, slice(win.start, win.stop), 1)
+        top = [tokens.labels(row) for row in grid.ids[:, 0, :, 0].tolist()]
+        fig = figures.lens_grid(top, grid.probs[:, 0, :, 0].numpy(), win.start,
+                                tokens.labels(run.ids[win.start:win.stop]),
+                                f"Logit lens · top-1 next token after each layer · tokens {win.start}–{win.stop - 1}")
+        return table, plot(fig, run.model_name, "logit-lens", f"tokens{win.start}-{win.stop - 1}")
+
+    def update_lens(self, run_id: str | None, position: Any, start: Any, size: Any) -> tuple[str, Any]:
+        return self._lens(self.service.run(run_id), int(position), int(start), int(size))
+
+    # -- head knock-out ---------------------------------------------------------------------------
+    def _settings(self, run_id: str | None, prompt: Any, model: Any, temperature: Any, top_k: Any, top_p: Any,
+                  max_new: Any, seed: Any, stop_at_end: Any) -> validate.Settings:
+        """The form's settings; a blank seed takes the shown run's own, so its text comes back."""
+        s = validate.settings(prompt, model, temperature, top_k, top_p, max_new, seed, stop_at_end,
+                              offered=self.names)
+        if s.seed is not None:
+            return s
+        record = self.service.runs.record(run_id) if run_id else None
+        return validate.Settings(**{**s.__dict__, "seed": record.seed if record and record.seed is not None else 0})
+
+    def knockout(self, run_id: str | None, heads: Any, prompt: Any, model: Any, temperature: Any, top_k: Any,
+                 top_p: Any, max_new: Any, seed: Any, stop_at_end: Any = False) -> tuple:
+        """Re-run the prompt with the same settings and seed, as is and with the heads knocked
+        out (two rows of one decode loop); how much each baseline token's probability changed."""
+        s = self._settings(run_id, prompt, model, temperature, top_k, top_p, max_new, seed, stop_at_end)
+        config = self.service.models.get(s.model).config
+        parsed = validate.heads(heads, config.n_layer, config.n_head)
+        out = self.service.ablate(s, parsed)
+        ids = out.prompt_ids + out.baseline
+        base = self.service.chosen_probs(s.model, ids, None)[len(out.prompt_ids) - 1:]
+        ablated = self.service.chosen_probs(s.model, ids, parsed)[len(out.prompt_ids) - 1:]
+        named = validate.heads_text(parsed)
+        state = {"model": s.model, "heads": named, "seed": out.seed, "baseline": out.baseline,
+                 "ablated": out.ablated, "base": base.tolist(), "knocked": ablated.tolist()}
+        first = out.first_difference
+        at = 0 if first is None else min(first, max(0, len(out.baseline) - 1))
+        texts = explain.side_by_side(tokens_text(out.prompt_ids), ("As is", f"Heads {named} knocked out"),
+                                     out.baseline, out.ablated)
+        return (texts, gr.Slider(minimum=0, maximum=max(1, len(out.baseline) - 1), value=at),
+                self._knockout_note(state, at), state)
+
+    @staticmethod
+    def _knockout_note(state: dict | None, position: Any) -> str:
+        if not state or not state["baseline"]:
+            return ""
+        i = min(max(0, int(position)), len(state["baseline"]) - 1)
+        before, after = state["base"][i], state["knocked"][i]
+        token = tokens.labels(state["baseline"][i:i + 1])[0]
+        loss = lambda ps: float(-np.log(np.clip(np.asarray(ps), 1e-12, 1)).mean())  # noqa: E731
+        return (f"Generated token {i}, `{token}` (the text on the left): the model gave it "
+                f"**{figures.percent(before)}** as is and **{figures.percent(after)}** with heads "
+                f"{state['heads']} knocked out ({(after - before) * 100:+.1f} points). Over all "
+                f"{len(state['base'])} generated tokens of that text the loss goes from "
+                f"**{loss(state['base']):.2f}** to **{loss(state['knocked']):.2f}** nats/token "
+                f"(seed `{state['seed']}`).")
+
+    def knockout_position(self, state: dict | None, position: Any) -> str:
+        return self._knockout_note(state, position)
+
+    @staticmethod
+    def add_head(heads: Any, layer: Any, head: Any) -> str:
+        """The head selected in the Layer and Head menus (or the head overview), added to the list."""
+        if head is None or str(head) == MEAN:
+            raise gr.Error("Pick one head (not the mean) in the Head menu or the head overview first.",
+                           print_exception=False)
+        current = [h for h in re.split(r"[\s,;]+", str(heads or "")) if h]
+        item = f"{int(layer)}.{int(head)}"
+        return ", ".join(current + ([item] if item not in current else []))
+
+    def induction_heads(self, run_id: str | None, model: Any) -> str:
+        """The shown run's induction heads (score >= 0.3), else the built-in model's measured ones."""
+        run = None
+        try:
+            run = self.service.run(run_id) if run_id else None
+        except Exception:  # noqa: BLE001 - an expired run: fall back to the measured list
+            run = None
+        if run is not None and run.model_name == model:
+            scores = run.roles.get("induction")
+            if scores is not None:
+                found = [f"{layer}.{h}" for layer, h in zip(*np.nonzero(np.nan_to_num(scores) >= ROLE_THRESHOLD))]
+                if found:
+                    return ", ".join(found)
+        if model == BUILTIN:
+            return BUILTIN_INDUCTION_HEADS
+        raise gr.Error("No induction head found on this text: try the repeated-sequence example on the "
+                       "built-in model, or type heads as layer.head.", print_exception=False)
+
+    # -- compare -------------------------------------------------------------------------------------
+    def compare(self, run_id: str | None, other: Any, prompt: Any, model: Any, temperature: Any, top_k: Any,
+                top_p: Any, max_new: Any, seed: Any, stop_at_end: Any, layer: Any, head: Any) -> tuple:
+        """The same prompt, settings and seed on a second model (or tier): both texts, the first
+        difference marked, and the two attention rows of the selected token."""
+        s = self._settings(run_id, prompt, model, temperature, top_k, top_p, max_new, seed, stop_at_end)
+        other = validate.model_name(other, self.names)
+        pair = []
+        for name in (s.model, other):
+            last = None
+            with closing(self.service.generate(validate.Settings(**{**s.__dict__, "model": name}))) as steps:
+                for last in steps:
+                    pass
+            pair.append(last.run_id)
+        a, b = (self.service.run(i) for i in pair)
+        n = len(a.ids) - a.n_prompt
+        first = explain.first_difference(a.ids[a.n_prompt:], b.ids[b.n_prompt:])
+        texts = explain.side_by_side(tokens_text(a.ids[:a.n_prompt]), (a.model_name, b.model_name),
+                                     a.ids[a.n_prompt:], b.ids[b.n_prompt:])
+        at = a.n_prompt + (first if first is not None and first < n else n - 1)
+        at = min(at, len(a.ids) - 1, len(b.ids) - 1)
+        state = {"runs": pair, "limit": min(len(a.ids), len(b.ids)) - 1}
+        return (texts, gr.Slider(minimum=0, maximum=max(1, state["limit"]), value=at),
+                self._compare_rows(state, at, layer, head), state)
+
+    def _compare_rows(self, state: dict | None, position: Any, layer: Any, head: Any) -> Any:
+        if not state:
+            return None
+        runs = [self.service.run(i) for i in state["runs"]]
+        position = min(max(0, int(position)), state["limit"])
+        rows, names = [], []
+        for run in runs:
+            lay, hd = _selection(run.config, layer, head)
+            rows.append(self.service.token_attention(run, lay, hd, position, "from").weights)
+            names.append(f"{run.model_name} · L{lay} {head_name(hd)}")
+        labels = tokens.labels(runs[0].ids[:position + 1])
+        fig = figures.attention_rows_figure(rows, names, labels,
+                                            f"What token {position} “{labels[-1]}” attends to, in both runs")
+        lay, hd = _selection(runs[0].config, layer, head)
+        return plot(fig, "compare", *(r.model_name for r in runs), f"layer{lay}", head_name(hd), f"token{position}")
+
+    def compare_position(self, state: dict | None, position: Any, layer: Any, head: Any) -> Any:
+        return self._compare_rows(state, position, layer, head)
+
+    # -- links ------------------------------------------------------------------------------------------
+    def restore(self, request: gr.Request) -> tuple:
+        """Settings from a shared link's query string (?prompt=…&model=…&seed=…); each value is
+        checked like any input, and a bad one is left as the page has it (with a warning)."""
+        query = dict(request.query_params) if request is not None else {}
+        keep = (gr.skip(),) * 7
+        if "prompt" not in query:
+            return (*keep, False)
+        checks = {"prompt": validate.prompt_text, "model": lambda v: validate.model_name(v, self.names),
+                  "temperature": lambda v: validate.settings("x", self.names[0], v, 0, 1, 1, None,
+                                                             offered=self.names).temperature,
+                  "top_k": lambda v: validate.integer("top_k", v, 0, 200),
+                  "top_p": lambda v: validate.settings("x", self.names[0], 0, 0, v, 1, None,
+                                                       offered=self.names).top_p,
+                  "max_new_tokens": lambda v: validate.integer("max_new_tokens", v, 1, validate.MAX_NEW_TOKENS),
+                  "seed": lambda v: "" if validate.seed_value(v) is None else str(validate.seed_value(v))}
+        out = []
+        for name, check in checks.items():
+            if name not in query:
+                out.append(gr.skip())
+                continue
+            try:
+                out.append(check(query[name]))
+            except ValueError as error:
+                gr.Warning(f"The link's {name} was not used: {error}")
+                out.append(gr.skip())
+        return (*out, True)
+
+    @staticmethod
+    def restore_flags(restored: Any, request: gr.Request) -> Any:
+        """After the model's own defaults: the link's "stop at end of text"."""
+        value = dict(request.query_params).get("stop_at_end") if restored and request is not None else None
+        return gr.skip() if value is None else gr.Checkbox(value=value.lower() in ("1", "true", "yes"))
 
     # -- next-token view ---------------------------------------------------------------------------
     @staticmethod
@@ -314,7 +524,20 @@ class Page:
 
 # What show_run and stop return, in order.
 VIEW_OUTPUT_NAMES = ("stats", "layer", "head", "start", "token_view", "window_note", "heatmap", "grid",
-                     "overview", "highlighted", "position", "candidates_note", "candidates")
+                     "overview", "highlighted", "position", "candidates_note", "candidates", "lens_position",
+                     "lens_table", "lens_grid")
+
+
+def tokens_text(ids: list[int]) -> str:
+    return gpt2.decode(ids)
+
+
+def plot(fig: Any, *name: object) -> PlotData:
+    """A Plotly figure for gr.Plot whose PNG export (the camera button) is named after what it
+    shows: model, layer and head. Gradio's Plotly component passes the figure's `config` on."""
+    spec = json.loads(fig.to_json())
+    spec["config"] = {"toImageButtonOptions": {"format": "png", "filename": explain.file_name(*name)}}
+    return PlotData(type="plotly", plot=json.dumps(spec))
 
 
 def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...] = ()) -> gr.Blocks:
@@ -362,6 +585,13 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
                 output = gr.Textbox(label="Generated text", lines=5, interactive=False,
                                     elem_id="output", buttons=["copy"])
                 stats = gr.Markdown(elem_id="stats")
+                with gr.Row(equal_height=False):
+                    link_btn = gr.Button("Copy link", size="sm", elem_id="copy-link", min_width=100)
+                    download_btn = gr.Button("Download JSON", size="sm", elem_id="download-json", min_width=100)
+                    share_link = gr.Textbox(show_label=False, interactive=False, elem_id="share-link", scale=3,
+                                            lines=1, max_lines=1,
+                                            placeholder="a link that reopens these settings and this seed",
+                                            buttons=["copy"], min_width=200)
                 with gr.Row():
                     layer = gr.Dropdown(choices=[("layer 0", 0)], value=0, label="Layer", elem_id="layer",
                                         min_width=120)
@@ -402,14 +632,64 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
                         position = gr.Slider(1, 2, value=1, step=1, label="Position", elem_id="position")
                         candidates_note = gr.Markdown(elem_id="candidates-note")
                         candidates = gr.Plot(show_label=False, elem_id="candidates")
+                    with gr.Tab("Logit lens"):
+                        gr.Markdown("What the model would predict after each block: the residual stream "
+                                    "after layer i through the final LayerNorm and the LM head (the last "
+                                    "row is the model's own prediction), read from the run's capture.")
+                        lens_position = gr.Slider(0, 1, value=0, step=1, label="Position (token)",
+                                                  elem_id="lens-position")
+                        lens_table = gr.HTML(elem_id="lens-table")
+                        lens_grid = gr.Plot(show_label=False, elem_id="lens-grid")
+                    with gr.Tab("Knock-out"):
+                        gr.Markdown("Re-run the prompt with the same settings and seed with some heads' "
+                                    "outputs set to zero, beside the run as is. The built-in model's "
+                                    "induction heads (1.0, 1.2, 1.3, 2.1) carry its copying: knocked out, "
+                                    "the second copy of a repeated sequence goes from 0.09 to 5.55 "
+                                    "nats/token (benchmarks/KNOCKOUT.md).")
+                        ko_heads = gr.Textbox(label="Heads to knock out (layer.head, comma-separated)",
+                                              placeholder="1.0, 1.2", elem_id="ko-heads")
+                        with gr.Row():
+                            ko_add = gr.Button("Add the selected head", size="sm", elem_id="ko-add", min_width=120)
+                            ko_induction = gr.Button("Knock out the induction heads", size="sm",
+                                                     elem_id="ko-induction", min_width=120)
+                            ko_run = gr.Button("Knock out", variant="primary", size="sm", elem_id="ko-run",
+                                               min_width=100)
+                        ko_texts = gr.HTML(elem_id="ko-texts")
+                        ko_position = gr.Slider(0, 1, value=0, step=1, label="Generated token",
+                                                elem_id="ko-position")
+                        ko_note = gr.Markdown(elem_id="ko-note")
+                        ko_state = gr.State(None)
+                    with gr.Tab("Compare"):
+                        gr.Markdown("The same prompt, settings and seed on a second model or tier: both "
+                                    "texts with the first difference marked, and what the selected token "
+                                    "attends to in each (the Layer and Head menus).")
+                        with gr.Row():
+                            compare_model = gr.Dropdown(choices=page.names, value=page.names[0],
+                                                        label="Compare with", elem_id="compare-model",
+                                                        min_width=160)
+                            compare_btn = gr.Button("Compare", variant="primary", size="sm",
+                                                    elem_id="compare-run", min_width=100)
+                        compare_texts = gr.HTML(elem_id="compare-texts")
+                        compare_position = gr.Slider(0, 1, value=0, step=1, label="Token",
+                                                     elem_id="compare-position")
+                        compare_rows = gr.Plot(show_label=False, elem_id="compare-rows")
+                        compare_state = gr.State(None)
 
         view_outputs = [stats, layer, head, start, token_html, shown, heatmap, grid, overview, highlighted,
-                        position, candidates_note, candidates]
+                        position, candidates_note, candidates, lens_position, lens_table, lens_grid]
         status_outputs = [status, max_new, stop_at_end, layer, head, examples.dataset]
         # Page visits only wait on a load of their own model (the table's per-name lock);
         # switching models goes through one queue slot so two big loads never overlap.
-        demo.load(page.model_status, inputs=[model, max_new], outputs=status_outputs,
-                  api_visibility="private", concurrency_id="view")
+        # A shared link (?prompt=…) restores its settings first, then the model fits them, then
+        # the page generates as the link's owner did.
+        restored = gr.State(False)
+        settings_inputs = [prompt, model, temperature, top_k, top_p, max_new, seed, stop_at_end]
+        demo.load(page.restore, outputs=[prompt, model, temperature, top_k, top_p, max_new, seed, restored],
+                  api_visibility="private", concurrency_id="view").then(
+            page.model_status, inputs=[model, max_new], outputs=status_outputs,
+            api_visibility="private", concurrency_id="view").then(
+            page.restore_flags, inputs=restored, outputs=stop_at_end, api_visibility="private",
+            concurrency_id="view").then(None, js=page_script.REGENERATE_JS, api_visibility="private")
         model.input(page.model_status, inputs=[model, max_new], outputs=status_outputs,
                     api_visibility="private", concurrency_id="load", concurrency_limit=1)
         run = generate_btn.click(
@@ -444,5 +724,31 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
                            outputs=[position, candidates_note, candidates], **view_args)
         position.release(friendly(page.show_position), inputs=[run_id, position],
                          outputs=[candidates_note, candidates], **view_args)
+        for changed in (start.release, size.release):
+            changed(friendly(page.update_lens), inputs=[run_id, lens_position, start, size],
+                    outputs=[lens_table, lens_grid], trigger_mode="always_last", **view_args)
+        lens_position.release(friendly(page.update_lens), inputs=[run_id, lens_position, start, size],
+                              outputs=[lens_table, lens_grid], trigger_mode="always_last", **view_args)
+        ko_inputs = [run_id, ko_heads, *settings_inputs]
+        ko_outputs = [ko_texts, ko_position, ko_note, ko_state]
+        generate_args = dict(api_visibility="private", concurrency_id="generate",
+                             concurrency_limit=GENERATE_CONCURRENCY)
+        ko_run.click(friendly(page.knockout), inputs=ko_inputs, outputs=ko_outputs, **generate_args)
+        ko_induction.click(friendly(page.induction_heads), inputs=[run_id, model], outputs=ko_heads,
+                           **view_args).success(friendly(page.knockout), inputs=ko_inputs, outputs=ko_outputs,
+                                                **generate_args)
+        ko_add.click(page.add_head, inputs=[ko_heads, layer, head], outputs=ko_heads, api_visibility="private",
+                     concurrency_id="view")
+        ko_position.release(page.knockout_position, inputs=[ko_state, ko_position], outputs=ko_note,
+                            api_visibility="private", concurrency_id="view")
+        compare_btn.click(friendly(page.compare), inputs=[run_id, compare_model, *settings_inputs, layer, head],
+                          outputs=[compare_texts, compare_position, compare_rows, compare_state], **generate_args)
+        for changed in (compare_position.release, layer.input, head.input):
+            changed(friendly(page.compare_position), inputs=[compare_state, compare_position, layer, head],
+                    outputs=compare_rows, trigger_mode="always_last", **view_args)
+        link_btn.click(None, inputs=settings_inputs, outputs=share_link, js=page_script.COPY_LINK_JS,
+                       api_visibility="private")
+        download_btn.click(None, inputs=[*settings_inputs, layer, head, start, size], js=page_script.DOWNLOAD_JS,
+                           api_visibility="private")
         api.register(service, GENERATE_CONCURRENCY)
     return demo

@@ -6,12 +6,15 @@ raw JSON), so every value is checked here, once, with a message a person can act
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 MAX_PROMPT_CHARS = 20_000  # checked before tokenizing, so huge inputs cost nothing
 MAX_NEW_TOKENS = 512
 MAX_SEED = 2**63 - 1
 ECHO_CHARS = 40  # of a bad value quoted back in an error message
+MAX_HEADS = 64  # heads one knock-out may name
+MAX_LENS_K = 20  # top tokens per layer in the logit lens
 
 
 def shown(value: object) -> str:
@@ -107,3 +110,35 @@ def settings(prompt: object, model: object, temperature: object, top_k: object, 
         seed=seed_value(seed),
         stop_at_end=flag("stop_at_end_of_text", stop_at_end),
     )
+
+
+def heads(value: object, n_layer: int, n_head: int) -> dict[int, list[int]]:
+    """Heads to knock out: a list of "layer.head" strings (or one string of them separated by
+    commas or spaces, as the page's text field holds) -> {layer: [head, ...]}."""
+    if isinstance(value, str):
+        items = [part for part in re.split(r"[\s,;]+", value) if part]
+    elif isinstance(value, (list, tuple)):
+        items = list(value)
+    else:
+        raise ValueError(f'heads must be a list of "layer.head" strings such as ["1.0", "2.3"], got {shown(value)}')
+    if not items:
+        raise ValueError('heads is empty: name at least one head as "layer.head", e.g. "1.0"')
+    if len(items) > MAX_HEADS:
+        raise ValueError(f"heads names {len(items)} heads; at most {MAX_HEADS} at once")
+    out: dict[int, set[int]] = {}
+    for item in items:
+        match = re.fullmatch(r"\s*(\d{1,4})\.(\d{1,4})\s*", item) if isinstance(item, str) else None
+        if match is None:
+            raise ValueError(f'each head must be "layer.head" (two whole numbers, e.g. "1.0"), got {shown(item)}')
+        layer, head = int(match[1]), int(match[2])
+        if not 0 <= layer < n_layer:
+            raise ValueError(f"head {item.strip()}: layer must be in 0..{n_layer - 1}")
+        if not 0 <= head < n_head:
+            raise ValueError(f"head {item.strip()}: head must be in 0..{n_head - 1}")
+        out.setdefault(layer, set()).add(head)
+    return {layer: sorted(hs) for layer, hs in sorted(out.items())}
+
+
+def heads_text(heads: dict[int, list[int]]) -> str:
+    """{1: [0, 2]} -> "1.0, 1.2" (what the page's field and the API take)."""
+    return ", ".join(f"{layer}.{h}" for layer, hs in sorted(heads.items()) for h in hs)

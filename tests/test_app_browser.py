@@ -223,3 +223,101 @@ def test_settings_follow_the_model(app_url):
         assert len(heat["ticks"]) == 9  # the 8 tokens and, first, the keys before them, summed
         assert heat["ticks"][:5] == ["earlier (0–4)", *tokens.labels(gpt2.encode(PROMPT))[5:9]]
         assert all(math.isclose(sum(v for v in row if v is not None), 1, abs_tol=1e-3) for row in heat["z"])
+
+
+# -- issue 18: logit lens, knock-out, links, JSON download ------------------------------------------
+def _finished(page, prompt: str, max_new: int, seed: str = "") -> None:
+    from playwright.sync_api import expect
+
+    _generate_with_seed(page, prompt, max_new, seed)
+    expect(page.locator("#stats")).to_contain_text("tokens generated", timeout=30_000)
+
+
+def _generate_with_seed(page, prompt: str, max_new: int, seed: str) -> None:
+    from playwright.sync_api import expect
+
+    expect(page.locator("#model-status")).to_contain_text("ready", timeout=30_000)
+    page.fill("#seed textarea, #seed input", seed)
+    _generate(page, prompt, max_new)
+
+
+def test_logit_lens_panel_after_a_run(app_url):
+    """The lens table (layers × top 5) for the last token and the grid of the window's top-1
+    tokens, one row per layer; its PNG export is named after the model."""
+    from playwright.sync_api import expect
+
+    with browser_page(app_url) as page:
+        _finished(page, PROMPT, 6)
+        page.get_by_role("tab", name="Logit lens").click()
+        expect(page.locator("#lens-table table")).to_be_visible(timeout=30_000)
+        rows = page.locator("#lens-table tbody tr")
+        expect(rows).to_have_count(2)  # the tiny model's two blocks
+        expect(rows.first.locator("td")).to_have_count(5)
+        data = page.eval_on_selector("#lens-table [data-lens]", "el => JSON.parse(el.dataset.lens)")
+        total = len(gpt2.encode(PROMPT)) + 6
+        assert data["position"] == total - 1 and [e["layer"] for e in data["layers"]] == [0, 1]
+        page.wait_for_selector("#lens-grid .js-plotly-plot")
+        grid = page.eval_on_selector("#lens-grid .js-plotly-plot", """el => ({z: el.data[0].z,
+            text: el.data[0].text, name: el._context.toImageButtonOptions.filename})""")
+        assert len(grid["z"]) == 2 and len(grid["z"][0]) == total and len(grid["text"][1]) == total
+        assert grid["name"].startswith("local-tiny-logit-lens")
+        page.screenshot(path=str(ARTIFACTS / "app-logit-lens.png"), full_page=True)
+
+
+def test_knockout_of_a_head_shows_two_texts(app_url):
+    from playwright.sync_api import expect
+
+    with browser_page(app_url) as page:
+        _finished(page, PROMPT, 8, seed="3")
+        page.get_by_role("tab", name="Knock-out").click()
+        page.fill("#ko-heads textarea, #ko-heads input", "0.1, 1.2")
+        page.locator("#ko-run").click()
+        expect(page.locator("#ko-texts .sbs-col")).to_have_count(2, timeout=30_000)
+        expect(page.locator("#ko-texts .sbs-title").nth(1)).to_have_text("Heads 0.1, 1.2 knocked out")
+        expect(page.locator("#ko-note")).to_contain_text("knocked out")
+        expect(page.locator("#ko-note")).to_contain_text("seed 3")
+        left = page.locator("#ko-texts .sbs-col").first.locator(".sbs-text").inner_text()
+        assert left.endswith(page.locator("#output textarea").input_value())  # the run as is, same seed
+        page.screenshot(path=str(ARTIFACTS / "app-knockout.png"), full_page=True)
+
+
+def test_a_link_opened_in_a_new_page_restores_the_settings(app_url):
+    from playwright.sync_api import expect
+
+    with browser_page(app_url) as page:
+        _finished(page, "A link to share", 5, seed="11")
+        text = page.locator("#output textarea").input_value()
+        page.locator("#copy-link").click()
+        expect(page.locator("#share-link textarea, #share-link input").first).not_to_have_value("", timeout=10_000)
+        link = page.locator("#share-link textarea, #share-link input").first.input_value()
+        assert "seed=11" in link and "max_new_tokens=5" in link
+        other = page.context.browser.new_page(viewport={"width": 390, "height": 844})  # a phone, another session
+        other.goto(link)
+        expect(other.locator("#stats")).to_contain_text("seed 11", timeout=60_000)  # it generated again
+        assert other.locator("#prompt textarea").input_value() == "A link to share"
+        assert other.locator("#seed textarea, #seed input").first.input_value() == "11"
+        assert other.locator("#max-new-tokens input[type=number]").input_value() == "5"
+        expect(other.locator("#output textarea")).to_have_value(text)  # the same run
+
+
+def test_the_json_download_contains_the_run(app_url):
+    import json
+
+    from playwright.sync_api import expect
+
+    with browser_page(app_url) as page:
+        _finished(page, PROMPT, 6, seed="5")
+        page.get_by_role("tab", name="Logit lens").click()
+        expect(page.locator("#lens-table table")).to_be_visible(timeout=30_000)
+        with page.expect_download() as download:
+            page.locator("#download-json").click()
+        assert download.value.suggested_filename == "gpt2-run-local-tiny-seed5.json"
+        run = json.loads(open(download.value.path(), encoding="utf-8").read())
+    ids = gpt2.encode(PROMPT)
+    assert run["model"] == MODEL and run["seed"] == 5 and run["settings"]["max_new_tokens"] == 6
+    assert run["tokens"][:len(ids)] == tokens.text(ids) and len(run["tokens"]) == len(ids) + 6
+    assert run["n_prompt"] == len(ids)
+    weights = run["attention"]["weights"]
+    assert len(weights) == len(run["tokens"])  # the window: the whole short text
+    assert all(math.isclose(sum(row), 1, abs_tol=0.08) for row in weights)  # 8-bit rows still sum to ~1
+    assert [e["layer"] for e in run["logit_lens"]["layers"]] == [0, 1]

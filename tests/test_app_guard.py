@@ -20,7 +20,8 @@ from test_app_server import browser_page
 
 MODEL = "local:tiny"
 LONG_PROMPT = "The rain in Spain stays mainly in the plain. " * 40  # ~440 tokens > the 128 context
-PRIVATE = ["ui_generate", "show_run", "model_status", "update_attention", "induction_example", "load_example"]
+PRIVATE = ["ui_generate", "show_run", "model_status", "update_attention", "induction_example", "load_example",
+           "knockout", "compare", "restore", "update_lens", "induction_heads"]
 
 
 def status_of(url: str, body: bytes | None = None, headers: dict | None = None, method: str | None = None) -> int:
@@ -67,7 +68,8 @@ def test_no_file_route_serves_anything(app_server, tiny_checkpoint, route):
 
 
 # -- item 2: every model-touching call goes through the queue ------------------------------------------
-@pytest.mark.parametrize("name", ["generate", "attention", "next_tokens", "load_model", *PRIVATE])
+@pytest.mark.parametrize("name", ["generate", "attention", "next_tokens", "load_model", "logit_lens", "ablate",
+                                  *PRIVATE])
 def test_run_and_api_routes_skip_nothing(app_server, name):
     for route in ("gradio_api/run/", "gradio_api/api/", "run/", "api/"):
         assert status_of(app_server.url + route + name, json.dumps({"data": ["x"]}).encode(),
@@ -116,6 +118,20 @@ def call_events(url: str, name: str, data: list) -> list[tuple[str, object]]:
             if "event" in lines:
                 events.append((lines["event"], json.loads(lines["data"])))
     return events
+
+
+def test_the_explain_endpoints_answer_on_the_curl_route_and_the_queue(app_server):
+    """/logit_lens and /ablate are public like the others: /call/<name> and the queue (join by
+    fn_index) both reach them; their missing parameters are named."""
+    events = call_events(app_server.url, "logit_lens", ["Hello there, friend", MODEL, -1, 3])
+    event, data = events[-1]
+    assert event == "complete" and [len(e["top"]) for e in data[0]["layers"]] == [3, 3]
+    events = call_events(app_server.url, "ablate", ["Hello there", MODEL, ["0.1"], 3, 0, 0, 1, 0])
+    event, data = events[-1]
+    assert event == "complete" and len(data[0]["baseline_ids"]) == len(data[0]["ablated_ids"]) == 3
+    status, reply = post_json(app_server.url + "gradio_api/call/ablate", {"data": []})
+    assert status == 422 and reply["error"].startswith("/ablate is missing prompt")
+    assert fn_index(app_server.url, "logit_lens") >= 0 and fn_index(app_server.url, "ablate") >= 0
 
 
 def test_the_curl_route_carries_the_long_prompt_warning(app_server, tiny_checkpoint):

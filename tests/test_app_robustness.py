@@ -147,7 +147,8 @@ def test_bad_input_through_the_api(client, tiny, change, message):
 
 @pytest.mark.parametrize("endpoint, args", [
     ("/attention", dict(text="Hi", layer=0)), ("/token_attention", dict(text="Hi", layer=0)),
-    ("/next_tokens", dict(text="Hi")), ("/load_model", {})])
+    ("/next_tokens", dict(text="Hi")), ("/load_model", {}), ("/logit_lens", dict(text="Hi")),
+    ("/ablate", dict(prompt="Hi", heads=["0.0"]))])
 @pytest.mark.parametrize("model", ["/etc/passwd", "../tiny", "gpt9"])
 def test_no_endpoint_takes_a_path_as_model(client, endpoint, args, model):
     from gradio_client.exceptions import AppError
