@@ -7,7 +7,7 @@ through huggingface_hub's real cache lookup, at the app's default tier, int8).
     python benchmarks/load.py scaling [--users 1,2,4,8] [--requests 8]   # -> LOAD.md, "scaling"
     python benchmarks/load.py soak [--requests 2000] [--users 8]          # -> LOAD.md, "soak"
 
-scaling: greedy 64-token `/generate` streams (gradio_client `submit`): the same requests run
+scaling: greedy 64-token `/generate` streams (REST route, plain urllib): the same requests run
 one at a time, then by N concurrent users (each its own client, `--requests` each): total
 tokens/s, per-user tokens/s and time to first token (submit -> first streamed text, p50/p95).
 
@@ -119,15 +119,28 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # -- scaling ------------------------------------------------------------------------------------
-def timed_stream(client, prompt: str, new_tokens: int) -> tuple[float, float]:
-    """(time to first streamed token, total time) of one greedy `/generate` stream."""
+def timed_stream(url: str, prompt: str, new_tokens: int) -> tuple[float, float]:
+    """(time to first streamed token, total time) of one greedy `/generate` stream, through
+    the public REST route (POST /gradio_api/call/generate, then its event stream) with plain
+    urllib: the clients share the server's 2 cores, and gradio_client's own threads cost them
+    ~0.35 of a core at 8 users."""
     started = time.perf_counter()
     first = None
-    job = client.submit(prompt=prompt, model="gpt2", temperature=0.0, top_k=0, top_p=1.0,
-                        max_new_tokens=new_tokens, seed=0, api_name="/generate")
-    for _ in job:
-        first = first or time.perf_counter() - started
-    job.result()
+    body = json.dumps({"data": [prompt, "gpt2", 0.0, 0, 1.0, new_tokens, 0]}).encode()
+    request = urllib.request.Request(url + "gradio_api/call/generate", body, {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        event_id = json.load(response)["event_id"]
+    with urllib.request.urlopen(f"{url}gradio_api/call/generate/{event_id}", timeout=300) as stream:
+        event = None
+        for line in stream:
+            if line.startswith(b"event: "):
+                event = line[7:].strip().decode()
+                if event == "error":
+                    raise RuntimeError(f"/generate failed: {stream.read()[:300]!r}")
+            elif line.startswith(b"data: ") and event == "generating":
+                first = first or time.perf_counter() - started
+            if event == "complete":
+                break
     return first or float("nan"), time.perf_counter() - started
 
 
@@ -136,27 +149,24 @@ def load_average() -> str:
 
 
 def scaling(args: argparse.Namespace) -> None:
-    from gradio_client import Client
-
     users = [int(n) for n in args.users.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         app = start_app(Path(tmp))
         try:
-            clients = [Client(app.url, verbose=False) for _ in range(max(users))]  # one per user, made before timing
             for n in users:
                 prompts = [PROMPTS[(u * args.requests + r) % len(PROMPTS)] + f" ({u}.{r})"
                            for u in range(n) for r in range(args.requests)]
                 before = load_average()
                 started = time.perf_counter()
-                alone = [timed_stream(clients[0], p, args.new_tokens) for p in prompts]
+                alone = [timed_stream(app.url, p, args.new_tokens) for p in prompts]
                 alone_rate = len(prompts) * args.new_tokens / (time.perf_counter() - started)
                 together: list[tuple[float, float]] = []
                 lock = threading.Lock()
 
                 def user(u: int) -> None:
                     for r in range(args.requests):
-                        result = timed_stream(clients[u], prompts[u * args.requests + r], args.new_tokens)
+                        result = timed_stream(app.url, prompts[u * args.requests + r], args.new_tokens)
                         with lock:
                             together.append(result)
 
@@ -180,7 +190,8 @@ def scaling(args: argparse.Namespace) -> None:
     lines = ["## Concurrent users (issue 17)", "",
              f"Command: `python benchmarks/load.py scaling --users {args.users} --requests {args.requests}`. "
              f"The app on `gpt2` (random 124M weights from a local Hub cache, default tier int8), "
-             f"greedy {args.new_tokens}-token `/generate` streams through gradio_client; each row runs the same "
+             f"greedy {args.new_tokens}-token `/generate` streams (POST /gradio_api/call/generate and its event "
+             f"stream, read with urllib); each row runs the same "
              f"N x {args.requests} requests one at a time, then by N concurrent users. {machine_line()}.", "",
              "| users | one at a time, tok/s | concurrent, total tok/s | ratio | per-user tok/s (median, after the "
              "first token) | time to first token p50 / p95, s | alone, p50 s | load average before |",

@@ -38,7 +38,7 @@ def register(service: Service, generate_concurrency: int) -> None:
         A prompt too long for the context keeps its end and says so in a warning (a `log` message).
         """
         s = validate.settings(prompt, model, temperature, top_k, top_p, max_new_tokens, seed, offered=names)
-        with closing(service.generate(s, notice=gr.Warning)) as steps:
+        with closing(service.generate(s, notice=gr.Warning, inspect=False)) as steps:
             for step in steps:
                 if step.n_generated:
                     yield step.text
@@ -99,7 +99,7 @@ def register(service: Service, generate_concurrency: int) -> None:
         return {"model": model, "tokens": labels, "positions": [
             {"position": p, "token": labels[p], "prob": round(c.chosen_prob, 6),
              "top": [{"token": t, "prob": round(q, 6)} for t, q in zip(tokens.labels(c.ids), c.probs)]}
-            for p, c in enumerate(rank_candidates(run.capture, run.ids, k), start=1)]}
+            for p, c in enumerate(gpt2.compute.run(lambda: rank_candidates(run.capture, run.ids, k)), start=1)]}
 
     def logit_lens(text: str, model: str = names[0], position: int = -1, k: int = 5) -> dict:
         """The logit lens: what the model would predict after every block, at one position of a text.

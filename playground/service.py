@@ -16,7 +16,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing
+from contextlib import closing, nullcontext
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
@@ -27,7 +27,7 @@ import gpt2
 
 from . import tokens
 from .inspection import (Run, RunStore, Window, attention_column, attention_matrix, attention_rows,
-                         check_layer, rank_candidates, window)
+                         check_layer, window)
 from .models import ModelTable
 from .validate import Settings, shown
 
@@ -83,7 +83,7 @@ class Step:
     run_id: str  # reserved when the generation starts; the run is stored under it at the end or on a stop
     ids: list[int]  # prompt (as used) + the tokens generated so far
     n_prompt: int
-    capture: gpt2.AttentionCapture  # the running generation's own, read between steps
+    capture: gpt2.AttentionCapture | None  # the running generation's own (None: not inspected)
     stored: bool = False  # the last step: the run is in the store
 
     @property
@@ -139,12 +139,15 @@ class Service:
         loop = self.models.loop(model_name)  # loads (and downloads) first, on this thread
         return loop.run(lambda: fn(loop.model))
 
-    def generate(self, s: Settings, notice: Callable[[str], object] = lambda _: None) -> Iterator[Step]:
+    def generate(self, s: Settings, notice: Callable[[str], object] = lambda _: None,
+                 inspect: bool = True) -> Iterator[Step]:
         """Yield a Step before the first token (it carries the run id), one per token, and a
         last one once the run is stored for inspection. Raises ValueError /
         gpt2.WeightsError with clear text. `notice` hears, before the first token, that a
         long prompt was cut to fit. Closing the iterator early (Stop, a closed tab) removes
-        the hooks and stores what was generated so far as a stopped run."""
+        the hooks and stores what was generated so far as a stopped run. `inspect=False`
+        (the API's /generate, whose caller gets text only) captures and stores nothing: the
+        hooks would cost every decode step of every user ~14% at 8 rows."""
         loop = self.models.loop(s.model)
         model = loop.model
         ctx = model.config.context_length
@@ -157,14 +160,15 @@ class Service:
             notice(truncation_notice(len(prompt_ids), len(ids), s.model, ctx))
         seed = secrets.randbelow(2**31) if s.seed is None else s.seed
         decoder, text, generated = gpt2.StreamDecoder(), "", []
-        run_id = self.runs.reserve()
+        run_id = self.runs.reserve() if inspect else ""
         stopped = False
         try:
             started = time.perf_counter()
-            with gpt2.capture_attention(model, residuals=True) as capture, closing(loop.stream(
-                    torch.tensor([ids]), s.max_new_tokens, temperature=s.temperature,
-                    top_k=s.top_k or None, top_p=s.top_p if s.top_p < 1 else None,
-                    eos_id=gpt2.EOT_ID if s.stop_at_end else None, seed=seed, capture=capture)) as steps:
+            with (gpt2.capture_attention(model, residuals=True) if inspect else nullcontext()) as capture, \
+                    closing(loop.stream(torch.tensor([ids]), s.max_new_tokens, temperature=s.temperature,
+                                        top_k=s.top_k or None, top_p=s.top_p if s.top_p < 1 else None,
+                                        eos_id=gpt2.EOT_ID if s.stop_at_end else None, seed=seed,
+                                        capture=capture)) as steps:
                 try:
                     yield Step(text, run_id, ids, len(ids), capture)
                     for next_id in steps:
@@ -173,29 +177,31 @@ class Service:
                         yield Step(text, run_id, ids + generated, len(ids), capture)
                 except GeneratorExit:
                     stopped = True
-                    if generated:  # one more step, as a finished stream takes: the capture then
-                        next(steps, None)  # holds the last token too (what it sampled is dropped)
+                    if generated and inspect:  # one more step, as a finished stream takes: the capture
+                        next(steps, None)  # then holds the last token too (what it sampled is dropped)
             seconds = time.perf_counter() - started
             all_ids = ids + generated
-            if stopped:  # the loop may have run ahead of this consumer: keep what it was shown
-                loop.run(lambda: capture.truncate(len(all_ids)))
+            if stopped:
+                if inspect:  # the loop may have run ahead of this consumer: keep what it was shown
+                    loop.run(lambda: capture.truncate(len(all_ids)))
                 log.info("generation stopped after %d of %d tokens; hooks removed%s", len(generated),
-                         s.max_new_tokens, ", partial run stored" if generated else "")
-                if generated:
+                         s.max_new_tokens, ", partial run stored" if generated and inspect else "")
+                if generated and inspect:
                     self._store(run_id, s, loop, all_ids, len(ids), capture, seed, seconds,
                                 len(prompt_ids) - len(ids), "stopped")
                 return
-            ended = "end of text" if s.stop_at_end and generated[-1] == gpt2.EOT_ID else "length"
-            self._store(run_id, s, loop, all_ids, len(ids), capture, seed, seconds,
-                        len(prompt_ids) - len(ids), ended)  # the LM head over every position
-            yield Step(text + decoder.flush(), run_id, all_ids, len(ids), capture, stored=True)
+            if inspect:
+                ended = "end of text" if s.stop_at_end and generated[-1] == gpt2.EOT_ID else "length"
+                self._store(run_id, s, loop, all_ids, len(ids), capture, seed, seconds,
+                            len(prompt_ids) - len(ids), ended)
+            yield Step(text + decoder.flush(), run_id, all_ids, len(ids), capture, stored=inspect)
         finally:
-            self.runs.release(run_id)  # no-op once stored; wakes a Stop waiting for a run that never came
+            if inspect:
+                self.runs.release(run_id)  # no-op once stored; wakes a Stop waiting for a run that never came
 
     def _store(self, run_id: str, s: Settings, loop: gpt2.BatchedGenerator, ids: list[int], n_prompt: int,
                capture: gpt2.AttentionCapture, seed: int, seconds: float, dropped: int, ended: str) -> None:
-        candidates = loop.run(lambda: rank_candidates(capture, ids))
-        run = Run(s.model, ids, n_prompt, capture, loop.model.config, seed, seconds, candidates,
+        run = Run(s.model, ids, n_prompt, capture, loop.model.config, seed, seconds,
                   dropped=dropped, ended=ended)
         self.runs.add(run, run_id)
 
@@ -214,13 +220,16 @@ class Service:
             raise RunExpired("This run is unknown to the server (it restarted, or the run is very "
                               "old). Generate again to inspect it.")
         log.info("recomputing evicted run of %s (%d tokens)", record.model_name, len(record.ids))
-        run = self._captured(record.model_name, list(record.ids), with_candidates=True)
+        run = self._captured(record.model_name, list(record.ids))
         run = replace(run, n_prompt=record.n_prompt, seed=record.seed, seconds=record.seconds,
                       dropped=record.dropped, ended=record.ended)
         self.runs.add(run, run_id)
         return run
 
     # -- views of a run (the page) and of any text (the API): the same functions -------------
+    # Their torch work runs on the compute thread too: a request thread that computes once
+    # keeps an OpenMP team, and every extra team slows every parallel region of the decode
+    # loop (see gpt2.compute).
     def view(self, run: Run, layer: int, head: int | None, start: int | None, size: int) -> AttentionView:
         """One head (or the mean) of one layer, for a window of the run's text."""
         grid = self.all_heads(run, layer, start, size)
@@ -229,14 +238,14 @@ class Service:
 
     def all_heads(self, run: Run, layer: int, start: int | None, size: int) -> AttentionView:
         win = window(len(run.ids), start, size)
-        weights, earlier = run.attention(layer, win)
+        weights, earlier = gpt2.compute.run(lambda: run.attention(layer, win))
         return AttentionView(weights.numpy(), earlier.numpy(), tokens.labels(run.ids[win.start:win.stop]),
                              win, layer, None)
 
     def token_matrix(self, run: Run, layer: int, head: int | None) -> np.ndarray:
         """The whole map [T, T] of one head (or the mean): what the token view paints from."""
         check_layer(layer, run.config)
-        return attention_matrix(run.capture, layer, head)
+        return gpt2.compute.run(lambda: attention_matrix(run.capture, layer, head))
 
     def token_attention(self, run: Run, layer: int, head: int | None, position: int,
                         direction: str) -> TokenAttention:
@@ -250,15 +259,16 @@ class Service:
             raise ValueError(f"direction must be 'from' or 'to', got {direction!r}")
         position %= T
         if direction == "from":
-            weights = attention_rows(run.capture, layer, head, slice(position, position + 1))[0]
+            weights = gpt2.compute.run(
+                lambda: attention_rows(run.capture, layer, head, slice(position, position + 1))[0])
             return TokenAttention(tokens.labels(run.ids[:position + 1]), weights, position)
-        column = attention_column(run.capture, layer, head, position)
+        column = gpt2.compute.run(lambda: attention_column(run.capture, layer, head, position))
         return TokenAttention(tokens.labels(run.ids[position:]), column, position)
 
     def lens(self, run: Run, rows: slice, k: int) -> gpt2.Lens:
         """The logit lens of `rows` from the run's kept block outputs (no forward pass over the
         text: each block's residual through ln_f and the LM head), on the compute thread."""
-        return self.compute(run.model_name, lambda _: run.capture.lens(rows, k))
+        return gpt2.compute.run(lambda: run.capture.lens(rows, k))
 
     def ablate(self, s: Settings, heads: dict[int, list[int]]) -> Knockout:
         """The same prompt, settings and seed twice, as two rows of the model's decode loop at
@@ -320,10 +330,10 @@ class Service:
         context = self.models.get(model_name).config.context_length
         return self._captured(model_name, gpt2.encode(text)[-context:])
 
-    def _captured(self, model_name: str, ids: list[int], with_candidates: bool = False) -> Run:
+    def _captured(self, model_name: str, ids: list[int]) -> Run:
         """One forward pass over `ids` with attention capture, as a run (all of it prompt)."""
 
-        def forward(model: gpt2.GPT) -> tuple[gpt2.AttentionCapture, float, list]:
+        def forward(model: gpt2.GPT) -> tuple[gpt2.AttentionCapture, float]:
             cache = gpt2.KVCache(model.config, 1, len(ids), model.device)
             with gpt2.capture_attention(model, residuals=True) as capture:
                 started = time.perf_counter()
@@ -331,7 +341,7 @@ class Service:
                 with torch.inference_mode():
                     model(torch.tensor([ids], device=model.device), cache, last_only=True)
                 seconds = time.perf_counter() - started
-            return capture, seconds, rank_candidates(capture, ids) if with_candidates else []
+            return capture, seconds
 
-        capture, seconds, candidates = self.compute(model_name, forward)
-        return Run(model_name, ids, len(ids), capture, capture.model.config, None, seconds, candidates)
+        capture, seconds = self.compute(model_name, forward)
+        return Run(model_name, ids, len(ids), capture, capture.model.config, None, seconds)

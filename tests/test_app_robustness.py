@@ -386,9 +386,10 @@ RSS_MARGIN_KB = 24 * 1024
 
 
 def test_memory_stays_bounded_over_200_requests(app_server, client):
-    """After a warm-up that fills the run store (32 runs), 200 more requests with
-    different prompts and seeds (every fourth an /attention call, the capture path that
-    stores nothing) may not grow the server's resident memory by more than RSS_MARGIN_KB."""
+    """After a warm-up, 200 more requests with different prompts and seeds (/generate, and
+    every fourth an /attention call, the capture path; neither stores a run: an API caller
+    gets no run id) may not grow the server's resident memory by more than RSS_MARGIN_KB.
+    The run store's own bound is test_app_inspection's and the soak's (page visits)."""
     def ask(i: int) -> object:
         prompt = f"Request {i} says"
         if i % 4 == 3:
