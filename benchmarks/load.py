@@ -269,9 +269,9 @@ def soak_user(i: int, app: App, config: dict, args: argparse.Namespace, tally: T
                 tally.count(kind, tuple(sorted(settings.items())), text)
             elif kind == "attention":
                 text = prompt + " " + " ".join(rng.choice(PROMPTS) for _ in range(rng.randrange(1, 30)))
-                maps = client.predict(text=text, model="gpt2", layer=rng.randrange(12), head="mean",
-                                      api_name="/attention")
-                tally.count(kind, ("attention", text), maps["weights"][-1][:8])
+                layer = rng.randrange(12)
+                maps = client.predict(text=text, model="gpt2", layer=layer, head="mean", api_name="/attention")
+                tally.count(kind, ("attention", text, layer), maps["weights"][-1][:8])
             elif kind == "next_tokens":
                 out = client.predict(text=prompt, model="gpt2", k=5, api_name="/next_tokens")
                 tally.count(kind, ("next", prompt), [p["top"][0]["token"] for p in out["positions"]])
@@ -334,7 +334,8 @@ def soak(args: argparse.Namespace) -> None:
              f"the broken checkpoint (1), a 200-token stream cancelled at its first token (1). {machine_line()}.", "",
              f"- requests: {tally.done} in {wall:.0f} s ({', '.join(f'{k} {v}' for k, v in sorted(tally.kinds.items()))})",
              f"- errors: {len(tally.errors)}" + (f" (first: {tally.errors[0]})" if tally.errors else ""),
-             f"- repeated requests answering differently: {len(tally.mismatches)}",
+             f"- repeated requests answering differently: {len(tally.mismatches)}"
+             + (f" ({'; '.join(tally.mismatches[:3])})" if tally.mismatches else ""),
              f"- server RSS over the second half: {min(half):.0f} to {max(half):.0f} MB "
              f"(peak over the run {max(r for _, _, r in curve):.0f} MB)", "",
              "| time, s | requests done | server RSS, MB |", "|---|---|---|",

@@ -8,14 +8,18 @@ server paths are exposed to the browser.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import logging
 import os
+import threading
+import time
 
 log = logging.getLogger(__name__)
 QUEUE_MAX_SIZE = 32  # waiting requests beyond this are turned away instead of piling up
 # Gradio keeps a copy of the page's config per session (measured ~0.26 MB each here, so at most
 # ~0.26 GB); beyond this the least recently active session is dropped (its page must reload).
 SESSION_CAPACITY = 1000
+TRIM_EVERY_S = 10.0  # how often freed memory goes back to the OS (see return_freed_memory)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="address to listen on (0.0.0.0 on Spaces, where SPACE_ID is set)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
                         help="port to listen on (env: GRADIO_SERVER_PORT)")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    parser.add_argument("--threads", type=int, default=os.environ.get("GPT2_THREADS") or str(cores),
+                        help="threads the models compute with, for all users together: every "
+                             "generation is a row of one decode loop (env: GPT2_THREADS; default: "
+                             "the cores this process may use)")
     return parser
 
 
@@ -42,8 +51,33 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return build_parser().parse_args(argv)
 
 
+def return_freed_memory(every_s: float = TRIM_EVERY_S) -> None:
+    """Hand memory the process has freed back to the OS, every `every_s` seconds, in a daemon
+    thread. Requests allocate tensors of every size from many threads, and glibc keeps what
+    they free in per-thread arenas: over a soak of 1,600 mixed requests (in-process, 8
+    threads) RSS rose 165 MB, of which malloc_trim returned 173 MB. No-op off glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return
+
+    def loop() -> None:
+        while True:
+            time.sleep(every_s)
+            trim(0)
+
+    threading.Thread(target=loop, name="malloc-trim", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.threads < 1:
+        build_parser().error(f"--threads must be at least 1, got {args.threads}")
+    import gpt2
+
+    gpt2.compute.set_threads(args.threads)
+    return_freed_memory()
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not every request gradio makes to itself

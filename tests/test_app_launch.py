@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import os
 
+import pytest
+
 import app
 
 
@@ -41,6 +43,18 @@ def test_every_option_has_help_and_shows_its_default(monkeypatch):
         assert action.help, action.dest
         if action.dest != "help":
             assert f"(default: {action.default})" in text, action.dest
+
+
+def test_threads_from_flag_and_environment(monkeypatch, capsys):
+    monkeypatch.setenv("GPT2_THREADS", "3")
+    assert app.parse_args([]).threads == 3 and app.parse_args(["--threads", "1"]).threads == 1
+    monkeypatch.setenv("GPT2_THREADS", "many")
+    with pytest.raises(SystemExit):
+        app.parse_args([])
+    assert "invalid int value: 'many'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        app.main(["--threads", "0"])
+    assert "--threads must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_builtin_is_a_model_name():
