@@ -26,6 +26,7 @@ import torch
 import gpt2
 
 from . import tokens
+from .explain import first_difference
 from .inspection import (Run, RunStore, Window, attention_column, attention_matrix, attention_rows,
                          check_layer, window)
 from .models import ModelTable
@@ -70,10 +71,7 @@ class Knockout:
     @property
     def first_difference(self) -> int | None:
         """The index (in the generated ids) of the first token that differs, None if none does."""
-        for i, (a, b) in enumerate(zip(self.baseline, self.ablated)):
-            if a != b:
-                return i
-        return None if len(self.baseline) == len(self.ablated) else min(len(self.baseline), len(self.ablated))
+        return first_difference(self.baseline, self.ablated)
 
 
 @dataclass(frozen=True)
