@@ -112,6 +112,12 @@ def select_head(weights: np.ndarray, head: int | None) -> np.ndarray:
     return weights.mean(axis=0) if head is None else weights[head]
 
 
+def sampling(s: Settings, seed: int) -> dict:
+    """`s`'s sampling settings as `gpt2.stream` takes them (0 / 1 mean off)."""
+    return dict(temperature=s.temperature, top_k=s.top_k or None, top_p=s.top_p if s.top_p < 1 else None,
+                eos_id=gpt2.EOT_ID if s.stop_at_end else None, seed=seed)
+
+
 def truncation_notice(n_prompt: int, n_kept: int, model: str, ctx: int) -> str:
     return (f"The prompt is {n_prompt:,} tokens; only its last {n_kept:,} were used, to leave room "
             f"for the new tokens in {model}'s {ctx:,}-token context.")
@@ -146,27 +152,18 @@ class Service:
         the hooks and stores what was generated so far as a stopped run. `inspect=False`
         (the API's /generate, whose caller gets text only) captures and stores nothing: the
         hooks would cost every decode step of every user ~14% at 8 rows."""
-        loop = self.models.loop(s.model)
+        loop, prompt_ids, ids, seed = self._request(s)
         model = loop.model
-        ctx = model.config.context_length
-        if s.max_new_tokens >= ctx:
-            raise ValueError(f"max_new_tokens must be below {s.model}'s context of {ctx} tokens, "
-                             f"got {s.max_new_tokens}")
-        prompt_ids = gpt2.encode(s.prompt)
-        ids = prompt_ids[-(ctx - s.max_new_tokens):]  # the library's own left truncation
         if len(ids) < len(prompt_ids):
-            notice(truncation_notice(len(prompt_ids), len(ids), s.model, ctx))
-        seed = secrets.randbelow(2**31) if s.seed is None else s.seed
+            notice(truncation_notice(len(prompt_ids), len(ids), s.model, model.config.context_length))
         decoder, text, generated = gpt2.StreamDecoder(), "", []
         run_id = self.runs.reserve() if inspect else ""
         stopped = False
         try:
             started = time.perf_counter()
             with (gpt2.capture_attention(model, residuals=True) if inspect else nullcontext()) as capture, \
-                    closing(loop.stream(torch.tensor([ids]), s.max_new_tokens, temperature=s.temperature,
-                                        top_k=s.top_k or None, top_p=s.top_p if s.top_p < 1 else None,
-                                        eos_id=gpt2.EOT_ID if s.stop_at_end else None, seed=seed,
-                                        capture=capture)) as steps:
+                    closing(loop.stream(torch.tensor([ids]), s.max_new_tokens, capture=capture,
+                                        **sampling(s, seed))) as steps:
                 try:
                     yield Step(text, run_id, ids, len(ids), capture)
                     for next_id in steps:
@@ -196,6 +193,19 @@ class Service:
         finally:
             if inspect:
                 self.runs.release(run_id)  # no-op once stored; wakes a Stop waiting for a run that never came
+
+    def _request(self, s: Settings) -> tuple[gpt2.BatchedGenerator, list[int], list[int], int]:
+        """What a generation of `s` starts from: its model's decode loop, the prompt's ids, the
+        ids kept (the library's own left truncation, so prompt + new tokens fit the context),
+        and the seed (drawn when none was given, so every run can be repeated)."""
+        loop = self.models.loop(s.model)
+        ctx = loop.model.config.context_length
+        if s.max_new_tokens >= ctx:
+            raise ValueError(f"max_new_tokens must be below {s.model}'s context of {ctx} tokens, "
+                             f"got {s.max_new_tokens}")
+        prompt_ids = gpt2.encode(s.prompt)
+        seed = secrets.randbelow(2**31) if s.seed is None else s.seed
+        return loop, prompt_ids, prompt_ids[-(ctx - s.max_new_tokens):], seed
 
     def _store(self, run_id: str, s: Settings, loop: gpt2.BatchedGenerator, ids: list[int], n_prompt: int,
                capture: gpt2.AttentionCapture, seed: int, seconds: float, dropped: int, ended: str) -> None:
@@ -272,22 +282,13 @@ class Service:
         """The same prompt, settings and seed twice, as two rows of the model's decode loop at
         once: as is, and with `heads` ({layer: [head, ...]}) knocked out. Greedy or seeded
         runs give exactly what a lone generation would."""
-        loop = self.models.loop(s.model)
-        model = loop.model
-        ctx = model.config.context_length
-        if s.max_new_tokens >= ctx:
-            raise ValueError(f"max_new_tokens must be below {s.model}'s context of {ctx} tokens, "
-                             f"got {s.max_new_tokens}")
-        ids = gpt2.encode(s.prompt)[-(ctx - s.max_new_tokens):]
-        seed = secrets.randbelow(2**31) if s.seed is None else s.seed
-        args = dict(temperature=s.temperature, top_k=s.top_k or None, top_p=s.top_p if s.top_p < 1 else None,
-                    eos_id=gpt2.EOT_ID if s.stop_at_end else None, seed=seed)
+        loop, _, ids, seed = self._request(s)
 
         def run(ablation: gpt2.HeadAblation | None) -> list[int]:
             return loop.generate(torch.tensor([ids]), s.max_new_tokens, ablation=ablation,
-                                 **args)[0, len(ids):].tolist()
+                                 **sampling(s, seed))[0, len(ids):].tolist()
 
-        with gpt2.ablate_heads(model, heads) as ablation, ThreadPoolExecutor(1) as pool:
+        with gpt2.ablate_heads(loop.model, heads) as ablation, ThreadPoolExecutor(1) as pool:
             baseline = pool.submit(run, None)  # both rows step together
             ablated = run(ablation)
             return Knockout(ids, baseline.result(), ablated, seed, heads)
