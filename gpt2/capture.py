@@ -167,9 +167,8 @@ class AttentionCapture(RequestHooks):
 
     def next_token_probs(self, rows: slice | None = None) -> Tensor:
         """The model's next-token distribution [B, R, vocab] after each position in `rows`."""
-        hidden = self.hidden(rows)
         with torch.no_grad():
-            return torch.softmax(self.model.logits(hidden).float(), dim=-1)
+            return torch.softmax(self.model.head(self.block_output(self.blocks[-1], rows)), dim=-1)
 
     def lens(self, rows: slice | None = None, k: int = 5) -> Lens:
         """The logit lens: after each block, the residual stream through `ln_f` and the tied LM
@@ -181,7 +180,7 @@ class AttentionCapture(RequestHooks):
         ids, probs = [], []
         with torch.no_grad():
             for layer in self.blocks:
-                top = [torch.topk(torch.softmax(self.model.logits(self.model.ln_f(chunk)).float(), dim=-1), k)
+                top = [torch.topk(torch.softmax(self.model.head(chunk), dim=-1), k)
                        for chunk in self.block_output(layer, slice(start, stop)).split(_LENS_ROWS, dim=1)]
                 ids.append(torch.cat([t.indices for t in top], dim=1))
                 probs.append(torch.cat([t.values for t in top], dim=1))

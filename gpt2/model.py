@@ -45,12 +45,12 @@ class FusedQKV(RequestLinear):
 class CausalSelfAttention(nn.Module):
     use_kernels = False  # decode steps' attention in `gpt2.fast.kernels`, as in `Linear`
 
-    def __init__(self, config: GPTConfig, layer_idx: int):
+    def __init__(self, config: GPTConfig, layer_idx: int, device: torch.device | str | None = None):
         super().__init__()
         self.layer_idx = layer_idx
         self.n_head = config.n_head
-        self.c_attn = FusedQKV(config.n_embd, 3 * config.n_embd)
-        self.c_proj = RequestLinear(config.n_embd, config.n_embd)  # reads the merged heads
+        self.c_attn = FusedQKV(config.n_embd, 3 * config.n_embd, device=device)
+        self.c_proj = RequestLinear(config.n_embd, config.n_embd, device=device)  # reads the merged heads
 
     def forward(self, x: Tensor, cache: Cache | None = None) -> Tensor:
         B, T, C = x.shape
@@ -83,22 +83,22 @@ class MLP(nn.Module):
     """c_fc, GELU, c_proj; the GELU runs inside c_fc's call (fused into its GEMM on the CPU),
     so a forward hook on `mlp.c_fc` sees the activations after the GELU."""
 
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, device: torch.device | str | None = None):
         super().__init__()
-        self.c_fc = Linear(config.n_embd, 4 * config.n_embd)
-        self.c_proj = Linear(4 * config.n_embd, config.n_embd)
+        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, device=device)
+        self.c_proj = Linear(4 * config.n_embd, config.n_embd, device=device)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.c_proj(self.c_fc(x, gelu=True))
 
 
 class Block(nn.Module):
-    def __init__(self, config: GPTConfig, layer_idx: int):
+    def __init__(self, config: GPTConfig, layer_idx: int, device: torch.device | str | None = None):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
-        self.attn = CausalSelfAttention(config, layer_idx)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
-        self.mlp = MLP(config)
+        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, device=device)
+        self.attn = CausalSelfAttention(config, layer_idx, device)
+        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, device=device)
+        self.mlp = MLP(config, device)
 
     def forward(self, x: Tensor, cache: Cache | None = None) -> Tensor:
         x = x + self.attn(self.ln_1(x), cache)
@@ -112,13 +112,18 @@ class GPT(nn.Module):
     use_kernels = False  # the LM head's decode-step kernel, as in `Linear`
     compile_status: kernels.CompileStatus | None = None  # set by `gpt2.load_model`
 
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, device: torch.device | str | None = None):
         super().__init__()
         self.config = config
-        self.wte = nn.Embedding(config.vocab_size, config.n_embd)
-        self.wpe = nn.Embedding(config.context_length, config.n_embd)
-        self.h = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps)
+        # Empty weights (`_weight`): reset_parameters below initialises them, and nn.Embedding's
+        # own init on the meta device (gpt2.load_model) would import sympy & co., 74 MB of RSS.
+        self.wte = nn.Embedding(config.vocab_size, config.n_embd,
+                                _weight=torch.empty(config.vocab_size, config.n_embd, device=device))
+        self.wpe = nn.Embedding(config.context_length, config.n_embd,
+                                _weight=torch.empty(config.context_length, config.n_embd, device=device))
+        self.h = nn.ModuleList(Block(config, i, device) for i in range(config.n_layer))
+        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, device=device)
+        self.int8_head: nn.Module | None = None  # the int8 tier's LM head (gpt2.fast.int8.Int8Head)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -138,8 +143,8 @@ class GPT(nn.Module):
     def device(self) -> torch.device:
         return self.wte.weight.device
 
-    def hidden_states(self, idx: Tensor, cache: Cache | None = None) -> Tensor:
-        """Final LayerNorm output [B, T, C]: what the LM head reads."""
+    def residual_stream(self, idx: Tensor, cache: Cache | None = None) -> Tensor:
+        """The last block's output [B, T, C], before `ln_f`."""
         T = idx.size(1)
         if cache is None:
             if T > self.config.context_length:
@@ -152,7 +157,18 @@ class GPT(nn.Module):
             x = block(x, cache)  # positional: capture hooks read it from args
         if cache is not None:
             cache.advance(T)
-        return self.ln_f(x)
+        return x
+
+    def hidden_states(self, idx: Tensor, cache: Cache | None = None) -> Tensor:
+        """Final LayerNorm output [B, T, C]: what the LM head reads."""
+        return self.ln_f(self.residual_stream(idx, cache))
+
+    def head(self, x: Tensor) -> Tensor:
+        """`ln_f` and the LM head on the residual stream x [..., C] -> fp32 logits: the int8
+        tier's own head where it has one, else the tied embedding (`logits`)."""
+        if self.int8_head is not None:
+            return self.int8_head(x, self.wte.weight, self.ln_f)
+        return self.logits(self.ln_f(x))
 
     def logits(self, hidden: Tensor) -> Tensor:
         """The LM head, tied to the token embedding (as in OpenAI's checkpoints): fp32 logits
@@ -177,5 +193,5 @@ class GPT(nn.Module):
         return logits
 
     def forward(self, idx: Tensor, cache: Cache | None = None, last_only: bool = False) -> Tensor:
-        hidden = self.hidden_states(idx, cache)
-        return self.logits(hidden[:, -1:] if last_only else hidden)
+        x = self.residual_stream(idx, cache)
+        return self.head(x[:, -1:] if last_only else x)

@@ -6,6 +6,7 @@ Every failure raises `WeightsError` naming the file and, where it applies, the k
 """
 from __future__ import annotations
 
+import ctypes
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,7 +21,8 @@ from .config import PRESETS, GPTConfig
 from .fast.kernels import compile_kernels
 from .hub import HUB_ORG, WeightsError, download, weights_dir
 from .model import GPT
-from .tiers import quantize_int8, to_bf16
+from .fast.int8 import Int8Head
+from .tiers import quantize_block
 from .tokenizer import EOT_ID
 
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -122,18 +124,26 @@ def check_header(header: Header, config: GPTConfig, hub_layout: bool) -> dict[st
     return stored
 
 
-def read_tensors(header: Header, stored: dict[str, str], hub_layout: bool) -> dict[str, Tensor]:
-    """The checked tensors, Conv1D weights transposed to [out, in]. Weights holding NaN or
-    infinity are refused. On any failure the dict is emptied before the error leaves: a
-    traceback keeps this frame alive (in a server, until the garbage collector runs), and
-    with it whatever the frame still holds."""
+def read_tensors(header: Header, stored: dict[str, str], hub_layout: bool,
+                 rows: slice | None = None) -> dict[str, Tensor]:
+    """The checked tensors of `stored` ({our key: stored key}) in fp32, Conv1D weights
+    transposed to [out, in]; with `rows`, only those rows of each (for 2-D tensors not
+    transposed). Weights holding NaN or infinity are refused. The file is mapped only during
+    the call, so a caller reading a checkpoint a part at a time holds one part's pages. On
+    any failure the dict is emptied before the error leaves: a traceback keeps this frame
+    alive (in a server, until the garbage collector runs), and with it whatever the frame
+    still holds."""
     state: dict[str, Tensor] = {}
     try:
         with safe_open(header.path, framework="pt") as f:
             for ours, key in stored.items():
-                state[ours] = f.get_tensor(key)
+                stored_tensor = f.get_tensor(key) if rows is None else f.get_slice(key)[rows]
                 if hub_layout and ours.endswith(CONV1D_WEIGHTS):
-                    state[ours] = state[ours].t().contiguous()
+                    stored_tensor = stored_tensor.t()
+                # A copy of our own: the tensor safetensors returns is backed by the file's
+                # mapping, which one kept tensor would keep whole, in our RSS, after the call.
+                state[ours] = stored_tensor.to(torch.float32, memory_format=torch.contiguous_format, copy=True)
+                del stored_tensor
                 if not bool(torch.isfinite(state[ours]).all()):
                     raise WeightsError(f"{header.path}: {ours!r} holds NaN or infinite values; "
                                        "the checkpoint is damaged")
@@ -146,6 +156,46 @@ def read_tensors(header: Header, stored: dict[str, str], hub_layout: bool) -> di
     return state
 
 
+@dataclass(frozen=True)
+class Checkpoint:
+    """A checked checkpoint whose tensors are read when asked for, a part at a time."""
+    config: GPTConfig
+    header: Header
+    stored: dict[str, str]  # our key -> stored key
+    hub_layout: bool
+
+    def tensors(self, prefix: str = "") -> dict[str, Tensor]:
+        """{our key without `prefix`: fp32 tensor} for the keys under `prefix`."""
+        part = {k: v for k, v in self.stored.items() if k.startswith(prefix)}
+        return {k.removeprefix(prefix): t for k, t in read_tensors(self.header, part, self.hub_layout).items()}
+
+    def embedding(self, dtype: torch.dtype, chunk: int = 2048) -> Tensor:
+        """The token embedding [vocab, C] in `dtype`, read `chunk` rows at a time: a bf16
+        tier never holds its fp32 copy (154 MB at 124M)."""
+        part = {"wte.weight": self.stored["wte.weight"]}
+        wte = torch.empty(self.config.vocab_size, self.config.n_embd, dtype=dtype)
+        for start in range(0, wte.size(0), chunk):
+            rows = read_tensors(self.header, part, self.hub_layout, slice(start, start + chunk))
+            wte[start:start + chunk] = rows.pop("wte.weight")
+            release_freed_memory()
+        return wte
+
+
+def release_freed_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc's malloc_trim; no-op elsewhere). A
+    load frees each block's fp32 tensors once converted, and glibc would keep them: at 124M
+    int8 the blocks took 290 MB of RSS instead of 85."""
+    if _libc is not None:
+        _libc.malloc_trim(0)
+
+
+try:
+    _libc = ctypes.CDLL("libc.so.6")
+    _libc.malloc_trim  # noqa: B018 - glibc only
+except (OSError, AttributeError):
+    _libc = None
+
+
 def _config(make: Callable[[], GPTConfig], source: Path, what: str) -> GPTConfig:
     try:
         return make()
@@ -153,8 +203,8 @@ def _config(make: Callable[[], GPTConfig], source: Path, what: str) -> GPTConfig
         raise WeightsError(f"{source}: {what} ({type(e).__name__}: {e})") from None
 
 
-def read_hf_dir(directory: Path) -> tuple[GPTConfig, dict[str, Tensor]]:
-    """A Hub-layout folder (`config.json` + `model.safetensors`) -> (config, our state)."""
+def read_hf_dir(directory: Path) -> Checkpoint:
+    """A Hub-layout folder (`config.json` + `model.safetensors`), checked."""
     config_file, weights_file = directory / "config.json", directory / "model.safetensors"
     if not weights_file.is_file():
         pickles = [p.name for p in directory.glob("*.bin")] + [p.name for p in directory.glob("*.pt*")]
@@ -167,10 +217,10 @@ def read_hf_dir(directory: Path) -> tuple[GPTConfig, dict[str, Tensor]]:
     config = _config(lambda: GPTConfig.from_hf(json.loads(config_file.read_text())), config_file,
                      "not a GPT-2 config")
     header = read_header(weights_file)
-    return config, read_tensors(header, check_header(header, config, hub_layout=True), hub_layout=True)
+    return Checkpoint(config, header, check_header(header, config, hub_layout=True), hub_layout=True)
 
 
-def read_file(path: Path) -> tuple[GPTConfig, dict[str, Tensor]]:
+def read_file(path: Path) -> Checkpoint:
     """Our own format: one safetensors file, config in its metadata."""
     header = read_header(path)
     if CONFIG_KEY not in header.metadata:
@@ -181,7 +231,7 @@ def read_file(path: Path) -> tuple[GPTConfig, dict[str, Tensor]]:
                            "model.safetensors)")
     config = _config(lambda: GPTConfig(**json.loads(header.metadata[CONFIG_KEY])), path,
                      f"bad '{CONFIG_KEY}' metadata")
-    return config, read_tensors(header, check_header(header, config, hub_layout=False), hub_layout=False)
+    return Checkpoint(config, header, check_header(header, config, hub_layout=False), hub_layout=False)
 
 
 # -- public API ---------------------------------------------------------------------------
@@ -194,9 +244,9 @@ def save_model(model: GPT, path: str | Path) -> Path:
     return path
 
 
-def read_checkpoint(source: str | Path) -> tuple[GPTConfig, dict[str, Tensor]]:
-    """Resolve `source` (preset, "builtin", Hub-layout folder, or our .safetensors) to
-    (config, state)."""
+def read_checkpoint(source: str | Path) -> Checkpoint:
+    """Resolve `source` (preset, "builtin", Hub-layout folder, or our .safetensors) to its
+    checked checkpoint (no tensor read yet)."""
     if str(source) == BUILTIN:
         return read_file(BUILTIN_FILE)
     name = preset_name(str(source))
@@ -227,11 +277,8 @@ def load_model(source: str | Path, device: str | torch.device | None = None,
         raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
     if dtype not in (None, torch.float32, torch.bfloat16):
         raise ValueError(f"dtype must be None, torch.float32 or torch.bfloat16, got {dtype!r}")
-    model = _build(*read_checkpoint(source)).to(device=device, dtype=torch.float32)
-    if quantize == "int8":
-        model = quantize_int8(model)
-    elif dtype == torch.bfloat16:
-        model = to_bf16(model)
+    tier = "int8" if quantize == "int8" else "bf16" if dtype == torch.bfloat16 else "fp32"
+    model = _build(read_checkpoint(source), tier).to(device)
     model.eval()
     if compile and model.device.type == "cpu":
         compile_kernels(model)
@@ -240,11 +287,30 @@ def load_model(source: str | Path, device: str | torch.device | None = None,
 
 def convert(name: str) -> Path:
     """Download a preset and save it in our format under `weights_dir()`."""
-    return save_model(_build(*read_hf_dir(download(name))), weights_dir() / f"{name}.safetensors")
+    return save_model(_build(read_hf_dir(download(name))), weights_dir() / f"{name}.safetensors")
 
 
-def _build(config: GPTConfig, state: dict[str, Tensor]) -> GPT:
-    with torch.device("meta"):  # no init work: every tensor comes from the file
-        model = GPT(config)
-    model.load_state_dict(state, assign=True)
+def _build(checkpoint: Checkpoint, tier: str = "fp32") -> GPT:
+    """The model at `tier` ("fp32", "bf16", "int8"), read and converted a part at a time: the
+    process never holds the whole fp32 model beside the tier's (124M int8: a peak of 1.1 GB
+    over what torch's import takes became ~0.3 GB; benchmarks/PEER.md)."""
+    dtype = torch.float32 if tier == "fp32" else torch.bfloat16
+    model = GPT(checkpoint.config, device="meta")  # no init work: every tensor comes from the file
+    try:
+        for prefix, module in [("ln_f.", model.ln_f), ("wpe.", model.wpe),
+                               *((f"h.{i}.", block) for i, block in enumerate(model.h))]:
+            module.load_state_dict(checkpoint.tensors(prefix), assign=True)
+            if tier == "int8" and prefix.startswith("h."):
+                quantize_block(module)
+            elif prefix != "ln_f.":  # ln_f stays fp32 until the int8 head has read it
+                module.to(dtype)
+            release_freed_memory()
+        model.wte.load_state_dict({"weight": checkpoint.embedding(dtype)}, assign=True)
+        head = Int8Head(model.wte.weight, model.ln_f) if tier == "int8" else None
+        model.to(dtype)
+        model.int8_head = head
+    except BaseException:
+        model = None  # what was read so far goes now, not when the traceback does
+        raise
+    release_freed_memory()
     return model

@@ -18,7 +18,8 @@ def test_int8_weights_are_one_byte(tiny_dir):
     model = gpt2.load_model(tiny_dir, quantize="int8")
     c_fc = model.h[0].mlp.c_fc
     assert c_fc.weight.dtype == torch.int8 and c_fc.scales.shape == (128,)
-    assert model.wte.weight.dtype == torch.bfloat16  # embedding and LM head: bf16 (see gpt2.tiers)
+    assert model.wte.weight.dtype == torch.bfloat16  # the embedding, and the head's rescoring
+    assert model.int8_head.weight.dtype == torch.int8 and model.int8_head.weight.shape == (50257, 32)
     assert gpt2.load_model(tiny_dir, dtype=torch.bfloat16).wte.weight.dtype == torch.bfloat16
 
 
@@ -34,6 +35,27 @@ def test_tier_logits_are_fp32_math(tier):
     torch.testing.assert_close(many, want, atol=1e-5, rtol=0)
     torch.testing.assert_close(one, want[:, -1:], atol=1e-5, rtol=0)
     assert not torch.equal(want, want.bfloat16().float())  # the check could tell the difference
+
+
+@pytest.mark.parametrize("path", ["compiled", "eager"])
+def test_int8_head_scans_in_int8_and_rescores_its_best_in_fp32_math(tiny_dir, path):
+    """The int8 tier's head: every logit within the int8 scan's error of the bf16 head's fp32
+    math, and its best RESCORE exactly that math; one row (decode) and many rows (a full
+    forward) alike."""
+    model = gpt2.load_model(tiny_dir, quantize="int8", compile=path == "compiled")
+    model = compiled(model) if path == "compiled" else model
+    idx = torch.randint(0, 50257, (2, 12), generator=torch.Generator().manual_seed(4))
+    with torch.inference_mode():
+        x = model.residual_stream(idx)
+        want = torch.nn.functional.linear(model.ln_f(x).float(), model.wte.weight.float())
+        for rows, ref in ((x, want), (x[:1, -1:], want[:1, -1:])):
+            got = model.head(rows)
+            assert got.dtype == torch.float32
+            best = model.int8_head._scan(rows).topk(model.int8_head.RESCORE, dim=-1).indices
+            torch.testing.assert_close(got.gather(-1, best), ref.gather(-1, best), atol=1e-5, rtol=0)
+            scanned = (got - ref).abs()
+            assert 0 < scanned.max() < 0.02 * ref.abs().max()  # int8 elsewhere: close, not equal
+            assert torch.equal(got.argmax(-1), ref.argmax(-1))
 
 
 def test_tier_logits_close_to_fp32(tier, tiny_model):

@@ -112,7 +112,8 @@ def _self_test(lib: rowdot.Library) -> None:
     cases = [(x, w, None, bias, torch.float32),
              (x.bfloat16(), w.bfloat16(), None, bias.bfloat16(), torch.bfloat16),
              (x, w.bfloat16(), None, None, torch.float32),
-             (x.bfloat16(), w8, scales.bfloat16(), bias.bfloat16(), torch.bfloat16)]
+             (x.bfloat16(), w8, scales.bfloat16(), bias.bfloat16(), torch.bfloat16),
+             (x.bfloat16(), w8, scales, bias, torch.float32)]  # the int8 tier's LM head
     with torch.inference_mode():
         for xs, ws, ss, bs, out_dtype in cases:
             want = xs.double() @ ws.double().T * (1 if ss is None else ss.double())
