@@ -7,6 +7,7 @@ Every failure raises `WeightsError` naming the file and, where it applies, the k
 from __future__ import annotations
 
 import ctypes
+import functools
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -185,15 +186,17 @@ def release_freed_memory() -> None:
     """Hand the heap's free pages back to the OS (glibc's malloc_trim; no-op elsewhere). A
     load frees each block's fp32 tensors once converted, and glibc would keep them: at 124M
     int8 the blocks took 290 MB of RSS instead of 85."""
-    if _libc is not None:
-        _libc.malloc_trim(0)
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
-try:
-    _libc = ctypes.CDLL("libc.so.6")
-    _libc.malloc_trim  # noqa: B018 - glibc only
-except (OSError, AttributeError):
-    _libc = None
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
 
 
 def _config(make: Callable[[], GPTConfig], source: Path, what: str) -> GPTConfig:
@@ -292,8 +295,8 @@ def convert(name: str) -> Path:
 
 def _build(checkpoint: Checkpoint, tier: str = "fp32") -> GPT:
     """The model at `tier` ("fp32", "bf16", "int8"), read and converted a part at a time: the
-    process never holds the whole fp32 model beside the tier's (124M int8: a peak of 1.1 GB
-    over what torch's import takes became ~0.3 GB; benchmarks/PEER.md)."""
+    process never holds the whole fp32 model beside the tier's (124M int8, loading and
+    generating: a peak of 1,329 MB over torch's import became 283 MB; benchmarks/MEMORY.md)."""
     dtype = torch.float32 if tier == "fp32" else torch.bfloat16
     model = GPT(checkpoint.config, device="meta")  # no init work: every tensor comes from the file
     try:
