@@ -16,9 +16,14 @@ import time
 
 log = logging.getLogger(__name__)
 QUEUE_MAX_SIZE = 32  # waiting requests beyond this are turned away instead of piling up
-# Gradio keeps a copy of the page's config per session (measured ~0.26 MB each here, so at most
-# ~0.26 GB); beyond this the least recently active session is dropped (its page must reload).
-SESSION_CAPACITY = 1000
+# Gradio keeps a session per page visit, per gradio_client and per bare REST call: a copy of the
+# page's config holding the last value of every output, kept until more than SESSION_CAPACITY
+# sessions exist (then the least recently active goes; its page must reload). Measured with
+# tracemalloc: 0.17 MB for a REST call, 0.34 MB for a page after a short 124M run, 1.87 MB
+# after a 1,024-token one (the token view's map, the heads grid, the logit-lens grid). The old
+# cap of 1,000 could hold ~1.9 GB, and a soak of 4,000 requests (~600 pages) never reached it.
+SESSION_BUDGET = 512 * 2**20  # bytes, for all sessions showing 1,024-token runs of 124M
+SESSION_CAPACITY = 256  # 256 x 1.87 MB = 479 MB [tests/test_app_sessions.py]
 TRIM_EVERY_S = 10.0  # how often freed memory goes back to the OS (see return_freed_memory)
 # oneDNN (the CPU products of gpt2.fast.gemm, and torch's bf16 linears) keeps a primitive per
 # product shape in two caches, 1,024 entries each by default: ~0.6 MB a shape whatever its size
