@@ -16,10 +16,22 @@ import time
 
 log = logging.getLogger(__name__)
 QUEUE_MAX_SIZE = 32  # waiting requests beyond this are turned away instead of piling up
-# Gradio keeps a copy of the page's config per session (measured ~0.26 MB each here, so at most
-# ~0.26 GB); beyond this the least recently active session is dropped (its page must reload).
-SESSION_CAPACITY = 1000
+# Gradio keeps a session per page visit, per gradio_client and per bare REST call: a copy of the
+# page's config holding the last value of every output, kept until more than SESSION_CAPACITY
+# sessions exist (then the least recently active goes; its page must reload). Measured with
+# tracemalloc: 0.17 MB for a REST call, 0.34 MB for a page after a short 124M run, 1.87 MB
+# after a 1,024-token one (the token view's map, the heads grid, the logit-lens grid). The old
+# cap of 1,000 could hold ~1.9 GB, and a soak of 4,000 requests (~600 pages) never reached it.
+SESSION_BUDGET = 512 * 2**20  # bytes, for all sessions showing 1,024-token runs of 124M
+SESSION_CAPACITY = 256  # 256 x 1.87 MB = 479 MB [tests/test_app_sessions.py]
 TRIM_EVERY_S = 10.0  # how often freed memory goes back to the OS (see return_freed_memory)
+# oneDNN (the CPU products of gpt2.fast.gemm, and torch's bf16 linears) keeps a primitive per
+# product shape in two caches, 1,024 entries each by default: ~0.6 MB a shape whatever its size
+# (measured from 32x96 to 1600x4800), so each prefill of a new length kept ~2.5 MB at 124M,
+# +500 MB by ~200 lengths (the soak's /attention texts have that many). A forward pass repeats
+# its few shapes in every layer, so a small cache still serves it; a miss costs ~0.5 ms (a
+# 768x2304 product over 20-119 rows on 1 thread: 1.3 ms cached, 2.0 ms not).
+ONEDNN_CACHE_ENTRIES = 128  # ~80 MB at most
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,10 +82,21 @@ def return_freed_memory(every_s: float = TRIM_EVERY_S) -> None:
     threading.Thread(target=loop, name="malloc-trim", daemon=True).start()
 
 
+def bound_onednn_caches(entries: int = ONEDNN_CACHE_ENTRIES) -> None:
+    """Cap oneDNN's primitive cache (ONEDNN_PRIMITIVE_CACHE_CAPACITY) and ideep's (torch's
+    oneDNN wrapper, LRU_CACHE_CAPACITY): both read their variable once, at the process's first
+    oneDNN product, so this runs before any model does. A value already set is kept
+    (ONEDNN_PRIMITIVE_CACHE_CAPACITY=0 turns that cache off; LRU_CACHE_CAPACITY=0 crashes
+    torch 2.13 at its first product, so ours is at least 1)."""
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(entries))
+    os.environ.setdefault("LRU_CACHE_CAPACITY", str(max(1, entries)))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     if args.threads < 1:
         build_parser().error(f"--threads must be at least 1, got {args.threads}")
+    bound_onednn_caches()
     import gpt2
 
     gpt2.compute.set_threads(args.threads)

@@ -405,6 +405,28 @@ def test_memory_stays_bounded_over_200_requests(app_server, client):
     assert growth < RSS_MARGIN_KB, f"RSS grew by {growth} kB over 200 requests"
 
 
+def test_texts_of_many_lengths_do_not_grow_the_server(app_server, client):
+    """A product of a shape not seen before (a prefill of a new length) left a primitive in
+    each of oneDNN's two caches, ~0.6 MB a shape whatever its size, 1,024 entries each: the
+    soak's /attention texts, of ~200 lengths, grew the server by hundreds of MB. The app caps
+    both caches (app.ONEDNN_CACHE_ENTRIES). RSS is read after the app's malloc_trim ran."""
+    from playground.app import TRIM_EVERY_S
+
+    def ask(n: int) -> dict:
+        return client.predict(text=" x" * n, model="local:long", layer=0, head="mean", size=4,
+                              api_name="/attention")
+
+    for n in (8, 9):
+        ask(n)
+    time.sleep(TRIM_EVERY_S + 1)
+    before = rss_kb(app_server.pid)
+    totals = [ask(n)["total"] for n in range(20, 220)]
+    time.sleep(TRIM_EVERY_S + 1)
+    growth = rss_kb(app_server.pid) - before
+    assert totals == list(range(20, 220))  # one token per " x": 200 lengths
+    assert growth < 100 * 1024, f"RSS grew by {growth // 1024} MB over 200 text lengths"
+
+
 def test_failed_loads_leave_nothing_behind(app_server, client):
     """Every request retries a failed load. Each failure used to keep the ~30 MB it had read
     alive through its exception's traceback until the garbage collector ran (hundreds of MB

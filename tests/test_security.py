@@ -39,14 +39,15 @@ def launched(monkeypatch, tiny_dir) -> dict:
     seen: dict = {}
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: seen.update(kwargs, blocks=self))
     monkeypatch.setenv("GRADIO_ANALYTICS_ENABLED", "True")  # main must turn it off
-    for name in ("SPACE_ID", "GPT2_EXTRA_MODELS", "GRADIO_SERVER_PORT"):
-        monkeypatch.delenv(name, raising=False)
+    for name in ("SPACE_ID", "GPT2_EXTRA_MODELS", "GRADIO_SERVER_PORT", "ONEDNN_PRIMITIVE_CACHE_CAPACITY",
+                 "LRU_CACHE_CAPACITY"):
+        monkeypatch.delenv(name, raising=False)  # and put back as they were after the test
     app.main(["--model", str(tiny_dir)])
     return seen
 
 
 def test_launch_settings(launched):
-    from playground.app import SESSION_CAPACITY
+    from playground.app import ONEDNN_CACHE_ENTRIES, SESSION_CAPACITY
     from playground.guard import RouteGuard
     from playground.limits import BodyLimit
 
@@ -57,6 +58,8 @@ def test_launch_settings(launched):
     assert launched["show_error"] is False  # unexpected errors: no exception text
     assert launched["enable_monitoring"] is False
     assert launched["state_session_capacity"] == SESSION_CAPACITY
+    for name in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):  # oneDNN's per-shape caches
+        assert os.environ[name] == str(ONEDNN_CACHE_ENTRIES)
     assert demo.api_open is False  # Gradio's /run/<name> may not skip the queue
     assert "allowed_paths" not in launched and "blocked_paths" not in launched
     middleware = launched["app_kwargs"]["middleware"]
