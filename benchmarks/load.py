@@ -324,8 +324,12 @@ def soak(args: argparse.Namespace) -> None:
         finally:
             app.proc.terminate()
             app.proc.wait(timeout=60)
-    marks = [curve[min(len(curve) - 1, int(f * (len(curve) - 1)))] for f in (0, .1, .2, .3, .4, .5, .6, .7, .8, .9, 1)]
-    half = [rss for _, done, rss in curve if done >= args.requests / 2]
+    # RSS sampled every second: each tenth of the run gives its lowest (the process trims freed
+    # memory every 10 s, so this is what it holds), median and highest (requests in flight) sample.
+    n = len(curve)
+    tenths = [curve[n * i // 10:max(n * (i + 1) // 10, n * i // 10 + 1)] for i in range(10)]
+    half = [(done, rss) for _, done, rss in curve if done >= args.requests / 2]
+    slope = fit_slope(half) * 1000
     lines = ["## Soak (issue 14)", "",
              f"Command: `python benchmarks/load.py soak --requests {args.requests} --users {args.users}`. "
              f"The app on `gpt2` (random 124M weights from a local Hub cache, int8) and a broken checkpoint; "
@@ -336,13 +340,25 @@ def soak(args: argparse.Namespace) -> None:
              f"- errors: {len(tally.errors)}" + (f" (first: {tally.errors[0]})" if tally.errors else ""),
              f"- repeated requests answering differently: {len(tally.mismatches)}"
              + (f" ({'; '.join(tally.mismatches[:3])})" if tally.mismatches else ""),
-             f"- server RSS over the second half: {min(half):.0f} to {max(half):.0f} MB "
-             f"(peak over the run {max(r for _, _, r in curve):.0f} MB)", "",
-             "| time, s | requests done | server RSS, MB |", "|---|---|---|",
-             *[f"| {t:.0f} | {done} | {rss:.0f} |" for t, done, rss in marks]]
+             f"- server RSS over the second half: {min(r for _, r in half):.0f} to {max(r for _, r in half):.0f} MB "
+             f"(peak over the run {max(r for _, _, r in curve):.0f} MB); least-squares slope over the second "
+             f"half's {len(half)} samples: **{slope:+.0f} MB per 1,000 requests**", "",
+             "| tenth of the run | until, s | requests done | server RSS, MB: lowest / median / highest |",
+             "|---|---|---|---|",
+             *[f"| {i + 1} | {part[-1][0]:.0f} | {part[-1][1]} | {min(r for *_, r in part):.0f} / "
+               f"{statistics.median(r for *_, r in part):.0f} / {max(r for *_, r in part):.0f} |"
+               for i, part in enumerate(tenths)]]
     put_section("soak", lines, LOAD)
     print("\n".join(lines))
     sys.exit(1 if tally.errors or tally.mismatches else 0)
+
+
+def fit_slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of y over x."""
+    xs, ys = [x for x, _ in points], [y for _, y in points]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in points) / sxx if sxx else float("nan")
 
 
 def main() -> None:

@@ -92,7 +92,9 @@ def bound_onednn_caches(entries: int = ONEDNN_CACHE_ENTRIES) -> None:
     os.environ.setdefault("LRU_CACHE_CAPACITY", str(max(1, entries)))
 
 
-def main(argv: list[str] | None = None) -> None:
+def launch(argv: list[str] | None = None):
+    """Everything `main` does short of waiting: the app serving from this process's threads
+    (benchmarks/soak_probe.py measures it from inside). Returns the Gradio Blocks."""
     args = parse_args(argv)
     if args.threads < 1:
         build_parser().error(f"--threads must be at least 1, got {args.threads}")
@@ -120,6 +122,11 @@ def main(argv: list[str] | None = None) -> None:
                 state_session_capacity=SESSION_CAPACITY,
                 app_kwargs={"middleware": [Middleware(BodyLimit), Middleware(RouteGuard, blocks=demo)]},
                 quiet=True, prevent_thread_lock=True)
+    return demo
+
+
+def main(argv: list[str] | None = None) -> None:
+    demo = launch(argv)
     log.info("GPT-2 playground running at %s (Ctrl+C to stop)", demo.local_url)
     demo.block_thread()
 
