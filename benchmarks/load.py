@@ -84,17 +84,14 @@ class App:
         return float("nan")
 
 
-def start_app(tmp: Path, *extra: str) -> App:
-    """The app on `gpt2` from the stand-in cache, its kernels built and the model loaded."""
-    from gradio_client import Client
-
-    stand_in_hub(tmp / "hf")
+def start_process(tmp: Path, *args: str) -> App:
+    """`python app.py *args` on a free local port, offline, logging to tmp/app.log; once it answers."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = os.environ | {"HF_HOME": str(tmp / "hf"), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     log = (tmp / "app.log").open("w")  # a file, not a pipe: an unread pipe would stall the server
-    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--model", "gpt2", "--port", str(port), *extra],
+    proc = subprocess.Popen([sys.executable, str(ROOT / "app.py"), *args, "--port", str(port)],
                             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 300
@@ -103,14 +100,22 @@ def start_app(tmp: Path, *extra: str) -> App:
             raise RuntimeError(f"the app did not start:\n{(tmp / 'app.log').read_text()[-3000:]}")
         try:
             urllib.request.urlopen(url + "gradio_api/info", timeout=2).close()
-            break
+            return App(url, proc)
         except OSError:
             time.sleep(0.5)
-    client = Client(url, verbose=False)
+
+
+def start_app(tmp: Path, *extra: str) -> App:
+    """The app on `gpt2` from the stand-in cache, its kernels built and the model loaded."""
+    from gradio_client import Client
+
+    stand_in_hub(tmp / "hf")
+    app = start_process(tmp, "--model", "gpt2", *extra)
+    client = Client(app.url, verbose=False)
     client.predict(model="gpt2", api_name="/load_model")
     for _ in range(3):  # warm: the kernels are built on first use
         client.predict(prompt="Warm up", model="gpt2", temperature=0.0, max_new_tokens=64, api_name="/generate")
-    return App(url, proc)
+    return app
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -295,6 +300,13 @@ def soak_user(i: int, app: App, config: dict, args: argparse.Namespace, tally: T
                 while not job.outputs() and not job.done():
                     time.sleep(0.02)
                 job.cancel()
+                # A gradio_client reads every event of its session from one stream, which the
+                # server closes once the cancelled event ends: a request sent before then can
+                # join the closing stream and end in CancelledError on the client. A browser
+                # waits too (its Stop is answered before it generates again).
+                deadline = time.monotonic() + 60
+                while not job.done() and time.monotonic() < deadline:
+                    time.sleep(0.02)
                 tally.count(kind)
         except Exception as error:  # noqa: BLE001 - counted and reported, never hidden
             with tally.lock:
@@ -324,6 +336,7 @@ def soak(args: argparse.Namespace) -> None:
         finally:
             app.proc.terminate()
             app.proc.wait(timeout=60)
+        server_log = (Path(tmp) / "app.log").read_text()
     # RSS sampled every second: each tenth of the run gives its lowest (the process trims freed
     # memory every 10 s, so this is what it holds), median and highest (requests in flight) sample.
     n = len(curve)
@@ -338,6 +351,8 @@ def soak(args: argparse.Namespace) -> None:
              f"the broken checkpoint (1), a 200-token stream cancelled at its first token (1). {machine_line()}.", "",
              f"- requests: {tally.done} in {wall:.0f} s ({', '.join(f'{k} {v}' for k, v in sorted(tally.kinds.items()))})",
              f"- errors: {len(tally.errors)}" + (f" (first: {tally.errors[0]})" if tally.errors else ""),
+             f"- failures in the server's log (tracebacks, requests that failed unexpectedly): "
+             f"{server_log.count('Traceback')}",
              f"- repeated requests answering differently: {len(tally.mismatches)}"
              + (f" ({'; '.join(tally.mismatches[:3])})" if tally.mismatches else ""),
              f"- server RSS over the second half: {min(r for _, r in half):.0f} to {max(r for _, r in half):.0f} MB "
