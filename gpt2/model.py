@@ -28,6 +28,19 @@ class Linear(nn.Linear):
         return gemm.linear(x, self.weight, self.bias, gelu)
 
 
+class LayerNorm(nn.LayerNorm):
+    """`nn.LayerNorm` whose decode-step rows run on `gpt2.fast.kernels` with the kernels: the
+    function the fused decode step (`kernels.decode_blocks`) calls too, so that a step gives
+    the same bits whether its blocks run one by one (with hooks) or in one call."""
+
+    use_kernels = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.use_kernels and kernels.serves(x) and x.dtype in (torch.float32, torch.bfloat16):
+            return kernels.layer_norm(x, self.weight, self.bias, self.eps)
+        return super().forward(x)
+
+
 class RequestLinear(Linear):
     """A Linear called with the generation's KV cache (or a batched step's `CacheBatch`) as a
     second positional argument, which the math ignores: forward hooks (`gpt2.hooks`: capture,
@@ -95,9 +108,9 @@ class MLP(nn.Module):
 class Block(nn.Module):
     def __init__(self, config: GPTConfig, layer_idx: int, device: torch.device | str | None = None):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, device=device)
+        self.ln_1 = LayerNorm(config.n_embd, eps=config.layer_norm_eps, device=device)
         self.attn = CausalSelfAttention(config, layer_idx, device)
-        self.ln_2 = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, device=device)
+        self.ln_2 = LayerNorm(config.n_embd, eps=config.layer_norm_eps, device=device)
         self.mlp = MLP(config, device)
 
     def forward(self, x: Tensor, cache: Cache | None = None) -> Tensor:
@@ -153,8 +166,12 @@ class GPT(nn.Module):
         else:
             pos = cache.positions(T)  # [T], or [B, T] for a CacheBatch
         x = (self.wte(idx) + self.wpe(pos)).to(self.wpe.weight.dtype)  # the blocks' dtype
-        for block in self.h:
-            x = block(x, cache)  # positional: capture hooks read it from args
+        fused = kernels.decode_blocks(self, x, cache) if T == 1 else None  # None: one block at a time
+        if fused is not None:
+            x = fused
+        else:
+            for block in self.h:
+                x = block(x, cache)  # positional: capture hooks read it from args
         if cache is not None:
             cache.advance(T)
         return x

@@ -190,3 +190,74 @@ def test_changing_dtypes_under_built_kernels_stays_correct(tiny_dir):
     idx = torch.tensor([[5, 6, 7]])
     ref = decode_logits(eager, idx, 4)
     torch.testing.assert_close(decode_logits(model, idx, 4), ref, atol=1e-3 * ref.abs().max().item(), rtol=0)
+
+
+def blocks_one_by_one(model: gpt2.GPT):
+    """A no-op forward hook on a block module: the step runs its blocks one module at a time
+    (the path capture and knock-out take), not in one call."""
+    return model.h[-1].mlp.register_forward_hook(lambda module, args, out: None)
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_a_decode_step_in_one_call_gives_the_bits_of_the_blocks_one_by_one(tiny_dir, tier):
+    """`kernels.decode_blocks` (every block in one library call) against the same steps with
+    a hook on a block, which makes them run module by module: equal bit for bit, one row
+    and a batch of rows over their own caches; and it is what a plain decode step uses."""
+    model = compiled(gpt2.load_model(tiny_dir, **TIERS[tier]))
+    prompts = [torch.tensor([[464, 2068, 7586]]), torch.tensor([[11, 22, 33, 44, 55, 66]])]
+
+    def steps(hooked: bool) -> torch.Tensor:
+        caches = [gpt2.KVCache(model.config, 1, 20) for _ in prompts]
+        out = []
+        with torch.inference_mode():
+            for p, c in zip(prompts, caches):
+                model(p, c)
+            handle = blocks_one_by_one(model) if hooked else None
+            for t in range(5):
+                out.append(model(torch.tensor([[t * 131 % 50257]]), caches[0], last_only=True))  # one row
+                batch = gpt2.CacheBatch(caches)
+                out.append(model(torch.tensor([[t + 7], [t * 3]]), batch, last_only=True).view(1, 2, -1))
+            if handle is not None:
+                handle.remove()
+        return torch.cat([o.view(-1) for o in out])
+
+    assert torch.equal(steps(hooked=False), steps(hooked=True))
+    cache = gpt2.KVCache(model.config, 1, 4)
+    with torch.inference_mode():
+        x = model.wte(torch.tensor([[5]])).to(model.wpe.weight.dtype)
+        assert kernels.decode_blocks(model, x, cache) is not None  # the path a plain step takes
+        handle = blocks_one_by_one(model)
+        assert kernels.decode_blocks(model, x, cache) is None
+        handle.remove()
+
+
+def test_a_weight_replaced_under_the_one_call_step_is_read(tiny_dir):
+    """The one-call step describes the weights by pointer once; a weight given new storage
+    (assigned `.data`, as `model.to` does) must be read, not the old one."""
+    model = compiled(gpt2.load_model(tiny_dir))
+    idx = torch.tensor([[5, 6, 7]])
+    before = decode_logits(model, idx, 3)
+    fc = model.h[0].mlp.c_fc
+    fc.weight.data = fc.weight.data * 0.5
+    after = decode_logits(model, idx, 3)
+    handle = blocks_one_by_one(model)
+    assert torch.equal(decode_logits(model, idx, 3), after) and not torch.equal(after, before)
+    handle.remove()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_layer_norm_kernel_equals_torchs(dtype):
+    """A decode step's LayerNorm in the library, native and portable: torch's values within
+    float rounding (bf16: one rounding of the output)."""
+    from gpt2.fast import rowdot
+
+    g = torch.Generator().manual_seed(0)
+    for C in (1, 7, 64, 768, 1600):
+        x = (torch.randn(3, C, generator=g) * 5 + 2).to(dtype)
+        w, b = torch.randn(C, generator=g).to(dtype), torch.randn(C, generator=g).to(dtype)
+        want = torch.nn.functional.layer_norm(x.float(), (C,), w.float(), b.float(), 1e-5)
+        for lib in (kernels.library(), rowdot.build(portable=True)):
+            got = lib.layer_norm(x, w, b, 1e-5)
+            assert got.dtype == dtype and got.shape == x.shape
+            tol = 1e-5 if dtype == torch.float32 else 1e-2
+            assert (got.float() - want).abs().max().item() <= tol * max(1.0, want.abs().max().item()), C

@@ -22,6 +22,7 @@ import logging
 import os
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -83,6 +84,84 @@ def decode_attention(qkv: Tensor, rows: rowdot.DecodeRows, layer: int, n_head: i
         with torch.profiler.record_function("gpt2.fast.kernels.decode_attention"):
             return lib.decode_attention(qkv, rows, layer, n_head)
     return lib.decode_attention(qkv, rows, layer, n_head)
+
+
+def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    """A decode step's LayerNorm (rows of x over the last dimension), as `decode_blocks` computes it."""
+    return (_library or library()).layer_norm(x, weight, bias, eps)
+
+
+@dataclass(frozen=True)
+class _DecodeStep:
+    """A model's blocks described once for `decode_blocks`: the plan, the tensors it points to
+    (by data pointer: a weight replaced or converted makes a new plan) and the modules whose
+    hooks would be skipped."""
+    plan: rowdot.DecodePlan
+    pointers: tuple[int, ...]
+    modules: tuple[nn.Module, ...]
+    n_head: int
+    eps: float
+
+
+# Per model, beside it rather than on it: a copied or pickled model makes its own.
+_steps: weakref.WeakKeyDictionary[nn.Module, _DecodeStep] = weakref.WeakKeyDictionary()
+
+
+def _block_weights(block: nn.Module) -> rowdot.BlockWeights | None:
+    """What the fused step reads of a block, or None where a module is not one it knows."""
+    try:
+        linears = (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj)
+        norms = (block.ln_1, block.ln_2)
+    except AttributeError:
+        return None
+    if not all(getattr(m, "use_kernels", False) for m in (*linears, *norms, block.attn)):
+        return None
+    return rowdot.BlockWeights((block.ln_1.weight, block.ln_1.bias), (block.ln_2.weight, block.ln_2.bias),
+                               tuple((m.weight, getattr(m, "scales", None), m.bias) for m in linears))
+
+
+def _pointers(blocks: list[rowdot.BlockWeights]) -> tuple[int, ...]:
+    return tuple(t.data_ptr() for b in blocks for t in (*b.ln_1, *b.ln_2, *(u for p in b.products for u in p))
+                 if t is not None)
+
+
+def decode_blocks(model: nn.Module, x: Tensor, cache: object) -> Tensor | None:
+    """Every block of a decode step in one call into the library (`gpt2_decode_layers`): x
+    [B, 1, C] -> the last block's output, the same bits as calling the blocks one by one
+    (which call the same C++ functions), without ~100 Python-level calls a token. None where
+    that path does not apply: kernels not in use, not a decode step, a cache the attention
+    kernel cannot read, or any hook on a block's modules (capture, knock-out), which only
+    the module-by-module path runs."""
+    status = getattr(model, "compile_status", None)
+    if (status is None or not status.ready or x.dim() != 3 or x.size(1) != 1 or not serves(x)
+            or x.dtype not in (torch.float32, torch.bfloat16) or cache is None):
+        return None
+    module = torch.nn.modules.module
+    if module._global_forward_hooks or module._global_forward_pre_hooks:
+        return None
+    blocks = [_block_weights(block) for block in model.h]
+    if not blocks or any(b is None for b in blocks):
+        return None
+    step = _steps.get(model)
+    pointers = _pointers(blocks)
+    if step is None or step.pointers != pointers or step.plan.dtype != x.dtype:
+        norms = [m for block in model.h for m in (block.ln_1, block.ln_2)]
+        if len({m.eps for m in norms}) != 1 or len({block.attn.n_head for block in model.h}) != 1:
+            return None
+        step = _DecodeStep((_library or library()).decode_plan(blocks, x.dtype), pointers,
+                           tuple(m for block in model.h for m in block.modules()), model.h[0].attn.n_head,
+                           norms[0].eps)
+        _steps[model] = step
+    if any(m._forward_hooks or m._forward_pre_hooks for m in step.modules):
+        return None
+    rows = cache.decode_rows()
+    if rows is None:
+        return None
+    lib = _library or library()
+    if torch.autograd.profiler._is_profiler_enabled:
+        with torch.profiler.record_function("gpt2.fast.kernels.decode_blocks"):
+            return lib.decode_layers(step.plan, x, rows, step.n_head, step.eps)
+    return lib.decode_layers(step.plan, x, rows, step.n_head, step.eps)
 
 
 _build_lock = threading.Lock()
@@ -164,6 +243,7 @@ def disable(model: nn.Module) -> None:
     for layer in fast_layers(model):
         layer.use_kernels = False
     model.compile_status = None
+    _steps.pop(model, None)
 
 
 NO_COMPILER = ("no C++ compiler found (g++/clang++, or $CXX): decoding runs without the compiled "

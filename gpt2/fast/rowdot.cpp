@@ -250,6 +250,36 @@ inline void axpy(float* out, float p, const float* v, int64_t n) {
     }
 }
 
+// LayerNorm of one row of n: mean and variance in fp32, each summed in 16 lanes and then a
+// fixed reduction; y = ((x - mean) * rstd) * w + b, rounded once to y's kind.
+void layer_norm_row(const void* x, int x_kind, const void* w, const void* b, int p_kind, float eps, void* y,
+                    int y_kind, int64_t n) {
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t k = 0; k < n; k += LANES) sum = _mm512_add_ps(sum, load_f32(x_kind, x, k, mask16(n - k)));
+    const float mean = _mm512_reduce_add_ps(sum) / float(n);
+    const __m512 mv = _mm512_set1_ps(mean);
+    __m512 sq = _mm512_setzero_ps();
+    for (int64_t k = 0; k < n; k += LANES) {
+        __mmask16 m = mask16(n - k);
+        __m512 d = _mm512_maskz_sub_ps(m, load_f32(x_kind, x, k, m), mv);
+        sq = _mm512_fmadd_ps(d, d, sq);
+    }
+    const __m512 rstd = _mm512_set1_ps(1.0f / std::sqrt(_mm512_reduce_add_ps(sq) / float(n) + eps));
+    for (int64_t k = 0; k < n; k += LANES) {
+        __mmask16 m = mask16(n - k);
+        __m512 t = _mm512_mul_ps(_mm512_sub_ps(load_f32(x_kind, x, k, m), mv), rstd);
+        store_f32(y_kind, y, k, _mm512_add_ps(_mm512_mul_ps(t, load_f32(p_kind, w, k, m)), load_f32(p_kind, b, k, m)), m);
+    }
+}
+
+// x[0:n] += y[0:n], rounded once to x's kind (as torch adds two tensors of that dtype).
+void add_row(void* x, const void* y, int kind, int64_t n) {
+    for (int64_t k = 0; k < n; k += LANES) {
+        __mmask16 m = mask16(n - k);
+        store_f32(kind, x, k, _mm512_add_ps(load_f32(kind, x, k, m), load_f32(kind, y, k, m)), m);
+    }
+}
+
 #else
 // ---- portable: the same orders, in plain loops -------------------------------------------------
 inline float fma1(float a, float b, float c) {
@@ -334,6 +364,26 @@ float exp_shift_sum(float* s, int64_t n, float max) {
 
 inline void axpy(float* out, float p, const float* v, int64_t n) {
     for (int64_t i = 0; i < n; ++i) out[i] = fma1(p, v[i], out[i]);
+}
+void layer_norm_row(const void* x, int x_kind, const void* w, const void* b, int p_kind, float eps, void* y,
+                    int y_kind, int64_t n) {
+    float acc[LANES] = {};
+    for (int64_t k = 0; k < n; ++k) acc[k % LANES] += load1(x_kind, x, k);
+    const float mean = reduce16(acc) / float(n);
+    float sq[LANES] = {};
+    for (int64_t k = 0; k < n; ++k) {
+        float d = load1(x_kind, x, k) - mean;
+        sq[k % LANES] = fma1(d, d, sq[k % LANES]);
+    }
+    const float rstd = 1.0f / std::sqrt(reduce16(sq) / float(n) + eps);
+    for (int64_t k = 0; k < n; ++k) {
+        float t = (load1(x_kind, x, k) - mean) * rstd;
+        store1(y_kind, y, k, t * load1(p_kind, w, k) + load1(p_kind, b, k));
+    }
+}
+
+void add_row(void* x, const void* y, int kind, int64_t n) {
+    for (int64_t k = 0; k < n; ++k) store1(kind, x, k, load1(kind, x, k) + load1(kind, y, k));
 }
 #endif
 
@@ -529,6 +579,65 @@ int gpt2_dequantize(const int8_t* w, const void* scales, int scale_kind, void* y
                            static_cast<char*>(y) + o * in * elem_size(y_kind), y_kind, in);
     });
     return 0;
+}
+
+// y[r] = LayerNorm(x[r]) for rows x n (contiguous, F32 or BF16; w and b: p_kind), y in
+// y_kind. A decode step's LayerNorms (the same function the fused step below calls).
+int gpt2_layer_norm(const void* x, int x_kind, const void* w, const void* b, int p_kind, float eps, void* y,
+                    int y_kind, int64_t rows, int64_t n) {
+    for (int64_t r = 0; r < rows; ++r)
+        layer_norm_row(static_cast<const char*>(x) + r * n * elem_size(x_kind), x_kind, w, b, p_kind, eps,
+                       static_cast<char*>(y) + r * n * elem_size(y_kind), y_kind, n);
+    return 0;
+}
+
+// One block's weights for gpt2_decode_layers.
+struct DecodeLayer {
+    const void* ln1_w;
+    const void* ln1_b;
+    const void* ln2_w;
+    const void* ln2_b;
+    const Product* c_attn;
+    const Product* attn_proj;
+    const Product* c_fc;  // with GELU
+    const Product* mlp_proj;
+};
+
+// A decode step's blocks in one call: for each layer l, on the residual stream x (rows x C,
+// F32 or BF16, updated in place; the products' outputs in the same kind)
+//   x += attn_proj(attention_l(c_attn(ln1(x))));  x += mlp_proj(gelu(c_fc(ln2(x))))
+// with exactly the calls the per-module path makes (gpt2_layer_norm, gpt2_rowdot,
+// gpt2_decode_attention, then the add rounded as torch's), so a step gives the same bits
+// either way: the per-module path stays for steps with hooks (capture, knock-out).
+// Returns 0, or -1 if out of memory.
+int gpt2_decode_layers(const DecodeLayer* layers, int64_t n_layers, int p_kind, float eps, void* x, int x_kind,
+                       int64_t rows, int64_t C, float* const* k_base, float* const* v_base,
+                       const int64_t* layer_stride, const int64_t* max_len, const int64_t* pos, int64_t heads,
+                       int threads) {
+    const int64_t es = elem_size(x_kind);
+    char* scratch = static_cast<char*>(std::malloc(es * rows * C * 9));  // h, qkv (3C), att, fc (4C)
+    if (!scratch) return -1;
+    char* h = scratch;
+    char* qkv = h + es * rows * C;
+    char* att = qkv + es * rows * 3 * C;
+    char* fc = att + es * rows * C;
+    char* proj = h;  // the LayerNorm's output is consumed before each projection writes
+    int failed = 0;
+    for (int64_t l = 0; l < n_layers && !failed; ++l) {
+        const DecodeLayer& L = layers[l];
+        gpt2_layer_norm(x, x_kind, L.ln1_w, L.ln1_b, p_kind, eps, h, x_kind, rows, C);
+        failed |= gpt2_rowdot(L.c_attn, h, x_kind, rows, qkv, threads);
+        failed |= gpt2_decode_attention(qkv, x_kind, 3 * C, k_base, v_base, layer_stride, l, max_len, pos, att,
+                                        x_kind, C, rows, heads, C / heads, threads);
+        failed |= gpt2_rowdot(L.attn_proj, att, x_kind, rows, proj, threads);
+        for (int64_t r = 0; r < rows; ++r) add_row(static_cast<char*>(x) + r * C * es, proj + r * C * es, x_kind, C);
+        gpt2_layer_norm(x, x_kind, L.ln2_w, L.ln2_b, p_kind, eps, h, x_kind, rows, C);
+        failed |= gpt2_rowdot(L.c_fc, h, x_kind, rows, fc, threads);
+        failed |= gpt2_rowdot(L.mlp_proj, fc, x_kind, rows, proj, threads);
+        for (int64_t r = 0; r < rows; ++r) add_row(static_cast<char*>(x) + r * C * es, proj + r * C * es, x_kind, C);
+    }
+    std::free(scratch);
+    return failed ? -1 : 0;
 }
 
 }  // extern "C"

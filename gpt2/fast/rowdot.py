@@ -139,6 +139,22 @@ class Product(ctypes.Structure):
                 ("y_kind", ctypes.c_int32), ("gelu", ctypes.c_int32)]
 
 
+class DecodeLayer(ctypes.Structure):
+    """One block's weights for `gpt2_decode_layers` (its `struct DecodeLayer`)."""
+    _fields_ = [("ln1_w", _P), ("ln1_b", _P), ("ln2_w", _P), ("ln2_b", _P), ("c_attn", ctypes.POINTER(Product)),
+                ("attn_proj", ctypes.POINTER(Product)), ("c_fc", ctypes.POINTER(Product)),
+                ("mlp_proj", ctypes.POINTER(Product))]
+
+
+@dataclass(frozen=True)
+class BlockWeights:
+    """What a decode step reads of one block: LayerNorm weights and biases, and per product
+    (c_attn, attn.c_proj, mlp.c_fc with GELU, mlp.c_proj) its (weight, scales, bias)."""
+    ln_1: tuple[Tensor, Tensor]
+    ln_2: tuple[Tensor, Tensor]
+    products: tuple[tuple[Tensor, Tensor | None, Tensor | None], ...]
+
+
 class Library:
     """The loaded kernels. The C code trusts its pointers, so arguments are checked here; a
     product's weights are checked once and described in a `Product` kept per weight pointer,
@@ -158,21 +174,21 @@ class Library:
         self._dequantize = lib.gpt2_dequantize
         self._dequantize.restype = _I
         self._dequantize.argtypes = [_P, _P, _I, _P, _I, _I64, _I64, _I]
+        self._layer_norm = lib.gpt2_layer_norm
+        self._layer_norm.restype = _I
+        self._layer_norm.argtypes = [_P, _I, _P, _P, _I, ctypes.c_float, _P, _I, _I64, _I64]
+        self._decode_layers = lib.gpt2_decode_layers
+        self._decode_layers.restype = _I
+        self._decode_layers.argtypes = [ctypes.POINTER(DecodeLayer), _I64, _I, ctypes.c_float, _P, _I, _I64, _I64,
+                                        _P, _P, _P, _P, _P, _I64, _I]
 
     def linear(self, x: Tensor, weight: Tensor, scales: Tensor | None = None, bias: Tensor | None = None,
                out_dtype: torch.dtype | None = None, gelu: bool = False, threads: int = 0) -> Tensor:
         """x [..., in] @ weight [out, in].T (times per-row `scales` for int8 weights) + bias,
         then GPT-2's tanh GELU if asked -> [..., out] in `out_dtype` (default x's). `threads`
         0: as many as torch uses on this thread."""
+        product = self.product(weight, scales, bias, out_dtype or x.dtype, gelu)
         out_dtype = out_dtype or x.dtype
-        key = (weight.data_ptr(), weight.dtype, weight.shape, _ptr(scales), _dtype(scales), _ptr(bias),
-               _dtype(bias), out_dtype, gelu)
-        product = self._products.get(key)
-        if product is None:
-            product = self._product(weight, scales, bias, out_dtype, gelu)
-            if len(self._products) > 4096:  # weights come and go (models loaded, converted)
-                self._products.clear()
-            self._products[key] = product
         x_kind = _KIND.get(x.dtype)
         if x_kind is None or x_kind == _KIND[torch.int8] or not x.is_cpu or x.size(-1) != product.in_:
             raise ValueError(f"x must be fp32 or bf16 on the CPU with {product.in_} features, got "
@@ -183,6 +199,19 @@ class Library:
         if self._rowdot(product, x.data_ptr(), x_kind, x.numel() // product.in_, y.data_ptr(), threads):
             raise MemoryError("gpt2_rowdot could not allocate its scratch memory")
         return y
+
+    def product(self, weight: Tensor, scales: Tensor | None, bias: Tensor | None, out_dtype: torch.dtype,
+                gelu: bool) -> Product:
+        """The `Product` `linear` uses for these arguments (built and checked once)."""
+        key = (weight.data_ptr(), weight.dtype, weight.shape, _ptr(scales), _dtype(scales), _ptr(bias),
+               _dtype(bias), out_dtype, gelu)
+        product = self._products.get(key)
+        if product is None:
+            product = self._product(weight, scales, bias, out_dtype, gelu)
+            if len(self._products) > 4096:  # weights come and go (models loaded, converted)
+                self._products.clear()
+            self._products[key] = product
+        return product
 
     @staticmethod
     def _product(weight: Tensor, scales: Tensor | None, bias: Tensor | None, out_dtype: torch.dtype,
@@ -223,6 +252,52 @@ class Library:
                          weight.size(0), weight.size(1), threads)
         return y
 
+    def layer_norm(self, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+        """LayerNorm over the last dimension of x (fp32 or bf16, on the CPU) -> x's dtype;
+        `weight` and `bias` contiguous [C] of one dtype (fp32 or bf16)."""
+        C = x.size(-1)
+        if (x.dtype not in (torch.float32, torch.bfloat16) or not x.is_cpu or weight.dtype != bias.dtype
+                or weight.dtype not in (torch.float32, torch.bfloat16) or weight.shape != (C,)
+                or bias.shape != (C,) or not (weight.is_contiguous() and bias.is_contiguous())):
+            raise ValueError("layer_norm takes fp32/bf16 rows on the CPU and contiguous [C] weight and bias "
+                             "of one dtype")
+        if not x.is_contiguous():
+            x = x.contiguous()
+        y = torch.empty_like(x)
+        self._layer_norm(x.data_ptr(), _KIND[x.dtype], weight.data_ptr(), bias.data_ptr(), _KIND[weight.dtype],
+                         eps, y.data_ptr(), _KIND[x.dtype], x.numel() // C, C)
+        return y
+
+    def decode_plan(self, blocks: list[BlockWeights], dtype: torch.dtype) -> "DecodePlan":
+        """The blocks of a model as `decode_layers` takes them, for residual streams of `dtype`."""
+        keep, layers = [], []
+        for block in blocks:
+            products = [self.product(w, s, b, dtype, gelu=i == 2) for i, (w, s, b) in enumerate(block.products)]
+            for w, b in (block.ln_1, block.ln_2):
+                if w.dtype != b.dtype or w.dtype != block.ln_1[0].dtype or not (w.is_contiguous() and b.is_contiguous()):
+                    raise ValueError("LayerNorm weights and biases must be contiguous and of one dtype")
+            keep += products
+            layers.append(DecodeLayer(block.ln_1[0].data_ptr(), block.ln_1[1].data_ptr(), block.ln_2[0].data_ptr(),
+                                      block.ln_2[1].data_ptr(), *(ctypes.pointer(p) for p in products)))
+        return DecodePlan((DecodeLayer * len(layers))(*layers), _KIND[blocks[0].ln_1[0].dtype], dtype, keep)
+
+    def decode_layers(self, plan: "DecodePlan", x: Tensor, rows: DecodeRows, n_head: int, eps: float,
+                      threads: int = 0) -> Tensor:
+        """Every block of a decode step in one call: x [B, 1, C] (the residual stream after the
+        embeddings, row b being `rows`' row b) -> the last block's output, as the blocks called
+        one by one give it, bit for bit; the caches get each layer's new key and value."""
+        B, T, C = x.shape
+        if T != 1 or B != rows.count or x.dtype != plan.dtype or not x.is_cpu:
+            raise ValueError(f"decode_layers takes [rows, 1, C] {plan.dtype} on the CPU, got "
+                             f"{tuple(x.shape)} {x.dtype}")
+        x = x.contiguous().clone()
+        status = self._decode_layers(plan.layers, len(plan.layers), plan.p_kind, eps, x.data_ptr(), _KIND[x.dtype],
+                                     B, C, rows.k, rows.v, rows.layer_stride, rows.max_len, rows.pos, n_head,
+                                     threads)
+        if status:
+            raise MemoryError("gpt2_decode_layers could not allocate its scratch memory")
+        return x
+
     def decode_attention(self, qkv: Tensor, rows: DecodeRows, layer: int, n_head: int,
                          threads: int = 0) -> Tensor:
         """One decode step's attention: qkv [B, 1, 3C] (row b is `rows`' row b) -> y [B, 1, C]
@@ -242,6 +317,16 @@ class Library:
         if status:
             raise MemoryError("gpt2_decode_attention could not allocate its scratch memory")
         return y.view(B, 1, C)
+
+
+@dataclass(frozen=True)
+class DecodePlan:
+    """A model's blocks described for `Library.decode_layers` (`keep` holds what `layers`
+    points to)."""
+    layers: ctypes.Array
+    p_kind: int
+    dtype: torch.dtype
+    keep: list
 
 
 def _ptr(t: Tensor | None) -> int | None:
