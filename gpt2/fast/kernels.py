@@ -93,36 +93,64 @@ def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
 
 @dataclass(frozen=True)
 class _DecodeStep:
-    """A model's blocks described once for `decode_blocks`: the plan, the tensors it points to
-    (by data pointer: a weight replaced or converted makes a new plan) and the modules whose
-    hooks would be skipped."""
+    """A model's blocks described once for `decode_blocks`. `checks` ((dict, key, object):
+    each block, module and tensor where the plan found it, read from the modules' own
+    `_modules` / `_parameters` / `_buffers`: nn.Module's attribute lookup would cost ~0.3 ms
+    a step) and `pointers` (each tensor's storage) say whether the plan still describes the
+    model: a module swapped or a weight given new storage (as `model.to` does) makes a new one."""
     plan: rowdot.DecodePlan
-    pointers: tuple[int, ...]
-    modules: tuple[nn.Module, ...]
+    checks: tuple[tuple[dict, str, object], ...]
+    pointers: tuple[tuple[Tensor, int], ...]
+    modules: tuple[nn.Module, ...]  # whose hooks would be skipped
     n_head: int
     eps: float
+
+    def describes(self, dtype: torch.dtype) -> bool:
+        return (self.plan.dtype == dtype and all(d.get(k) is v for d, k, v in self.checks)
+                and all(t.data_ptr() == ptr for t, ptr in self.pointers))
 
 
 # Per model, beside it rather than on it: a copied or pickled model makes its own.
 _steps: weakref.WeakKeyDictionary[nn.Module, _DecodeStep] = weakref.WeakKeyDictionary()
+LINEARS = (("attn", "c_attn"), ("attn", "c_proj"), ("mlp", "c_fc"), ("mlp", "c_proj"))
 
 
-def _block_weights(block: nn.Module) -> rowdot.BlockWeights | None:
-    """What the fused step reads of a block, or None where a module is not one it knows."""
+def _slot(module: nn.Module, name: str) -> tuple[dict, str, object]:
+    """Where `module.name` lives (its parameters, buffers or submodules) and what is there."""
+    for d in (module._parameters, module._buffers, module._modules):
+        if name in d:
+            return d, name, d[name]
+    raise AttributeError(name)
+
+
+def _describe(model: nn.Module, dtype: torch.dtype) -> _DecodeStep | None:
+    """The step for `model`'s blocks, or None where a block holds a module the kernels do not
+    serve or the blocks disagree on LayerNorm eps or heads."""
+    checks, blocks = [], []
     try:
-        linears = (block.attn.c_attn, block.attn.c_proj, block.mlp.c_fc, block.mlp.c_proj)
-        norms = (block.ln_1, block.ln_2)
+        for i, block in enumerate(model.h):
+            checks.append(_slot(model.h, str(i)))
+            checks += [_slot(block, name) for name in ("ln_1", "ln_2", "attn", "mlp")]
+            linears = []
+            for parent, name in LINEARS:
+                checks.append(_slot(getattr(block, parent), name))
+                linears.append(getattr(getattr(block, parent), name))
+            norms = (block.ln_1, block.ln_2)
+            if not all(getattr(m, "use_kernels", False) for m in (*linears, *norms, block.attn)):
+                return None
+            tensors = [*((n, "weight") for n in norms), *((n, "bias") for n in norms),
+                       *((m, t) for m in linears for t in ("weight", "scales", "bias") if hasattr(m, t))]
+            checks += [_slot(m, t) for m, t in tensors]
+            blocks.append(rowdot.BlockWeights((block.ln_1.weight, block.ln_1.bias), (block.ln_2.weight, block.ln_2.bias),
+                                              tuple((m.weight, getattr(m, "scales", None), m.bias) for m in linears)))
     except AttributeError:
         return None
-    if not all(getattr(m, "use_kernels", False) for m in (*linears, *norms, block.attn)):
+    norms = [m for block in model.h for m in (block.ln_1, block.ln_2)]
+    if not blocks or len({m.eps for m in norms}) != 1 or len({block.attn.n_head for block in model.h}) != 1:
         return None
-    return rowdot.BlockWeights((block.ln_1.weight, block.ln_1.bias), (block.ln_2.weight, block.ln_2.bias),
-                               tuple((m.weight, getattr(m, "scales", None), m.bias) for m in linears))
-
-
-def _pointers(blocks: list[rowdot.BlockWeights]) -> tuple[int, ...]:
-    return tuple(t.data_ptr() for b in blocks for t in (*b.ln_1, *b.ln_2, *(u for p in b.products for u in p))
-                 if t is not None)
+    pointers = tuple((t, t.data_ptr()) for _, _, t in checks if isinstance(t, Tensor))
+    return _DecodeStep((_library or library()).decode_plan(blocks, dtype), tuple(checks), pointers,
+                       tuple(m for block in model.h for m in block.modules()), model.h[0].attn.n_head, norms[0].eps)
 
 
 def decode_blocks(model: nn.Module, x: Tensor, cache: object) -> Tensor | None:
@@ -139,18 +167,11 @@ def decode_blocks(model: nn.Module, x: Tensor, cache: object) -> Tensor | None:
     module = torch.nn.modules.module
     if module._global_forward_hooks or module._global_forward_pre_hooks:
         return None
-    blocks = [_block_weights(block) for block in model.h]
-    if not blocks or any(b is None for b in blocks):
-        return None
     step = _steps.get(model)
-    pointers = _pointers(blocks)
-    if step is None or step.pointers != pointers or step.plan.dtype != x.dtype:
-        norms = [m for block in model.h for m in (block.ln_1, block.ln_2)]
-        if len({m.eps for m in norms}) != 1 or len({block.attn.n_head for block in model.h}) != 1:
+    if step is None or not step.describes(x.dtype):
+        step = _describe(model, x.dtype)
+        if step is None:
             return None
-        step = _DecodeStep((_library or library()).decode_plan(blocks, x.dtype), pointers,
-                           tuple(m for block in model.h for m in block.modules()), model.h[0].attn.n_head,
-                           norms[0].eps)
         _steps[model] = step
     if any(m._forward_hooks or m._forward_pre_hooks for m in step.modules):
         return None
