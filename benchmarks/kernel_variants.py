@@ -6,7 +6,8 @@ not from cache), per tier: `gpt2.fast.kernels.linear` (our C++, the decode path)
 and 8 rows (a batched step of 4 or 8 requests); the multiply-and-row-sum it replaced,
 compiled by inductor (called through torch.compile's wrapper here, ~20 us a call more than
 the direct call the library made); PyTorch's own kernel and oneDNN's (`gpt2.fast.gemm.linear`,
-the eager path) for 1 and 8 rows; for int8 `torch._weight_int8pack_mm`.
+the eager path) for 1 and 8 rows; for int8 `torch._weight_int8pack_mm` (1 row, and 8: a short
+prompt's prefill). Greedy decoding's argmax over 50,257 logits: torch's and the library's.
 Prefill at 512 tokens: one layer's attention (flash SDPA, fp32 and bf16), its four products
 through `F.linear`, through `gpt2.fast.gemm.linear` and through oneDNN with weights pre-packed in
 its layout (faster, but a second copy of every weight: not used), and c_fc + GELU with the
@@ -87,8 +88,9 @@ def decode_rows() -> list[tuple[str, str, float]]:
                         "(replaced)")
             cases[replaced] = lambda: [compiled(x[0, 0].to(x_inductor), w, s, b, act) for w, s, b, x in mats]
             if w_dtype == i8:
-                cases["torch._weight_int8pack_mm + bias, 1 row"] = \
-                    lambda: [torch._weight_int8pack_mm(x[0], w, s).add_(b) for w, s, b, x in mats]
+                for n in (1, 8):  # 8: a short prompt's prefill, which the int8 tier gives the kernels now
+                    cases[f"torch._weight_int8pack_mm + bias, {n} row{'s' * (n > 1)}"] = \
+                        lambda n=n: [torch._weight_int8pack_mm(x[:n, 0], w, s).add_(b) for w, s, b, x in mats]
             else:
                 cases["F.linear (PyTorch's kernel), 1 row"] = \
                     lambda: [F.linear(x[:1], w, b) for w, s, b, x in mats]
@@ -96,6 +98,17 @@ def decode_rows() -> list[tuple[str, str, float]]:
                     cases[f"gpt2.fast.gemm.linear (oneDNN; the eager path), {n} row{'s' * (n > 1)}"] = \
                         lambda n=n: [gemm.linear(x[:n], w, b) for w, s, b, x in mats]
             rows += [(tier, name, t) for name, t in interleaved_ms(cases).items()]
+    return rows
+
+
+def argmax_rows() -> list[tuple[str, str, float]]:
+    """Greedy decoding's argmax over GPT-2's 50,257 logits, for the rows of a step."""
+    rows = []
+    for n in (1, 8):
+        logits = torch.randn(n, 50257)
+        cases = {f"torch.argmax, {n} row{'s' * (n > 1)}": lambda: logits.argmax(-1),
+                 f"gpt2.fast.kernels.argmax (C++), {n} row{'s' * (n > 1)}": lambda: kernels.argmax(logits)}
+        rows += [("argmax", name, t) for name, t in interleaved_ms(cases, reps=200).items()]
     return rows
 
 
@@ -131,7 +144,8 @@ def prefill_rows() -> list[tuple[str, str, float]]:
 
 
 def main() -> None:
-    rows = decode_rows() + prefill_rows()
+    kernels.library()  # built, so that kernels.argmax uses it
+    rows = decode_rows() + argmax_rows() + prefill_rows()
     lines = [
         "# Kernel variants: one decode step's matrix products, and prefill pieces",
         "",
@@ -140,7 +154,8 @@ def main() -> None:
         "",
         "Decode rows: the 48 block matrices of the 124M config (ms for all 48, median of 30 "
         "rounds that run each of a tier's variants once), one row (a decode step of one "
-        "request) or several (a batched step). Prefill rows: one layer at 512 tokens.",
+        "request) or several (a batched step, or a short prompt's prefill). Argmax: over "
+        "50,257 fp32 logits per row. Prefill rows: one layer at 512 tokens.",
         "",
         "| tier | variant | ms |",
         "|---|---|---:|",

@@ -218,24 +218,30 @@ class BatchedGenerator:
                 ids = torch.cat([r.last for r in rows]).view(-1, 1)  # [B, 1]
                 logits = self.model(ids, CacheBatch([r.cache for r in rows]), last_only=True)[:, -1]
                 per_row = [logits[i:i + 1] for i in range(len(rows))]
+                # The greedy rows' ids in one call (an argmax is exact row by row): each torch or
+                # library call lets the server's other threads take the GIL for a while.
+                greedy = sample_next(logits, 0.0) if any(r.temperature == 0.0 for r in rows) else None
             else:  # no batch-invariant kernels: each request on its own, as it would run alone
                 per_row = [self.model(r.last.view(1, 1), r.cache, last_only=True)[:, -1] for r in rows]
+                greedy = None
         except Exception as error:  # noqa: BLE001 - these requests fail, the loop goes on
             for r in rows:
                 self._decoding.remove(r)
                 self._end(r, error)
             return
-        for r, logits in zip(rows, per_row):
+        for i, (r, logits) in enumerate(zip(rows, per_row)):
             if r.feeding_last:  # the capture now holds the last token too
                 self._decoding.remove(r)
                 self._end(r)
             else:
-                self._sample(r, logits)
+                self._sample(r, logits, greedy[i:i + 1] if greedy is not None and r.temperature == 0.0 else None)
 
-    def _sample(self, r: Request, logits: Tensor) -> None:
-        """The next id from logits [1, vocab], exactly as `gpt2.stream` takes it."""
+    def _sample(self, r: Request, logits: Tensor, chosen: Tensor | None = None) -> None:
+        """The next id from logits [1, vocab], exactly as `gpt2.stream` takes it (`chosen`: a
+        greedy row's id [1], already taken with the step's other greedy rows)."""
         try:
-            next_id = sample_next(logits, r.temperature, r.top_k, r.top_p, r.generator)  # [1]
+            next_id = chosen if chosen is not None else sample_next(logits, r.temperature, r.top_k, r.top_p,
+                                                                    r.generator)  # [1]
         except Exception as error:  # noqa: BLE001
             self._decoding.remove(r)
             self._end(r, error)

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from .fast import kernels
+
 
 def top_k_filter(logits: Tensor, k: int) -> Tensor:
     """Keep exactly the k largest logits per row (ties broken by index, never more than k)."""
@@ -29,7 +31,7 @@ def sample_next(logits: Tensor, temperature: float = 0.0, top_k: int | None = No
                 top_p: float | None = None, generator: torch.Generator | None = None) -> Tensor:
     """logits [B, vocab] -> next ids [B]. temperature 0 is greedy (top-k/top-p then moot)."""
     if temperature == 0.0:
-        return logits.argmax(dim=-1)
+        return kernels.argmax(logits)
     logits = logits.float()
     # Shifted so the largest logit is 0 before dividing: a tiny temperature then sends the
     # others to -inf (the greedy limit) instead of overflowing to inf and NaN probabilities;

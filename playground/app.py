@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import importlib.util
 import logging
 import os
+import sys
 import threading
 import time
 
@@ -32,6 +34,7 @@ TRIM_EVERY_S = 10.0  # how often freed memory goes back to the OS (see return_fr
 # its few shapes in every layer, so a small cache still serves it; a miss costs ~0.5 ms (a
 # 768x2304 product over 20-119 rows on 1 thread: 1.3 ms cached, 2.0 ms not).
 ONEDNN_CACHE_ENTRIES = 128  # ~80 MB at most
+OPTIONAL_IMPORTS = ("matplotlib", "bokeh")  # which Gradio looks for on every call (see below)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -92,6 +95,19 @@ def bound_onednn_caches(entries: int = ONEDNN_CACHE_ENTRIES) -> None:
     os.environ.setdefault("LRU_CACHE_CAPACITY", str(max(1, entries)))
 
 
+def skip_absent_optional_imports(names: tuple[str, ...] = OPTIONAL_IMPORTS) -> None:
+    """Make Gradio's imports of optional packages that are not installed fail at once. Gradio
+    tries `import matplotlib` around every call of an event handler (twice for each streamed
+    token) and `import bokeh` for each plot of every new session; a failed import is not
+    remembered, so each one searched sys.path again: under 8 streaming users ~1/4 of the
+    server loop's work. A `None` entry in `sys.modules` is Python's own way of saying "this
+    module is absent" (the import raises ImportError without a search). Installed packages are
+    left alone."""
+    for name in names:
+        if name not in sys.modules and importlib.util.find_spec(name) is None:
+            sys.modules[name] = None
+
+
 def launch(argv: list[str] | None = None):
     """Everything `main` does short of waiting: the app serving from this process's threads
     (benchmarks/soak_probe.py measures it from inside). Returns the Gradio Blocks."""
@@ -106,6 +122,7 @@ def launch(argv: list[str] | None = None):
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # before gradio is imported
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not every request gradio makes to itself
+    skip_absent_optional_imports()
     import gradio as gr
     from starlette.middleware import Middleware
 

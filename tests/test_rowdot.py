@@ -200,3 +200,20 @@ def test_no_compiler_is_a_build_error(tmp_path, monkeypatch):
     with pytest.raises(rowdot.NoCompiler, match="no C.. compiler found"):
         rowdot.build()
     assert issubclass(rowdot.NoCompiler, rowdot.BuildError)  # callers that catch BuildError see it
+
+
+def test_argmax_is_torchs(lib):
+    """Greedy decoding's argmax over the logits: torch's index exactly, ties (the first),
+    NaN (the first NaN), -inf rows and odd lengths included."""
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 5, 16, 17, 50257):
+        x = torch.randn(6, n, generator=g)
+        x[1] = 0.5  # all equal: index 0
+        x[2, n // 2:] = 9.0  # ties at the top: the first
+        x[3] = float("-inf")
+        x[4, n - 1] = float("nan")
+        x[5, :: max(1, n // 3)] = float("nan")
+        assert torch.equal(lib.argmax(x), x.argmax(-1)), n
+    assert torch.equal(lib.argmax(x[0]), x[0].argmax(-1))
+    with pytest.raises(ValueError, match="fp32"):
+        lib.argmax(x.double())

@@ -280,6 +280,29 @@ void add_row(void* x, const void* y, int kind, int64_t n) {
     }
 }
 
+// The index of the largest of x[0:n] (fp32), the first of equals; the first NaN if any (as
+// torch.argmax): per lane the first strictly larger value, then the lowest index among the
+// lanes holding the maximum.
+int64_t argmax_row(const float* x, int64_t n) {
+    __m512 best = _mm512_set1_ps(-INFINITY);
+    __m512i best_at = _mm512_setzero_si512();
+    __m512i at = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    __mmask16 nan = 0;
+    for (int64_t k = 0; k < n; k += LANES) {
+        __m512 v = _mm512_mask_loadu_ps(_mm512_set1_ps(-INFINITY), mask16(n - k), x + k);
+        nan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+        __mmask16 gt = _mm512_cmp_ps_mask(v, best, _CMP_GT_OQ);
+        best = _mm512_mask_mov_ps(best, gt, v);
+        best_at = _mm512_mask_mov_epi32(best_at, gt, at);
+        at = _mm512_add_epi32(at, _mm512_set1_epi32(LANES));
+    }
+    if (nan)
+        for (int64_t k = 0; k < n; ++k)
+            if (x[k] != x[k]) return k;
+    __mmask16 top = _mm512_cmp_ps_mask(best, _mm512_set1_ps(_mm512_reduce_max_ps(best)), _CMP_EQ_OQ);
+    return _mm512_mask_reduce_min_epi32(top, best_at);
+}
+
 #else
 // ---- portable: the same orders, in plain loops -------------------------------------------------
 inline float fma1(float a, float b, float c) {
@@ -380,6 +403,15 @@ void layer_norm_row(const void* x, int x_kind, const void* w, const void* b, int
         float t = (load1(x_kind, x, k) - mean) * rstd;
         store1(y_kind, y, k, t * load1(p_kind, w, k) + load1(p_kind, b, k));
     }
+}
+
+int64_t argmax_row(const float* x, int64_t n) {
+    int64_t best = 0;
+    for (int64_t k = 0; k < n; ++k) {
+        if (x[k] != x[k]) return k;
+        if (x[k] > x[best]) best = k;
+    }
+    return best;
 }
 
 void add_row(void* x, const void* y, int kind, int64_t n) {
@@ -638,6 +670,12 @@ int gpt2_decode_layers(const DecodeLayer* layers, int64_t n_layers, int p_kind, 
     }
     std::free(scratch);
     return failed ? -1 : 0;
+}
+
+// out[r] = argmax of row r of x (rows x n, fp32, contiguous), as torch.argmax(dim=-1).
+int gpt2_argmax(const float* x, int64_t rows, int64_t n, int64_t* out) {
+    for (int64_t r = 0; r < rows; ++r) out[r] = argmax_row(x + r * n, n);
+    return 0;
 }
 
 }  // extern "C"
