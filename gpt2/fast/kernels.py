@@ -93,9 +93,9 @@ def decode_attention(qkv: Tensor, rows: rowdot.DecodeRows, layer: int, n_head: i
 
 
 def argmax(logits: Tensor) -> Tensor:
-    """`logits.argmax(dim=-1)`, the same answer, from the library once it is built (torch's
-    takes ~40 us a row over GPT-2's vocabulary: a greedy decode step of 8 rows spent ~0.35 ms
-    there); torch's otherwise. Never builds the library itself."""
+    """`logits.argmax(dim=-1)`, the same answer, from the library once it is built (over
+    GPT-2's 50,257 logits, 8 rows: 0.06 ms against torch's 0.17, KERNELS.md); torch's
+    otherwise. Never builds the library itself."""
     lib = _library
     if lib is None or logits.dtype != torch.float32 or not logits.is_cpu or logits.dim() == 0 or not logits.size(-1):
         return logits.argmax(dim=-1)

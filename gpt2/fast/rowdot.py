@@ -273,8 +273,8 @@ class Library:
 
     def argmax(self, x: Tensor) -> Tensor:
         """x [..., n] fp32 on the CPU -> int64 [...]: torch.argmax(x, -1)'s answer (the first of
-        equal values; the first NaN where a row holds one), in a few microseconds a row where
-        torch takes ~40 over GPT-2's 50,257 logits."""
+        equal values; the first NaN where a row holds one), ~3x faster than torch's over GPT-2's
+        50,257 logits (KERNELS.md)."""
         if x.dtype != torch.float32 or not x.is_cpu or x.dim() == 0 or x.size(-1) == 0:
             raise ValueError(f"argmax takes non-empty fp32 rows on the CPU, got {x.dtype} {tuple(x.shape)}")
         x = x.contiguous()
