@@ -19,10 +19,11 @@ token at once and joins this step's decode; then one batched decode step for all
 """
 from __future__ import annotations
 
+import asyncio
 import queue
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterator, TypeVar
+from typing import AsyncIterator, Callable, Iterator, TypeVar
 
 import torch
 from torch import Tensor
@@ -40,6 +41,21 @@ MAX_BATCH = 16  # rows per decode step; more requests wait for a place
 _END = object()  # the last item of a request's queue
 
 
+class _LoopQueue:
+    """A request's queue read by a coroutine: `put` (from the compute thread) hands the item
+    to the consumer's event loop."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.items: asyncio.Queue = asyncio.Queue()
+
+    def put(self, item: object) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.items.put_nowait, item)
+        except RuntimeError:  # the loop has closed (the server is stopping): nobody is waiting
+            pass
+
+
 @dataclass(eq=False)
 class Request:
     """One generation in the loop. Its queue carries ids [1], then _END or an exception."""
@@ -51,7 +67,7 @@ class Request:
     eos_id: int | None
     generator: torch.Generator | None
     cache: KVCache
-    out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    out: queue.SimpleQueue | _LoopQueue = field(default_factory=queue.SimpleQueue)
     prefilled: int = 0  # prompt tokens in the cache
     emitted: int = 0
     last: Tensor | None = None  # the last sampled id [1]: the next step's input
@@ -94,22 +110,10 @@ class BatchedGenerator:
         one sequence (`idx` [T] or [1, T]; same checks, same left-truncation; `capture` and
         `ablation` act on this request only). Closing or dropping the iterator takes the
         request out at the next step."""
-        idx = prepare(self.model, idx, max_new_tokens, context_size, temperature, top_k, top_p, seed)
-        if idx.size(0) != 1:
-            raise ValueError(f"a request is one sequence: idx must be [T] or [1, T], got {idx.size(0)} rows")
-        if max_new_tokens == 0:
+        request = self._submit(idx, max_new_tokens, context_size, temperature, top_k, top_p, eos_id, seed,
+                               capture, ablation, queue.SimpleQueue())
+        if request is None:
             return
-        cache = KVCache(self.model.config, 1, idx.size(1) + max_new_tokens, self.model.device)
-        for hooks in (capture, ablation):  # each acts on this request's row only
-            if hooks is not None:
-                hooks.bind(cache)
-        request = Request(idx, max_new_tokens, temperature, top_k, top_p, eos_id,
-                          private_generator(self.model, seed), cache)
-        with self._worker.cond:
-            if self._closed:
-                raise RuntimeError("this BatchedGenerator is closed")
-            self._inbox.append(request)
-            self._worker.cond.notify()
         try:
             while (item := request.out.get()) is not _END:
                 if isinstance(item, BaseException):
@@ -118,6 +122,48 @@ class BatchedGenerator:
         finally:
             request.stopped = True  # a no-op once it finished
             self._worker.wake()
+
+    async def astream(self, idx: Tensor, max_new_tokens: int, context_size: int | None = None,
+                      temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                      eos_id: int | None = None, seed: int | None = None,
+                      capture: AttentionCapture | None = None,
+                      ablation: HeadAblation | None = None) -> AsyncIterator[Tensor]:
+        """`stream` for a consumer on an asyncio event loop (a server's request handler): the
+        same ids, awaited without a thread waiting for each one."""
+        request = self._submit(idx, max_new_tokens, context_size, temperature, top_k, top_p, eos_id, seed,
+                               capture, ablation, _LoopQueue())
+        if request is None:
+            return
+        try:
+            while (item := await request.out.items.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item.clone()
+        finally:
+            request.stopped = True
+            self._worker.wake()
+
+    def _submit(self, idx: Tensor, max_new_tokens: int, context_size: int | None, temperature: float,
+                top_k: int | None, top_p: float | None, eos_id: int | None, seed: int | None,
+                capture: AttentionCapture | None, ablation: HeadAblation | None, out: object) -> Request | None:
+        """Check a request as `gpt2.stream` would and hand it to the loop; None if it asks for no tokens."""
+        idx = prepare(self.model, idx, max_new_tokens, context_size, temperature, top_k, top_p, seed)
+        if idx.size(0) != 1:
+            raise ValueError(f"a request is one sequence: idx must be [T] or [1, T], got {idx.size(0)} rows")
+        if max_new_tokens == 0:
+            return None
+        cache = KVCache(self.model.config, 1, idx.size(1) + max_new_tokens, self.model.device)
+        for hooks in (capture, ablation):  # each acts on this request's row only
+            if hooks is not None:
+                hooks.bind(cache)
+        request = Request(idx, max_new_tokens, temperature, top_k, top_p, eos_id,
+                          private_generator(self.model, seed), cache, out)
+        with self._worker.cond:
+            if self._closed:
+                raise RuntimeError("this BatchedGenerator is closed")
+            self._inbox.append(request)
+            self._worker.cond.notify()
+        return request
 
     def generate(self, idx: Tensor, max_new_tokens: int, context_size: int | None = None,
                  temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
@@ -234,7 +280,8 @@ class BatchedGenerator:
                 self._decoding.remove(r)
                 self._end(r)
             else:
-                self._sample(r, logits, greedy[i:i + 1] if greedy is not None and r.temperature == 0.0 else None)
+                chosen = greedy[i:i + 1] if greedy is not None and r.temperature == 0.0 else None
+                self._sample(r, logits, chosen)
 
     def _sample(self, r: Request, logits: Tensor, chosen: Tensor | None = None) -> None:
         """The next id from logits [1, vocab], exactly as `gpt2.stream` takes it (`chosen`: a

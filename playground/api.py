@@ -6,8 +6,8 @@ and return numbers for it, so a client never depends on what the server happens 
 """
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import closing
+from collections.abc import AsyncIterator
+from contextlib import aclosing
 
 import gradio as gr
 
@@ -24,8 +24,9 @@ def register(service: Service, generate_concurrency: int) -> None:
     """Add the endpoints to the Blocks being built (call inside its `with`)."""
     names = service.models.names
 
-    def generate(prompt: str, model: str = names[0], temperature: float = 0.8, top_k: int = 40,
-                 top_p: float = 0.95, max_new_tokens: int = 60, seed: int | None = None) -> Iterator[str]:
+    async def generate(prompt: str, model: str = names[0], temperature: float = 0.8, top_k: int = 40,
+                       top_p: float = 0.95, max_new_tokens: int = 60,
+                       seed: int | None = None) -> AsyncIterator[str]:
         """Continue a prompt; streams the generated text so far (without the prompt), one update per token.
         prompt: the text to continue (at most 20,000 characters).
         model: a name from the app's model list ("gpt2" runs at int8, "gpt2 · bf16" and "gpt2 · fp32" at
@@ -38,10 +39,9 @@ def register(service: Service, generate_concurrency: int) -> None:
         A prompt too long for the context keeps its end and says so in a warning (a `log` message).
         """
         s = validate.settings(prompt, model, temperature, top_k, top_p, max_new_tokens, seed, offered=names)
-        with closing(service.generate(s, notice=gr.Warning, inspect=False)) as steps:
-            for step in steps:
-                if step.n_generated:
-                    yield step.text
+        async with aclosing(service.stream_text(s, notice=gr.Warning)) as texts:  # closed with this one
+            async for text in texts:
+                yield text
 
     def attention(text: str, model: str = names[0], layer: int = 0, head: str = MEAN,
                   start: int | None = None, size: int = DEFAULT_WINDOW) -> dict:

@@ -1,10 +1,11 @@
 """What a failed request shows: the reason when it is the user's to fix, never a traceback."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import gradio as gr
@@ -29,6 +30,19 @@ def to_gr_error(error: Exception) -> gr.Error:
 
 def friendly(fn: Callable) -> Callable:
     """Turn the exceptions of a handler (a plain function or a generator) into gr.Error."""
+    if inspect.isasyncgenfunction(fn):
+        @functools.wraps(fn)
+        async def streamed_async(*args: Any, **kwargs: Any) -> AsyncIterator:
+            try:
+                async with contextlib.aclosing(fn(*args, **kwargs)) as items:  # closed with this one
+                    async for item in items:
+                        yield item
+            except gr.Error:
+                raise
+            except Exception as error:  # noqa: BLE001 - the server must keep serving
+                raise to_gr_error(error) from None
+        return streamed_async
+
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def streamed(*args: Any, **kwargs: Any) -> Iterator:

@@ -10,13 +10,14 @@ so both show the same numbers.
 """
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import closing, nullcontext
+from contextlib import closing
 from dataclasses import dataclass, replace
 from typing import TypeVar
 
@@ -81,7 +82,7 @@ class Step:
     run_id: str  # reserved when the generation starts; the run is stored under it at the end or on a stop
     ids: list[int]  # prompt (as used) + the tokens generated so far
     n_prompt: int
-    capture: gpt2.AttentionCapture | None  # the running generation's own (None: not inspected)
+    capture: gpt2.AttentionCapture  # the running generation's own
     stored: bool = False  # the last step: the run is in the store
 
     @property
@@ -143,25 +144,24 @@ class Service:
         loop = self.models.loop(model_name)  # loads (and downloads) first, on this thread
         return loop.run(lambda: fn(loop.model))
 
-    def generate(self, s: Settings, notice: Callable[[str], object] = lambda _: None,
-                 inspect: bool = True) -> Iterator[Step]:
+    def generate(self, s: Settings, notice: Callable[[str], object] = lambda _: None) -> Iterator[Step]:
         """Yield a Step before the first token (it carries the run id), one per token, and a
         last one once the run is stored for inspection. Raises ValueError /
         gpt2.WeightsError with clear text. `notice` hears, before the first token, that a
         long prompt was cut to fit. Closing the iterator early (Stop, a closed tab) removes
-        the hooks and stores what was generated so far as a stopped run. `inspect=False`
-        (the API's /generate, whose caller gets text only) captures and stores nothing: the
-        hooks would cost every decode step of every user ~14% at 8 rows."""
+        the hooks and stores what was generated so far as a stopped run. The API's
+        /generate, whose caller gets text only, uses `stream_text`, which captures nothing:
+        the hooks would cost every decode step of every user ~14% at 8 rows."""
         loop, prompt_ids, ids, seed = self._request(s)
         model = loop.model
         if len(ids) < len(prompt_ids):
             notice(truncation_notice(len(prompt_ids), len(ids), s.model, model.config.context_length))
         decoder, text, generated = gpt2.StreamDecoder(), "", []
-        run_id = self.runs.reserve() if inspect else ""
+        run_id = self.runs.reserve()
         stopped = False
         try:
             started = time.perf_counter()
-            with (gpt2.capture_attention(model, residuals=True) if inspect else nullcontext()) as capture, \
+            with gpt2.capture_attention(model, residuals=True) as capture, \
                     closing(loop.stream(torch.tensor([ids]), s.max_new_tokens, capture=capture,
                                         **sampling(s, seed))) as steps:
                 try:
@@ -172,27 +172,46 @@ class Service:
                         yield Step(text, run_id, ids + generated, len(ids), capture)
                 except GeneratorExit:
                     stopped = True
-                    if generated and inspect:  # one more step, as a finished stream takes: the capture
+                    if generated:  # one more step, as a finished stream takes: the capture
                         next(steps, None)  # then holds the last token too (what it sampled is dropped)
             seconds = time.perf_counter() - started
             all_ids = ids + generated
             if stopped:
-                if inspect:  # the loop may have run ahead of this consumer: keep what it was shown
-                    loop.run(lambda: capture.truncate(len(all_ids)))
+                # the loop may have run ahead of this consumer: keep what it was shown
+                loop.run(lambda: capture.truncate(len(all_ids)))
                 log.info("generation stopped after %d of %d tokens; hooks removed%s", len(generated),
-                         s.max_new_tokens, ", partial run stored" if generated and inspect else "")
-                if generated and inspect:
+                         s.max_new_tokens, ", partial run stored" if generated else "")
+                if generated:
                     self._store(run_id, s, loop, all_ids, len(ids), capture, seed, seconds,
                                 len(prompt_ids) - len(ids), "stopped")
                 return
-            if inspect:
-                ended = "end of text" if s.stop_at_end and generated[-1] == gpt2.EOT_ID else "length"
-                self._store(run_id, s, loop, all_ids, len(ids), capture, seed, seconds,
-                            len(prompt_ids) - len(ids), ended)
-            yield Step(text + decoder.flush(), run_id, all_ids, len(ids), capture, stored=inspect)
+            ended = "end of text" if s.stop_at_end and generated[-1] == gpt2.EOT_ID else "length"
+            self._store(run_id, s, loop, all_ids, len(ids), capture, seed, seconds,
+                        len(prompt_ids) - len(ids), ended)
+            yield Step(text + decoder.flush(), run_id, all_ids, len(ids), capture, stored=True)
         finally:
-            if inspect:
-                self.runs.release(run_id)  # no-op once stored; wakes a Stop waiting for a run that never came
+            self.runs.release(run_id)  # no-op once stored; wakes a Stop waiting for a run that never came
+
+    async def stream_text(self, s: Settings, notice: Callable[[str], object] = lambda _: None) -> AsyncIterator[str]:
+        """The API's /generate: the generated text so far after each token, then once more
+        with any bytes a token left incomplete, on the server's event loop (no thread waits
+        for each token); nothing captured or stored.
+        Closing it early (a cancel, a closed connection) takes the request out of the loop."""
+        loop, prompt_ids, ids, seed = await asyncio.to_thread(self._request, s)  # may load the model
+        if len(ids) < len(prompt_ids):
+            notice(truncation_notice(len(prompt_ids), len(ids), s.model, loop.model.config.context_length))
+        decoder, text, generated = gpt2.StreamDecoder(), "", 0
+        try:
+            async with contextlib.aclosing(loop.astream(torch.tensor([ids]), s.max_new_tokens,
+                                                        **sampling(s, seed))) as stream:
+                async for next_id in stream:
+                    generated += 1
+                    text += decoder.add(int(next_id[0]))
+                    yield text
+        except (GeneratorExit, asyncio.CancelledError):  # closed, or its task cancelled (a cancel)
+            log.info("generation stopped after %d of %d tokens", generated, s.max_new_tokens)
+            raise
+        yield text + decoder.flush()
 
     def _request(self, s: Settings) -> tuple[gpt2.BatchedGenerator, list[int], list[int], int]:
         """What a generation of `s` starts from: its model's decode loop, the prompt's ids, the

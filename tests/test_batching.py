@@ -1,6 +1,7 @@
 """gpt2.BatchedGenerator: concurrent requests share decode steps, and each gets exactly the ids,
 attention maps and next-token candidates of its lone run; requests join and leave between
 steps; all compute runs on the compute thread, with at most `gpt2.compute.threads()` threads."""
+import asyncio
 import os
 import subprocess
 import sys
@@ -241,6 +242,35 @@ def test_a_dropped_iterator_leaves_the_loop(tiny_model, batcher_of):
     next(steps)
     del steps  # never closed by its consumer: garbage collected
     wait_for(lambda: batcher.active == 0 and batcher.pending == 0, "the request to leave")
+
+
+def test_astream_gives_the_ids_of_stream_and_leaves_when_closed(tiny_model, batcher_of):
+    """The coroutine consumer (a server's event loop): the same ids as `stream` and as a lone
+    run, greedy and seeded, several at once on one loop; closing one early takes its request
+    out of the loop; a request that fails raises in the coroutine."""
+    batcher = batcher_of(tiny_model)
+    settings = [dict(temperature=0.0), dict(temperature=0.9, top_k=40, seed=3), dict(temperature=1.1, seed=7)]
+    idx = torch.tensor([[5, 6, 7]])
+
+    async def collect(**kw) -> list[int]:
+        return [int(t[0]) async for t in batcher.astream(idx, 12, **kw)]
+
+    async def close_early() -> None:
+        stream = batcher.astream(idx, 60)
+        await anext(stream)
+        await stream.aclose()
+
+    async def main() -> list[list[int]]:
+        got = await asyncio.gather(*(collect(**kw) for kw in settings))
+        await close_early()
+        with pytest.raises(ValueError, match="top_p"):
+            await collect(temperature=1.0, top_p=0.0)
+        return got
+
+    got = asyncio.run(main())
+    assert got == [[int(t[0]) for t in batcher.stream(idx, 12, **kw)] for kw in settings]
+    assert got == [lone_run(tiny_model, idx, 12, **kw)[0] for kw in settings]
+    wait_for(lambda: batcher.active == 0 and batcher.pending == 0, "the closed request to leave")
 
 
 def test_run_uses_the_compute_thread_and_returns_or_raises(tiny_model, batcher_of):

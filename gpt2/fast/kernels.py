@@ -97,7 +97,8 @@ def argmax(logits: Tensor) -> Tensor:
     GPT-2's 50,257 logits, 8 rows: 0.06 ms against torch's 0.17, KERNELS.md); torch's
     otherwise. Never builds the library itself."""
     lib = _library
-    if lib is None or logits.dtype != torch.float32 or not logits.is_cpu or logits.dim() == 0 or not logits.size(-1):
+    if (lib is None or logits.dtype != torch.float32 or not logits.is_cpu or logits.dim() == 0
+            or not logits.size(-1)):
         return logits.argmax(dim=-1)
     return lib.argmax(logits)
 
@@ -157,16 +158,18 @@ def _describe(model: nn.Module, dtype: torch.dtype) -> _DecodeStep | None:
             tensors = [*((n, "weight") for n in norms), *((n, "bias") for n in norms),
                        *((m, t) for m in linears for t in ("weight", "scales", "bias") if hasattr(m, t))]
             checks += [_slot(m, t) for m, t in tensors]
-            blocks.append(rowdot.BlockWeights((block.ln_1.weight, block.ln_1.bias), (block.ln_2.weight, block.ln_2.bias),
-                                              tuple((m.weight, getattr(m, "scales", None), m.bias) for m in linears)))
+            blocks.append(rowdot.BlockWeights(
+                (block.ln_1.weight, block.ln_1.bias), (block.ln_2.weight, block.ln_2.bias),
+                tuple((m.weight, getattr(m, "scales", None), m.bias) for m in linears)))
     except AttributeError:
         return None
     norms = [m for block in model.h for m in (block.ln_1, block.ln_2)]
     if not blocks or len({m.eps for m in norms}) != 1 or len({block.attn.n_head for block in model.h}) != 1:
         return None
     pointers = tuple((t, t.data_ptr()) for _, _, t in checks if isinstance(t, Tensor))
-    return _DecodeStep((_library or library()).decode_plan(blocks, dtype), tuple(checks), pointers,
-                       tuple(m for block in model.h for m in block.modules()), model.h[0].attn.n_head, norms[0].eps)
+    modules = tuple(m for block in model.h for m in block.modules())
+    return _DecodeStep((_library or library()).decode_plan(blocks, dtype), tuple(checks), pointers, modules,
+                       model.h[0].attn.n_head, norms[0].eps)
 
 
 def decode_blocks(model: nn.Module, x: Tensor, cache: object) -> Tensor | None:

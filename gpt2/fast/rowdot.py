@@ -141,9 +141,9 @@ class Product(ctypes.Structure):
 
 class DecodeLayer(ctypes.Structure):
     """One block's weights for `gpt2_decode_layers` (its `struct DecodeLayer`)."""
-    _fields_ = [("ln1_w", _P), ("ln1_b", _P), ("ln2_w", _P), ("ln2_b", _P), ("c_attn", ctypes.POINTER(Product)),
-                ("attn_proj", ctypes.POINTER(Product)), ("c_fc", ctypes.POINTER(Product)),
-                ("mlp_proj", ctypes.POINTER(Product))]
+    _fields_ = [("ln1_w", _P), ("ln1_b", _P), ("ln2_w", _P), ("ln2_b", _P),
+                ("c_attn", ctypes.POINTER(Product)), ("attn_proj", ctypes.POINTER(Product)),
+                ("c_fc", ctypes.POINTER(Product)), ("mlp_proj", ctypes.POINTER(Product))]
 
 
 @dataclass(frozen=True)
@@ -182,8 +182,8 @@ class Library:
         self._argmax.argtypes = [_P, _I64, _I64, _P]
         self._decode_layers = lib.gpt2_decode_layers
         self._decode_layers.restype = _I
-        self._decode_layers.argtypes = [ctypes.POINTER(DecodeLayer), _I64, _I, ctypes.c_float, _P, _I, _I64, _I64,
-                                        _P, _P, _P, _P, _P, _I64, _I]
+        self._decode_layers.argtypes = [ctypes.POINTER(DecodeLayer), _I64, _I, ctypes.c_float, _P, _I, _I64,
+                                        _I64, _P, _P, _P, _P, _P, _I64, _I]
 
     def linear(self, x: Tensor, weight: Tensor, scales: Tensor | None = None, bias: Tensor | None = None,
                out_dtype: torch.dtype | None = None, gelu: bool = False, threads: int = 0) -> Tensor:
@@ -267,8 +267,8 @@ class Library:
         if not x.is_contiguous():
             x = x.contiguous()
         y = torch.empty_like(x)
-        self._layer_norm(x.data_ptr(), _KIND[x.dtype], weight.data_ptr(), bias.data_ptr(), _KIND[weight.dtype],
-                         eps, y.data_ptr(), _KIND[x.dtype], x.numel() // C, C)
+        self._layer_norm(x.data_ptr(), _KIND[x.dtype], weight.data_ptr(), bias.data_ptr(),
+                         _KIND[weight.dtype], eps, y.data_ptr(), _KIND[x.dtype], x.numel() // C, C)
         return y
 
     def argmax(self, x: Tensor) -> Tensor:
@@ -286,13 +286,13 @@ class Library:
         """The blocks of a model as `decode_layers` takes them, for residual streams of `dtype`."""
         keep, layers = [], []
         for block in blocks:
-            products = [self.product(w, s, b, dtype, gelu=i == 2) for i, (w, s, b) in enumerate(block.products)]
-            for w, b in (block.ln_1, block.ln_2):
-                if w.dtype != b.dtype or w.dtype != block.ln_1[0].dtype or not (w.is_contiguous() and b.is_contiguous()):
-                    raise ValueError("LayerNorm weights and biases must be contiguous and of one dtype")
+            products = [self.product(w, s, b, dtype, gelu=i == 2)  # c_fc (i == 2) carries the GELU
+                        for i, (w, s, b) in enumerate(block.products)]
+            norms = (*block.ln_1, *block.ln_2)
+            if len({t.dtype for t in norms}) != 1 or not all(t.is_contiguous() for t in norms):
+                raise ValueError("LayerNorm weights and biases must be contiguous and of one dtype")
             keep += products
-            layers.append(DecodeLayer(block.ln_1[0].data_ptr(), block.ln_1[1].data_ptr(), block.ln_2[0].data_ptr(),
-                                      block.ln_2[1].data_ptr(), *(ctypes.pointer(p) for p in products)))
+            layers.append(DecodeLayer(*(t.data_ptr() for t in norms), *(ctypes.pointer(p) for p in products)))
         return DecodePlan((DecodeLayer * len(layers))(*layers), _KIND[blocks[0].ln_1[0].dtype], dtype, keep)
 
     def decode_layers(self, plan: "DecodePlan", x: Tensor, rows: DecodeRows, n_head: int, eps: float,
@@ -305,9 +305,9 @@ class Library:
             raise ValueError(f"decode_layers takes [rows, 1, C] {plan.dtype} on the CPU, got "
                              f"{tuple(x.shape)} {x.dtype}")
         x = x.contiguous().clone()
-        status = self._decode_layers(plan.layers, len(plan.layers), plan.p_kind, eps, x.data_ptr(), _KIND[x.dtype],
-                                     B, C, rows.k, rows.v, rows.layer_stride, rows.max_len, rows.pos, n_head,
-                                     threads)
+        status = self._decode_layers(plan.layers, len(plan.layers), plan.p_kind, eps, x.data_ptr(),
+                                     _KIND[x.dtype], B, C, rows.k, rows.v, rows.layer_stride, rows.max_len,
+                                     rows.pos, n_head, threads)
         if status:
             raise MemoryError("gpt2_decode_layers could not allocate its scratch memory")
         return x
