@@ -29,7 +29,8 @@ def to_gr_error(error: Exception) -> gr.Error:
 
 
 def friendly(fn: Callable) -> Callable:
-    """Turn the exceptions of a handler (a plain function or a generator) into gr.Error."""
+    """Turn the exceptions of a handler (a plain function, a generator or an async generator)
+    into gr.Error."""
     if inspect.isasyncgenfunction(fn):
         @functools.wraps(fn)
         async def streamed_async(*args: Any, **kwargs: Any) -> AsyncIterator:

@@ -273,7 +273,7 @@ void layer_norm_row(const void* x, int x_kind, const void* w, const void* b, int
 }
 
 // x[0:n] += y[0:n], rounded once to x's kind (as torch adds two tensors of that dtype).
-void add_row(void* x, const void* y, int kind, int64_t n) {
+void add_to(void* x, const void* y, int kind, int64_t n) {
     for (int64_t k = 0; k < n; k += LANES) {
         __mmask16 m = mask16(n - k);
         store_f32(kind, x, k, _mm512_add_ps(load_f32(kind, x, k, m), load_f32(kind, y, k, m)), m);
@@ -388,6 +388,7 @@ float exp_shift_sum(float* s, int64_t n, float max) {
 inline void axpy(float* out, float p, const float* v, int64_t n) {
     for (int64_t i = 0; i < n; ++i) out[i] = fma1(p, v[i], out[i]);
 }
+
 void layer_norm_row(const void* x, int x_kind, const void* w, const void* b, int p_kind, float eps, void* y,
                     int y_kind, int64_t n) {
     float acc[LANES] = {};
@@ -414,7 +415,7 @@ int64_t argmax_row(const float* x, int64_t n) {
     return best;
 }
 
-void add_row(void* x, const void* y, int kind, int64_t n) {
+void add_to(void* x, const void* y, int kind, int64_t n) {
     for (int64_t k = 0; k < n; ++k) store1(kind, x, k, load1(kind, x, k) + load1(kind, y, k));
 }
 #endif
@@ -662,11 +663,11 @@ int gpt2_decode_layers(const DecodeLayer* layers, int64_t n_layers, int p_kind, 
         failed |= gpt2_decode_attention(qkv, x_kind, 3 * C, k_base, v_base, layer_stride, l, max_len, pos, att,
                                         x_kind, C, rows, heads, C / heads, threads);
         failed |= gpt2_rowdot(L.attn_proj, att, x_kind, rows, proj, threads);
-        for (int64_t r = 0; r < rows; ++r) add_row(static_cast<char*>(x) + r * C * es, proj + r * C * es, x_kind, C);
+        add_to(x, proj, x_kind, rows * C);  // elementwise: the rows x C of both at once
         gpt2_layer_norm(x, x_kind, L.ln2_w, L.ln2_b, p_kind, eps, h, x_kind, rows, C);
         failed |= gpt2_rowdot(L.c_fc, h, x_kind, rows, fc, threads);
         failed |= gpt2_rowdot(L.mlp_proj, fc, x_kind, rows, proj, threads);
-        for (int64_t r = 0; r < rows; ++r) add_row(static_cast<char*>(x) + r * C * es, proj + r * C * es, x_kind, C);
+        add_to(x, proj, x_kind, rows * C);
     }
     std::free(scratch);
     return failed ? -1 : 0;

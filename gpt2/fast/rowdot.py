@@ -190,8 +190,8 @@ class Library:
         """x [..., in] @ weight [out, in].T (times per-row `scales` for int8 weights) + bias,
         then GPT-2's tanh GELU if asked -> [..., out] in `out_dtype` (default x's). `threads`
         0: as many as torch uses on this thread."""
-        product = self.product(weight, scales, bias, out_dtype or x.dtype, gelu)
         out_dtype = out_dtype or x.dtype
+        product = self.product(weight, scales, bias, out_dtype, gelu)
         x_kind = _KIND.get(x.dtype)
         if x_kind is None or x_kind == _KIND[torch.int8] or not x.is_cpu or x.size(-1) != product.in_:
             raise ValueError(f"x must be fp32 or bf16 on the CPU with {product.in_} features, got "
@@ -304,7 +304,7 @@ class Library:
         if T != 1 or B != rows.count or x.dtype != plan.dtype or not x.is_cpu:
             raise ValueError(f"decode_layers takes [rows, 1, C] {plan.dtype} on the CPU, got "
                              f"{tuple(x.shape)} {x.dtype}")
-        x = x.contiguous().clone()
+        x = x.clone(memory_format=torch.contiguous_format)  # updated in place: one copy
         status = self._decode_layers(plan.layers, len(plan.layers), plan.p_kind, eps, x.data_ptr(),
                                      _KIND[x.dtype], B, C, rows.k, rows.v, rows.layer_stride, rows.max_len,
                                      rows.pos, n_head, threads)
