@@ -15,8 +15,9 @@ soak: N users send a mix until `--requests` are done: `/generate` (short, mixed 
 `/attention`, `/next_tokens`, page visits (the page's own events through Gradio's queue
 protocol: a generation, then a view), `/load_model` of a broken checkpoint, and streams
 cancelled midway. A repeated request must give its first answer again, nothing may fail but
-the broken load (with its reason), and the server's RSS is sampled every second: the report
-gives the curve, which must level off.
+the broken load (with its reason), and the server's RSS is sampled every second under load
+and at rest after each tenth of the run: the report gives both curves; the one at rest must
+level off.
 """
 from __future__ import annotations
 
@@ -40,10 +41,13 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT))
 
 from common import machine_line, put_section  # noqa: E402
+from playground.app import TRIM_EVERY_S  # noqa: E402 - no model or Gradio: a constant
 
 LOAD = HERE / "LOAD.md"
+REST_S = 2 * TRIM_EVERY_S + 2  # a pause between a soak's tenths: two trims have run
 PROMPTS = ["Once upon a time", "The meaning of life is", "In 1969, the first", "def fibonacci(n):",
            "Hello, my name is", "The capital of France", "Scientists discovered", "My favourite food"]
 
@@ -255,6 +259,7 @@ class PageVisit:
 
 
 def soak_user(i: int, app: App, config: dict, args: argparse.Namespace, tally: Tally) -> None:
+    """Requests of the mix, drawn with seed `i`, until `args.requests` are done in `tally`."""
     from gradio_client import Client
 
     client, rng = Client(app.url, verbose=False), random.Random(i)
@@ -315,7 +320,8 @@ def soak_user(i: int, app: App, config: dict, args: argparse.Namespace, tally: T
 
 
 def soak(args: argparse.Namespace) -> None:
-    tally, curve = Tally(), []
+    """The mix in ten parts; after each, REST_S without requests and the RSS at rest."""
+    tally, curve, at_rest = Tally(), [], []
     with tempfile.TemporaryDirectory() as tmp:
         broken = broken_checkpoint(Path(tmp) / "broken")
         app = start_app(Path(tmp), "--extra-model", str(broken))
@@ -323,46 +329,56 @@ def soak(args: argparse.Namespace) -> None:
             with urllib.request.urlopen(app.url + "config", timeout=30) as response:
                 config = json.load(response)
             started = time.perf_counter()
-            users = [threading.Thread(target=soak_user, args=(i, app, config, args, tally)) for i in range(args.users)]
-            for t in users:
-                t.start()
-            while any(t.is_alive() for t in users):
-                curve.append((time.perf_counter() - started, tally.done, app.rss_mb()))
-                time.sleep(1)
-            for t in users:
-                t.join()
+            for part in range(1, 11):
+                target = argparse.Namespace(**vars(args) | {"requests": args.requests * part // 10})
+                users = [threading.Thread(target=soak_user, args=(1000 * part + i, app, config, target, tally))
+                         for i in range(args.users)]
+                for t in users:
+                    t.start()
+                while any(t.is_alive() for t in users):
+                    curve.append((time.perf_counter() - started, tally.done, app.rss_mb()))
+                    time.sleep(1)
+                for t in users:
+                    t.join()
+                busy_until = time.perf_counter() - started
+                time.sleep(REST_S)  # the app hands freed memory back every TRIM_EVERY_S
+                at_rest.append((busy_until, tally.done, app.rss_mb()))
             wall = time.perf_counter() - started
-            curve.append((wall, tally.done, app.rss_mb()))
         finally:
             app.proc.terminate()
             app.proc.wait(timeout=60)
         server_log = (Path(tmp) / "app.log").read_text()
-    # RSS sampled every second: each tenth of the run gives its lowest (the process trims freed
-    # memory every 10 s, so this is what it holds), median and highest (requests in flight) sample.
-    n = len(curve)
-    tenths = [curve[n * i // 10:max(n * (i + 1) // 10, n * i // 10 + 1)] for i in range(10)]
-    half = [(done, rss) for _, done, rss in curve if done >= args.requests / 2]
-    slope = fit_slope(half) * 1000
+    parts, start = [], 0.0
+    for until, _, _ in at_rest:
+        parts.append([c for c in curve if start <= c[0] <= until] or [(until, 0, float("nan"))])
+        start = until
+    second_half = at_rest[5:]
+    slope = fit_slope([(done, rss) for _, done, rss in second_half]) * 1000
     lines = ["## Soak (issue 14)", "",
              f"Command: `python benchmarks/load.py soak --requests {args.requests} --users {args.users}`. "
              f"The app on `gpt2` (random 124M weights from a local Hub cache, int8) and a broken checkpoint; "
              f"{args.users} concurrent users, each its own client, drawing from: /generate (5), /attention (2), "
              f"/next_tokens (2), a page visit ({', '.join(['ui_generate', *args.page_views])}; 2), /load_model of "
-             f"the broken checkpoint (1), a 200-token stream cancelled at its first token (1). {machine_line()}.", "",
+             f"the broken checkpoint (1), a 200-token stream cancelled at its first token (1). The run is cut in "
+             f"tenths; after each, {REST_S:.0f} s without requests, then the server's RSS at rest (the app hands "
+             f"freed memory back to the OS every {TRIM_EVERY_S:.0f} s). Under load the RSS is sampled every "
+             f"second. {machine_line()}.", "",
              f"- requests: {tally.done} in {wall:.0f} s ({', '.join(f'{k} {v}' for k, v in sorted(tally.kinds.items()))})",
              f"- errors: {len(tally.errors)}" + (f" (first: {tally.errors[0]})" if tally.errors else ""),
              f"- failures in the server's log (tracebacks, requests that failed unexpectedly): "
              f"{server_log.count('Traceback')}",
              f"- repeated requests answering differently: {len(tally.mismatches)}"
              + (f" ({'; '.join(tally.mismatches[:3])})" if tally.mismatches else ""),
-             f"- server RSS over the second half: {min(r for _, r in half):.0f} to {max(r for _, r in half):.0f} MB "
-             f"(peak over the run {max(r for _, _, r in curve):.0f} MB); least-squares slope over the second "
-             f"half's {len(half)} samples: **{slope:+.0f} MB per 1,000 requests**", "",
-             "| tenth of the run | until, s | requests done | server RSS, MB: lowest / median / highest |",
+             f"- server RSS at rest after the second half's five tenths: "
+             f"{', '.join(f'{rss:.0f}' for *_, rss in second_half)} MB; least-squares slope: "
+             f"**{slope:+.0f} MB per 1,000 requests** (peak under load over the run "
+             f"{max(r for *_, r in curve):.0f} MB)", "",
+             "| tenth of the run | requests done | server RSS under load, MB: lowest / median / highest | "
+             "at rest after it, MB |",
              "|---|---|---|---|",
-             *[f"| {i + 1} | {part[-1][0]:.0f} | {part[-1][1]} | {min(r for *_, r in part):.0f} / "
-               f"{statistics.median(r for *_, r in part):.0f} / {max(r for *_, r in part):.0f} |"
-               for i, part in enumerate(tenths)]]
+             *[f"| {i + 1} | {done} | {min(r for *_, r in part):.0f} / {statistics.median(r for *_, r in part):.0f} / "
+               f"{max(r for *_, r in part):.0f} | {rss:.0f} |"
+               for i, (part, (_, done, rss)) in enumerate(zip(parts, at_rest))]]
     put_section("soak", lines, LOAD)
     print("\n".join(lines))
     sys.exit(1 if tally.errors or tally.mismatches else 0)

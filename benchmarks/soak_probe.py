@@ -1,13 +1,15 @@
 """What holds the memory a soak adds (issue 14): the app in this process, measured from inside.
 
     python benchmarks/soak_probe.py compare [--rounds 8] [--per-round 250]   # -> LOAD.md, "soak-probe"
+    python benchmarks/soak_probe.py compare --configs 3 --rounds 10          # the app as it is only
     python benchmarks/soak_probe.py run [--sessions N] ...                   # one configuration, rows printed
 
 `run` starts the app as `gpt2-playground --model gpt2` does (`playground.app.launch`, on the
 stand-in 124M Hub cache and the broken checkpoint of load.py), in this process, and drives it
 from a client process with load.py's soak users (8 by default, each round's anew) in rounds of
-`--per-round` requests. After each round: gc.collect() and malloc_trim(0), then the server's
-RSS, what glibc's malloc has handed out and not got back (mallinfo2: in use, heap and mmap),
+`--per-round` requests. After each round: malloc_trim(0) and the RSS (what the server holds as
+it runs, cyclic garbage included), then gc.collect() and malloc_trim(0), then the server's
+RSS again, what glibc's malloc has handed out and not got back (mallinfo2: in use, heap and mmap),
 Gradio's sessions, the run store's runs and the number of objects the garbage collector tracks.
 
 `compare` runs four configurations, each in a fresh process, so that oneDNN reads its cache
@@ -104,10 +106,13 @@ def run(args: argparse.Namespace) -> None:
 
     def measure(round_: int, done: int, seconds: float) -> dict:
         time.sleep(3)  # the round's last answers out
-        gc.collect()
+        libc.malloc_trim(0)
+        before_gc = rss_mb()  # what the server holds as it runs: cyclic garbage included
+        unreachable = gc.collect()
         libc.malloc_trim(0)
         info = libc.mallinfo2()
         row = {"round": round_, "done": done, "seconds": round(seconds), "rss_mb": round(rss_mb(), 1),
+               "rss_before_gc_mb": round(before_gc, 1), "unreachable": unreachable,
                "malloc_mb": round((info.uordblks + info.hblkhd) / 2**20, 1),
                "sessions": len(demo.state_holder.session_data), "runs": len(store),
                "gc_objects": len(gc.get_objects()),
@@ -145,7 +150,7 @@ CONFIGS = [  # label, environment, session cap
 
 def compare(args: argparse.Namespace) -> None:
     results = []
-    for label, env, sessions in CONFIGS:
+    for label, env, sessions in [CONFIGS[int(i)] for i in args.configs.split(",")]:
         command = [sys.executable, __file__, "run", "--rounds", str(args.rounds), "--per-round", str(args.per_round),
                    "--users", str(args.users), "--sessions", str(sessions)]
         environ = {k: v for k, v in os.environ.items() if k not in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY")}
@@ -163,18 +168,24 @@ def compare(args: argparse.Namespace) -> None:
         rows = [r for r in rows if "rss_mb" in r]
         table.append(f"| {label}: RSS, MB | " + " | ".join(f"{r['rss_mb']:.0f}" for r in rows)
                      + f" | **{rows[-1]['rss_mb'] - rows[2]['rss_mb']:+.0f}** |")
+        table.append("| RSS before that round's gc.collect(), MB | " + " | ".join(f"{r['rss_before_gc_mb']:.0f}" for r in rows)
+                     + f" | {rows[-1]['rss_before_gc_mb'] - rows[2]['rss_before_gc_mb']:+.0f} |")
         table.append("| malloc in use, MB | " + " | ".join(f"{r['malloc_mb']:.0f}" for r in rows)
                      + f" | {rows[-1]['malloc_mb'] - rows[2]['malloc_mb']:+.0f} |")
         table.append("| sessions / objects tracked by gc (thousands) | "
                      + " | ".join(f"{r['sessions']} / {r['gc_objects'] / 1000:.0f}" for r in rows) + " | |")
     done = [r["done"] for r in results[-1][1] if "rss_mb" in r]
+    every = ",".join(str(i) for i in range(len(CONFIGS)))
+    configs = "" if args.configs == every else f" --configs {args.configs}"
     lines = ["## What held the soak's growth (issue 14)", "",
-             (f"Command: `python benchmarks/soak_probe.py compare --rounds {args.rounds} --per-round {args.per_round}`. "
+             (f"Command: `python benchmarks/soak_probe.py compare{configs} --rounds {args.rounds} "
+              f"--per-round {args.per_round}`. "
              f"The app as `--model gpt2` runs it (random 124M weights from a local Hub cache, int8), in the probe's "
              f"own process, driven by load.py's soak users ({args.users} at once, the same mix and seeds in every "
-             f"configuration) in rounds of {args.per_round} requests; after each round gc.collect() and "
-             f"malloc_trim(0), then the RSS, the bytes glibc's malloc has handed out (mallinfo2), Gradio's "
-             f"sessions and the objects the garbage collector tracks. Requests done after each round: "
+             f"configuration) in rounds of {args.per_round} requests; after each round malloc_trim(0) and the "
+             f"RSS as the server holds it, then gc.collect(), malloc_trim(0) and the RSS again, the bytes glibc's "
+             f"malloc has handed out (mallinfo2), Gradio's sessions and the objects the garbage collector tracks. "
+             f"Requests done after each round: "
              f"{', '.join(str(d) for d in done)}. Each configuration in a fresh process. {machine_line()}."), "",
              *table, "",
              "- errors: " + ("none" if not errors else "; ".join(f"{label}: {r}" for label, r in errors))]
@@ -191,6 +202,9 @@ def main() -> None:
         p.add_argument("--rounds", type=int, default=8)
         p.add_argument("--per-round", type=int, default=250)
         p.add_argument("--users", type=int, default=8)
+        if name == "compare":
+            p.add_argument("--configs", default=",".join(str(i) for i in range(len(CONFIGS))),
+                           help="which configurations, by index: " + "; ".join(f"{i}: {c[0]}" for i, c in enumerate(CONFIGS)))
         if name == "run":
             p.add_argument("--sessions", type=int, default=0, help="Gradio's session cap (0: the app's)")
         p.set_defaults(fn=fn)
