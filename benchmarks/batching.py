@@ -7,7 +7,10 @@ user, 64 new tokens each), interleaved over rounds:
   thread (as the app would run a lone request: see below);
 - loop: N client threads streaming through one BatchedGenerator at once;
 - thread per request (what the app did before the loop, for contrast): N threads each
-  calling `gpt2.generate`, every one with its own OpenMP team.
+  calling `gpt2.generate`, every one with its own OpenMP team;
+- step ceiling: one decode step of N rows, every row active, against one row: the most N
+  users can gain with these kernels (a step of N rows costs more than one of a row wherever
+  the products are bound by arithmetic rather than by reading the weights).
 Total tok/s = N x 64 / wall time of the whole batch; per-user tok/s = 64 / that user's time
 from submitting to its last token; time to first token from submitting, p50/p95 over every
 request of every round. Every loop answer is checked against its one-at-a-time ids.
@@ -40,6 +43,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 import gpt2  # noqa: E402
 from generation import environment, load_text, make_tier  # noqa: E402
+from gpt2.sampling import sample_next  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 USERS = (1, 2, 4, 8)
@@ -52,6 +56,7 @@ class Samples:
     loop: list[float] = field(default_factory=list)
     threads: list[float] = field(default_factory=list)
     ttft: list[float] = field(default_factory=list)  # loop, per request
+    step: list[float] = field(default_factory=list)  # one batched step, every row active
     per_user: list[float] = field(default_factory=list)  # loop, tok/s per request
 
 
@@ -87,6 +92,26 @@ def through_loop(batcher: gpt2.BatchedGenerator, prompts: list[torch.Tensor], ne
     samples.ttft += [first - submitted for submitted, first, _ in times]
     samples.per_user += [new / (end - submitted) for submitted, _, end in times]
     return max(end for *_, end in times) - min(s for s, *_ in times), out
+
+
+def step_seconds(model: gpt2.GPT, prompts: list[torch.Tensor], steps: int = 16) -> float:
+    """Median time of one decode step of len(prompts) rows, every row active (no request
+    arriving or leaving, no prefill): the loop's best case, so n x t(1 row) / t(n rows)
+    bounds what n users can gain over one at a time."""
+    def run() -> float:
+        caches = [gpt2.KVCache(model.config, 1, p.size(1) + steps) for p in prompts]
+        times = []
+        with torch.inference_mode():
+            for p, cache in zip(prompts, caches):
+                model(p, cache, last_only=True)
+            ids = torch.zeros(len(prompts), 1, dtype=torch.long)
+            for _ in range(steps):
+                start = time.perf_counter()
+                logits = model(ids, gpt2.CacheBatch(caches), last_only=True)[:, -1]
+                ids = sample_next(logits, 0.0).view(-1, 1)  # greedy, all rows in one call (as the loop)
+                times.append(time.perf_counter() - start)
+        return statistics.median(times)
+    return gpt2.compute.run(run)
 
 
 def thread_per_request(model: gpt2.GPT, prompts: list[torch.Tensor], new: int) -> float:
@@ -152,6 +177,7 @@ def main() -> None:
         for tier in tiers:
             for n in users[r % len(users):] + users[:r % len(users)]:
                 s, batch = results[(tier, n)], prompts[:n]
+                s.step.append(step_seconds(models[tier], batch))
                 ways = ["one", "loop"] + ([] if args.no_threads else ["threads"])
                 for way in ways[r % len(ways):] + ways[:r % len(ways)]:
                     if way == "one":
@@ -186,17 +212,21 @@ def main() -> None:
         "",
         "Total tok/s = users x new tokens / wall time of the batch; × = over one at a time. Per-user tok/s "
         "and time to first token (TTFT, from submitting) are the loop's; TTFT p50 / p95 over every "
-        "request of every round.",
+        "request of every round. Step ceiling: one decode step of n rows with every row active (no "
+        "request arriving or leaving, no prefill; median of 16 steps a round), n x t(1 row) / t(n rows): "
+        "the most n users can gain over one at a time with these kernels.",
         "",
-        "| tier | users | one at a time tok/s | loop total tok/s | × | loop per-user tok/s | "
-        "TTFT p50 / p95 s |" + ("" if args.no_threads else " thread per request tok/s | × |"),
-        "|---|---:|---:|---:|---:|---:|---:|" + ("" if args.no_threads else "---:|---:|"),
+        "| tier | users | one at a time tok/s | loop total tok/s | × | step ms | step ceiling × | "
+        "loop per-user tok/s | TTFT p50 / p95 s |" + ("" if args.no_threads else " thread per request tok/s | × |"),
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|" + ("" if args.no_threads else "---:|---:|"),
     ]
     for tier in tiers:
         for n in users:
             s = results[(tier, n)]
             one, loop = rate(n, s.one_at_a_time), rate(n, s.loop)
-            row = (f"| {tier} | {n} | {one:.1f} | {loop:.1f} | {loop / one:.2f} | "
+            step, step_1 = statistics.median(s.step), statistics.median(results[(tier, users[0])].step)
+            ceiling = f"{n * step_1 / step:.2f}" if users[0] == 1 else "-"
+            row = (f"| {tier} | {n} | {one:.1f} | {loop:.1f} | {loop / one:.2f} | {step * 1e3:.2f} | {ceiling} | "
                    f"{statistics.median(s.per_user):.1f} | "
                    f"{percentile(s.ttft, 50):.3f} / {percentile(s.ttft, 95):.3f} |")
             if not args.no_threads:

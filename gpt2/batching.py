@@ -129,16 +129,27 @@ class BatchedGenerator:
                       capture: AttentionCapture | None = None,
                       ablation: HeadAblation | None = None) -> AsyncIterator[Tensor]:
         """`stream` for a consumer on an asyncio event loop (a server's request handler): the
-        same ids, awaited without a thread waiting for each one."""
+        same ids, awaited without a thread waiting for each one, and handed over together:
+        each item is every id made since the last one, [n >= 1]. A consumer that keeps up gets
+        them one by one; one that fell behind (a busy server) catches up in one item, so it
+        does its per-item work (an update sent to a browser) once, not n times."""
         request = self._submit(idx, max_new_tokens, context_size, temperature, top_k, top_p, eos_id, seed,
                                capture, ablation, _LoopQueue())
         if request is None:
             return
+        items = request.out.items
         try:
-            while (item := await request.out.items.get()) is not _END:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item.clone()
+            while True:
+                ready = [await items.get()]
+                while not items.empty():
+                    ready.append(items.get_nowait())
+                ids = [item for item in ready if isinstance(item, Tensor)]
+                if ids:
+                    yield torch.cat(ids)  # a new tensor: outside inference mode, as stream's
+                if ready[-1] is _END:
+                    return
+                if isinstance(ready[-1], BaseException):  # an error is a request's last item
+                    raise ready[-1]
         finally:
             request.stopped = True
             self._worker.wake()

@@ -193,9 +193,10 @@ class Service:
             self.runs.release(run_id)  # no-op once stored; wakes a Stop waiting for a run that never came
 
     async def stream_text(self, s: Settings, notice: Callable[[str], object] = lambda _: None) -> AsyncIterator[str]:
-        """The API's /generate: the generated text so far after each token, then once more
-        with any bytes a token left incomplete, on the server's event loop (no thread waits
-        for each token); nothing captured or stored.
+        """The API's /generate: the generated text so far after each token (after each few
+        tokens when the server is too busy to send every one: the text is the same, there are
+        just fewer updates), then once more with any bytes a token left incomplete, on the
+        server's event loop (no thread waits for each token); nothing captured or stored.
         Closing it early (a cancel, a closed connection) takes the request out of the loop."""
         loop, prompt_ids, ids, seed = await asyncio.to_thread(self._request, s)  # may load the model
         if len(ids) < len(prompt_ids):
@@ -204,9 +205,10 @@ class Service:
         try:
             async with contextlib.aclosing(loop.astream(torch.tensor([ids]), s.max_new_tokens,
                                                         **sampling(s, seed))) as stream:
-                async for next_id in stream:
-                    generated += 1
-                    text += decoder.add(int(next_id[0]))
+                async for new_ids in stream:
+                    for i in new_ids.tolist():
+                        generated += 1
+                        text += decoder.add(i)
                     yield text
         except (GeneratorExit, asyncio.CancelledError):  # closed, or its task cancelled (a cancel)
             log.info("generation stopped after %d of %d tokens", generated, s.max_new_tokens)

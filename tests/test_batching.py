@@ -7,7 +7,7 @@ import subprocess
 import sys
 import threading
 import time
-from contextlib import closing, contextmanager
+from contextlib import aclosing, closing, contextmanager
 
 import pytest
 import torch
@@ -253,7 +253,7 @@ def test_astream_gives_the_ids_of_stream_and_leaves_when_closed(tiny_model, batc
     idx = torch.tensor([[5, 6, 7]])
 
     async def collect(**kw) -> list[int]:
-        return [int(t[0]) async for t in batcher.astream(idx, 12, **kw)]
+        return [i async for ids in batcher.astream(idx, 12, **kw) for i in ids.tolist()]
 
     async def close_early() -> None:
         stream = batcher.astream(idx, 60)
@@ -271,6 +271,26 @@ def test_astream_gives_the_ids_of_stream_and_leaves_when_closed(tiny_model, batc
     assert got == [[int(t[0]) for t in batcher.stream(idx, 12, **kw)] for kw in settings]
     assert got == [lone_run(tiny_model, idx, 12, **kw)[0] for kw in settings]
     wait_for(lambda: batcher.active == 0 and batcher.pending == 0, "the closed request to leave")
+
+
+def test_astream_hands_a_consumer_that_fell_behind_its_ids_together(tiny_model, batcher_of):
+    """A busy server's handler reads one item after many steps: it gets every id made since
+    in that one item, in order, and the ids are still those of the lone run."""
+    batcher = batcher_of(tiny_model)
+    idx = torch.tensor([[5, 6, 7]])
+
+    async def main() -> list[list[int]]:
+        items = []
+        async with aclosing(batcher.astream(idx, 12, temperature=0.9, seed=11)) as stream:
+            items.append((await anext(stream)).tolist())
+            while batcher.active:  # the rest is made while this consumer is away
+                await asyncio.sleep(0.01)
+            items += [ids.tolist() async for ids in stream]
+        return items
+
+    items = asyncio.run(main())
+    assert len(items) == 2 and len(items[1]) == 12 - len(items[0])
+    assert [i for ids in items for i in ids] == lone_run(tiny_model, idx, 12, temperature=0.9, seed=11)[0]
 
 
 def test_run_uses_the_compute_thread_and_returns_or_raises(tiny_model, batcher_of):
