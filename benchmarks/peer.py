@@ -4,10 +4,12 @@ random weights, greedy, both with the same number of threads.
 For each model size, transformers builds a random GPT-2 (seed 0, as generation.py does) and
 saves it with the tokenizer files; llama.cpp's `convert_hf_to_gguf.py` (from the
 llama-cpp-python source distribution) turns that checkout into GGUF f32, bf16, f16 and q8_0.
-Then, in one process, interleaved rounds: ours per tier (`gpt2.load_model(path,
-**gpt2.TIERS[tier])`, kernels compiled before timing) and llama.cpp per format (`Llama(...,
-flash_attn=True)`, greedy through `eval` and an argmax over the logits, so EOS never stops
-it). It reports per prompt length the decode tok/s (63 / (t64 - t1), as generation.py),
+Then every system runs in its own process (no torch in llama.cpp's; no two OpenMP runtimes or
+allocators sharing one), held open while this one asks each in turn, in interleaved rounds:
+ours per tier (`gpt2.load_model(path, **gpt2.TIERS[tier])`, kernels compiled before timing)
+and llama.cpp per format (`Llama(..., flash_attn=True)`, greedy through `eval` and an argmax
+over the logits, so EOS never stops it); each call is timed inside its system's process. It
+reports per prompt length the decode tok/s (63 / (t64 - t1), as generation.py),
 the time to first token (t1), and per system how many of the first 16 greedy tokens agree
 with transformers fp32; then, in a fresh process per system, the peak RSS (VmHWM) after
 loading and after generating at the longest prompt, with that process's own decode speed.
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gc
 import itertools
 import json
 import os
@@ -137,9 +138,17 @@ def convert(converter: Path, checkpoint: Path, outtype: str, out: Path) -> Path:
 # -- the engines --------------------------------------------------------------------------
 @dataclass
 class System:
-    """`run(ids, n)`: the `n` greedy tokens after the prompt `ids`."""
+    """`run(ids, n)`: (seconds, the `n` greedy tokens after the prompt `ids`)."""
     name: str  # "ours-int8", "llama-q8_0"
-    run: Callable[[list[int], int], list[int]]
+    run: Callable[[list[int], int], tuple[float, list[int]]]
+
+
+def timing(generate: Callable[[list[int], int], list[int]]) -> Callable[[list[int], int], tuple[float, list[int]]]:
+    def run(ids: list[int], n: int) -> tuple[float, list[int]]:
+        start = time.perf_counter()
+        tokens = generate(ids, n)
+        return time.perf_counter() - start, tokens
+    return run
 
 
 def ours(path: Path, tier: str, threads: int) -> System:
@@ -156,7 +165,7 @@ def ours(path: Path, tier: str, threads: int) -> System:
 
     def run(ids: list[int], n: int) -> list[int]:
         return gpt2.generate(model, torch.tensor([ids]), n)[0, len(ids):].tolist()
-    return System(f"ours-{tier}", run)
+    return System(f"ours-{tier}", timing(run))
 
 
 def llama(path: Path, outtype: str, threads: int) -> System:
@@ -178,7 +187,7 @@ def llama(path: Path, outtype: str, threads: int) -> System:
             if len(out) == n:
                 return out
             llm.eval(out[-1:])
-    return System(f"llama-{outtype}", run)
+    return System(f"llama-{outtype}", timing(run))
 
 
 def hf_greedy(checkpoint: Path, ids: list[int], n: int) -> list[int]:
@@ -211,12 +220,6 @@ class Samples:
         return [(new_tokens - 1) / (b - a) for a, b in zip(self.t1, self.t64)]
 
 
-def timed(fn: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
 def agreeing(tokens: list[int], reference: list[int]) -> int:
     """How many leading tokens match the reference (after a difference the texts part)."""
     return next((i for i, (a, b) in enumerate(zip(tokens, reference)) if a != b), len(reference))
@@ -235,8 +238,8 @@ def measure_rounds(systems: list[System], prompts: dict[int, list[int]], rounds:
         for i, (T, ids) in enumerate(prompts.items()):
             k = (r + i) % len(systems)
             for s in systems[k:] + systems[:k]:
-                results[(T, s.name)].t1.append(timed(lambda s=s, ids=ids: s.run(ids, 1)))
-                results[(T, s.name)].t64.append(timed(lambda s=s, ids=ids: s.run(ids, new_tokens)))
+                results[(T, s.name)].t1.append(s.run(ids, 1)[0])
+                results[(T, s.name)].t64.append(s.run(ids, new_tokens)[0])
         print(f"{label}: round {r + 1}/{rounds} done in {time.perf_counter() - start:.1f} s", flush=True)
     return results
 
@@ -248,16 +251,53 @@ def vm_hwm_mb() -> float:
     return kib * 1024 / 1e6
 
 
+def load_system(spec: str, model: Path, threads: int) -> System:
+    """"ours:TIER" or "llama:TYPE" on `model`, in this process."""
+    kind, tier = spec.split(":")
+    return ours(model, tier, threads) if kind == "ours" else llama(model, tier, threads)
+
+
 def serve(args: argparse.Namespace) -> None:
     """`--serve`: load one system alone, generate at the longest prompt, print a JSON line."""
-    kind, tier = args.serve.split(":")
-    system = ours(args.model, tier, args.threads) if kind == "ours" else llama(args.model, tier, args.threads)
+    system = load_system(args.serve, args.model, args.threads)
     loaded = vm_hwm_mb()
     ids = max(json.loads(args.prompt_ids), key=len)
     system.run(ids, 2)  # warm-up, as in the timed rounds
-    t1, t64 = timed(lambda: system.run(ids, 1)), timed(lambda: system.run(ids, args.new_tokens))
+    t1, t64 = system.run(ids, 1)[0], system.run(ids, args.new_tokens)[0]
     print(json.dumps({"loaded_mb": loaded, "peak_mb": vm_hwm_mb(),
                       "decode": (args.new_tokens - 1) / (t64 - t1)}))
+
+
+def work(args: argparse.Namespace) -> None:
+    """`--work`: one system in this process, for the timed rounds: each line on stdin a
+    request {"ids": [...], "n": k}, answered on stdout with {"seconds": t, "tokens": [...]}."""
+    system = load_system(args.work, args.model, args.threads)
+    print(json.dumps({"name": system.name}), flush=True)
+    for line in sys.stdin:
+        request = json.loads(line)
+        seconds, tokens = system.run(request["ids"], request["n"])
+        print(json.dumps({"seconds": seconds, "tokens": tokens}), flush=True)
+
+
+def worker(spec: str, model: Path, args: argparse.Namespace) -> tuple[System, subprocess.Popen]:
+    """A System whose calls run in a `--work` process of its own (closing its stdin ends it)."""
+    command = [sys.executable, __file__, "--work", spec, "--model", str(model), "--threads", str(args.threads)]
+    proc = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+    def reply() -> dict:
+        line = proc.stdout.readline()
+        if not line:
+            raise SystemExit(f"the {spec} process ended (exit {proc.wait()})")
+        return json.loads(line)
+
+    name = reply()["name"]
+
+    def run(ids: list[int], n: int) -> tuple[float, list[int]]:
+        proc.stdin.write(json.dumps({"ids": ids, "n": n}) + "\n")
+        proc.stdin.flush()
+        answer = reply()
+        return answer["seconds"], answer["tokens"]
+    return System(name, run), proc
 
 
 def serve_alone(spec: str, model: Path, prompts: dict[int, list[int]], args: argparse.Namespace) -> dict:
@@ -284,15 +324,19 @@ def run_config(name: str, converter: Path, workdir: Path, args: argparse.Namespa
     prompts = prompts_for(args.prompts, config.vocab_size)
     first = prompts[args.prompts[0]]
     reference = hf_greedy(checkpoint, first, AGREE_TOKENS)
-    systems = [ours(checkpoint, tier, args.threads) for tier in args.tiers]
-    systems += [llama(path, t, args.threads) for t, path in ggufs.items()]
-    agree = {s.name: agreeing(s.run(first, AGREE_TOKENS), reference) for s in systems}
-    print(f"{name}: first {AGREE_TOKENS} greedy tokens agreeing with transformers fp32: "
-          + ", ".join(f"{k} {v}" for k, v in agree.items()), flush=True)
-    results = measure_rounds(systems, prompts, args.rounds, args.new_tokens, name)
+    started = [worker(f"ours:{tier}", checkpoint, args) for tier in args.tiers]
+    started += [worker(f"llama:{t}", path, args) for t, path in ggufs.items()]
+    systems = [system for system, _ in started]
+    try:
+        agree = {s.name: agreeing(s.run(first, AGREE_TOKENS)[1], reference) for s in systems}
+        print(f"{name}: first {AGREE_TOKENS} greedy tokens agreeing with transformers fp32: "
+              + ", ".join(f"{k} {v}" for k, v in agree.items()), flush=True)
+        results = measure_rounds(systems, prompts, args.rounds, args.new_tokens, name)
+    finally:
+        for _, proc in started:
+            proc.stdin.close()
+            proc.wait(timeout=120)
     names = [s.name for s in systems]
-    del systems
-    gc.collect()
     alone = {f"ours-{tier}": serve_alone(f"ours:{tier}", checkpoint, prompts, args) for tier in args.tiers}
     alone |= {f"llama-{t}": serve_alone(f"llama:{t}", path, prompts, args) for t, path in ggufs.items()}
     return {"name": name, "systems": names, "results": results, "agree": agree, "alone": alone}
@@ -378,13 +422,14 @@ def write_report(runs: list[dict], converter: Path, args: argparse.Namespace,
            *environment(converter),
            f"- Load average (1 / 5 / 15 min): {load_text(load[0])} at start, {load_text(load[1])} at end",
            "",
-           (f"Timed in one process, interleaved: decode tok/s = {args.new_tokens - 1} / "
+           (f"Each system in its own process, asked in turn (interleaved rounds), each call timed inside "
+            f"that process: decode tok/s = {args.new_tokens - 1} / "
             f"(t({args.new_tokens} new) − t(1 new)), TTFT = t(1 new), median [min–max] over rounds. "
             f"`agree`: how many of the first {AGREE_TOKENS} greedy tokens after the {args.prompts[0]}-token "
             "prompt match transformers fp32. `alone`: a fresh process serving only that system (ours: "
             "torch imported and the kernels compiled in it; llama.cpp: no torch), its VmHWM after "
             "loading and after generating at the longest prompt, and the decode speed of that one "
-            "call (a cross-check of the shared process)."), ""]
+            "call (a cross-check of the rounds)."), ""]
     for run in runs:
         out += [*config_lines(run, args), ""]
     args.out.write_text("\n".join(out))
@@ -406,6 +451,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--note", default="", help="a line for the report's header (e.g. a noisy machine)")
     p.add_argument("--out", type=Path, default=HERE / "PEER.md")
     p.add_argument("--serve", help=argparse.SUPPRESS)  # internal: ours:TIER or llama:TYPE alone
+    p.add_argument("--work", help=argparse.SUPPRESS)  # internal: the same, for the timed rounds
     p.add_argument("--model", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--prompt-ids", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -420,6 +466,8 @@ def main() -> None:
     args = parse_args()
     if args.serve:
         return serve(args)
+    if args.work:
+        return work(args)
     require_llama_cpp()
     converter = find_converter(args.llama_cpp_src)
     started, clock = datetime.datetime.now(datetime.timezone.utc), time.perf_counter()
