@@ -6,6 +6,7 @@ through huggingface_hub's real cache lookup, at the app's default tier, int8).
 
     python benchmarks/load.py scaling [--users 1,2,4,8] [--requests 8]   # -> LOAD.md, "scaling"
     python benchmarks/load.py soak [--requests 2000] [--users 8]          # -> LOAD.md, "soak"
+    python benchmarks/load.py profile [--users 8] [--requests 16]        # -> LOAD.md, "profile" (py-spy)
 
 scaling: greedy 64-token `/generate` streams (REST route, plain urllib): the same requests run
 one at a time, then by N concurrent users (each its own client, `--requests` each): total
@@ -208,6 +209,82 @@ def scaling(args: argparse.Namespace) -> None:
     put_section("scaling", lines, LOAD)
 
 
+# -- profile ------------------------------------------------------------------------------------
+PROFILE_FRAMES = {  # what the server's event loop does, by frames on its stack (first match wins)
+    "writing updates to sockets": ("_SelectorSocketTransport.write",),
+    "Gradio building a new request's session state": ("restore_session_state",),
+    "Gradio running the event (queue, pre/postprocessing)": ("process_events", "call_process_api"),
+    "our /generate (Service.stream_text, BatchedGenerator.astream)": ("stream_text", "astream"),
+    "HTTP requests in (routing, middleware, body)": ("run_asgi", "RequestResponseCycle"),
+}
+
+
+def profile(args: argparse.Namespace) -> None:
+    """Where the server's time goes while N users stream: py-spy samples its threads."""
+    if subprocess.run(["py-spy", "--version"], capture_output=True, check=False).returncode != 0:
+        raise SystemExit("profile needs py-spy: pip install py-spy==0.4.3")
+    with tempfile.TemporaryDirectory() as tmp:
+        app, raw = start_app(Path(tmp)), Path(tmp) / "samples.txt"
+        try:
+            spy = subprocess.Popen(["py-spy", "record", "-p", str(app.proc.pid), "-o", str(raw), "--format", "raw",
+                                    "--threads", "--nonblocking", "-r", str(args.rate)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            time.sleep(2)  # attached
+            started = time.perf_counter()
+            users = [threading.Thread(target=lambda u=u: [timed_stream(app.url, PROMPTS[(u + r) % len(PROMPTS)],
+                                                                       args.new_tokens)
+                                                          for r in range(args.requests)])
+                     for u in range(args.users)]
+            for t in users:
+                t.start()
+            for t in users:
+                t.join()
+            wall = time.perf_counter() - started
+            spy.send_signal(2)  # SIGINT: py-spy writes its samples and exits
+            spy.wait(timeout=120)
+        finally:
+            app.proc.terminate()
+            app.proc.wait(timeout=60)
+        stacks = [(line.rsplit(" ", 1)[0].split(";"), int(line.rsplit(" ", 1)[1]))
+                  for line in raw.read_text().splitlines() if line.strip()]
+    # The server's event loop: the thread running uvicorn. Its samples waiting in select() for
+    # sockets are left out, as py-spy leaves out other threads' waits (and GIL waits).
+    loop_thread = next(frames[0] for frames, _ in stacks if "Server.run" in ";".join(frames))
+    loop = [(frames, n) for frames, n in stacks
+            if frames[0] == loop_thread and "EpollSelector.select" not in frames[-1]]
+    busy: dict[str, int] = {}  # thread -> samples running
+    for frames, n in stacks:
+        if frames[0] == loop_thread:
+            continue
+        thread = frames[0].split(": ", 1)[-1]
+        busy[thread] = busy.get(thread, 0) + n
+    loop_busy = busy["the server's event loop (uvicorn)"] = sum(n for _, n in loop)
+    expected = (wall + 2) * args.rate  # samples a thread running throughout would have
+    shares = {name: 0 for name in PROFILE_FRAMES}
+    for frames, n in loop:
+        text = ";".join(frames)
+        name = next((k for k, keys in PROFILE_FRAMES.items() if any(key in text for key in keys)), None)
+        if name is not None:
+            shares[name] += n
+    tokens = args.users * args.requests * args.new_tokens
+    lines = ["## Where the server's time goes (issue 17)", "",
+             f"Command: `python benchmarks/load.py profile --users {args.users} --requests {args.requests}`. "
+             f"The app as in the scaling run; {args.users} users stream {args.requests} greedy "
+             f"{args.new_tokens}-token `/generate` requests each ({tokens / wall:.0f} tok/s in total while "
+             f"sampled) and py-spy samples the server's threads {args.rate} times a second "
+             f"(py-spy {subprocess.run(['py-spy', '--version'], capture_output=True, text=True).stdout.split()[-1]}; "
+             f"its own sampling takes some of the 2 cores). {machine_line()}.", "",
+             "| thread | running (not idle, not waiting), share of the run |", "|---|---:|",
+             *[f"| {name} | {n / expected:.0%} |" for name, n in sorted(busy.items(), key=lambda kv: -kv[1])
+               if n / expected >= 0.01],
+             "", f"The event loop's busy samples ({loop_busy}), by what is on its stack:", "",
+             "| event loop work | share of its busy samples |", "|---|---:|",
+             *[f"| {name} | {n / max(loop_busy, 1):.0%} |" for name, n in shares.items()],
+             f"| other | {(loop_busy - sum(shares.values())) / max(loop_busy, 1):.0%} |"]
+    put_section("profile", lines, LOAD)
+    print("\n".join(lines))
+
+
 # -- soak ---------------------------------------------------------------------------------------
 @dataclass
 class Tally:
@@ -401,6 +478,12 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=4, help="streams per user")
     p.add_argument("--new-tokens", type=int, default=64)
     p.set_defaults(run=scaling)
+    p = sub.add_parser("profile", help="py-spy on the server while N users stream")
+    p.add_argument("--users", type=int, default=8)
+    p.add_argument("--requests", type=int, default=16, help="streams per user")
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--rate", type=int, default=50, help="py-spy samples per second")
+    p.set_defaults(run=profile)
     p = sub.add_parser("soak", help="a long mixed soak with the server's RSS curve")
     p.add_argument("--requests", type=int, default=2000)
     p.add_argument("--users", type=int, default=8)
