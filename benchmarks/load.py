@@ -154,6 +154,27 @@ def timed_stream(url: str, prompt: str, new_tokens: int) -> tuple[float, float]:
     return first or float("nan"), time.perf_counter() - started
 
 
+def together(url: str, prompts: list[list[str]], new_tokens: int) -> tuple[float, list[tuple[float, float]]]:
+    """One user (a thread) per list of prompts, streaming them one after another, all users at
+    once: the wall time and every stream's (time to first token, total time)."""
+    results: list[tuple[float, float]] = []
+    lock = threading.Lock()
+
+    def user(mine: list[str]) -> None:
+        for prompt in mine:
+            result = timed_stream(url, prompt, new_tokens)
+            with lock:
+                results.append(result)
+
+    started = time.perf_counter()
+    threads = [threading.Thread(target=user, args=(mine,)) for mine in prompts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - started, results
+
+
 def load_average() -> str:
     return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -171,25 +192,11 @@ def scaling(args: argparse.Namespace) -> None:
                 started = time.perf_counter()
                 alone = [timed_stream(app.url, p, args.new_tokens) for p in prompts]
                 alone_rate = len(prompts) * args.new_tokens / (time.perf_counter() - started)
-                together: list[tuple[float, float]] = []
-                lock = threading.Lock()
-
-                def user(u: int) -> None:
-                    for r in range(args.requests):
-                        result = timed_stream(app.url, prompts[u * args.requests + r], args.new_tokens)
-                        with lock:
-                            together.append(result)
-
-                started = time.perf_counter()
-                threads = [threading.Thread(target=user, args=(u,)) for u in range(n)]
-                for t in threads:
-                    t.start()
-                for t in threads:
-                    t.join()
-                wall = time.perf_counter() - started
+                by_user = [prompts[u * args.requests:(u + 1) * args.requests] for u in range(n)]
+                wall, streams = together(app.url, by_user, args.new_tokens)
                 total = len(prompts) * args.new_tokens / wall
-                ttft = [first for first, _ in together]
-                per_user = statistics.median(args.new_tokens / (t - f) for f, t in together)
+                ttft = [first for first, _ in streams]
+                per_user = statistics.median(args.new_tokens / (t - f) for f, t in streams)
                 rows.append(f"| {n} | {alone_rate:.1f} | {total:.1f} | **{total / alone_rate:.2f}x** | "
                             f"{per_user:.1f} | {percentile(ttft, 0.5):.3f} / {percentile(ttft, 0.95):.3f} | "
                             f"{percentile([f for f, _ in alone], 0.5):.3f} | {before} |")
@@ -221,7 +228,8 @@ PROFILE_FRAMES = {  # what the server's event loop does, by frames on its stack 
 
 def profile(args: argparse.Namespace) -> None:
     """Where the server's time goes while N users stream: py-spy samples its threads."""
-    if subprocess.run(["py-spy", "--version"], capture_output=True, check=False).returncode != 0:
+    version = subprocess.run(["py-spy", "--version"], capture_output=True, text=True, check=False)
+    if version.returncode != 0:
         raise SystemExit("profile needs py-spy: pip install py-spy==0.4.3")
     with tempfile.TemporaryDirectory() as tmp:
         app, raw = start_app(Path(tmp)), Path(tmp) / "samples.txt"
@@ -230,16 +238,8 @@ def profile(args: argparse.Namespace) -> None:
                                     "--threads", "--nonblocking", "-r", str(args.rate)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(2)  # attached
-            started = time.perf_counter()
-            users = [threading.Thread(target=lambda u=u: [timed_stream(app.url, PROMPTS[(u + r) % len(PROMPTS)],
-                                                                       args.new_tokens)
-                                                          for r in range(args.requests)])
-                     for u in range(args.users)]
-            for t in users:
-                t.start()
-            for t in users:
-                t.join()
-            wall = time.perf_counter() - started
+            by_user = [[PROMPTS[(u + r) % len(PROMPTS)] for r in range(args.requests)] for u in range(args.users)]
+            wall, _ = together(app.url, by_user, args.new_tokens)
             spy.send_signal(2)  # SIGINT: py-spy writes its samples and exits
             spy.wait(timeout=120)
         finally:
@@ -272,7 +272,7 @@ def profile(args: argparse.Namespace) -> None:
              f"The app as in the scaling run; {args.users} users stream {args.requests} greedy "
              f"{args.new_tokens}-token `/generate` requests each ({tokens / wall:.0f} tok/s in total while "
              f"sampled) and py-spy samples the server's threads {args.rate} times a second "
-             f"(py-spy {subprocess.run(['py-spy', '--version'], capture_output=True, text=True).stdout.split()[-1]}; "
+             f"(py-spy {version.stdout.split()[-1]}; "
              f"its own sampling takes some of the 2 cores). {machine_line()}.", "",
              "| thread | running (not idle, not waiting), share of the run |", "|---|---:|",
              *[f"| {name} | {n / expected:.0%} |" for name, n in sorted(busy.items(), key=lambda kv: -kv[1])

@@ -146,6 +146,7 @@ CONFIGS = [  # label, environment, session cap
     ("oneDNN caches 128 (the app's), 1,000 sessions", {}, 1000),
     ("oneDNN caches 128, 256 sessions: the app now", {}, 0),
 ]
+EVERY_CONFIG = ",".join(str(i) for i in range(len(CONFIGS)))  # compare's --configs default
 
 
 def compare(args: argparse.Namespace) -> None:
@@ -175,8 +176,7 @@ def compare(args: argparse.Namespace) -> None:
         table.append("| sessions / objects tracked by gc (thousands) | "
                      + " | ".join(f"{r['sessions']} / {r['gc_objects'] / 1000:.0f}" for r in rows) + " | |")
     done = [r["done"] for r in results[-1][1] if "rss_mb" in r]
-    every = ",".join(str(i) for i in range(len(CONFIGS)))
-    configs = "" if args.configs == every else f" --configs {args.configs}"
+    configs = "" if args.configs == EVERY_CONFIG else f" --configs {args.configs}"
     lines = ["## What held the soak's growth (issue 14)", "",
              (f"Command: `python benchmarks/soak_probe.py compare{configs} --rounds {args.rounds} "
               f"--per-round {args.per_round}`. "
@@ -203,7 +203,7 @@ def main() -> None:
         p.add_argument("--per-round", type=int, default=250)
         p.add_argument("--users", type=int, default=8)
         if name == "compare":
-            p.add_argument("--configs", default=",".join(str(i) for i in range(len(CONFIGS))),
+            p.add_argument("--configs", default=EVERY_CONFIG,
                            help="which configurations, by index: " + "; ".join(f"{i}: {c[0]}" for i, c in enumerate(CONFIGS)))
         if name == "run":
             p.add_argument("--sessions", type=int, default=0, help="Gradio's session cap (0: the app's)")

@@ -28,39 +28,38 @@ def to_gr_error(error: Exception) -> gr.Error:
                     print_exception=False)
 
 
+@contextlib.contextmanager
+def _as_gr_error() -> Iterator[None]:
+    """What escapes the block, as gr.Error (gr.Error itself passes as it is)."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except Exception as error:  # noqa: BLE001 - the server must keep serving
+        raise to_gr_error(error) from None
+
+
 def friendly(fn: Callable) -> Callable:
     """Turn the exceptions of a handler (a plain function, a generator or an async generator)
     into gr.Error."""
     if inspect.isasyncgenfunction(fn):
         @functools.wraps(fn)
         async def streamed_async(*args: Any, **kwargs: Any) -> AsyncIterator:
-            try:
+            with _as_gr_error():
                 async with contextlib.aclosing(fn(*args, **kwargs)) as items:  # closed with this one
                     async for item in items:
                         yield item
-            except gr.Error:
-                raise
-            except Exception as error:  # noqa: BLE001 - the server must keep serving
-                raise to_gr_error(error) from None
         return streamed_async
 
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def streamed(*args: Any, **kwargs: Any) -> Iterator:
-            try:
+            with _as_gr_error():
                 yield from fn(*args, **kwargs)
-            except gr.Error:
-                raise
-            except Exception as error:  # noqa: BLE001 - the server must keep serving
-                raise to_gr_error(error) from None
         return streamed
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
+        with _as_gr_error():
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise
-        except Exception as error:  # noqa: BLE001 - the server must keep serving
-            raise to_gr_error(error) from None
     return wrapper
