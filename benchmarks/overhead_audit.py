@@ -27,8 +27,8 @@ HERE = Path(__file__).resolve().parent
 STEPS = 40
 PREFILL = 512  # tokens
 GROUPS = {  # group -> substrings of profiler event names (first match wins, in this order)
-    "every block in one call (decode kernels: products, attention, LayerNorms, adds)":
-        ("gpt2.fast.kernels.decode_blocks",),
+    "the step in one call (decode kernels: embeddings, blocks, ln_f, LM head but int8's)":
+        ("gpt2.fast.kernels.decode_step",),
     "matrix products (decode kernels)": ("gpt2.fast.kernels.linear",),
     "matrix products (PyTorch/oneDNN kernels)": ("aten::addmm", "aten::mm", "_weight_int8pack_mm",
                                                  "mkldnn::_linear_pointwise"),
@@ -134,12 +134,14 @@ def main() -> None:
         "preallocated for prompt + new tokens and written in place, by the attention kernel itself),",
         "no second forward pass for attention capture (hooks keep q; the cache holds k).",
         "",
-        "## Every block in one call, against one module at a time",
+        "## The step in one call, against one module at a time",
         "",
-        "With the kernels, a decode step runs all its blocks in one call into the library "
-        "(`gpt2.fast.kernels.decode_blocks`: LayerNorms, products, attention and residual adds in "
-        "C++), unless a hook sits on a block's modules (attention capture, head knock-out), when "
-        "the modules are called one by one: the same C++ functions, the same bits. Median ms per "
+        "With the kernels, a decode step runs in one call into the library "
+        "(`gpt2.fast.kernels.decode_step`: the embeddings, every block's LayerNorms, products, "
+        "attention and residual adds, then ln_f and the tied LM head, in C++; the int8 tier's head "
+        "stays in Python), unless a hook sits on a module it covers (attention capture, head "
+        "knock-out), when the modules are called one by one: the same C++ functions, the same "
+        "bits. Median ms per "
         f"step of {ONE_CALL_ROUNDS} interleaved steps each way, same model and cache:",
         "",
         "| tier | one call | module by module | saved per token |",

@@ -30,7 +30,7 @@ class KVCache:
         # Set by an attention capture recording this generation: the last sampled token
         # then goes through the model too, so the record covers the whole text.
         self.captured = False
-        self._decode_rows: tuple[tuple[int, int], DecodeRows] | None = None
+        self._decode_rows: tuple[int, DecodeRows] | None = None  # (k's storage, its rows)
 
     def __getstate__(self) -> dict:  # a copy gets its own pointers (`decode_rows`), not ours
         return {**self.__dict__, "_decode_rows": None}
@@ -64,16 +64,17 @@ class KVCache:
         return [(self.k[:, b], self.v[:, b], self.pos) for b in range(self.k.size(1))]
 
     def decode_rows(self) -> DecodeRows | None:
-        """This step's rows for the decode attention kernel (`gpt2.fast.kernels`), built once
-        per position; None if it cannot read this cache (only fp32 on the CPU)."""
-        if self.k.dtype != torch.float32 or not self.k.is_cpu:
-            return None
+        """This step's rows for the decode attention kernel (`gpt2.fast.kernels`): built once,
+        then only their position moves; None if it cannot read this cache (only fp32 on the CPU)."""
+        if self._decode_rows is None or self._decode_rows[0] != self.k.data_ptr():
+            if self.k.dtype != torch.float32 or not self.k.is_cpu:
+                return None
+            self._decode_rows = (self.k.data_ptr(), DecodeRows.of(self.rows()))
         if self.pos + 1 > self.max_len:
             raise ValueError(f"{self.pos + 1} positions exceed the cache of {self.max_len}")
-        key = (self.pos, self.k.data_ptr())
-        if self._decode_rows is None or self._decode_rows[0] != key:
-            self._decode_rows = (key, DecodeRows.of(self.rows()))
-        return self._decode_rows[1]
+        rows = self._decode_rows[1]
+        rows.pos[:] = [self.pos] * rows.count
+        return rows
 
 
 class CacheBatch:

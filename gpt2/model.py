@@ -30,7 +30,7 @@ class Linear(nn.Linear):
 
 class LayerNorm(nn.LayerNorm):
     """`nn.LayerNorm` whose decode-step rows run on `gpt2.fast.kernels` with the kernels: the
-    function the fused decode step (`kernels.decode_blocks`) calls too, so that a step gives
+    function the fused decode step (`kernels.decode_step`) calls too, so that a step gives
     the same bits whether its blocks run one by one (with hooks) or in one call."""
 
     use_kernels = False
@@ -135,7 +135,7 @@ class GPT(nn.Module):
         self.wpe = nn.Embedding(config.context_length, config.n_embd,
                                 _weight=torch.empty(config.context_length, config.n_embd, device=device))
         self.h = nn.ModuleList(Block(config, i, device) for i in range(config.n_layer))
-        self.ln_f = nn.LayerNorm(config.n_embd, eps=config.layer_norm_eps, device=device)
+        self.ln_f = LayerNorm(config.n_embd, eps=config.layer_norm_eps, device=device)
         self.int8_head: nn.Module | None = None  # the int8 tier's LM head (gpt2.fast.int8.Int8Head)
         self.reset_parameters()
 
@@ -158,23 +158,29 @@ class GPT(nn.Module):
 
     def residual_stream(self, idx: Tensor, cache: Cache | None = None) -> Tensor:
         """The last block's output [B, T, C], before `ln_f`."""
+        return self._run(idx, cache, head=False)[0]
+
+    def _run(self, idx: Tensor, cache: Cache | None, head: bool) -> tuple[Tensor, Tensor | None]:
+        """The residual stream after the last block, and the logits where a decode step's one
+        library call computed them too (`kernels.decode_step`; asked for with `head`)."""
         T = idx.size(1)
-        if cache is None:
-            if T > self.config.context_length:
-                raise ValueError(f"{T} positions exceed the context window of {self.config.context_length}")
-            pos = torch.arange(T, device=idx.device)
-        else:
-            pos = cache.positions(T)  # [T], or [B, T] for a CacheBatch
-        x = (self.wte(idx) + self.wpe(pos)).to(self.wpe.weight.dtype)  # the blocks' dtype
-        fused = kernels.decode_blocks(self, x, cache) if T == 1 else None  # None: one block at a time
+        fused = kernels.decode_step(self, idx, cache, head) if T == 1 and cache is not None else None
         if fused is not None:
-            x = fused
+            x, logits = fused
         else:
+            if cache is None:
+                if T > self.config.context_length:
+                    raise ValueError(f"{T} positions exceed the context window of {self.config.context_length}")
+                pos = torch.arange(T, device=idx.device)
+            else:
+                pos = cache.positions(T)  # [T], or [B, T] for a CacheBatch
+            x = (self.wte(idx) + self.wpe(pos)).to(self.wpe.weight.dtype)  # the blocks' dtype
             for block in self.h:
                 x = block(x, cache)  # positional: capture hooks read it from args
+            logits = None
         if cache is not None:
             cache.advance(T)
-        return x
+        return x, logits
 
     def hidden_states(self, idx: Tensor, cache: Cache | None = None) -> Tensor:
         """Final LayerNorm output [B, T, C]: what the LM head reads."""
@@ -210,5 +216,7 @@ class GPT(nn.Module):
         return logits
 
     def forward(self, idx: Tensor, cache: Cache | None = None, last_only: bool = False) -> Tensor:
-        x = self.residual_stream(idx, cache)
+        x, logits = self._run(idx, cache, head=True)
+        if logits is not None:
+            return logits
         return self.head(x[:, -1:] if last_only else x)

@@ -206,9 +206,10 @@ def blocks_one_by_one(model: gpt2.GPT):
 
 @pytest.mark.parametrize("tier", TIERS)
 def test_a_decode_step_in_one_call_gives_the_bits_of_the_blocks_one_by_one(tiny_dir, tier):
-    """`kernels.decode_blocks` (every block in one library call) against the same steps with
-    a hook on a block, which makes them run module by module: equal bit for bit, one row
-    and a batch of rows over their own caches; and it is what a plain decode step uses."""
+    """`kernels.decode_step` (embeddings, every block, ln_f and the head in one library
+    call) against the same steps with a hook on a block, which makes them run module by
+    module: equal bit for bit, one row and a batch of rows over their own caches; and it is
+    what a plain decode step uses."""
     model = compiled(gpt2.load_model(tiny_dir, **TIERS[tier]))
     prompts = [torch.tensor([[464, 2068, 7586]]), torch.tensor([[11, 22, 33, 44, 55, 66]])]
 
@@ -230,10 +231,10 @@ def test_a_decode_step_in_one_call_gives_the_bits_of_the_blocks_one_by_one(tiny_
     assert torch.equal(steps(hooked=False), steps(hooked=True))
     cache = gpt2.KVCache(model.config, 1, 4)
     with torch.inference_mode():
-        x = model.wte(torch.tensor([[5]])).to(model.wpe.weight.dtype)
-        assert kernels.decode_blocks(model, x, cache) is not None  # the path a plain step takes
+        fused = kernels.decode_step(model, torch.tensor([[5]]), cache)  # the path a plain step takes
+        assert fused is not None and (fused[1] is None) == (tier == "int8")  # the int8 head stays in torch
         handle = blocks_one_by_one(model)
-        assert kernels.decode_blocks(model, x, cache) is None
+        assert kernels.decode_step(model, torch.tensor([[5]]), cache) is None
         handle.remove()
 
 
@@ -249,6 +250,65 @@ def test_a_weight_replaced_under_the_one_call_step_is_read(tiny_dir):
     handle = blocks_one_by_one(model)
     assert torch.equal(decode_logits(model, idx, 3), after) and not torch.equal(after, before)
     handle.remove()
+
+
+def test_a_module_swapped_under_the_one_call_step_is_read(tiny_dir):
+    """The one-call step keeps what it read of the model; a block module or the final
+    LayerNorm replaced by another (a copy with other weights) must be read, not the old one,
+    and give the bits the modules called one by one give."""
+    import copy
+
+    model = compiled(gpt2.load_model(tiny_dir, dtype=torch.bfloat16))
+    idx = torch.tensor([[5, 6, 7]])
+    before = decode_logits(model, idx, 3)
+    for parent, name in ((model.h[1].mlp, "c_fc"), (model, "ln_f")):
+        new = copy.deepcopy(getattr(parent, name))
+        with torch.no_grad():
+            new.weight.mul_(0.5)
+        setattr(parent, name, new)
+        after = decode_logits(model, idx, 3)
+        handle = blocks_one_by_one(model)
+        assert torch.equal(decode_logits(model, idx, 3), after) and not torch.equal(after, before), name
+        handle.remove()
+        before = after
+
+
+@pytest.mark.parametrize("where", ["ln_f", "wte", "wpe"])
+def test_a_hook_outside_the_blocks_sends_the_step_module_by_module(tiny_dir, where):
+    """The one-call step also runs the embeddings, ln_f and the head: a hook on any of them
+    must see the step (so the step runs module by module), with the same bits."""
+    model = compiled(gpt2.load_model(tiny_dir, dtype=torch.bfloat16))
+    idx = torch.tensor([[5, 6, 7]])
+    plain = decode_logits(model, idx, 3)
+    seen = []
+    handle = getattr(model, where).register_forward_hook(lambda module, args, out: seen.append(out.shape))
+    try:
+        assert torch.equal(decode_logits(model, idx, 3), plain)
+    finally:
+        handle.remove()
+    assert len(seen) == 1 + 3  # the prefill and every decode step
+    with torch.inference_mode():
+        assert kernels.decode_step(model, torch.tensor([[5]]), gpt2.KVCache(model.config, 1, 4)) is not None
+
+
+@pytest.mark.parametrize("tier", TIERS)
+def test_a_decode_step_with_an_id_outside_the_vocabulary_fails_and_leaves_the_cache(tiny_dir, tier):
+    """The one-call step looks the id up in C: an id outside the vocabulary is an IndexError
+    (as torch's embedding raises), before anything is written; the generation goes on as if
+    the bad step had not been tried."""
+    model = compiled(gpt2.load_model(tiny_dir, **TIERS[tier]))
+    vocab = model.config.vocab_size
+    idx = torch.tensor([[5, 6, 7]])
+    caches = [gpt2.KVCache(model.config, 1, 8) for _ in range(2)]
+    with torch.inference_mode():
+        for cache in caches:
+            model(idx, cache)
+        for bad in (vocab, -1):
+            with pytest.raises(IndexError, match=f"0..{vocab - 1}"):
+                model(torch.tensor([[bad]]), caches[0])
+        assert caches[0].pos == caches[1].pos == 3
+        steps = [torch.cat([model(torch.tensor([[t]]), c) for t in (9, 10)]) for c in caches]
+    assert torch.equal(steps[0], steps[1])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

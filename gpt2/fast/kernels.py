@@ -104,27 +104,65 @@ def argmax(logits: Tensor) -> Tensor:
 
 
 def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
-    """A decode step's LayerNorm (rows of x over the last dimension), as `decode_blocks` computes it."""
+    """A decode step's LayerNorm (rows of x over the last dimension), as `decode_step` computes it."""
     return (_library or library()).layer_norm(x, weight, bias, eps)
+
+
+class _Watch:
+    """What a decode plan read of a model, to tell at every step whether it still describes
+    it: the module in each slot (and each slot that held None), each tensor's storage, and
+    the hook dicts of every module it covers. A step runs after the weights streamed through
+    the caches, so each object touched costs a miss: the checks run as C-level loops over
+    lists (`map`, list equality) and read the modules' own hook dicts, kept here, rather than
+    each module's attributes."""
+
+    def __init__(self) -> None:
+        self.dicts: list[dict] = []  # the slot's dict (`_modules`, `_parameters`, `_buffers`)
+        self.keys: list[str] = []
+        self.objects: list[object] = []  # what each slot held
+        self.tensor_dicts: list[dict] = []
+        self.tensor_keys: list[str] = []
+        self.pointers: list[int] = []  # each tensor slot's storage
+        self.hooks: list[dict] = []  # forward (pre-)hook dicts: any entry sends a step module by module
+
+    def slot(self, d: dict, key: str) -> object:
+        """`d[key]` (None if absent), watched: the same object must stay there."""
+        self.dicts.append(d), self.keys.append(key), self.objects.append(d.get(key))
+        return self.objects[-1]
+
+    def module(self, parent: nn.Module, name: str) -> nn.Module:
+        """`parent.name`, a submodule, watched with its hooks."""
+        module = parent._modules[name]
+        self.slot(parent._modules, name)
+        self.hooks += [module._forward_hooks, module._forward_pre_hooks]
+        return module
+
+    def tensor(self, module: nn.Module, name: str) -> Tensor | None:
+        """`module.name`, a parameter or buffer (or None), watched."""
+        d = next((d for d in (module._parameters, module._buffers) if name in d), None)
+        if d is None:
+            raise AttributeError(name)
+        t = d[name]
+        if t is None:
+            self.slot(d, name)
+        else:
+            self.tensor_dicts.append(d), self.tensor_keys.append(name), self.pointers.append(t.data_ptr())
+        return t
+
+    def current(self) -> bool:
+        """Whether every slot holds what it held, on the same storage."""
+        try:
+            return (list(map(dict.get, self.dicts, self.keys)) == self.objects
+                    and list(map(Tensor.data_ptr, map(dict.get, self.tensor_dicts, self.tensor_keys))) == self.pointers)
+        except (TypeError, RuntimeError):  # a slot now holds something else than a tensor
+            return False
 
 
 @dataclass(frozen=True)
 class _DecodeStep:
-    """A model's blocks described once for `decode_blocks`. `checks` ((dict, key, object):
-    each block, module and tensor where the plan found it, read from the modules' own
-    `_modules` / `_parameters` / `_buffers`: nn.Module's attribute lookup would cost ~0.3 ms
-    a step) and `pointers` (each tensor's storage) say whether the plan still describes the
-    model: a module swapped or a weight given new storage (as `model.to` does) makes a new one."""
+    """A model's decode step described once for `decode_step`, and what says it still holds."""
     plan: rowdot.DecodePlan
-    checks: tuple[tuple[dict, str, object], ...]
-    pointers: tuple[tuple[Tensor, int], ...]
-    modules: tuple[nn.Module, ...]  # whose hooks would be skipped
-    n_head: int
-    eps: float
-
-    def describes(self, dtype: torch.dtype) -> bool:
-        return (self.plan.dtype == dtype and all(d.get(k) is v for d, k, v in self.checks)
-                and all(t.data_ptr() == ptr for t, ptr in self.pointers))
+    watch: _Watch
 
 
 # Per model, beside it rather than on it: a copied or pickled model makes its own.
@@ -132,76 +170,76 @@ _steps: weakref.WeakKeyDictionary[nn.Module, _DecodeStep] = weakref.WeakKeyDicti
 LINEARS = (("attn", "c_attn"), ("attn", "c_proj"), ("mlp", "c_fc"), ("mlp", "c_proj"))
 
 
-def _slot(module: nn.Module, name: str) -> tuple[dict, str, object]:
-    """Where `module.name` lives (its parameters, buffers or submodules) and what is there."""
-    for d in (module._parameters, module._buffers, module._modules):
-        if name in d:
-            return d, name, d[name]
-    raise AttributeError(name)
-
-
-def _describe(model: nn.Module, dtype: torch.dtype) -> _DecodeStep | None:
-    """The step for `model`'s blocks, or None where a block holds a module the kernels do not
-    serve or the blocks disagree on LayerNorm eps or heads."""
-    checks, blocks = [], []
+def _describe(model: nn.Module) -> _DecodeStep | None:
+    """The step for `model`, or None where it holds a module the kernels do not serve or the
+    blocks disagree on LayerNorm eps or heads. It goes on through `ln_f` and the tied LM head
+    where the model's own head would run them on the kernels (not the int8 tier's head)."""
+    watch = _Watch()
     try:
-        for i, block in enumerate(model.h):
-            checks.append(_slot(model.h, str(i)))
-            checks += [_slot(block, name) for name in ("ln_1", "ln_2", "attn", "mlp")]
-            linears = []
-            for parent, name in LINEARS:
-                checks.append(_slot(getattr(block, parent), name))
-                linears.append(getattr(getattr(block, parent), name))
-            norms = (block.ln_1, block.ln_2)
-            if not all(getattr(m, "use_kernels", False) for m in (*linears, *norms, block.attn)):
+        blocks, norms, attns = [], [], []
+        h = watch.module(model, "h")
+        for i in range(len(h)):
+            block = watch.module(h, str(i))
+            ln_1, ln_2 = watch.module(block, "ln_1"), watch.module(block, "ln_2")
+            attn, mlp = watch.module(block, "attn"), watch.module(block, "mlp")
+            linears = [watch.module(attn if parent == "attn" else mlp, name) for parent, name in LINEARS]
+            if not all(getattr(m, "use_kernels", False) for m in (*linears, ln_1, ln_2, attn)):
                 return None
-            tensors = [*((n, "weight") for n in norms), *((n, "bias") for n in norms),
-                       *((m, t) for m in linears for t in ("weight", "scales", "bias") if hasattr(m, t))]
-            checks += [_slot(m, t) for m, t in tensors]
+            norms += [ln_1, ln_2]
+            attns.append(attn)
             blocks.append(rowdot.BlockWeights(
-                (block.ln_1.weight, block.ln_1.bias), (block.ln_2.weight, block.ln_2.bias),
-                tuple((m.weight, getattr(m, "scales", None), m.bias) for m in linears)))
-    except AttributeError:
+                (watch.tensor(ln_1, "weight"), watch.tensor(ln_1, "bias")),
+                (watch.tensor(ln_2, "weight"), watch.tensor(ln_2, "bias")),
+                tuple((watch.tensor(m, "weight"), watch.tensor(m, "scales") if hasattr(m, "scales") else None,
+                       watch.tensor(m, "bias")) for m in linears)))
+        wte, wpe = watch.module(model, "wte"), watch.module(model, "wpe")
+        ln_f = None
+        if (watch.slot(model._modules, "int8_head") is None and getattr(model, "use_kernels", False)
+                and getattr(model._modules.get("ln_f"), "use_kernels", False)):
+            norm = watch.module(model, "ln_f")
+            ln_f = (watch.tensor(norm, "weight"), watch.tensor(norm, "bias"), norm.eps)
+        if not blocks or len({m.eps for m in norms}) != 1 or len({a.n_head for a in attns}) != 1:
+            return None
+        weights = rowdot.ModelWeights(watch.tensor(wte, "weight"), watch.tensor(wpe, "weight"), blocks,
+                                      attns[0].n_head, norms[0].eps, ln_f)
+        return _DecodeStep((_library or library()).decode_plan(weights), watch)
+    except (AttributeError, KeyError, TypeError, ValueError):
         return None
-    norms = [m for block in model.h for m in (block.ln_1, block.ln_2)]
-    if not blocks or len({m.eps for m in norms}) != 1 or len({block.attn.n_head for block in model.h}) != 1:
-        return None
-    pointers = tuple((t, t.data_ptr()) for _, _, t in checks if isinstance(t, Tensor))
-    modules = tuple(m for block in model.h for m in block.modules())
-    return _DecodeStep((_library or library()).decode_plan(blocks, dtype), tuple(checks), pointers, modules,
-                       model.h[0].attn.n_head, norms[0].eps)
 
 
-def decode_blocks(model: nn.Module, x: Tensor, cache: object) -> Tensor | None:
-    """Every block of a decode step in one call into the library (`gpt2_decode_layers`): x
-    [B, 1, C] -> the last block's output, the same bits as calling the blocks one by one
-    (which call the same C++ functions), without ~100 Python-level calls a token. None where
-    that path does not apply: kernels not in use, not a decode step, a cache the attention
-    kernel cannot read, or any hook on a block's modules (capture, knock-out), which only
-    the module-by-module path runs."""
+def decode_step(model: nn.Module, idx: Tensor, cache: object, head: bool = True) -> tuple[Tensor, Tensor | None] | None:
+    """A decode step in one call into the library (`gpt2_decode_step`): ids `idx` [B, 1] ->
+    the last block's output [B, 1, C] and, where `head` and the model's head runs on the
+    kernels (not the int8 tier's), fp32 logits [B, 1, vocab] (else None): the same bits as
+    calling the modules one by one (which call the same C++ functions), without ~100
+    Python-level calls a token. The caller advances the cache. None where that path does
+    not apply: kernels not in use, not a decode step, a cache the attention kernel cannot
+    read, a module the plan does not know, or any hook on a module the step covers
+    (capture, knock-out), which only the module-by-module path runs."""
     status = getattr(model, "compile_status", None)
-    if (status is None or not status.ready or x.dim() != 3 or x.size(1) != 1 or not serves(x)
-            or x.dtype not in (torch.float32, torch.bfloat16) or cache is None):
+    if (status is None or not status.ready or cache is None or idx.dim() != 2 or idx.size(1) != 1
+            or not idx.is_cpu or idx.dtype != torch.int64 or not torch.is_inference_mode_enabled()):
         return None
     module = torch.nn.modules.module
     if module._global_forward_hooks or module._global_forward_pre_hooks:
         return None
     step = _steps.get(model)
-    if step is None or not step.describes(x.dtype):
-        step = _describe(model, x.dtype)
+    if step is None or not step.watch.current():
+        step = _describe(model)
         if step is None:
+            _steps.pop(model, None)
             return None
         _steps[model] = step
-    if any(m._forward_hooks or m._forward_pre_hooks for m in step.modules):
+    if any(step.watch.hooks):
         return None
     rows = cache.decode_rows()
     if rows is None:
         return None
     lib = _library or library()
     if torch.autograd.profiler._is_profiler_enabled:
-        with torch.profiler.record_function("gpt2.fast.kernels.decode_blocks"):
-            return lib.decode_layers(step.plan, x, rows, step.n_head, step.eps)
-    return lib.decode_layers(step.plan, x, rows, step.n_head, step.eps)
+        with torch.profiler.record_function("gpt2.fast.kernels.decode_step"):
+            return lib.decode_step(step.plan, idx, rows, head)
+    return lib.decode_step(step.plan, idx, rows, head)
 
 
 _build_lock = threading.Lock()

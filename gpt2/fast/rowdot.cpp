@@ -272,11 +272,12 @@ void layer_norm_row(const void* x, int x_kind, const void* w, const void* b, int
     }
 }
 
-// x[0:n] += y[0:n], rounded once to x's kind (as torch adds two tensors of that dtype).
-void add_to(void* x, const void* y, int kind, int64_t n) {
+// y[0:n] = a[0:n] + b[0:n], the sum in fp32 rounded once to y's kind (as torch adds two
+// tensors and converts the sum). y may be a.
+void sum_to(void* y, int y_kind, const void* a, int a_kind, const void* b, int b_kind, int64_t n) {
     for (int64_t k = 0; k < n; k += LANES) {
         __mmask16 m = mask16(n - k);
-        store_f32(kind, x, k, _mm512_add_ps(load_f32(kind, x, k, m), load_f32(kind, y, k, m)), m);
+        store_f32(y_kind, y, k, _mm512_add_ps(load_f32(a_kind, a, k, m), load_f32(b_kind, b, k, m)), m);
     }
 }
 
@@ -415,8 +416,8 @@ int64_t argmax_row(const float* x, int64_t n) {
     return best;
 }
 
-void add_to(void* x, const void* y, int kind, int64_t n) {
-    for (int64_t k = 0; k < n; ++k) store1(kind, x, k, load1(kind, x, k) + load1(kind, y, k));
+void sum_to(void* y, int y_kind, const void* a, int a_kind, const void* b, int b_kind, int64_t n) {
+    for (int64_t k = 0; k < n; ++k) store1(y_kind, y, k, load1(a_kind, a, k) + load1(b_kind, b, k));
 }
 #endif
 
@@ -624,7 +625,7 @@ int gpt2_layer_norm(const void* x, int x_kind, const void* w, const void* b, int
     return 0;
 }
 
-// One block's weights for gpt2_decode_layers.
+// One block's weights for gpt2_decode_step.
 struct DecodeLayer {
     const void* ln1_w;
     const void* ln1_b;
@@ -636,18 +637,42 @@ struct DecodeLayer {
     const Product* mlp_proj;
 };
 
-// A decode step's blocks in one call: for each layer l, on the residual stream x (rows x C,
-// F32 or BF16, updated in place; the products' outputs in the same kind)
-//   x += attn_proj(attention_l(c_attn(ln1(x))));  x += mlp_proj(gelu(c_fc(ln2(x))))
+// A model's decode step, described once (gpt2/fast/rowdot.py): the embeddings (vocab and
+// n_positions rows of C), the blocks, and the final LayerNorm and tied LM head (fp32 logits)
+// where head is not null.
+struct DecodeModel {
+    const void* wte;
+    const void* wpe;
+    int64_t vocab, n_positions, C, heads, n_layers;
+    int32_t wte_kind, wpe_kind, p_kind;  // p_kind: the blocks' LayerNorm weights and biases
+    float eps;
+    const DecodeLayer* layers;
+    const void* lnf_w;
+    const void* lnf_b;
+    int32_t lnf_kind;
+    float lnf_eps;
+    const Product* head;
+};
+
+// One decode step in one call: row b's token ids[b] at position pos[b] of its own cache
+// (see gpt2_decode_attention) through the model:
+//   x = wte[id] + wpe[pos], rounded to x's kind (the blocks', as torch's (wte + wpe).to(dtype));
+//   for each layer l: x += attn_proj(attention_l(c_attn(ln1(x))));  x += mlp_proj(gelu(c_fc(ln2(x))))
+//   logits = head(ln_f(x)) if logits is not null (and the model has a head)
 // with exactly the calls the per-module path makes (gpt2_layer_norm, gpt2_rowdot,
-// gpt2_decode_attention, then the add rounded as torch's), so a step gives the same bits
-// either way: the per-module path stays for steps with hooks (capture, knock-out).
-// Returns 0, or -1 if out of memory.
-int gpt2_decode_layers(const DecodeLayer* layers, int64_t n_layers, int p_kind, float eps, void* x, int x_kind,
-                       int64_t rows, int64_t C, float* const* k_base, float* const* v_base,
-                       const int64_t* layer_stride, const int64_t* max_len, const int64_t* pos, int64_t heads,
-                       int threads) {
-    const int64_t es = elem_size(x_kind);
+// gpt2_decode_attention, the adds rounded as torch's), so a step gives the same bits either
+// way: the per-module path stays for steps with hooks (capture, knock-out). x (rows x C)
+// holds the last block's output. Returns 0; -1 if out of memory; -2 if an id is outside the
+// vocabulary or a position outside wpe, before anything is written.
+int gpt2_decode_step(const DecodeModel* m, const int64_t* ids, int64_t rows, void* x, int x_kind, float* logits,
+                     float* const* k_base, float* const* v_base, const int64_t* layer_stride,
+                     const int64_t* max_len, const int64_t* pos, int threads) {
+    const int64_t C = m->C, es = elem_size(x_kind);
+    for (int64_t b = 0; b < rows; ++b)
+        if (ids[b] < 0 || ids[b] >= m->vocab || pos[b] < 0 || pos[b] >= m->n_positions) return -2;
+    for (int64_t b = 0; b < rows; ++b)
+        sum_to(static_cast<char*>(x) + b * C * es, x_kind, static_cast<const char*>(m->wte) + ids[b] * C * elem_size(m->wte_kind),
+               m->wte_kind, static_cast<const char*>(m->wpe) + pos[b] * C * elem_size(m->wpe_kind), m->wpe_kind, C);
     char* scratch = static_cast<char*>(std::malloc(es * rows * C * 9));  // h, qkv (3C), att, fc (4C)
     if (!scratch) return -1;
     char* h = scratch;
@@ -656,18 +681,22 @@ int gpt2_decode_layers(const DecodeLayer* layers, int64_t n_layers, int p_kind, 
     char* fc = att + es * rows * C;
     char* proj = h;  // the LayerNorm's output is consumed before each projection writes
     int failed = 0;
-    for (int64_t l = 0; l < n_layers && !failed; ++l) {
-        const DecodeLayer& L = layers[l];
-        gpt2_layer_norm(x, x_kind, L.ln1_w, L.ln1_b, p_kind, eps, h, x_kind, rows, C);
+    for (int64_t l = 0; l < m->n_layers && !failed; ++l) {
+        const DecodeLayer& L = m->layers[l];
+        gpt2_layer_norm(x, x_kind, L.ln1_w, L.ln1_b, m->p_kind, m->eps, h, x_kind, rows, C);
         failed |= gpt2_rowdot(L.c_attn, h, x_kind, rows, qkv, threads);
         failed |= gpt2_decode_attention(qkv, x_kind, 3 * C, k_base, v_base, layer_stride, l, max_len, pos, att,
-                                        x_kind, C, rows, heads, C / heads, threads);
+                                        x_kind, C, rows, m->heads, C / m->heads, threads);
         failed |= gpt2_rowdot(L.attn_proj, att, x_kind, rows, proj, threads);
-        add_to(x, proj, x_kind, rows * C);  // elementwise: the rows x C of both at once
-        gpt2_layer_norm(x, x_kind, L.ln2_w, L.ln2_b, p_kind, eps, h, x_kind, rows, C);
+        sum_to(x, x_kind, x, x_kind, proj, x_kind, rows * C);  // elementwise: the rows x C of both at once
+        gpt2_layer_norm(x, x_kind, L.ln2_w, L.ln2_b, m->p_kind, m->eps, h, x_kind, rows, C);
         failed |= gpt2_rowdot(L.c_fc, h, x_kind, rows, fc, threads);
         failed |= gpt2_rowdot(L.mlp_proj, fc, x_kind, rows, proj, threads);
-        add_to(x, proj, x_kind, rows * C);
+        sum_to(x, x_kind, x, x_kind, proj, x_kind, rows * C);
+    }
+    if (!failed && m->head && logits) {
+        gpt2_layer_norm(x, x_kind, m->lnf_w, m->lnf_b, m->lnf_kind, m->lnf_eps, h, x_kind, rows, C);
+        failed |= gpt2_rowdot(m->head, h, x_kind, rows, logits, threads);
     }
     std::free(scratch);
     return failed ? -1 : 0;

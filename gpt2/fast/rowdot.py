@@ -104,7 +104,8 @@ def build(portable: bool = False) -> "Library":
 class DecodeRows:
     """Where each row of a decode step keeps its keys and values: per row, pointers to layer
     0 of its K and V cache ([heads, max_len, head_dim] fp32 per layer), the elements between
-    layers, its cache length and the position of its new token. Built once per step."""
+    layers, its cache length and the position of its new token (`pos`, which a `KVCache`
+    moves in place from step to step)."""
     k: ctypes.Array
     v: ctypes.Array
     layer_stride: ctypes.Array
@@ -140,10 +141,19 @@ class Product(ctypes.Structure):
 
 
 class DecodeLayer(ctypes.Structure):
-    """One block's weights for `gpt2_decode_layers` (its `struct DecodeLayer`)."""
+    """One block's weights for `gpt2_decode_step` (its `struct DecodeLayer`)."""
     _fields_ = [("ln1_w", _P), ("ln1_b", _P), ("ln2_w", _P), ("ln2_b", _P),
                 ("c_attn", ctypes.POINTER(Product)), ("attn_proj", ctypes.POINTER(Product)),
                 ("c_fc", ctypes.POINTER(Product)), ("mlp_proj", ctypes.POINTER(Product))]
+
+
+class DecodeModel(ctypes.Structure):
+    """A model's decode step for `gpt2_decode_step` (its `struct DecodeModel`)."""
+    _fields_ = [("wte", _P), ("wpe", _P), ("vocab", _I64), ("n_positions", _I64), ("C", _I64), ("heads", _I64),
+                ("n_layers", _I64), ("wte_kind", ctypes.c_int32), ("wpe_kind", ctypes.c_int32),
+                ("p_kind", ctypes.c_int32), ("eps", ctypes.c_float), ("layers", ctypes.POINTER(DecodeLayer)),
+                ("lnf_w", _P), ("lnf_b", _P), ("lnf_kind", ctypes.c_int32), ("lnf_eps", ctypes.c_float),
+                ("head", ctypes.POINTER(Product))]
 
 
 @dataclass(frozen=True)
@@ -153,6 +163,20 @@ class BlockWeights:
     ln_1: tuple[Tensor, Tensor]
     ln_2: tuple[Tensor, Tensor]
     products: tuple[tuple[Tensor, Tensor | None, Tensor | None], ...]
+
+
+@dataclass(frozen=True)
+class ModelWeights:
+    """What a decode step reads of a model: the embeddings `wte` [vocab, C] (also the LM
+    head) and `wpe` [n_positions, C], whose dtype the residual stream takes; the blocks, with
+    their heads and LayerNorm eps; and `ln_f` (weight, bias, eps) where the step goes on to
+    the logits."""
+    wte: Tensor
+    wpe: Tensor
+    blocks: list[BlockWeights]
+    n_head: int
+    eps: float
+    ln_f: tuple[Tensor, Tensor, float] | None
 
 
 class Library:
@@ -180,10 +204,9 @@ class Library:
         self._argmax = lib.gpt2_argmax
         self._argmax.restype = _I
         self._argmax.argtypes = [_P, _I64, _I64, _P]
-        self._decode_layers = lib.gpt2_decode_layers
-        self._decode_layers.restype = _I
-        self._decode_layers.argtypes = [ctypes.POINTER(DecodeLayer), _I64, _I, ctypes.c_float, _P, _I, _I64,
-                                        _I64, _P, _P, _P, _P, _P, _I64, _I]
+        self._decode_step = lib.gpt2_decode_step
+        self._decode_step.restype = _I
+        self._decode_step.argtypes = [ctypes.POINTER(DecodeModel), _P, _I64, _P, _I, _P, _P, _P, _P, _P, _P, _I]
 
     def linear(self, x: Tensor, weight: Tensor, scales: Tensor | None = None, bias: Tensor | None = None,
                out_dtype: torch.dtype | None = None, gelu: bool = False, threads: int = 0) -> Tensor:
@@ -282,35 +305,62 @@ class Library:
         self._argmax(x.data_ptr(), x.numel() // x.size(-1), x.size(-1), out.data_ptr())
         return out
 
-    def decode_plan(self, blocks: list[BlockWeights], dtype: torch.dtype) -> "DecodePlan":
-        """The blocks of a model as `decode_layers` takes them, for residual streams of `dtype`."""
+    def decode_plan(self, weights: ModelWeights) -> "DecodePlan":
+        """A model's decode step as `decode_step` takes it: every tensor checked here once."""
+        dtype = weights.wpe.dtype
+        tables = (weights.wte, weights.wpe)
+        C = weights.wpe.size(-1)
+        if (any(t.dim() != 2 or t.size(1) != C or not t.is_contiguous() or not t.is_cpu
+                or t.dtype not in (torch.float32, torch.bfloat16) for t in tables) or not weights.blocks):
+            raise ValueError("the embeddings must be contiguous fp32/bf16 [rows, C] CPU matrices, with blocks")
         keep, layers = [], []
-        for block in blocks:
+        for block in weights.blocks:
             products = [self.product(w, s, b, dtype, gelu=i == 2)  # c_fc (i == 2) carries the GELU
                         for i, (w, s, b) in enumerate(block.products)]
-            norms = (*block.ln_1, *block.ln_2)
-            if len({t.dtype for t in norms}) != 1 or not all(t.is_contiguous() for t in norms):
-                raise ValueError("LayerNorm weights and biases must be contiguous and of one dtype")
+            if [(p.in_, p.out) for p in products] != [(C, 3 * C), (C, C), (C, 4 * C), (4 * C, C)]:
+                raise ValueError("the blocks' products do not match the embeddings' width")
             keep += products
-            layers.append(DecodeLayer(*(t.data_ptr() for t in norms), *(ctypes.pointer(p) for p in products)))
-        return DecodePlan((DecodeLayer * len(layers))(*layers), _KIND[blocks[0].ln_1[0].dtype], dtype, keep)
+            layers.append(DecodeLayer(*(_checked_norm(t, C) for t in (*block.ln_1, *block.ln_2)),
+                                      *(ctypes.pointer(p) for p in products)))
+        p_kinds = {_KIND[t.dtype] for block in weights.blocks for t in (*block.ln_1, *block.ln_2)}
+        if len(p_kinds) != 1:
+            raise ValueError("the blocks' LayerNorm weights and biases must be of one dtype")
+        ln_w = ln_b = head = None
+        ln_eps = 0.0
+        if weights.ln_f is not None:
+            ln_w, ln_b, ln_eps = weights.ln_f
+            if ln_w.dtype != ln_b.dtype:
+                raise ValueError("ln_f's weight and bias must be of one dtype")
+            ln_w, ln_b = _checked_norm(ln_w, C), _checked_norm(ln_b, C)
+            head = self.product(weights.wte, None, None, torch.float32, gelu=False)
+            keep.append(head)
+        model = DecodeModel(weights.wte.data_ptr(), weights.wpe.data_ptr(), weights.wte.size(0),
+                            weights.wpe.size(0), C, weights.n_head, len(layers), _KIND[weights.wte.dtype],
+                            _KIND[dtype], p_kinds.pop(), weights.eps, (DecodeLayer * len(layers))(*layers),
+                            ln_w, ln_b, _kind(weights.ln_f[0]) if weights.ln_f else 0, ln_eps,
+                            ctypes.pointer(head) if head is not None else None)
+        return DecodePlan(model, dtype, weights.wte.size(0), head is not None, keep + [layers])
 
-    def decode_layers(self, plan: "DecodePlan", x: Tensor, rows: DecodeRows, n_head: int, eps: float,
-                      threads: int = 0) -> Tensor:
-        """Every block of a decode step in one call: x [B, 1, C] (the residual stream after the
-        embeddings, row b being `rows`' row b) -> the last block's output, as the blocks called
-        one by one give it, bit for bit; the caches get each layer's new key and value."""
-        B, T, C = x.shape
-        if T != 1 or B != rows.count or x.dtype != plan.dtype or not x.is_cpu:
-            raise ValueError(f"decode_layers takes [rows, 1, C] {plan.dtype} on the CPU, got "
-                             f"{tuple(x.shape)} {x.dtype}")
-        x = x.clone(memory_format=torch.contiguous_format)  # updated in place: one copy
-        status = self._decode_layers(plan.layers, len(plan.layers), plan.p_kind, eps, x.data_ptr(),
-                                     _KIND[x.dtype], B, C, rows.k, rows.v, rows.layer_stride, rows.max_len,
-                                     rows.pos, n_head, threads)
+    def decode_step(self, plan: "DecodePlan", ids: Tensor, rows: DecodeRows, logits: bool = True,
+                    threads: int = 0) -> tuple[Tensor, Tensor | None]:
+        """One decode step in one call: ids [B, 1] (row b continuing `rows`' row b) -> the last
+        block's output [B, 1, C] and, if asked and the plan has the head, fp32 logits [B, 1,
+        vocab]: what the embeddings, blocks, ln_f and head called module by module give, bit
+        for bit. The caches get each layer's new key and value."""
+        B = ids.size(0)
+        if ids.shape != (B, 1) or B != rows.count or ids.dtype != torch.int64 or not ids.is_cpu:
+            raise ValueError(f"decode_step takes int64 ids [rows, 1] on the CPU, got {ids.dtype} {tuple(ids.shape)}")
+        ids = ids.contiguous()
+        x = torch.empty(B, 1, plan.model.C, dtype=plan.dtype)
+        out = torch.empty(B, 1, plan.vocab) if logits and plan.has_head else None
+        status = self._decode_step(plan.model, ids.data_ptr(), B, x.data_ptr(), _KIND[plan.dtype],
+                                   None if out is None else out.data_ptr(), rows.k, rows.v, rows.layer_stride,
+                                   rows.max_len, rows.pos, threads)
+        if status == -2:
+            raise IndexError(f"token ids must be in 0..{plan.vocab - 1}, got {ids.view(-1).tolist()}")
         if status:
-            raise MemoryError("gpt2_decode_layers could not allocate its scratch memory")
-        return x
+            raise MemoryError("gpt2_decode_step could not allocate its scratch memory")
+        return x, out
 
     def decode_attention(self, qkv: Tensor, rows: DecodeRows, layer: int, n_head: int,
                          threads: int = 0) -> Tensor:
@@ -335,12 +385,19 @@ class Library:
 
 @dataclass(frozen=True)
 class DecodePlan:
-    """A model's blocks described for `Library.decode_layers` (`keep` holds what `layers`
-    points to)."""
-    layers: ctypes.Array
-    p_kind: int
-    dtype: torch.dtype
+    """A model described for `Library.decode_step` (`keep` holds what `model` points to)."""
+    model: DecodeModel
+    dtype: torch.dtype  # the residual stream's
+    vocab: int
+    has_head: bool
     keep: list
+
+
+def _checked_norm(t: Tensor, C: int) -> int:
+    """A LayerNorm weight or bias: its pointer, once checked to be a contiguous fp32/bf16 [C]."""
+    if t.shape != (C,) or not t.is_contiguous() or not t.is_cpu or t.dtype not in (torch.float32, torch.bfloat16):
+        raise ValueError(f"LayerNorm weights and biases must be contiguous fp32/bf16 [{C}] CPU vectors")
+    return t.data_ptr()
 
 
 def _ptr(t: Tensor | None) -> int | None:
