@@ -27,9 +27,9 @@ HERE = Path(__file__).resolve().parent
 STEPS = 40
 PREFILL = 512  # tokens
 GROUPS = {  # group -> substrings of profiler event names (first match wins, in this order)
-    "the step in one call (decode kernels: embeddings, blocks, ln_f, LM head but int8's)":
+    "the step in one call (decode kernels: embeddings, blocks, ln_f, LM head)":
         ("gpt2.fast.kernels.decode_step",),
-    "matrix products (decode kernels)": ("gpt2.fast.kernels.linear",),
+    "matrix products (decode kernels)": ("gpt2.fast.kernels.linear", "gpt2.fast.kernels.int8_head"),
     "matrix products (PyTorch/oneDNN kernels)": ("aten::addmm", "aten::mm", "_weight_int8pack_mm",
                                                  "mkldnn::_linear_pointwise"),
     "attention over the cache (decode kernel, or SDPA)": ("gpt2.fast.kernels.decode_attention",
@@ -138,8 +138,8 @@ def main() -> None:
         "",
         "With the kernels, a decode step runs in one call into the library "
         "(`gpt2.fast.kernels.decode_step`: the embeddings, every block's LayerNorms, products, "
-        "attention and residual adds, then ln_f and the tied LM head, in C++; the int8 tier's head "
-        "stays in Python), unless a hook sits on a module it covers (attention capture, head "
+        "attention and residual adds, then ln_f and the LM head (the int8 tier's scan and "
+        "rescoring included), in C++), unless a hook sits on a module it covers (attention capture, head "
         "knock-out), when the modules are called one by one: the same C++ functions, the same "
         "bits. Median ms per "
         f"step of {ONE_CALL_ROUNDS} interleaved steps each way, same model and cache:",

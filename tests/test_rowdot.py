@@ -217,3 +217,32 @@ def test_argmax_is_torchs(lib):
     assert torch.equal(lib.argmax(x[0]), x[0].argmax(-1))
     with pytest.raises(ValueError, match="fp32"):
         lib.argmax(x.double())
+
+
+@pytest.mark.parametrize("wte_dtype", [torch.bfloat16, torch.float32])
+def test_int8_head_rescores_the_scans_best_and_each_row_alone(lib, wte_dtype):
+    """The int8 tier's head in one call: every logit the int8 scan's (the LayerNorm without
+    its affine part, then the int8 product), except each row's best `rescore`, which are
+    the embedding's rows times ln_f(x) in fp32 math; a row among others as alone."""
+    g = torch.Generator().manual_seed(0)
+    V, C, K, eps = 300, 40, 16, 1e-5
+    w = torch.randn(V, C, generator=g)
+    scales = w.abs().amax(1) / 127
+    w8 = torch.round(w / scales[:, None]).to(torch.int8)
+    bias = torch.randn(V, generator=g)
+    wte = torch.randn(V, C, generator=g).to(wte_dtype)
+    x = (torch.randn(5, C, generator=g) * 3 + 1).bfloat16()
+    hidden = torch.randn(5, C, generator=g).bfloat16()
+    plan = lib.int8_head_plan(w8, scales, bias, eps, wte, K)
+    with torch.inference_mode():
+        got = lib.int8_head(plan, x, hidden)
+        scan = lib.linear(lib.layer_norm(x, None, None, eps), w8, scales, bias, torch.float32)
+    best = scan.topk(K, dim=-1).indices
+    exact = (wte.double()[best] * hidden.double()[:, None]).sum(-1)
+    torch.testing.assert_close(got.gather(-1, best).double(), exact, atol=1e-5, rtol=1e-5)
+    rest = torch.ones_like(scan, dtype=torch.bool).scatter(-1, best, False)
+    assert torch.equal(got[rest], scan[rest])
+    alone = torch.cat([lib.int8_head(plan, x[i:i + 1], hidden[i:i + 1]) for i in range(len(x))])
+    assert torch.equal(alone, got)
+    with pytest.raises(ValueError, match="one shape"):
+        lib.int8_head(plan, x, hidden[:, :-1])

@@ -81,10 +81,14 @@ class Int8Head(nn.Module):
 
     def forward(self, x: Tensor, wte: Tensor, ln_f: nn.LayerNorm) -> Tensor:
         """x [..., C] (the last block's output) -> fp32 logits [..., vocab]; `wte` and `ln_f`
-        are the model's (bf16 embedding, for the rescoring)."""
+        are the model's (bf16 embedding, for the rescoring). Decode rows with the kernels run
+        in one library call, the one a decode step makes (`kernels.decode_step`)."""
+        hidden = ln_f(x)
+        if self.use_kernels and kernels.serves(x) and x.dtype == hidden.dtype:
+            return kernels.int8_head(self, x, hidden, wte)
         logits = self._scan(x)
         best = logits.topk(self.RESCORE, dim=-1).indices  # [..., RESCORE]
-        hidden = ln_f(x).float()
+        hidden = hidden.float()
         # A sum per candidate, not a batched matmul: each row's result must not depend on
         # the rows beside it (gpt2.BatchedGenerator).
         candidates = wte.index_select(0, best.flatten()).view(*best.shape, -1)  # (wte[best]: 300x slower)
@@ -92,9 +96,10 @@ class Int8Head(nn.Module):
         return logits.scatter_(-1, best, exact)
 
     def _scan(self, x: Tensor) -> Tensor:
+        if self.use_kernels and kernels.serves(x) and x.dtype in (torch.float32, torch.bfloat16):
+            n = kernels.layer_norm(x, None, None, self.eps)  # as the library's int8 head scans
+            return kernels.linear(n, self.weight, self.scales, self.bias, out_dtype=torch.float32)
         n = F.layer_norm(x, x.shape[-1:], eps=self.eps)
-        if self.use_kernels and kernels.serves(n):
-            return kernels.linear(n, self.weight, self.scales.float(), self.bias.float(), out_dtype=torch.float32)
         if n.numel() == n.size(-1) and n.is_cpu and n.dtype == torch.bfloat16:
             # Eager decoding, until the kernels are built: torch's one int8 product, whose
             # logits are rounded to bf16 (the rescored best ones are not).

@@ -103,9 +103,21 @@ def argmax(logits: Tensor) -> Tensor:
     return lib.argmax(logits)
 
 
-def layer_norm(x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
-    """A decode step's LayerNorm (rows of x over the last dimension), as `decode_step` computes it."""
+def layer_norm(x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
+    """A decode step's LayerNorm (rows of x over the last dimension; weight and bias None: no
+    affine part), as `decode_step` computes it."""
     return (_library or library()).layer_norm(x, weight, bias, eps)
+
+
+def int8_head(head: nn.Module, x: Tensor, hidden: Tensor, wte: Tensor) -> Tensor:
+    """The int8 tier's head (`gpt2.fast.int8.Int8Head`) on decode rows x and hidden = ln_f(x),
+    as `decode_step` computes it: fp32 logits [..., vocab]."""
+    lib = _library or library()
+    plan = lib.int8_head_plan(head.weight, head.scales, head.bias, head.eps, wte, head.RESCORE)
+    if torch.autograd.profiler._is_profiler_enabled:
+        with torch.profiler.record_function("gpt2.fast.kernels.int8_head"):
+            return lib.int8_head(plan, x, hidden)
+    return lib.int8_head(plan, x, hidden)
 
 
 class _Watch:
@@ -172,8 +184,8 @@ LINEARS = (("attn", "c_attn"), ("attn", "c_proj"), ("mlp", "c_fc"), ("mlp", "c_p
 
 def _describe(model: nn.Module) -> _DecodeStep | None:
     """The step for `model`, or None where it holds a module the kernels do not serve or the
-    blocks disagree on LayerNorm eps or heads. It goes on through `ln_f` and the tied LM head
-    where the model's own head would run them on the kernels (not the int8 tier's head)."""
+    blocks disagree on LayerNorm eps or heads. It goes on through `ln_f` and the LM head (the
+    tied one, or the int8 tier's) where the model's own head would run them on the kernels."""
     watch = _Watch()
     try:
         blocks, norms, attns = [], [], []
@@ -193,15 +205,20 @@ def _describe(model: nn.Module) -> _DecodeStep | None:
                 tuple((watch.tensor(m, "weight"), watch.tensor(m, "scales") if hasattr(m, "scales") else None,
                        watch.tensor(m, "bias")) for m in linears)))
         wte, wpe = watch.module(model, "wte"), watch.module(model, "wpe")
-        ln_f = None
-        if (watch.slot(model._modules, "int8_head") is None and getattr(model, "use_kernels", False)
-                and getattr(model._modules.get("ln_f"), "use_kernels", False)):
+        head8 = model._modules.get("int8_head")
+        head8 = watch.module(model, "int8_head") if head8 is not None else watch.slot(model._modules, "int8_head")
+        ln_f = int8_head = None
+        if (getattr(model, "use_kernels", False) and getattr(model._modules.get("ln_f"), "use_kernels", False)
+                and getattr(head8, "use_kernels", head8 is None)):
             norm = watch.module(model, "ln_f")
             ln_f = (watch.tensor(norm, "weight"), watch.tensor(norm, "bias"), norm.eps)
+            if head8 is not None:
+                int8_head = (watch.tensor(head8, "weight"), watch.tensor(head8, "scales"), watch.tensor(head8, "bias"),
+                             head8.eps, head8.RESCORE)
         if not blocks or len({m.eps for m in norms}) != 1 or len({a.n_head for a in attns}) != 1:
             return None
         weights = rowdot.ModelWeights(watch.tensor(wte, "weight"), watch.tensor(wpe, "weight"), blocks,
-                                      attns[0].n_head, norms[0].eps, ln_f)
+                                      attns[0].n_head, norms[0].eps, ln_f, int8_head)
         return _DecodeStep((_library or library()).decode_plan(weights), watch)
     except (AttributeError, KeyError, TypeError, ValueError):
         return None
@@ -210,7 +227,7 @@ def _describe(model: nn.Module) -> _DecodeStep | None:
 def decode_step(model: nn.Module, idx: Tensor, cache: object, head: bool = True) -> tuple[Tensor, Tensor | None] | None:
     """A decode step in one call into the library (`gpt2_decode_step`): ids `idx` [B, 1] ->
     the last block's output [B, 1, C] and, where `head` and the model's head runs on the
-    kernels (not the int8 tier's), fp32 logits [B, 1, vocab] (else None): the same bits as
+    kernels, fp32 logits [B, 1, vocab] (else None): the same bits as
     calling the modules one by one (which call the same C++ functions), without ~100
     Python-level calls a token. The caller advances the cache. None where that path does
     not apply: kernels not in use, not a decode step, a cache the attention kernel cannot

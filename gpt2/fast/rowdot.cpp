@@ -251,7 +251,8 @@ inline void axpy(float* out, float p, const float* v, int64_t n) {
 }
 
 // LayerNorm of one row of n: mean and variance in fp32, each summed in 16 lanes and then a
-// fixed reduction; y = ((x - mean) * rstd) * w + b, rounded once to y's kind.
+// fixed reduction; y = ((x - mean) * rstd) * w + b (w and b null: no affine part), rounded
+// once to y's kind.
 void layer_norm_row(const void* x, int x_kind, const void* w, const void* b, int p_kind, float eps, void* y,
                     int y_kind, int64_t n) {
     __m512 sum = _mm512_setzero_ps();
@@ -268,7 +269,8 @@ void layer_norm_row(const void* x, int x_kind, const void* w, const void* b, int
     for (int64_t k = 0; k < n; k += LANES) {
         __mmask16 m = mask16(n - k);
         __m512 t = _mm512_mul_ps(_mm512_sub_ps(load_f32(x_kind, x, k, m), mv), rstd);
-        store_f32(y_kind, y, k, _mm512_add_ps(_mm512_mul_ps(t, load_f32(p_kind, w, k, m)), load_f32(p_kind, b, k, m)), m);
+        if (w) t = _mm512_add_ps(_mm512_mul_ps(t, load_f32(p_kind, w, k, m)), load_f32(p_kind, b, k, m));
+        store_f32(y_kind, y, k, t, m);
     }
 }
 
@@ -403,7 +405,7 @@ void layer_norm_row(const void* x, int x_kind, const void* w, const void* b, int
     const float rstd = 1.0f / std::sqrt(reduce16(sq) / float(n) + eps);
     for (int64_t k = 0; k < n; ++k) {
         float t = (load1(x_kind, x, k) - mean) * rstd;
-        store1(y_kind, y, k, t * load1(p_kind, w, k) + load1(p_kind, b, k));
+        store1(y_kind, y, k, w ? t * load1(p_kind, w, k) + load1(p_kind, b, k) : t);
     }
 }
 
@@ -625,6 +627,53 @@ int gpt2_layer_norm(const void* x, int x_kind, const void* w, const void* b, int
     return 0;
 }
 
+// The int8 tier's LM head (gpt2/fast/int8.py, Int8Head): `scan` (int8 weights with ln_f's
+// gain folded in, fp32 scales and bias, fp32 out) over the LayerNorm of x without its affine
+// part (eps), then each row's `rescore` best logits recomputed in fp32 from the embedding
+// wte (vocab x C) and ln_f(x).
+struct Int8Head {
+    const Product* scan;
+    float eps;
+    const void* wte;
+    int32_t wte_kind;
+    int32_t rescore;
+};
+
+// logits (rows x vocab, fp32) of x and hidden = ln_f(x) (rows x C each, x_kind). The best are
+// the largest scanned logits, the first of equals (NaN never); each is then the fp32 dot
+// product of its wte row and hidden, in the products' fixed order. Returns 0, or -1 if out of
+// memory.
+int gpt2_int8_head(const Int8Head* h, const void* x, const void* hidden, int x_kind, int64_t rows, float* logits,
+                   int threads) {
+    const int64_t C = h->scan->in, V = h->scan->out, es = elem_size(x_kind);
+    const int K = h->rescore;
+    char* n = static_cast<char*>(std::malloc(es * rows * C + sizeof(float) * (C + K) + sizeof(int64_t) * K));
+    if (!n) return -1;
+    float* hidden32 = reinterpret_cast<float*>(n + es * rows * C);
+    float* top = hidden32 + C;
+    int64_t* top_at = reinterpret_cast<int64_t*>(top + K);
+    gpt2_layer_norm(x, x_kind, nullptr, nullptr, 0, h->eps, n, x_kind, rows, C);
+    int failed = gpt2_rowdot(h->scan, n, x_kind, rows, logits, threads);
+    const TileFn dot = pick(h->wte_kind, false, 1, 1);
+    const int64_t w_row = C * elem_size(h->wte_kind);
+    for (int64_t r = 0; r < rows && !failed; ++r) {
+        float* row = logits + r * V;
+        int found = 0;  // top[0:found] in descending order
+        for (int64_t i = 0; i < V; ++i) {
+            float v = row[i];
+            if (!(found < K ? v == v : v > top[K - 1])) continue;
+            int j = found < K ? found++ : K - 1;
+            for (; j > 0 && v > top[j - 1]; --j) top[j] = top[j - 1], top_at[j] = top_at[j - 1];
+            top[j] = v, top_at[j] = i;
+        }
+        for (int64_t k = 0; k < C; ++k) hidden32[k] = load1(x_kind, hidden, r * C + k);
+        for (int j = 0; j < found; ++j)
+            dot(static_cast<const char*>(h->wte) + top_at[j] * w_row, w_row, C, hidden32, C, row + top_at[j], 1);
+    }
+    std::free(n);
+    return failed ? -1 : 0;
+}
+
 // One block's weights for gpt2_decode_step.
 struct DecodeLayer {
     const void* ln1_w;
@@ -638,8 +687,8 @@ struct DecodeLayer {
 };
 
 // A model's decode step, described once (gpt2/fast/rowdot.py): the embeddings (vocab and
-// n_positions rows of C), the blocks, and the final LayerNorm and tied LM head (fp32 logits)
-// where head is not null.
+// n_positions rows of C), the blocks, and the final LayerNorm and an LM head (fp32 logits),
+// the tied one or the int8 tier's, where the model has one the step runs.
 struct DecodeModel {
     const void* wte;
     const void* wpe;
@@ -651,14 +700,16 @@ struct DecodeModel {
     const void* lnf_b;
     int32_t lnf_kind;
     float lnf_eps;
-    const Product* head;
+    const Product* head;  // the tied LM head, or null
+    const Int8Head* int8_head;  // or the int8 tier's, or null
 };
 
 // One decode step in one call: row b's token ids[b] at position pos[b] of its own cache
 // (see gpt2_decode_attention) through the model:
 //   x = wte[id] + wpe[pos], rounded to x's kind (the blocks', as torch's (wte + wpe).to(dtype));
 //   for each layer l: x += attn_proj(attention_l(c_attn(ln1(x))));  x += mlp_proj(gelu(c_fc(ln2(x))))
-//   logits = head(ln_f(x)) if logits is not null (and the model has a head)
+//   logits = head(ln_f(x)) (or the int8 head's of x and ln_f(x)) if logits is not null (and
+//   the model has a head)
 // with exactly the calls the per-module path makes (gpt2_layer_norm, gpt2_rowdot,
 // gpt2_decode_attention, the adds rounded as torch's), so a step gives the same bits either
 // way: the per-module path stays for steps with hooks (capture, knock-out). x (rows x C)
@@ -694,9 +745,10 @@ int gpt2_decode_step(const DecodeModel* m, const int64_t* ids, int64_t rows, voi
         failed |= gpt2_rowdot(L.mlp_proj, fc, x_kind, rows, proj, threads);
         sum_to(x, x_kind, x, x_kind, proj, x_kind, rows * C);
     }
-    if (!failed && m->head && logits) {
+    if (!failed && (m->head || m->int8_head) && logits) {
         gpt2_layer_norm(x, x_kind, m->lnf_w, m->lnf_b, m->lnf_kind, m->lnf_eps, h, x_kind, rows, C);
-        failed |= gpt2_rowdot(m->head, h, x_kind, rows, logits, threads);
+        failed |= m->head ? gpt2_rowdot(m->head, h, x_kind, rows, logits, threads)
+                          : gpt2_int8_head(m->int8_head, x, h, x_kind, rows, logits, threads);
     }
     std::free(scratch);
     return failed ? -1 : 0;

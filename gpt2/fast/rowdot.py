@@ -147,13 +147,19 @@ class DecodeLayer(ctypes.Structure):
                 ("c_fc", ctypes.POINTER(Product)), ("mlp_proj", ctypes.POINTER(Product))]
 
 
+class Int8Head(ctypes.Structure):
+    """The int8 tier's LM head for `gpt2_int8_head` (its `struct Int8Head`)."""
+    _fields_ = [("scan", ctypes.POINTER(Product)), ("eps", ctypes.c_float), ("wte", _P),
+                ("wte_kind", ctypes.c_int32), ("rescore", ctypes.c_int32)]
+
+
 class DecodeModel(ctypes.Structure):
     """A model's decode step for `gpt2_decode_step` (its `struct DecodeModel`)."""
     _fields_ = [("wte", _P), ("wpe", _P), ("vocab", _I64), ("n_positions", _I64), ("C", _I64), ("heads", _I64),
                 ("n_layers", _I64), ("wte_kind", ctypes.c_int32), ("wpe_kind", ctypes.c_int32),
                 ("p_kind", ctypes.c_int32), ("eps", ctypes.c_float), ("layers", ctypes.POINTER(DecodeLayer)),
                 ("lnf_w", _P), ("lnf_b", _P), ("lnf_kind", ctypes.c_int32), ("lnf_eps", ctypes.c_float),
-                ("head", ctypes.POINTER(Product))]
+                ("head", ctypes.POINTER(Product)), ("int8_head", ctypes.POINTER(Int8Head))]
 
 
 @dataclass(frozen=True)
@@ -170,13 +176,15 @@ class ModelWeights:
     """What a decode step reads of a model: the embeddings `wte` [vocab, C] (also the LM
     head) and `wpe` [n_positions, C], whose dtype the residual stream takes; the blocks, with
     their heads and LayerNorm eps; and `ln_f` (weight, bias, eps) where the step goes on to
-    the logits."""
+    the logits, through the tied head or, where given, the int8 tier's (`int8_head`: its
+    scan's weight, scales, bias, eps and how many it rescores)."""
     wte: Tensor
     wpe: Tensor
     blocks: list[BlockWeights]
     n_head: int
     eps: float
     ln_f: tuple[Tensor, Tensor, float] | None
+    int8_head: tuple[Tensor, Tensor, Tensor, float, int] | None = None
 
 
 class Library:
@@ -204,6 +212,9 @@ class Library:
         self._argmax = lib.gpt2_argmax
         self._argmax.restype = _I
         self._argmax.argtypes = [_P, _I64, _I64, _P]
+        self._int8_head = lib.gpt2_int8_head
+        self._int8_head.restype = _I
+        self._int8_head.argtypes = [ctypes.POINTER(Int8Head), _P, _P, _I, _I64, _P, _I]
         self._decode_step = lib.gpt2_decode_step
         self._decode_step.restype = _I
         self._decode_step.argtypes = [ctypes.POINTER(DecodeModel), _P, _I64, _P, _I, _P, _P, _P, _P, _P, _P, _I]
@@ -278,21 +289,57 @@ class Library:
                          weight.size(0), weight.size(1), threads)
         return y
 
-    def layer_norm(self, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
+    def layer_norm(self, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float) -> Tensor:
         """LayerNorm over the last dimension of x (fp32 or bf16, on the CPU) -> x's dtype;
-        `weight` and `bias` contiguous [C] of one dtype (fp32 or bf16)."""
+        `weight` and `bias` contiguous [C] of one dtype (fp32 or bf16), or both None (no
+        affine part)."""
         C = x.size(-1)
-        if (x.dtype not in (torch.float32, torch.bfloat16) or not x.is_cpu or weight.dtype != bias.dtype
-                or weight.dtype not in (torch.float32, torch.bfloat16) or weight.shape != (C,)
-                or bias.shape != (C,) or not (weight.is_contiguous() and bias.is_contiguous())):
+        affine = (weight, bias) != (None, None)
+        if (x.dtype not in (torch.float32, torch.bfloat16) or not x.is_cpu
+                or affine and (weight is None or bias is None or weight.dtype != bias.dtype
+                               or weight.dtype not in (torch.float32, torch.bfloat16) or weight.shape != (C,)
+                               or bias.shape != (C,) or not (weight.is_contiguous() and bias.is_contiguous()))):
             raise ValueError("layer_norm takes fp32/bf16 rows on the CPU and contiguous [C] weight and bias "
-                             "of one dtype")
+                             "of one dtype, or neither")
         if not x.is_contiguous():
             x = x.contiguous()
         y = torch.empty_like(x)
-        self._layer_norm(x.data_ptr(), _KIND[x.dtype], weight.data_ptr(), bias.data_ptr(),
-                         _KIND[weight.dtype], eps, y.data_ptr(), _KIND[x.dtype], x.numel() // C, C)
+        self._layer_norm(x.data_ptr(), _KIND[x.dtype], _ptr(weight), _ptr(bias), _kind(weight), eps, y.data_ptr(),
+                         _KIND[x.dtype], x.numel() // C, C)
         return y
+
+    def int8_head_plan(self, weight: Tensor, scales: Tensor, bias: Tensor, eps: float, wte: Tensor,
+                       rescore: int) -> Int8Head:
+        """The int8 tier's head as `int8_head` takes it (built and checked once): the scan's int8
+        weight [vocab, C] with its per-row scales and bias, the eps of its LayerNorm, and the
+        embedding wte [vocab, C] (fp32/bf16) whose `rescore` best rows are recomputed."""
+        key = ("int8_head", weight.data_ptr(), weight.shape, _ptr(scales), _dtype(scales), _ptr(bias),
+               _dtype(bias), eps, wte.data_ptr(), wte.dtype, wte.shape, rescore)
+        plan = self._products.get(key)
+        if plan is None:
+            if (weight.dtype != torch.int8 or wte.shape != weight.shape or not wte.is_contiguous() or not wte.is_cpu
+                    or wte.dtype not in (torch.float32, torch.bfloat16) or not 0 < rescore <= weight.size(0)):
+                raise ValueError("the int8 head takes int8 weights and an fp32/bf16 embedding of one shape, "
+                                 "and rescores 1..vocab rows")
+            scan = self.product(weight, scales, bias, torch.float32, gelu=False)
+            plan = Int8Head(ctypes.pointer(scan), eps, wte.data_ptr(), _KIND[wte.dtype], rescore)
+            self._products[key] = plan
+        return plan
+
+    def int8_head(self, plan: Int8Head, x: Tensor, hidden: Tensor, threads: int = 0) -> Tensor:
+        """The int8 tier's fp32 logits [..., vocab] of rows x and hidden = ln_f(x) ([..., C],
+        one dtype, fp32 or bf16): the scan, then its best rows recomputed from the embedding."""
+        C = plan.scan.contents.in_
+        if (x.shape != hidden.shape or x.dtype != hidden.dtype or x.dtype not in (torch.float32, torch.bfloat16)
+                or not (x.is_cpu and hidden.is_cpu) or x.size(-1) != C):
+            raise ValueError(f"the int8 head takes x and ln_f(x) of one shape [..., {C}] and dtype "
+                             f"(fp32/bf16) on the CPU, got {tuple(x.shape)} {x.dtype}, {tuple(hidden.shape)} {hidden.dtype}")
+        x, hidden = x.contiguous(), hidden.contiguous()
+        logits = torch.empty(*x.shape[:-1], plan.scan.contents.out)
+        if self._int8_head(plan, x.data_ptr(), hidden.data_ptr(), _KIND[x.dtype], x.numel() // C,
+                           logits.data_ptr(), threads):
+            raise MemoryError("gpt2_int8_head could not allocate its scratch memory")
+        return logits
 
     def argmax(self, x: Tensor) -> Tensor:
         """x [..., n] fp32 on the CPU -> int64 [...]: torch.argmax(x, -1)'s answer (the first of
@@ -325,21 +372,26 @@ class Library:
         p_kinds = {_KIND[t.dtype] for block in weights.blocks for t in (*block.ln_1, *block.ln_2)}
         if len(p_kinds) != 1:
             raise ValueError("the blocks' LayerNorm weights and biases must be of one dtype")
-        ln_w = ln_b = head = None
+        ln_w = ln_b = head = int8_head = None
         ln_eps = 0.0
         if weights.ln_f is not None:
             ln_w, ln_b, ln_eps = weights.ln_f
             if ln_w.dtype != ln_b.dtype:
                 raise ValueError("ln_f's weight and bias must be of one dtype")
             ln_w, ln_b = _checked_norm(ln_w, C), _checked_norm(ln_b, C)
-            head = self.product(weights.wte, None, None, torch.float32, gelu=False)
-            keep.append(head)
+            if weights.int8_head is not None:
+                int8_head = self.int8_head_plan(*weights.int8_head[:3], weights.int8_head[3], weights.wte,
+                                                weights.int8_head[4])
+            else:
+                head = self.product(weights.wte, None, None, torch.float32, gelu=False)
+            keep += [head, int8_head]
         model = DecodeModel(weights.wte.data_ptr(), weights.wpe.data_ptr(), weights.wte.size(0),
                             weights.wpe.size(0), C, weights.n_head, len(layers), _KIND[weights.wte.dtype],
                             _KIND[dtype], p_kinds.pop(), weights.eps, (DecodeLayer * len(layers))(*layers),
                             ln_w, ln_b, _kind(weights.ln_f[0]) if weights.ln_f else 0, ln_eps,
-                            ctypes.pointer(head) if head is not None else None)
-        return DecodePlan(model, dtype, weights.wte.size(0), head is not None, keep + [layers])
+                            None if head is None else ctypes.pointer(head),
+                            None if int8_head is None else ctypes.pointer(int8_head))
+        return DecodePlan(model, dtype, weights.wte.size(0), weights.ln_f is not None, keep + [layers])
 
     def decode_step(self, plan: "DecodePlan", ids: Tensor, rows: DecodeRows, logits: bool = True,
                     threads: int = 0) -> tuple[Tensor, Tensor | None]:
