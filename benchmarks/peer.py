@@ -362,21 +362,20 @@ def environment(converter: Path) -> list[str]:
             f"- llama.cpp system info: `{llama_cpp.llama_print_system_info().decode().strip()}`"]
 
 
-def median_of(run: dict, T: int, name: str, metric: str, new_tokens: int) -> float:
-    """Median decode tok/s or TTFT (s) of one system at prompt `T`."""
+def speeds(run: dict, T: int, name: str, metric: str, new_tokens: int) -> list[float]:
+    """One system's per-round speed at prompt `T`: decode tok/s, or 1 / TTFT."""
     samples = run["results"][(T, name)]
-    return statistics.median(samples.decode(new_tokens) if metric == "decode" else samples.t1)
+    return samples.decode(new_tokens) if metric == "decode" else [1 / t for t in samples.t1]
 
 
 def ratio_cell(run: dict, tier: str, T: int, metric: str, new_tokens: int) -> str:
-    """Ours ÷ llama.cpp's best format for `tier` (> 1: ours is faster, for TTFT too)."""
-    peers = {f"llama-{t}": median_of(run, T, f"llama-{t}", metric, new_tokens) for t in PAIRS[tier]}
-    ours_value = median_of(run, T, f"ours-{tier}", metric, new_tokens)
-    if metric == "decode":
-        peer = max(peers, key=peers.get)
-        return f"{ours_value / peers[peer]:.2f} (vs {peer})"
-    peer = min(peers, key=peers.get)
-    return f"{peers[peer] / ours_value:.2f} (vs {peer})"
+    """Ours ÷ llama.cpp's best format for `tier` (> 1: ours is faster, for TTFT too): the ratio
+    of the medians over rounds, then the median [min–max] of each round's own ratio."""
+    peers = {f"llama-{t}": statistics.median(speeds(run, T, f"llama-{t}", metric, new_tokens)) for t in PAIRS[tier]}
+    peer = max(peers, key=peers.get)
+    ours = speeds(run, T, f"ours-{tier}", metric, new_tokens)
+    paired = [o / p for o, p in zip(ours, speeds(run, T, peer, metric, new_tokens))]
+    return f"{statistics.median(ours) / peers[peer]:.2f} · {spread(paired, '.2f')} (vs {peer})"
 
 
 def table(head: list[str], rows: list[list[str]]) -> list[str]:
@@ -403,7 +402,10 @@ def config_lines(run: dict, args: argparse.Namespace) -> list[str]:
                        f"{run['alone'][f'ours-{tier}']['peak_mb'] / peak:.2f}"])
     return [f"### {run['name']}", "", *table(head, rows), "",
             ("Ours ÷ llama.cpp, against its better format where it has two (speed > 1: ours is faster; "
-             "peak RSS alone < 1: ours uses less):"), "",
+             "peak RSS alone < 1: ours uses less). Speed cells: the ratio of the medians · the median "
+             "[min–max] of each round's own ratio, the two systems' calls of a round seconds apart, so "
+             "that the machine's drift (its memory bandwidth moves by up to 1.5x within minutes) "
+             "cancels:"), "",
             *table(["tier", *(f"decode @{T}" for T in args.prompts), f"TTFT @{longest}", "peak RSS alone"],
                    ratios)]
 
