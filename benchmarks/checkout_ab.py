@@ -1,0 +1,130 @@
+"""This checkout's decode speed against another commit's, in the same minutes.
+
+The machine's memory bandwidth drifts by up to 1.5x within minutes, so two runs of
+generation.py an hour apart cannot tell a 5% change. Here each checkout runs in a process
+of its own (held open, the kernels built before timing), asked in turn round after round:
+decode ms per token = (t(65 new) - t(1 new)) / 64 on random 124M weights (seed 0), greedy,
+prompt 16. Reports each side's median and the median of each round's own ratio, and checks
+that both give the same ids. Writes benchmarks/AB.md.
+
+    python benchmarks/checkout_ab.py ea1e2b3 --tiers bf16,int8 --rounds 10
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))  # run from a checkout
+from common import machine_line  # noqa: E402
+
+CHILD = r'''
+import json, sys, time
+import torch
+sys.path.insert(0, sys.argv[1])
+import gpt2
+torch.set_num_threads(2)
+model = gpt2.load_model(sys.argv[2], **gpt2.TIERS[sys.argv[3]])
+assert model.compile_status.wait(), model.compile_status.error
+ids = torch.randint(0, 50257, (1, 16), generator=torch.Generator().manual_seed(1))
+
+def timed(n):
+    start = time.perf_counter()
+    out = gpt2.generate(model, ids, n)
+    return time.perf_counter() - start, out
+
+timed(8)
+print("ready", flush=True)
+for _ in sys.stdin:
+    one, _ = timed(1)
+    many, out = timed(65)
+    print(json.dumps({"ms": (many - one) / 64 * 1e3, "ids": out[0, 16:].tolist()}), flush=True)
+'''
+
+
+def side(checkout: Path, weights: Path, tier: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(checkout), str(weights), tier],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    if proc.stdout.readline().strip() != "ready":
+        raise SystemExit(f"{checkout} ({tier}) did not start")
+    return proc
+
+
+def ask(proc: subprocess.Popen) -> dict:
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    return json.loads(proc.stdout.readline())
+
+
+def compare(base: Path, weights: Path, tier: str, rounds: int) -> list[str]:
+    procs = {"base": side(base, weights, tier), "this": side(ROOT, weights, tier)}
+    ms = {name: [] for name in procs}
+    ids = {}
+    try:
+        for r in range(rounds):
+            for name in (("base", "this") if r % 2 == 0 else ("this", "base")):  # alternate who goes first
+                reply = ask(procs[name])
+                ms[name].append(reply["ms"])
+                ids[name] = reply["ids"]
+    finally:
+        for proc in procs.values():
+            proc.stdin.close()
+            proc.wait(timeout=60)
+    ratios = [b / t for b, t in zip(ms["base"], ms["this"])]
+
+    def spread(values: list[float], fmt: str) -> str:
+        return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}–{max(values):{fmt}}]"
+
+    return [f"| {tier} | {spread(ms['base'], '.2f')} | {spread(ms['this'], '.2f')} | {spread(ratios, '.3f')} "
+            f"| {'yes' if ids['base'] == ids['this'] else 'NO'} |"]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("base", help="the commit to compare against (any git revision)")
+    p.add_argument("--tiers", default="bf16,int8")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--out", type=Path, default=HERE / "AB.md")
+    args = p.parse_args()
+    import torch
+
+    import gpt2
+
+    rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", args.base], capture_output=True,
+                         text=True, check=True).stdout.strip()
+    this = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+    started, start = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        base, weights = Path(tmp) / "base", Path(tmp) / "gpt2.safetensors"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(base), rev], check=True)
+        try:
+            torch.manual_seed(0)
+            gpt2.save_model(gpt2.GPT(gpt2.PRESETS["gpt2"]), weights)
+            rows = [line for tier in args.tiers.split(",") for line in compare(base, weights, tier, args.rounds)]
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], check=True)
+    lines = ["# This checkout against another commit", "",
+             f"Command: `python benchmarks/checkout_ab.py {' '.join(sys.argv[1:])}`  ",
+             f"Date: {started}, took {time.perf_counter() - start:.0f} s; base {rev}, this checkout {this} "
+             "(with its uncommitted changes, if any)  ",
+             machine_line(), "",
+             ("Random 124M weights (seed 0), prompt 16, greedy, decode ms per token = (t(65 new) − t(1 new)) / 64; "
+              f"each checkout in a process of its own, asked in turn over {args.rounds} rounds (who goes first "
+              "alternates). Median [min–max] over rounds; ratio = base ÷ this within each round (> 1: this "
+              "checkout is faster)."), "",
+             f"| tier | {rev} ms/token | {this} ms/token | ratio per round | same ids |", "|---|---:|---:|---:|---|",
+             *rows, ""]
+    args.out.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
