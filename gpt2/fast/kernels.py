@@ -227,12 +227,12 @@ def _describe(model: nn.Module) -> _DecodeStep | None:
 def decode_step(model: nn.Module, idx: Tensor, cache: object, head: bool = True) -> tuple[Tensor, Tensor | None] | None:
     """A decode step in one call into the library (`gpt2_decode_step`): ids `idx` [B, 1] ->
     the last block's output [B, 1, C] and, where `head` and the model's head runs on the
-    kernels, fp32 logits [B, 1, vocab] (else None): the same bits as
-    calling the modules one by one (which call the same C++ functions), without ~100
-    Python-level calls a token. The caller advances the cache. None where that path does
-    not apply: kernels not in use, not a decode step, a cache the attention kernel cannot
-    read, a module the plan does not know, or any hook on a module the step covers
-    (capture, knock-out), which only the module-by-module path runs."""
+    kernels, fp32 logits [B, 1, vocab] (else None): the same bits as calling the modules one
+    by one (which call the same C++ functions), without ~100 Python-level calls a token.
+    The caller advances the cache. None where that path does not apply: kernels not in use,
+    not a decode step, a cache the attention kernel cannot read, a module the plan does not
+    know, or any hook on a module the step covers (capture, knock-out), which only the
+    module-by-module path runs."""
     status = getattr(model, "compile_status", None)
     if (status is None or not status.ready or cache is None or idx.dim() != 2 or idx.size(1) != 1
             or not idx.is_cpu or idx.dtype != torch.int64 or not torch.is_inference_mode_enabled()):

@@ -647,11 +647,13 @@ int gpt2_int8_head(const Int8Head* h, const void* x, const void* hidden, int x_k
                    int threads) {
     const int64_t C = h->scan->in, V = h->scan->out, es = elem_size(x_kind);
     const int K = h->rescore;
-    char* n = static_cast<char*>(std::malloc(es * rows * C + sizeof(float) * (C + K) + sizeof(int64_t) * K));
+    auto padded = [](int64_t bytes) { return (bytes + 63) / 64 * 64; };  // each part 64-byte aligned
+    const int64_t n_bytes = padded(es * rows * C), hidden_bytes = padded(sizeof(float) * C);
+    char* n = static_cast<char*>(std::malloc(n_bytes + hidden_bytes + padded(sizeof(float) * K) + sizeof(int64_t) * K));
     if (!n) return -1;
-    float* hidden32 = reinterpret_cast<float*>(n + es * rows * C);
-    float* top = hidden32 + C;
-    int64_t* top_at = reinterpret_cast<int64_t*>(top + K);
+    float* hidden32 = reinterpret_cast<float*>(n + n_bytes);
+    float* top = reinterpret_cast<float*>(n + n_bytes + hidden_bytes);
+    int64_t* top_at = reinterpret_cast<int64_t*>(n + n_bytes + hidden_bytes + padded(sizeof(float) * K));
     gpt2_layer_norm(x, x_kind, nullptr, nullptr, 0, h->eps, n, x_kind, rows, C);
     int failed = gpt2_rowdot(h->scan, n, x_kind, rows, logits, threads);
     const TileFn dot = pick(h->wte_kind, false, 1, 1);

@@ -380,8 +380,8 @@ class Library:
                 raise ValueError("ln_f's weight and bias must be of one dtype")
             ln_w, ln_b = _checked_norm(ln_w, C), _checked_norm(ln_b, C)
             if weights.int8_head is not None:
-                int8_head = self.int8_head_plan(*weights.int8_head[:3], weights.int8_head[3], weights.wte,
-                                                weights.int8_head[4])
+                w8, scales, bias, scan_eps, rescore = weights.int8_head
+                int8_head = self.int8_head_plan(w8, scales, bias, scan_eps, weights.wte, rescore)
             else:
                 head = self.product(weights.wte, None, None, torch.float32, gelu=False)
             keep += [head, int8_head]
