@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))  # run from a checkout
-from common import machine_line  # noqa: E402
+from common import machine_line, spread  # noqa: E402
 
 CHILD = r'''
 import json, sys, time
@@ -78,10 +77,6 @@ def compare(base: Path, weights: Path, tier: str, rounds: int) -> list[str]:
             proc.stdin.close()
             proc.wait(timeout=60)
     ratios = [b / t for b, t in zip(ms["base"], ms["this"])]
-
-    def spread(values: list[float], fmt: str) -> str:
-        return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}–{max(values):{fmt}}]"
-
     return [f"| {tier} | {spread(ms['base'], '.2f')} | {spread(ms['this'], '.2f')} | {spread(ratios, '.3f')} "
             f"| {'yes' if ids['base'] == ids['this'] else 'NO'} |"]
 

@@ -37,6 +37,11 @@ def median_ms(fn: Callable[[], object], reps: int, warmup: int) -> float:
     return statistics.median(times) * 1e3
 
 
+def spread(values: list[float], fmt: str) -> str:
+    """A report's cell for repeated measurements: "median [min–max]" in `fmt`."""
+    return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}–{max(values):{fmt}}]"
+
+
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 _SECTION = re.compile(r"<!-- (\w+):begin -->.*?<!-- \1:end -->", re.S)
 

@@ -38,7 +38,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 import gpt2  # noqa: E402
-from common import sections  # noqa: E402
+from common import sections, spread  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 OUR_TIERS = ("fp32", "bf16", "int8")
@@ -374,11 +374,6 @@ def make_rows(name: str, systems: list[Measured], results: dict[tuple[int, str],
 
 
 # -- reporting ----------------------------------------------------------------------------
-def spread(values: list[float], fmt: str) -> str:
-    """median [min-max]"""
-    return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}–{max(values):{fmt}}]"
-
-
 def ratio_cell(row: Row) -> tuple[str, str]:
     dec, ttft = f"{row.x_hf[0]:.2f}", f"{row.x_hf[1]:.2f}"
     if row.x_hf_bf16:

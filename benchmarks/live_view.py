@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 import gpt2  # noqa: E402
-from common import machine_line  # noqa: E402
+from common import machine_line, spread  # noqa: E402
 from playground.inspection import RunStore  # noqa: E402
 from playground.models import ModelTable, offered_sources  # noqa: E402
 from playground.service import Service  # noqa: E402
@@ -59,10 +59,6 @@ def stream(page: TimedPage, model: str, prompt: str, new_tokens: int) -> tuple[f
         sent += len(json.dumps([text, run_id, progress, view if live else None]))
         updates += live
     return time.perf_counter() - started, updates, page.live_seconds, sent
-
-
-def spread(values: list[float]) -> str:
-    return f"{statistics.median(values):.1f} [{min(values):.1f}–{max(values):.1f}]"
 
 
 def main() -> None:
@@ -102,7 +98,7 @@ def main() -> None:
                         shares.append(live_seconds / seconds)
                         per_update.append(live_seconds / max(updates, 1))
             ratios = [on / off for on, off in zip(rates["on"], rates["off"])]
-            rows.append(f"| {label} | {spread(rates['on'])} | {spread(rates['off'])} | "
+            rows.append(f"| {label} | {spread(rates['on'], '.1f')} | {spread(rates['off'], '.1f')} | "
                         f"**{statistics.median(ratios):.3f}** [{min(ratios):.3f}–{max(ratios):.3f}] | "
                         f"{1e3 * statistics.median(per_update):.1f} | "
                         f"**{100 * statistics.median(shares):.2f}%** [{100 * max(shares):.2f}%] | "

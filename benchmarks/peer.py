@@ -344,6 +344,7 @@ def run_config(name: str, converter: Path, workdir: Path, args: argparse.Namespa
 
 # -- reporting ----------------------------------------------------------------------------
 def spread(values: list[float], fmt: str) -> str:
+    """common.spread's cell; a copy, as common imports torch, which a llama.cpp worker must not."""
     return f"{statistics.median(values):{fmt}} [{min(values):{fmt}}–{max(values):{fmt}}]"
 
 
