@@ -84,7 +84,8 @@ class Int8Head(nn.Module):
         are the model's (bf16 embedding, for the rescoring). Decode rows with the kernels run
         in one library call, the one a decode step makes (`kernels.decode_step`)."""
         hidden = ln_f(x)
-        if self.use_kernels and kernels.serves(x) and x.dtype == hidden.dtype:
+        if (self.use_kernels and kernels.serves(x) and x.dtype in (torch.float32, torch.bfloat16)
+                and hidden.dtype == x.dtype):
             return kernels.int8_head(self, x, hidden, wte)
         logits = self._scan(x)
         best = logits.topk(self.RESCORE, dim=-1).indices  # [..., RESCORE]

@@ -24,6 +24,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -202,7 +203,7 @@ class Library:
         self._attention.restype = _I
         self._attention.argtypes = [_P, _I, _I64, _P, _P, _P, _I64, _P, _P, _P, _I, _I64, _I64, _I64, _I64,
                                     _I]
-        self._products: dict[tuple, Product] = {}
+        self._described: dict[tuple, Product | Int8Head] = {}  # see `_once`
         self._dequantize = lib.gpt2_dequantize
         self._dequantize.restype = _I
         self._dequantize.argtypes = [_P, _P, _I, _P, _I, _I64, _I64, _I]
@@ -242,13 +243,17 @@ class Library:
         """The `Product` `linear` uses for these arguments (built and checked once)."""
         key = (weight.data_ptr(), weight.dtype, weight.shape, _ptr(scales), _dtype(scales), _ptr(bias),
                _dtype(bias), out_dtype, gelu)
-        product = self._products.get(key)
-        if product is None:
-            product = self._product(weight, scales, bias, out_dtype, gelu)
-            if len(self._products) > 4096:  # weights come and go (models loaded, converted)
-                self._products.clear()
-            self._products[key] = product
-        return product
+        return self._once(key, lambda: self._product(weight, scales, bias, out_dtype, gelu))
+
+    def _once(self, key: tuple, make: Callable[[], "Product | Int8Head"]) -> "Product | Int8Head":
+        """What `make` describes, made once per key (the tensors' pointers, dtypes, shapes)."""
+        described = self._described.get(key)
+        if described is None:
+            described = make()
+            if len(self._described) > 4096:  # weights come and go (models loaded, converted)
+                self._described.clear()
+            self._described[key] = described
+        return described
 
     @staticmethod
     def _product(weight: Tensor, scales: Tensor | None, bias: Tensor | None, out_dtype: torch.dtype,
@@ -313,18 +318,17 @@ class Library:
         """The int8 tier's head as `int8_head` takes it (built and checked once): the scan's int8
         weight [vocab, C] with its per-row scales and bias, the eps of its LayerNorm, and the
         embedding wte [vocab, C] (fp32/bf16) whose `rescore` best rows are recomputed."""
-        key = ("int8_head", weight.data_ptr(), weight.shape, _ptr(scales), _dtype(scales), _ptr(bias),
-               _dtype(bias), eps, wte.data_ptr(), wte.dtype, wte.shape, rescore)
-        plan = self._products.get(key)
-        if plan is None:
+        def make() -> Int8Head:
             if (weight.dtype != torch.int8 or wte.shape != weight.shape or not wte.is_contiguous() or not wte.is_cpu
                     or wte.dtype not in (torch.float32, torch.bfloat16) or not 0 < rescore <= weight.size(0)):
                 raise ValueError("the int8 head takes int8 weights and an fp32/bf16 embedding of one shape, "
                                  "and rescores 1..vocab rows")
             scan = self.product(weight, scales, bias, torch.float32, gelu=False)
-            plan = Int8Head(ctypes.pointer(scan), eps, wte.data_ptr(), _KIND[wte.dtype], rescore)
-            self._products[key] = plan
-        return plan
+            return Int8Head(ctypes.pointer(scan), eps, wte.data_ptr(), _KIND[wte.dtype], rescore)
+
+        key = ("int8_head", weight.data_ptr(), weight.shape, _ptr(scales), _dtype(scales), _ptr(bias),
+               _dtype(bias), eps, wte.data_ptr(), wte.dtype, wte.shape, rescore)
+        return self._once(key, make)
 
     def int8_head(self, plan: Int8Head, x: Tensor, hidden: Tensor, threads: int = 0) -> Tensor:
         """The int8 tier's fp32 logits [..., vocab] of rows x and hidden = ln_f(x) ([..., C],
