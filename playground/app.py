@@ -127,7 +127,7 @@ def launch(argv: list[str] | None = None):
     from starlette.middleware import Middleware
 
     from . import ui
-    from .guard import RouteGuard
+    from .guard import FramePolicy, RouteGuard
     from .limits import BodyLimit
 
     demo = ui.build(args.model, args.extra_models)
@@ -137,7 +137,8 @@ def launch(argv: list[str] | None = None):
                 max_file_size="1mb", footer_links=["api", "gradio"], theme=gr.themes.Soft(),
                 css=ui.CSS, ssr_mode=False, enable_monitoring=False,
                 state_session_capacity=SESSION_CAPACITY,
-                app_kwargs={"middleware": [Middleware(BodyLimit), Middleware(RouteGuard, blocks=demo)]},
+                app_kwargs={"middleware": [Middleware(FramePolicy), Middleware(BodyLimit),
+                                           Middleware(RouteGuard, blocks=demo)]},
                 quiet=True, prevent_thread_lock=True)
     return demo
 

@@ -34,6 +34,9 @@ OPEN_ROUTES = [  # (method, path pattern); <name> routes are added per endpoint
     ("POST", API + r"/queue/join"), ("POST", API + r"/cancel"), ("POST", API + r"/reset/?"),
 ]
 CALL = re.compile(API + r"/call/(?:v2/)?(?P<name>\w+)(?:/(?P<event_id>[\w-]+))?/?")
+# Who may show the page in a frame: itself, and a Space's page on huggingface.co (which frames
+# the app served from <space>.hf.space). Any other site framing it could start work unseen.
+FRAME_ANCESTORS = "frame-ancestors 'self' https://huggingface.co https://*.hf.space"
 
 
 def endpoint_parameters(blocks: Any) -> dict[str, tuple[list[str], list[str]]]:
@@ -45,6 +48,26 @@ def endpoint_parameters(blocks: Any) -> dict[str, tuple[list[str], list[str]]]:
             out[fn.api_name] = ([p.name for p in params],
                                 [p.name for p in params if p.default is inspect.Parameter.empty])
     return out
+
+
+class FramePolicy:
+    """ASGI middleware: every HTTP response says who may frame it (FRAME_ANCESTORS)."""
+
+    def __init__(self, app: ASGIApp, policy: str = FRAME_ANCESTORS):
+        self.app, self.header = app, (b"content-security-policy", policy.encode())
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_policy(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [h for h in message.get("headers", []) if h[0].lower() != self.header[0]]
+                message = {**message, "headers": [*headers, self.header]}
+            await send(message)
+
+        await self.app(scope, receive, with_policy)
 
 
 class RouteGuard:

@@ -206,7 +206,7 @@ document.addEventListener('keydown', e => {
 """
 
 # "Copy link": the settings (and the seed the shown run used, when the seed box is blank) as a
-# query string; the page restores them when it opens (ui.Page.restore) and generates.
+# query string; the page restores them when it opens (ui.Page.restore) and may generate.
 COPY_LINK_JS = r"""
 (prompt, model, temperature, top_k, top_p, max_new, seed, stop_at_end) => {
   let used = String(seed ?? '').trim();
@@ -222,11 +222,11 @@ COPY_LINK_JS = r"""
 }
 """
 
-# After a shared link's settings were restored: generate, as the link's owner did.
+# After a shared link's settings were restored: generate, as the link's owner did, when the
+# server said the link may (ui.LINK_AUTORUN_TOKENS); otherwise the page waits for a click.
 REGENERATE_JS = r"""
-() => {
-  if (new URLSearchParams(location.search).has('prompt'))
-    setTimeout(() => document.querySelector('#generate')?.click(), 0);
+(autorun) => {
+  if (autorun) setTimeout(() => document.querySelector('#generate')?.click(), 0);
 }
 """
 

@@ -8,6 +8,7 @@ figures and the token view's payload -> components.
 """
 from __future__ import annotations
 
+import html
 import logging
 import re
 import time
@@ -37,6 +38,11 @@ from .service import MEAN, Service, Step, head_name, parse_head, select_head
 BUILTIN_INDUCTION_HEADS = "1.0, 1.2, 1.3, 2.1"
 LENS_K = 5  # top tokens per layer in the page's lens table
 LINK_FIELDS = ("prompt", "model", "temperature", "top_k", "top_p", "max_new_tokens", "seed", "stop_at_end")
+# A link generates by itself only what a plain visit could cost: on a model already loaded (or the
+# page's own), at most this many new tokens. Anything more waits for a click on Generate.
+LINK_AUTORUN_TOKENS = 128
+LINK_WAITS = ("The link's settings are filled in: press Generate to run them (a link generates by itself "
+              f"only on a model already loaded, up to {LINK_AUTORUN_TOKENS} new tokens).")
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +151,11 @@ def _selection(config: gpt2.GPTConfig, layer: Any, head: Any) -> tuple[int, int 
 class Page:
     """Handlers bound to one app's service (no module-level state)."""
 
-    def __init__(self, service: Service, live_interval: float | None = LIVE_INTERVAL_S):
+    def __init__(self, service: Service, live_interval: float | None = LIVE_INTERVAL_S,
+                 first: str | None = None):
         self.service = service
         self.names = service.models.names
+        self.first = first or self.names[0]  # the model the page opens on
         self.live_interval = live_interval  # None: no token view while streaming
 
     # -- model status ----------------------------------------------------------------------
@@ -462,11 +470,13 @@ class Page:
     # -- links ------------------------------------------------------------------------------------------
     def restore(self, request: gr.Request) -> tuple:
         """Settings from a shared link's query string (?prompt=…&model=…&seed=…); each value is
-        checked like any input, and a bad one is left as the page has it (with a warning)."""
+        checked like any input, and a bad one is left as the page has it (with a warning, the
+        value quoted as text). The last output says whether the link may generate by itself:
+        "run", "wait" (see LINK_AUTORUN_TOKENS), or "" without a link."""
         query = dict(request.query_params) if request is not None else {}
         keep = (gr.skip(),) * 7
         if "prompt" not in query:
-            return (*keep, False)
+            return (*keep, "")
         checks = {"prompt": validate.prompt_text, "model": lambda v: validate.model_name(v, self.names),
                   "temperature": lambda v: validate.settings("x", self.names[0], v, 0, 1, 1, None,
                                                              offered=self.names).temperature,
@@ -475,23 +485,38 @@ class Page:
                                                        offered=self.names).top_p,
                   "max_new_tokens": lambda v: validate.integer("max_new_tokens", v, 1, validate.MAX_NEW_TOKENS),
                   "seed": lambda v: "" if validate.seed_value(v) is None else str(validate.seed_value(v))}
-        out = []
+        out = {}
         for name, check in checks.items():
             if name not in query:
-                out.append(gr.skip())
                 continue
             try:
-                out.append(check(query[name]))
-            except ValueError as error:
-                gr.Warning(f"The link's {name} was not used: {error}")
-                out.append(gr.skip())
-        return (*out, True)
+                out[name] = check(query[name])
+            except ValueError as error:  # a toast renders HTML: the link's text must stay text
+                gr.Warning(html.escape(f"The link's {name} was not used: {error}"))
+        restored = (out.get(name, gr.skip()) for name in checks)
+        return (*restored, self._link_may_run(out.get("model", self.first), out.get("max_new_tokens", 60)))
+
+    def _link_may_run(self, model: str, max_new: int) -> str:
+        cheap = (model == self.first or self.service.models.loaded(model)) and max_new <= LINK_AUTORUN_TOKENS
+        return "run" if cheap else "wait"
+
+    def opening_status(self, name: str, max_new: Any, restored: Any,
+                       progress: gr.Progress = gr.Progress(track_tqdm=True)) -> Iterator[tuple]:
+        """`model_status` when the page opens, except that a link never loads a model by itself."""
+        if restored == "wait" and name != self.first and not self.service.models.loaded(name):
+            yield (f"**{name}** is not loaded yet: it loads when you press Generate.", *(gr.skip(),) * 5)
+            return
+        yield from self.model_status(name, max_new, progress)
 
     @staticmethod
-    def restore_flags(restored: Any, request: gr.Request) -> Any:
-        """After the model's own defaults: the link's "stop at end of text"."""
+    def restore_flags(restored: Any, request: gr.Request) -> tuple:
+        """After the model's own defaults: the link's "stop at end of text", and whether the
+        page generates now (the hidden checkbox that page_script.REGENERATE_JS reads)."""
         value = dict(request.query_params).get("stop_at_end") if restored and request is not None else None
-        return gr.skip() if value is None else gr.Checkbox(value=value.lower() in ("1", "true", "yes"))
+        flag = gr.skip() if value is None else gr.Checkbox(value=value.lower() in ("1", "true", "yes"))
+        if restored == "wait":
+            gr.Info(LINK_WAITS)
+        return flag, restored == "run"
 
     # -- next-token view ---------------------------------------------------------------------------
     @staticmethod
@@ -546,8 +571,8 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
     sources, tiers = with_tiers(offered_sources(default_model, extra_models))
     runs = RunStore()
     service = Service(ModelTable(sources, tiers, on_evict=runs.drop_model), runs)
-    page = Page(service)
-    first, notice = start_model(default_model, page.names)
+    first, notice = start_model(default_model, service.models.names)
+    page = Page(service, first=first)
     if notice:
         log.warning(notice.replace("**", ""))  # the page's notice, for the terminal
     log.info("serving %s (%s weights), loaded on first use", first, tiers[first])
@@ -682,14 +707,16 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
         # switching models goes through one queue slot so two big loads never overlap.
         # A shared link (?prompt=…) restores its settings first, then the model fits them, then
         # the page generates as the link's owner did.
-        restored = gr.State(False)
+        restored = gr.State("")
+        autorun = gr.Checkbox(False, visible=False, elem_id="link-autorun")
         settings_inputs = [prompt, model, temperature, top_k, top_p, max_new, seed, stop_at_end]
         demo.load(page.restore, outputs=[prompt, model, temperature, top_k, top_p, max_new, seed, restored],
                   api_visibility="private", concurrency_id="view").then(
-            page.model_status, inputs=[model, max_new], outputs=status_outputs,
+            page.opening_status, inputs=[model, max_new, restored], outputs=status_outputs,
             api_visibility="private", concurrency_id="view").then(
-            page.restore_flags, inputs=restored, outputs=stop_at_end, api_visibility="private",
-            concurrency_id="view").then(None, js=page_script.REGENERATE_JS, api_visibility="private")
+            page.restore_flags, inputs=restored, outputs=[stop_at_end, autorun], api_visibility="private",
+            concurrency_id="view").then(None, inputs=autorun, js=page_script.REGENERATE_JS,
+                                        api_visibility="private")
         model.input(page.model_status, inputs=[model, max_new], outputs=status_outputs,
                     api_visibility="private", concurrency_id="load", concurrency_limit=1)
         run = generate_btn.click(

@@ -48,7 +48,7 @@ def launched(monkeypatch, tiny_dir) -> dict:
 
 def test_launch_settings(launched):
     from playground.app import ONEDNN_CACHE_ENTRIES, SESSION_CAPACITY
-    from playground.guard import RouteGuard
+    from playground.guard import FramePolicy, RouteGuard
     from playground.limits import BodyLimit
 
     demo = launched.pop("blocks")
@@ -63,7 +63,8 @@ def test_launch_settings(launched):
     assert demo.api_open is False  # Gradio's /run/<name> may not skip the queue
     assert "allowed_paths" not in launched and "blocked_paths" not in launched
     middleware = launched["app_kwargs"]["middleware"]
-    assert [m.cls for m in middleware] == [BodyLimit, RouteGuard] and middleware[1].kwargs["blocks"] is demo
+    assert [m.cls for m in middleware] == [FramePolicy, BodyLimit, RouteGuard]
+    assert middleware[2].kwargs["blocks"] is demo
 
 
 def test_no_component_takes_files_or_paths(launched):
