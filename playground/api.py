@@ -17,12 +17,18 @@ from . import tokens, validate
 from .errors import friendly
 from .inspection import DEFAULT_WINDOW, MAX_WINDOW, rank_candidates
 from .models import describe, load_error_message
-from .service import MEAN, Service, parse_head
+from .service import DIRECTIONS, MEAN, Service, parse_head
 
 
 def register(service: Service, generate_concurrency: int) -> None:
     """Add the endpoints to the Blocks being built (call inside its `with`)."""
     names = service.models.names
+
+    def text_and_config(text: object, model: object) -> tuple[str, str, gpt2.GPTConfig]:
+        """The text and model checked, and the model's config (a load if it is not loaded yet,
+        never a forward pass): every argument is checked against it before any model work."""
+        text, name = validate.prompt_text(text), validate.model_name(model, names)
+        return text, name, service.models.get(name).config
 
     async def generate(prompt: str, model: str = names[0], temperature: float = 0.8, top_k: int = 40,
                        top_p: float = 0.95, max_new_tokens: int = 60,
@@ -56,15 +62,18 @@ def register(service: Service, generate_concurrency: int) -> None:
         Returns a dict: the window's token labels ("tokens"), weights[query][key] ([head][query][key]
         for "all"), and where the window lies ("start", "stop", "total", "shown").
         """
-        run = service.inspect_text(validate.prompt_text(text), validate.model_name(model, names))
-        layer = validate.integer("layer", layer, 0, run.config.n_layer - 1)
         size = validate.integer("size", size, 1, MAX_WINDOW)
-        start = None if start is None else validate.integer("start", start, 0, len(run.ids) - 1)
-        every = str(head).strip().lower() == "all"
+        every = isinstance(head, str) and head.strip().lower() == "all"
+        text, name, config = text_and_config(text, model)
+        layer = validate.integer("layer", layer, 0, config.n_layer - 1)
+        head_index = None if every else parse_head(head, config.n_head)
+        ids = service.text_ids(text, name)
+        start = None if start is None else validate.integer("start", start, 0, len(ids) - 1)
+        run = service.inspect_ids(name, ids)
         if every:
             view = service.all_heads(run, layer, start, size)
         else:
-            view = service.view(run, layer, parse_head(head, run.config.n_head), start, size)
+            view = service.view(run, layer, head_index, start, size)
         return {"model": model, "layer": layer,
                 "head": "all" if every else MEAN if view.head is None else view.head,
                 "start": view.window.start, "stop": view.window.stop, "total": view.window.total,
@@ -78,11 +87,14 @@ def register(service: Service, generate_concurrency: int) -> None:
         counts tokens from 0 (-1 = the last). direction='from': what the token attends to,
         weights over keys 0..position; 'to': what attends to it, weights of the queries
         position..T-1. `tokens` are the labels of the tokens `weights` belongs to."""
-        run = service.inspect_text(validate.prompt_text(text), validate.model_name(model, names))
-        layer = validate.integer("layer", layer, 0, run.config.n_layer - 1)
-        position = validate.integer("position", position, -len(run.ids), len(run.ids) - 1)
-        found = service.token_attention(run, layer, parse_head(head, run.config.n_head), position,
-                                        str(direction).strip().lower())
+        direction = validate.choice("direction", direction, DIRECTIONS)
+        text, name, config = text_and_config(text, model)
+        layer = validate.integer("layer", layer, 0, config.n_layer - 1)
+        head_index = parse_head(head, config.n_head)
+        ids = service.text_ids(text, name)
+        position = validate.integer("position", position, -len(ids), len(ids) - 1)
+        run = service.inspect_ids(name, ids)
+        found = service.token_attention(run, layer, head_index, position, direction)
         return {"tokens": found.labels, "weights": found.weights.round(6).tolist(),
                 "position": found.position}
 
@@ -95,7 +107,8 @@ def register(service: Service, generate_concurrency: int) -> None:
         "positions": its probability ("prob") and the top k guesses for that place ("top").
         """
         k = validate.integer("k", k, 1, 20)
-        run = service.inspect_text(validate.prompt_text(text), validate.model_name(model, names))
+        text, name, _ = text_and_config(text, model)
+        run = service.inspect_ids(name, service.text_ids(text, name))
         labels = tokens.labels(run.ids)
         return {"model": model, "tokens": labels, "positions": [
             {"position": p, "token": labels[p], "prob": round(c.chosen_prob, 6),
@@ -114,9 +127,10 @@ def register(service: Service, generate_concurrency: int) -> None:
         text (invalid UTF-8 replaced).
         """
         k = validate.integer("k", k, 1, validate.MAX_LENS_K)
-        run = service.inspect_text(validate.prompt_text(text), validate.model_name(model, names))
-        T = len(run.ids)
-        position = validate.integer("position", position, -T, T - 1) % T
+        text, name, _ = text_and_config(text, model)
+        ids = service.text_ids(text, name)
+        position = validate.integer("position", position, -len(ids), len(ids) - 1) % len(ids)
+        run = service.inspect_ids(name, ids)
         lens = service.lens(run, slice(position, position + 1), k)
         return {"position": position, "layers": [
             {"layer": layer, "top": [{"token": t, "id": int(i), "prob": round(float(p), 6)}

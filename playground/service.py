@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -91,16 +92,18 @@ class Step:
 
 
 def parse_head(head: object, n_head: int) -> int | None:
-    """'mean' (or None) -> None; 'head 3', '3' or 3 -> 3."""
+    """'mean' (or None) -> None; 'head 3', '3' or 3 -> 3, in 0..n_head - 1."""
     if head is None or (isinstance(head, str) and head.strip().lower().startswith(MEAN)):
         return None
-    text = str(head).strip().lower().removeprefix("head").strip()
-    try:
+    text = head.strip().lower().removeprefix("head").strip() if isinstance(head, str) else None
+    if isinstance(head, int) and not isinstance(head, bool):
+        value = head
+    elif text is not None and re.fullmatch(r"\d{1,4}", text):
         value = int(text)
-    except ValueError:
-        raise ValueError(f"head must be 'mean' or a head number 0..{n_head - 1}, got {shown(head)}") from None
+    else:
+        raise ValueError(f"head must be 'mean' or a head number 0..{n_head - 1}, got {shown(head)}")
     if not 0 <= value < n_head:
-        raise ValueError(f"head must be in 0..{n_head - 1} (or 'mean'), got {value}")
+        raise ValueError(f"head must be in 0..{n_head - 1} (or 'mean'), got {shown(value)}")
     return value
 
 
@@ -249,7 +252,7 @@ class Service:
             raise RunExpired("This run is unknown to the server (it restarted, or the run is very "
                               "old). Generate again to inspect it.")
         log.info("recomputing evicted run of %s (%d tokens)", record.model_name, len(record.ids))
-        run = self._captured(record.model_name, list(record.ids))
+        run = self.inspect_ids(record.model_name, list(record.ids))
         run = replace(run, n_prompt=record.n_prompt, seed=record.seed, seconds=record.seconds,
                       dropped=record.dropped, ended=record.ended)
         self.runs.add(run, run_id)
@@ -347,10 +350,16 @@ class Service:
 
     def inspect_text(self, text: str, model_name: str) -> Run:
         """Capture one forward pass over any text (the stateless API's path): no generation."""
-        context = self.models.get(model_name).config.context_length
-        return self._captured(model_name, gpt2.encode(text)[-context:])
+        return self.inspect_ids(model_name, self.text_ids(text, model_name))
 
-    def _captured(self, model_name: str, ids: list[int]) -> Run:
+    def text_ids(self, text: str, model_name: str) -> list[int]:
+        """The ids a forward pass over `text` takes (its end, up to the context): the model is
+        loaded for its context, nothing is computed, so a request's positions can be checked
+        before any forward pass."""
+        context = self.models.get(model_name).config.context_length
+        return gpt2.encode(text)[-context:]
+
+    def inspect_ids(self, model_name: str, ids: list[int]) -> Run:
         """One forward pass over `ids` with attention capture, as a run (all of it prompt)."""
 
         def forward(model: gpt2.GPT) -> tuple[gpt2.AttentionCapture, float]:

@@ -83,6 +83,14 @@ def seed_value(seed: object) -> int | None:
     return integer("seed", seed, 0, MAX_SEED)
 
 
+def choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
+    """One of `allowed` (case and surrounding spaces ignored)."""
+    text = value.strip().lower() if isinstance(value, str) else None
+    if text not in allowed:
+        raise ValueError(f"{name} must be {' or '.join(repr(a) for a in allowed)}, got {shown(value)}")
+    return text
+
+
 def flag(name: str, value: object) -> bool:
     """true or false, nothing else (JSON's booleans; "true" as text is a mistake to report)."""
     if not isinstance(value, bool):

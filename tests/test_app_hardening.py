@@ -2,13 +2,39 @@
 input, and what one client may do to the others' sessions."""
 from __future__ import annotations
 
+import re
 import urllib.parse
 import urllib.request
 
+import gradio as gr
+import pytest
 from test_app_server import MODEL, browser_page
 
 from playground.guard import FRAME_ANCESTORS
+from playground.service import Service
 from playground.ui import LINK_WAITS
+
+TEXT = "The cat sat on the mat. The cat sat on the"  # 12 tokens
+DEFAULTS = {  # a good call of each inspection endpoint on local:tiny (2 layers, 4 heads)
+    "attention": dict(text=TEXT, model=MODEL, layer=0, head="mean", start=None, size=8),
+    "token_attention": dict(text=TEXT, model=MODEL, layer=0, head="mean", position=-1, direction="from"),
+    "next_tokens": dict(text=TEXT, model=MODEL, k=5),
+    "logit_lens": dict(text=TEXT, model=MODEL, position=-1, k=5),
+}
+BAD_ARGUMENTS = [  # endpoint, change to its good call, what the refusal says
+    ("attention", dict(layer=999), "layer must be between 0 and 1, got 999"),
+    ("attention", dict(head="zzz"), "head must be 'mean' or a head number 0..3, got 'zzz'"),
+    ("attention", dict(head="4"), "head must be in 0..3 (or 'mean'), got 4"),
+    ("attention", dict(start=12), "start must be between 0 and 11, got 12"),
+    ("attention", dict(size=0), "size must be between 1 and 128, got 0"),
+    ("token_attention", dict(layer=2), "layer must be between 0 and 1, got 2"),
+    ("token_attention", dict(head=[1]), "head must be 'mean' or a head number 0..3, got [1]"),
+    ("token_attention", dict(position=-13), "position must be between -12 and 11, got -13"),
+    ("token_attention", dict(direction="sideways"), "direction must be 'from' or 'to', got 'sideways'"),
+    ("next_tokens", dict(k=21), "k must be between 1 and 20, got 21"),
+    ("logit_lens", dict(position=12), "position must be between -12 and 11, got 12"),
+    ("logit_lens", dict(k=0), "k must be between 1 and 20, got 0"),
+]
 
 
 def headers_of(url: str) -> dict[str, str]:
@@ -67,3 +93,44 @@ def test_a_costly_link_waits_for_a_click(app_url):
         page.locator("#generate").click()
         expect(page.locator("#stats")).to_contain_text("seed 2", timeout=120_000)
         assert "local:long" in page.locator("#stats").inner_text()
+
+
+# -- item 8: every argument checked before any model work ------------------------------------------
+@pytest.mark.parametrize("endpoint, change, message", BAD_ARGUMENTS, ids=lambda v: str(v)[:24])
+def test_bad_arguments_are_refused_by_the_running_app(client, endpoint, change, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as refused:
+        client.predict(**{**DEFAULTS[endpoint], **change}, api_name=f"/{endpoint}")
+    assert str(refused.value) == message
+
+
+@pytest.fixture(scope="module")
+def endpoints(tiny_checkpoint, monkeypatch_module) -> tuple[dict, list]:
+    """The app's endpoints built in this process ({api name: handler}), and a list that each
+    forward pass over a text appends to."""
+    from playground import ui
+
+    forwards = []
+    captured = Service.inspect_ids
+    monkeypatch_module.setattr(Service, "inspect_ids",
+                               lambda self, name, ids: forwards.append(len(ids)) or captured(self, name, ids))
+    demo = ui.build(str(tiny_checkpoint))
+    return {fn.api_name: fn.fn for fn in demo.fns.values() if fn.api_name in DEFAULTS}, forwards
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def test_no_forward_pass_before_every_argument_is_checked(endpoints):
+    handlers, forwards = endpoints
+    for endpoint, change, message in BAD_ARGUMENTS:
+        with pytest.raises(gr.Error, match=re.escape(message)):
+            handlers[endpoint](**{**DEFAULTS[endpoint], **change})
+    assert forwards == []
+    for endpoint, call in DEFAULTS.items():  # good calls: one forward pass each over the 12 tokens
+        handlers[endpoint](**call)
+    assert forwards == [12] * len(DEFAULTS)
