@@ -202,7 +202,7 @@ def _malloc_trim() -> Callable[[int], int] | None:
 def _config(make: Callable[[], GPTConfig], source: Path, what: str) -> GPTConfig:
     try:
         return make()
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, RecursionError) as e:  # JSON nested too deep
         raise WeightsError(f"{source}: {what} ({type(e).__name__}: {e})") from None
 
 

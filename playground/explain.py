@@ -55,7 +55,7 @@ def lens_table(position: int, token: str, following: str | None, ids: Sequence[S
     body = "".join(
         f"<tr><th>{'after ' if i < len(layers) - 1 else 'output, '}layer {entry['layer']}</th>"
         + "".join(f'<td style="background:{_shade(t["prob"])}" title="id {t["id"]}">'
-                  f'<code>{html.escape(tokens.label(t["token"].encode()))}</code> {figures.percent(t["prob"])}</td>'
+                  f'<code>{html.escape(tokens.visible(t["token"].encode()))}</code> {figures.percent(t["prob"])}</td>'
                   for t in entry["top"]) + "</tr>" for i, entry in enumerate(layers))
     after = "" if following is None else f"; <code>{html.escape(following)}</code> followed"
     caption = (f"After position {position} <code>{html.escape(token)}</code>{after}: the top {k} next tokens "

@@ -34,6 +34,9 @@ OPEN_ROUTES = [  # (method, path pattern); <name> routes are added per endpoint
     ("POST", API + r"/queue/join"), ("POST", API + r"/cancel"), ("POST", API + r"/reset/?"),
 ]
 CALL = re.compile(API + r"/call/(?:v2/)?(?P<name>\w+)(?:/(?P<event_id>[\w-]+))?/?")
+# JSON levels a request may nest (the page's deepest, an event's data, has 4): Gradio walks
+# what it receives recursively, so a deeper body could end in a RecursionError and a 500.
+MAX_DEPTH = 32
 # Who may show the page in a frame: itself, and a Space's page on huggingface.co (which frames
 # the app served from <space>.hf.space). Any other site framing it could start work unseen.
 FRAME_ANCESTORS = "frame-ancestors 'self' https://huggingface.co https://*.hf.space"
@@ -126,10 +129,15 @@ class RouteGuard:
         await self.app(scope, replay, send)
 
     def _missing(self, body: bytes, name: str | None, v2: bool) -> str | None:
+        too_deep = f"the request body nests deeper than {MAX_DEPTH} levels"
         try:
             payload = json.loads(body)
+        except RecursionError:  # Gradio would parse it again, fail the same way and answer 500
+            return too_deep
         except ValueError:
             return None  # Gradio answers malformed JSON itself (422)
+        if nests_deeper(payload, MAX_DEPTH):
+            return too_deep
         if not isinstance(payload, dict):
             return None
         if name is None:  # queue/join names its event by index
@@ -177,6 +185,18 @@ class RouteGuard:
                         "more_body": message.get("more_body", False)})
 
         await self.app(scope, receive, translated)
+
+
+def nests_deeper(value: object, limit: int) -> bool:
+    """Whether lists and dicts in `value` nest more than `limit` levels (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        item, level = stack.pop()
+        if isinstance(item, (list, dict)):
+            if level > limit:
+                return True
+            stack.extend((v, level + 1) for v in (item.values() if isinstance(item, dict) else item))
+    return False
 
 
 def call_event(chunk: bytes) -> str:

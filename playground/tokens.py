@@ -13,8 +13,8 @@ VISIBLE = {" ": "·", "\n": "↵", "\t": "⇥", "\r": "␍"}
 HTML = {"&": "&amp;", "<": "&lt;", ">": "&gt;"}
 
 
-def label(raw: bytes) -> str:
-    """One token's bytes as a visible, plot-safe string."""
+def visible(raw: bytes) -> str:
+    """One token's bytes as a visible string (for text that is escaped where it is shown)."""
     text = raw.decode("utf-8", errors="backslashreplace")  # a character's fragment -> \xf0
     if not text:
         return "∅"
@@ -22,8 +22,6 @@ def label(raw: bytes) -> str:
     for ch in text:
         if ch in VISIBLE:
             out.append(VISIBLE[ch])
-        elif ch in HTML:
-            out.append(HTML[ch])
         elif ord(ch) < 32 or ord(ch) == 127:
             out.append(f"\\x{ord(ch):02x}")
         else:
@@ -31,10 +29,17 @@ def label(raw: bytes) -> str:
     return "".join(out)
 
 
-def labels(ids: list[int]) -> list[str]:
-    """Labels for a sequence of GPT-2 token ids."""
+def label(raw: bytes) -> str:
+    """One token's bytes as a visible, plot-safe string."""
+    return "".join(HTML.get(ch, ch) for ch in visible(raw))
+
+
+def labels(ids: list[int], plot_safe: bool = True) -> list[str]:
+    """Labels for a sequence of GPT-2 token ids; `plot_safe=False` leaves & < > as they are,
+    for HTML that escapes them itself (escaping twice would show "&lt;")."""
     tokenizer = gpt2.get_tokenizer()
-    return [label(tokenizer.decode_single_token_bytes(i)) for i in ids]
+    show = label if plot_safe else visible
+    return [show(tokenizer.decode_single_token_bytes(i)) for i in ids]
 
 
 def text(ids: list[int]) -> list[str]:

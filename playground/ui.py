@@ -331,8 +331,8 @@ class Page:
         T = len(run.ids)
         position = min(max(0, int(position)), T - 1)
         one = self.service.lens(run, slice(position, position + 1), LENS_K)
-        label = tokens.labels(run.ids[position:position + 1])[0]
-        following = tokens.labels(run.ids[position + 1:position + 2])[0] if position + 1 < T else None
+        label = tokens.labels(run.ids[position:position + 1], plot_safe=False)[0]  # lens_table escapes
+        following = tokens.labels(run.ids[position + 1:position + 2], plot_safe=False)[0] if position + 1 < T else None
         table = explain.lens_table(position, label, following, one.ids[:, 0, 0].tolist(), one.probs[:, 0, 0].tolist())
         win = window(T, int(start), int(size))
         grid = self.service.lens(run, slice(win.start, win.stop), 1)

@@ -20,7 +20,10 @@ MAX_LENS_K = 20  # top tokens per layer in the logit lens
 def shown(value: object) -> str:
     """`repr(value)`, cut to ECHO_CHARS: an error names what was wrong without echoing
     (and logging) whatever megabyte a client sent."""
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's 4,300-digit limit for turning it into text
+        return f"a number of about {int(value.bit_length() * math.log10(2)):,} digits"
     return text if len(text) <= ECHO_CHARS else f"{text[:ECHO_CHARS]}… ({len(text):,} characters)"
 
 
@@ -38,25 +41,36 @@ class Settings:
 
 
 def _number(name: str, value: object) -> float:
+    original = value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         try:
             value = float(str(value).strip())
         except ValueError:
             raise ValueError(f"{name} must be a number, got {shown(value)}") from None
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int too large for a float (a 400-digit seed)
+        value = math.inf
     if not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {shown(value)}")
+        raise ValueError(f"{name} must be a finite number, got {shown(original)}")
     return value
 
 
 def integer(name: str, value: object, low: int, high: int) -> int:
-    """An integer in [low, high]; accepts 3.0 (sliders send floats) but not 3.5."""
-    number = _number(name, value)
-    if not number.is_integer():
-        raise ValueError(f"{name} must be a whole number, got {shown(value)}")
+    """An integer in [low, high]; accepts 3.0 (sliders send floats) but not 3.5. A whole
+    number of any size (JSON's, or digits as text) is compared as it is, not as a float."""
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,4000}\s*", value):
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        number = _number(name, value)
+        if not number.is_integer():
+            raise ValueError(f"{name} must be a whole number, got {shown(value)}")
+        number = int(number)
     if not low <= number <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, got {int(number)}")
-    return int(number)
+        raise ValueError(f"{name} must be between {low} and {high}, got {shown(number)}")
+    return number
 
 
 def prompt_text(prompt: object) -> str:

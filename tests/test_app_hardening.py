@@ -2,9 +2,14 @@
 input, and what one client may do to the others' sessions."""
 from __future__ import annotations
 
+import html
+import json
 import re
+import time
+import urllib.error
 import urllib.parse
 import urllib.request
+import uuid
 
 import gradio as gr
 import pytest
@@ -134,3 +139,93 @@ def test_no_forward_pass_before_every_argument_is_checked(endpoints):
     for endpoint, call in DEFAULTS.items():  # good calls: one forward pass each over the 12 tokens
         handlers[endpoint](**call)
     assert forwards == [12] * len(DEFAULTS)
+
+
+# -- item 9: odd input --------------------------------------------------------------------------------
+NESTED = b"[" * 100_000 + b"]" * 100_000  # 200 KB, under the body cap
+
+
+def raw_post(url: str, body: bytes) -> tuple[int, bytes]:
+    request = urllib.request.Request(url, body, {"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+@pytest.mark.parametrize("route", ["gradio_api/queue/join", "gradio_api/call/generate",
+                                   "gradio_api/call/v2/generate", "gradio_api/cancel", "gradio_api/reset"])
+@pytest.mark.parametrize("body", [NESTED, b'{"data": [' + NESTED + b'], "fn_index": 0}',
+                                  b'{"data": [' + b"[" * 500 + b"]" * 500 + b'], "fn_index": 0}',
+                                  b'{"data": [' + b"9" * 5000 + b'], "fn_index": 0}'],
+                         ids=["brackets", "nested-data", "500-levels", "5000-digits"])
+def test_odd_bodies_are_refused_without_a_traceback(app_server, route, body):
+    logged = len(app_server.log.read_text())
+    status, reply = raw_post(app_server.url + route, body)
+    assert 400 <= status < 500, (status, reply[:200])
+    assert b"Traceback" not in reply
+    time.sleep(0.2)
+    assert "Traceback" not in app_server.log.read_text()[logged:]
+
+
+GENERATE = dict(prompt="Hello there", model=MODEL, temperature=0.0, top_k=0, top_p=1.0, max_new_tokens=4, seed=1)
+HUGE_NUMBERS = [  # change to GOOD, the message (its quote of the value at most 40 characters)
+    ({"seed": 10**399}, "seed must be between 0 and 9223372036854775807, got 1" + "0" * 39 + "… (400 characters)"),
+    ({"seed": "9" * 400}, "seed must be between 0 and 9223372036854775807, got " + "9" * 40 + "… (400 characters)"),
+    ({"top_k": 10**300}, "top_k must be between 0 and 50257, got 1" + "0" * 39 + "… (301 characters)"),
+    ({"top_k": 1e300}, "top_k must be between 0 and 50257, got 1" + "0" * 15),
+    ({"temperature": 10**400}, "temperature must be a finite number, got 1" + "0" * 39 + "… (401 characters)"),
+    ({"max_new_tokens": -(10**50)}, "max_new_tokens must be between 1 and 512, got -1" + "0" * 38 + "… (52 characters)"),
+]
+
+
+@pytest.mark.parametrize("change, message", HUGE_NUMBERS, ids=lambda v: str(v)[:20])
+def test_huge_numbers_get_a_specific_message(app_server, client, change, message):
+    from gradio_client.exceptions import AppError
+
+    logged = len(app_server.log.read_text())
+    with pytest.raises(AppError) as refused:
+        client.predict(**{**GENERATE, **change}, api_name="/generate")
+    assert str(refused.value).startswith(message)
+    assert len(str(refused.value)) < 120
+    assert "Traceback" not in app_server.log.read_text()[logged:]
+
+
+def page_events(url: str, steps: list[tuple[str, dict]]) -> list[list]:
+    """The page's own events by name, in one session (a browser's visit without the browser):
+    each step's inputs by elem_id, the rest their defaults (state from the session); the
+    outputs of each."""
+    with urllib.request.urlopen(url + "config", timeout=30) as response:
+        config = json.load(response)
+    components = {c["id"]: c for c in config["components"]}
+    events = {d["api_name"]: d for d in config["dependencies"] if d.get("api_name")}
+    session, outputs = uuid.uuid4().hex, []
+    for name, values in steps:
+        data = [values.get(components[cid].get("props", {}).get("elem_id"),
+                           None if components[cid]["type"] == "state" else components[cid].get("props", {}).get("value"))
+                for cid in events[name]["inputs"]]
+        body = json.dumps({"data": data, "fn_index": events[name]["id"], "session_hash": session,
+                           "event_data": None, "trigger_id": None}).encode()
+        urllib.request.urlopen(urllib.request.Request(url + "gradio_api/queue/join", body,
+                                                      {"Content-Type": "application/json"}), timeout=60).close()
+        with urllib.request.urlopen(f"{url}gradio_api/queue/data?session_hash={session}", timeout=120) as stream:
+            for line in stream:
+                message = json.loads(line.removeprefix(b"data: ")) if line.startswith(b"data: ") else {}
+                if message.get("msg") == "process_completed":
+                    assert message["success"], message["output"]
+                    outputs.append(message["output"]["data"])
+                    break
+    return outputs
+
+
+def test_the_logit_lens_table_escapes_text_once(app_url):
+    prompt = "if a <b && c> d"  # tokens: if ·a ·< b ·&& ·c > ·d
+    *_, lens = page_events(app_url, [("ui_generate", {"prompt": prompt, "max-new-tokens": 2, "seed": "1"}),
+                                     ("show_run", {}),
+                                     ("update_lens", {"lens-position": 2, "window-start": 0, "window-size": 8})])
+    table = lens[0]
+    assert "&amp;lt;" not in table and "&amp;amp;" not in table
+    caption = re.search(r'<div class="lens-caption">(.*?)</div>', table)[1]
+    assert "<code>·&lt;</code>" in caption and "<code>b</code> followed" in caption
+    assert html.unescape(re.sub(r"<[^>]+>", "", caption)).startswith("After position 2 ·<; b followed")

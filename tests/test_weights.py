@@ -261,3 +261,21 @@ def test_presets_come_from_the_hub_cache_and_convert_once(offline_hub, tmp_path,
     assert gpt2.convert("gpt2") == tmp_path / "weights" / "gpt2.safetensors"
     idx = torch.tensor([[464, 3290, 3332]])
     torch.testing.assert_close(gpt2.load_model("gpt2", compile=False)(idx), model(idx), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("nested", ['{"n_embd": ' + "[" * 100_000 + "]" * 100_000 + "}",
+                                    '{"n_embd": ' + '{"a": ' * 50_000 + "1" + "}" * 50_001],
+                         ids=["lists", "objects"])
+def test_deeply_nested_config_metadata_is_refused(tiny_model, tmp_path, nested):
+    """Issue 28 item 9: JSON nested past Python's recursion limit is a WeightsError, not a
+    RecursionError escaping load_model; a Hub-layout config.json likewise."""
+    state = {k: v.contiguous() for k, v in tiny_model.state_dict().items()}
+    save_file(state, tmp_path / "nested.safetensors", metadata={"gpt2_config": nested})
+    with pytest.raises(gpt2.WeightsError, match="bad 'gpt2_config' metadata .*RecursionError"):
+        gpt2.load_model(tmp_path / "nested.safetensors")
+    d = tmp_path / "hub"
+    d.mkdir()
+    save_file(state, d / "model.safetensors")
+    (d / "config.json").write_text(nested)
+    with pytest.raises(gpt2.WeightsError, match="not a GPT-2 config .*RecursionError"):
+        gpt2.load_model(d)
