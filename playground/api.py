@@ -168,11 +168,7 @@ def register(service: Service, generate_concurrency: int) -> None:
         except gpt2.WeightsError as error:
             raise gr.Error(load_error_message(name, error), print_exception=False) from None
 
-    gr.api(friendly(generate), api_name="generate", concurrency_id="generate",
-           concurrency_limit=generate_concurrency)
-    gr.api(friendly(attention), api_name="attention", concurrency_id="generate")
-    gr.api(friendly(token_attention), api_name="token_attention", concurrency_id="generate")
-    gr.api(friendly(next_tokens), api_name="next_tokens", concurrency_id="generate")
-    gr.api(friendly(logit_lens), api_name="logit_lens", concurrency_id="generate")
-    gr.api(friendly(ablate), api_name="ablate", concurrency_id="generate")
+    for fn in (generate, attention, token_attention, next_tokens, logit_lens, ablate):
+        gr.api(friendly(fn), api_name=fn.__name__, concurrency_id="generate",
+               concurrency_limit=generate_concurrency)
     gr.api(friendly(load_model), api_name="load_model", concurrency_id="load")

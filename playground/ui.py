@@ -69,9 +69,11 @@ BUILTIN_EXAMPLES = {  # its own world: template stories and dialogues whose name
                                0.5, 40],
     "Leo's map (greedy)": ["Leo found a green map under the bed. One day, Leo took the map to the", 0.0, 30],
 }
-# Generation and API events admitted at once: as many as a model's decode loop batches
-# (the rows of one step); more wait in Gradio's queue, whose size stays capped.
-GENERATE_CONCURRENCY = gpt2.batching.MAX_BATCH
+# Generation and API events admitted at once (every one of them names this limit: Gradio gives
+# a concurrency id the smallest limit among its events, so one left at the default would set
+# it). A knock-out is two rows of a decode step, so this many fill a step (MAX_BATCH rows);
+# more wait in Gradio's queue, whose size stays capped.
+GENERATE_CONCURRENCY = gpt2.batching.MAX_BATCH // 2
 VIEW_CONCURRENCY = 8
 LIVE_INTERVAL_S = 0.25  # at most 4 token-view updates a second while a run streams
 STOP_WAIT_S = 30.0  # how long Stop waits for the stopped generation to store its run

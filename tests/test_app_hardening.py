@@ -229,3 +229,31 @@ def test_the_logit_lens_table_escapes_text_once(app_url):
     caption = re.search(r'<div class="lens-caption">(.*?)</div>', table)[1]
     assert "<code>·&lt;</code>" in caption and "<code>b</code> followed" in caption
     assert html.unescape(re.sub(r"<[^>]+>", "", caption)).startswith("After position 2 ·<; b followed")
+
+
+# -- item 10: the docs say what the code does ----------------------------------------------------------
+def test_the_docs_say_how_many_generations_are_admitted(tiny_checkpoint):
+    """The limit Gradio's queue applies to the "generate" events once each of them has been
+    called (it creates a concurrency id's queue at the first event and lowers its limit to any
+    smaller one a later event names: an endpoint left at the default used to set 8 where the
+    code said 16), with the queue app.py sets up, is the number README.md and docs/APP.md give."""
+    from conftest import ROOT
+
+    from playground import app, ui
+
+    demo = ui.build(str(tiny_checkpoint))
+    demo.queue(max_size=app.QUEUE_MAX_SIZE, default_concurrency_limit=ui.VIEW_CONCURRENCY, api_open=False)
+    for fn in demo.fns.values():
+        if fn.fn is not None:
+            demo._queue.create_event_queue_for_fn(fn)  # what each event's first push does
+    queues = demo._queue.event_queue_per_concurrency_id
+    admitted, views = queues["generate"].concurrency_limit, queues["view"].concurrency_limit
+    assert admitted == ui.GENERATE_CONCURRENCY == 8 and views == ui.VIEW_CONCURRENCY
+    assert {fn.concurrency_limit for fn in demo.fns.values() if fn.concurrency_id == "generate"} == {admitted}
+    for doc in ("README.md", "docs/APP.md"):
+        text = " ".join((ROOT / doc).read_text().split())
+        said = re.search(r"at most (\d+) waiting requests; (\d+) generation and API events admitted at once", text)
+        assert said and (int(said[1]), int(said[2])) == (app.QUEUE_MAX_SIZE, admitted), doc
+        assert f"view updates up to {views} at once" in text, doc
+        assert not re.search(r"\b(?!8\b)\d+ generations? (and API )?events (admitted|at once)|admits (?!8\b)\d+ generation",
+                             text), doc
