@@ -8,6 +8,7 @@ figures and the token view's payload -> components.
 """
 from __future__ import annotations
 
+import asyncio
 import html
 import logging
 import re
@@ -77,6 +78,7 @@ GENERATE_CONCURRENCY = gpt2.batching.MAX_BATCH // 2
 VIEW_CONCURRENCY = 8
 LIVE_INTERVAL_S = 0.25  # at most 4 token-view updates a second while a run streams
 STOP_WAIT_S = 30.0  # how long Stop waits for the stopped generation to store its run
+STOP_POLL_S = 0.05  # how often that wait looks (a coroutine's sleep: no thread, no queue slot)
 CSS = """
 #title h1 { margin-bottom: 0; }
 #stats { min-height: 1.5em; }
@@ -158,6 +160,7 @@ class Page:
         self.service = service
         self.names = service.models.names
         self.first = first or self.names[0]  # the model the page opens on
+        self._stopping: set[str | None] = set()  # sessions whose Stop is waiting for its run
         self.live_interval = live_interval  # None: no token view while streaming
 
     # -- model status ----------------------------------------------------------------------
@@ -228,14 +231,30 @@ class Page:
         previous-token head when there is one), the last token selected, the whole text."""
         return self._first_view(self.service.run(run_id), run_id, size, sort_by_role)
 
+    async def await_stop(self, run_id: str | None, request: gr.Request) -> None:
+        """After Stop cancelled the run: wait until the stopped generation has stored it (at
+        most STOP_WAIT_S), as a coroutine under its own unlimited concurrency id, so waiting
+        holds no thread and no view slot. One wait per session: a second Stop (or a client
+        sending the event over and over) while one waits returns at once."""
+        session = request.session_hash if request is not None else None
+        if session in self._stopping:
+            return
+        self._stopping.add(session)
+        try:
+            deadline = time.monotonic() + STOP_WAIT_S
+            while self.service.runs.pending(run_id) and time.monotonic() < deadline:
+                await asyncio.sleep(STOP_POLL_S)
+        finally:
+            self._stopping.discard(session)
+
     def stop(self, run_id: str | None, size: Any, sort_by_role: Any = False) -> tuple:
-        """After Stop cancelled the run: show what it made, like a finished run. The stopped
+        """After `await_stop`: show what the stopped run made, like a finished run. The stopped
         generation stores it under the id the page got with its first token."""
-        run = self.service.runs.get(run_id, wait=STOP_WAIT_S)
+        run = self.service.runs.get(run_id)
         if run is not None and run.ended == "stopped":
             return self._first_view(run, run_id, size, sort_by_role)
         rest = (gr.skip(),) * (len(VIEW_OUTPUT_NAMES) - 1)
-        if run is not None:  # it had finished: its own view stands
+        if run is not None or self.service.runs.pending(run_id):  # finished, or another Stop waits for it
             return (gr.skip(), *rest)
         return ("Stopped before the first token." if run_id else "Stopped.", *rest)
 
@@ -729,11 +748,12 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
         view_args = dict(api_visibility="private", concurrency_id="view", concurrency_limit=VIEW_CONCURRENCY)
         run.success(friendly(page.show_run), inputs=[run_id, size, sort_roles], outputs=view_outputs,
                     **view_args)
-        # The cancel first: the browser runs a click's listeners in order, and page.stop waits
-        # for the run that the cancelled generation stores.
+        # The cancel first: the browser runs a click's listeners in order, and page.await_stop
+        # waits for the run that the cancelled generation stores.
         stop_btn.click(None, cancels=[run], api_visibility="private")
-        stop_btn.click(friendly(page.stop), inputs=[run_id, size, sort_roles], outputs=view_outputs,
-                       **view_args)
+        stop_btn.click(page.await_stop, inputs=run_id, api_visibility="private", concurrency_id="stop",
+                       concurrency_limit=None).then(friendly(page.stop), inputs=[run_id, size, sort_roles],
+                                                    outputs=view_outputs, **view_args)
         induction_btn.click(page.induction_example, outputs=[prompt, model, temperature, max_new],
                             api_visibility="private", concurrency_id="view").then(
             page.model_status, inputs=[model, max_new], outputs=status_outputs, api_visibility="private",

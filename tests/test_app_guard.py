@@ -21,7 +21,7 @@ from test_app_server import browser_page
 MODEL = "local:tiny"
 LONG_PROMPT = "The rain in Spain stays mainly in the plain. " * 40  # ~440 tokens > the 128 context
 PRIVATE = ["ui_generate", "show_run", "model_status", "update_attention", "induction_example", "load_example",
-           "knockout", "compare", "restore", "update_lens", "induction_heads"]
+           "knockout", "compare", "restore", "update_lens", "induction_heads", "await_stop", "stop"]
 
 
 def status_of(url: str, body: bytes | None = None, headers: dict | None = None, method: str | None = None) -> int:

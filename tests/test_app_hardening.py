@@ -10,6 +10,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
+from collections.abc import Iterator
 
 import gradio as gr
 import pytest
@@ -192,39 +193,54 @@ def test_huge_numbers_get_a_specific_message(app_server, client, change, message
     assert "Traceback" not in app_server.log.read_text()[logged:]
 
 
-def page_events(url: str, steps: list[tuple[str, dict]]) -> list[list]:
-    """The page's own events by name, in one session (a browser's visit without the browser):
-    each step's inputs by elem_id, the rest their defaults (state from the session); the
-    outputs of each."""
-    with urllib.request.urlopen(url + "config", timeout=30) as response:
-        config = json.load(response)
-    components = {c["id"]: c for c in config["components"]}
-    events = {d["api_name"]: d for d in config["dependencies"] if d.get("api_name")}
-    session, outputs = uuid.uuid4().hex, []
-    for name, values in steps:
-        data = [values.get(components[cid].get("props", {}).get("elem_id"),
-                           None if components[cid]["type"] == "state" else components[cid].get("props", {}).get("value"))
-                for cid in events[name]["inputs"]]
-        body = json.dumps({"data": data, "fn_index": events[name]["id"], "session_hash": session,
+class PageSession:
+    """A browser's visit without the browser: the page's own events by name, in one session
+    hash, each event's inputs by elem_id (the rest their defaults; state from the session)."""
+
+    def __init__(self, url: str, session: str | None = None):
+        with urllib.request.urlopen(url + "config", timeout=30) as response:
+            config = json.load(response)
+        self.url, self.session = url, session or uuid.uuid4().hex
+        self.components = {c["id"]: c for c in config["components"]}
+        self.events = {d["api_name"]: d for d in config["dependencies"] if d.get("api_name")}
+
+    def join(self, name: str, values: dict) -> str:
+        """Send the event to the queue; its event id."""
+        data = []
+        for cid in self.events[name]["inputs"]:
+            component = self.components[cid]
+            props = component.get("props", {})
+            data.append(values.get(props.get("elem_id"), None if component["type"] == "state" else props.get("value")))
+        body = json.dumps({"data": data, "fn_index": self.events[name]["id"], "session_hash": self.session,
                            "event_data": None, "trigger_id": None}).encode()
-        urllib.request.urlopen(urllib.request.Request(url + "gradio_api/queue/join", body,
-                                                      {"Content-Type": "application/json"}), timeout=60).close()
-        with urllib.request.urlopen(f"{url}gradio_api/queue/data?session_hash={session}", timeout=120) as stream:
+        request = urllib.request.Request(self.url + "gradio_api/queue/join", body, {"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return json.load(response)["event_id"]
+
+    def messages(self, timeout: float = 120) -> Iterator[dict]:
+        """The session's queue stream, message by message, until the server closes it."""
+        with urllib.request.urlopen(f"{self.url}gradio_api/queue/data?session_hash={self.session}",
+                                    timeout=timeout) as stream:
             for line in stream:
-                message = json.loads(line.removeprefix(b"data: ")) if line.startswith(b"data: ") else {}
-                if message.get("msg") == "process_completed":
-                    assert message["success"], message["output"]
-                    outputs.append(message["output"]["data"])
-                    break
-    return outputs
+                if line.startswith(b"data: "):
+                    yield json.loads(line.removeprefix(b"data: "))
+
+    def run(self, name: str, values: dict) -> list:
+        """The event's outputs, once it completed."""
+        event = self.join(name, values)
+        for message in self.messages():
+            if message.get("event_id") == event and message["msg"] == "process_completed":
+                assert message["success"], message["output"]
+                return message["output"]["data"]
+        raise AssertionError(f"{name} never completed")
 
 
 def test_the_logit_lens_table_escapes_text_once(app_url):
     prompt = "if a <b && c> d"  # tokens: if ·a ·< b ·&& ·c > ·d
-    *_, lens = page_events(app_url, [("ui_generate", {"prompt": prompt, "max-new-tokens": 2, "seed": "1"}),
-                                     ("show_run", {}),
-                                     ("update_lens", {"lens-position": 2, "window-start": 0, "window-size": 8})])
-    table = lens[0]
+    page = PageSession(app_url)
+    page.run("ui_generate", {"prompt": prompt, "max-new-tokens": 2, "seed": "1"})
+    page.run("show_run", {})
+    table = page.run("update_lens", {"lens-position": 2, "window-start": 0, "window-size": 8})[0]
     assert "&amp;lt;" not in table and "&amp;amp;" not in table
     caption = re.search(r'<div class="lens-caption">(.*?)</div>', table)[1]
     assert "<code>·&lt;</code>" in caption and "<code>b</code> followed" in caption
@@ -257,3 +273,53 @@ def test_the_docs_say_how_many_generations_are_admitted(tiny_checkpoint):
         assert f"view updates up to {views} at once" in text, doc
         assert not re.search(r"\b(?!8\b)\d+ generations? (and API )?events (admitted|at once)|admits (?!8\b)\d+ generation",
                              text), doc
+
+
+# -- item 3: stop floods ----------------------------------------------------------------------------------
+def test_a_flood_of_stops_waits_once_per_session(app_url):
+    """One session's generation runs; its client sends the page's Stop event 24 times without
+    cancelling anything. One Stop waits for the run (as a coroutine, holding no view slot),
+    the others return at once, long before the generation ends."""
+    page = PageSession(app_url)
+    generation = page.join("ui_generate", {"prompt": "Once upon a time", "model": "local:long",
+                                           "max-new-tokens": 512, "seed": "3", "temperature": 0})
+    completed, stops = [], []
+    for message in page.messages():
+        if message["msg"] == "process_generating" and message["event_id"] == generation and not stops:
+            stops = [page.join("await_stop", {}) for _ in range(24)]  # the run id is in the session now
+        if message["msg"] == "process_completed":
+            assert message["success"], message["output"]
+            completed.append(message["event_id"])
+            if set(stops) | {generation} <= set(completed):
+                break
+    at = completed.index(generation)
+    assert len(stops) == 24 and set(completed[:at]) <= set(stops)
+    assert len(completed[:at]) == 23 and len(completed[at + 1:]) == 1  # the one that waited, until the run was in
+
+
+@pytest.mark.parametrize("sessions", [1, 3])
+def test_stop_waits_hold_no_thread_and_one_per_session(tiny_checkpoint, sessions):
+    """In-process: a run that stays pending; 24 Stops per session at once: one wait per
+    session (the rest return at once), all of them coroutines on one event loop."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from playground import ui
+
+    demo = ui.build(str(tiny_checkpoint))
+    handler = next(fn.fn for fn in demo.fns.values() if fn.api_name == "await_stop")
+    owner = handler.__self__  # the Page
+    run_id = owner.service.runs.reserve()
+
+    async def flood() -> list[bool]:
+        requests = [SimpleNamespace(session_hash=f"s{i % sessions}") for i in range(24 * sessions)]
+        tasks = [asyncio.ensure_future(handler(run_id, r)) for r in requests]
+        await asyncio.sleep(0.3)
+        done = [t.done() for t in tasks]
+        assert len(owner._stopping) == sessions
+        owner.service.runs.release(run_id)  # the generation stopped: the waits end
+        await asyncio.wait_for(asyncio.gather(*tasks), 5)
+        return done
+
+    done = asyncio.run(flood())
+    assert done.count(False) == sessions and owner._stopping == set()
