@@ -265,7 +265,8 @@ def decode_bound(machine: Machine, config: gpt2.GPTConfig, tier: str) -> float:
 
 def prefill_bound(machine: Machine, config: gpt2.GPTConfig, tier: str, T: int) -> float:
     """Roofline seconds for the prefill: the larger of compute and one read of the weights."""
-    return max(prefill_flops(config, T) / machine.gemm[TIER_COST[tier][3]],
+    gemm_dtype = TIER_COST[tier][3] if tier == "fp32" else gpt2.tiers.stream_dtype()  # ours: fp32 off bf16 CPUs
+    return max(prefill_flops(config, T) / machine.gemm[gemm_dtype],
                decode_bytes(config, tier) / machine.bandwidth)
 
 
@@ -407,6 +408,12 @@ def environment(device: torch.device) -> list[str]:
         lines.append(f"- GPU: {torch.cuda.get_device_name(device)}")
     lines += [f"- torch {torch.__version__}, transformers {transformers.__version__}, "
               f"Python {platform.python_version()}, torch.get_num_threads() = {torch.get_num_threads()}"]
+    if device.type == "cpu":
+        forced = [f"{k}={os.environ[k]}" for k in ("GPT2_CPU_ISA", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA")
+                  if k in os.environ]
+        lines.append(f"- Decode kernels: {gpt2.fast.kernels.library().isa} path"
+                     f"{' (forced: ' + ', '.join(forced) + ')' if forced else ''}; the fast tiers' residual "
+                     f"stream in {str(gpt2.tiers.stream_dtype()).removeprefix('torch.')}")
     return lines
 
 

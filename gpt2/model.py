@@ -25,7 +25,21 @@ class Linear(nn.Linear):
     def forward(self, x: Tensor, gelu: bool = False) -> Tensor:
         if self.use_kernels and kernels.serves(x):
             return kernels.linear(x, self.weight, bias=self.bias, gelu=gelu)
+        if self.weight.dtype != x.dtype:  # bf16 weights in an fp32 stream (`gpt2.tiers.stream_dtype`)
+            return self._widened(x, gelu)
         return gemm.linear(x, self.weight, self.bias, gelu)
+
+    def _widened(self, x: Tensor, gelu: bool) -> Tensor:
+        """The product in x's dtype: a short prefill on the kernels, which read the bf16
+        weights as they are; else the weights widened a layer at a time into a reused buffer
+        for the GEMM (never an emulated bf16 GEMM)."""
+        bias = None if self.bias is None else self.bias.to(x.dtype)
+        if x.numel() <= 16 * x.size(-1) and self.use_kernels and kernels.serves_rows(x):
+            return kernels.linear(x, self.weight, bias=self.bias, gelu=gelu)
+        if torch.is_grad_enabled() and x.requires_grad or not x.is_cpu:
+            return gemm.linear(x, self.weight.to(x.dtype), bias, gelu)
+        with kernels.widened(self.weight, x.dtype) as weight:
+            return gemm.linear(x, weight, bias, gelu)
 
 
 class LayerNorm(nn.LayerNorm):

@@ -11,6 +11,11 @@ near-tied predictions is rounding the logits to bf16, not the weights:
 - bf16 tier: head weights fp32 99.71%, bf16 with fp32 math 99.71%, bf16 throughout 98.59%;
 - int8 tier: head weights fp32 99.40%, bf16 with fp32 math 99.44%, bf16 throughout 98.32%,
   int8 scan alone 98.7-98.9%, int8 scan rescored (the tier's head) 99.44%.
+
+The residual stream (embeddings' sum, LayerNorms, attention) is bf16 only where the CPU has
+bf16 dot products (`stream_dtype`); elsewhere the tiers keep their half- and quarter-size
+weights and compute in fp32: decoding is bound by reading the weights, not by arithmetic,
+and emulated bf16 products made a 1,024-token prefill 4.7x slower than fp32's.
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .fast import kernels
+from .fast import kernels, rowdot
 from .fast.int8 import Int8Head, Int8Linear
 from .model import GPT, RequestLinear
 
@@ -34,11 +39,27 @@ class Int8RequestLinear(Int8Linear):
         return super().forward(x)
 
 
+def stream_dtype(device: torch.device | str | None = None) -> torch.dtype:
+    """The fast tiers' residual stream on `device`: bf16, except on a CPU whose decode path
+    has no bf16 dot products (`gpt2.fast.rowdot.native_bf16`), where it is fp32."""
+    cpu = torch.device(device or "cpu").type == "cpu"
+    return torch.float32 if cpu and not rowdot.native_bf16() else torch.bfloat16
+
+
+def set_stream_dtype(model: GPT, dtype: torch.dtype) -> GPT:
+    """The parts of a fast tier that make the residual stream (the position embedding, whose
+    dtype the blocks take, and every LayerNorm) in `dtype`; the weights stay as they are."""
+    for module in (model.wpe, model.ln_f, *(m for block in model.h for m in (block.ln_1, block.ln_2))):
+        module.to(dtype)
+    return model
+
+
 def to_bf16(model: GPT) -> GPT:
-    """Every weight in bf16; the LM head still computes in fp32 (see `GPT.logits`). Turns the
-    compiled kernels off: `gpt2.compile_kernels` again for the new dtype."""
+    """Every weight in bf16, the residual stream in `stream_dtype()`; the LM head still
+    computes in fp32 (see `GPT.logits`). Turns the compiled kernels off:
+    `gpt2.compile_kernels` again for the new dtype."""
     kernels.disable(model)
-    return model.to(torch.bfloat16)
+    return set_stream_dtype(model.to(torch.bfloat16), stream_dtype(model.device))
 
 
 def quantize_int8(model: GPT) -> GPT:
@@ -50,7 +71,7 @@ def quantize_int8(model: GPT) -> GPT:
         quantize_block(block)
     model.wte.to(torch.bfloat16)  # the head is made from the embedding the model keeps
     head = Int8Head(model.wte.weight, model.ln_f)
-    model.to(torch.bfloat16)
+    set_stream_dtype(model.to(torch.bfloat16), stream_dtype(model.device))
     model.int8_head = head
     return model
 

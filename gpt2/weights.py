@@ -23,7 +23,7 @@ from .fast.kernels import compile_kernels
 from .hub import HUB_ORG, WeightsError, download, weights_dir
 from .model import GPT
 from .fast.int8 import Int8Head
-from .tiers import quantize_block
+from .tiers import quantize_block, set_stream_dtype, stream_dtype
 from .tokenizer import EOT_ID
 
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -271,8 +271,8 @@ def load_model(source: str | Path, device: str | torch.device | None = None,
     """A ready-to-run model in eval mode from a preset name, "builtin", a Hub folder, or our file.
 
     `dtype=torch.bfloat16` halves the bytes read per decoded token; `quantize="int8"` quarters
-    the blocks' (weight-only int8, bf16 activations; `dtype` is then ignored). Both keep the
-    logits fp32. See `gpt2.tiers`.
+    the blocks' (weight-only int8; `dtype` is then ignored). Both keep the logits fp32, and
+    compute in bf16 where the CPU has bf16 dot products, else in fp32. See `gpt2.tiers`.
     `compile` (CPU only) builds the decode kernels of `gpt2.fast.kernels` in a background
     thread; the model is usable at once and speeds up when `model.compile_status` is ready.
     """
@@ -281,7 +281,10 @@ def load_model(source: str | Path, device: str | torch.device | None = None,
     if dtype not in (None, torch.float32, torch.bfloat16):
         raise ValueError(f"dtype must be None, torch.float32 or torch.bfloat16, got {dtype!r}")
     tier = "int8" if quantize == "int8" else "bf16" if dtype == torch.bfloat16 else "fp32"
-    model = _build(read_checkpoint(source), tier).to(device)
+    model = _build(read_checkpoint(source), tier)
+    if tier != "fp32":
+        set_stream_dtype(model, stream_dtype(device))
+    model = model.to(device)
     model.eval()
     if compile and model.device.type == "cpu":
         compile_kernels(model)

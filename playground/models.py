@@ -135,8 +135,7 @@ def describe(name: str, model: gpt2.GPT) -> str:
     """The status line of a loaded model (Markdown)."""
     c = model.config
     status = model.compile_status
-    speed = (" · fast decode kernels unavailable, running eager"
-             if status is not None and status.done.is_set() and status.error else "")
+    speed = f" · {status.summary}" if status is not None and status.done.is_set() else ""
     return (f"**{name}** ready · {precision(model)} · {c.num_params / 1e6:,.1f}M parameters · "
             f"{c.n_layer} layers × {c.n_head} heads · {c.context_length}-token context{speed}")
 

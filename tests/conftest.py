@@ -24,6 +24,11 @@ import torch
 
 import gpt2
 
+# The kernels wherever they build: a tiny model's load-time timing (gpt2.fast.kernels.speedup)
+# could keep it eager, and the tests of the kernels must run them. test_kernels checks the
+# automatic choice itself; app subprocesses inherit this.
+os.environ.setdefault("GPT2_KERNELS", "on")
+
 TINY = gpt2.GPTConfig(vocab_size=50257, context_length=64, n_embd=32, n_layer=2, n_head=4)
 
 
@@ -52,6 +57,34 @@ def tiny_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_hf(tiny_dir):
     return hf_reference(tiny_dir)
+
+
+def runnable_isas() -> list[str]:
+    """The decode paths this CPU runs (`GPT2_CPU_ISA`): its own and every lower one of its kind."""
+    from gpt2.fast import rowdot
+
+    return {"avx512": ["avx512", "avx2", "portable"], "avx2": ["avx2", "portable"],
+            "neon": ["neon", "portable"]}.get(rowdot.native_isa(), ["portable"])
+
+
+@contextlib.contextmanager
+def forced_isa(isa: str) -> Iterator[None]:
+    """This process as on a CPU that has only path `isa`: `GPT2_CPU_ISA` set (the tiers' stream
+    dtype follows it) and the kernels that models built meanwhile use, that path's."""
+    from gpt2.fast import kernels, rowdot
+
+    saved_env, saved_lib = os.environ.get("GPT2_CPU_ISA"), kernels._library
+    os.environ["GPT2_CPU_ISA"] = isa
+    try:
+        kernels._library = rowdot.build(isa)
+        kernels._self_test(kernels._library)
+        yield
+    finally:
+        kernels._library = saved_lib
+        if saved_env is None:
+            os.environ.pop("GPT2_CPU_ISA", None)
+        else:
+            os.environ["GPT2_CPU_ISA"] = saved_env
 
 
 def compiled(model: gpt2.GPT) -> gpt2.GPT:

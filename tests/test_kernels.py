@@ -4,14 +4,15 @@ import os
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 import torch
 from torch.profiler import profile
 
 import gpt2
-from conftest import ROOT, compiled
-from gpt2.fast import kernels
+from conftest import ROOT, compiled, runnable_isas
+from gpt2.fast import kernels, rowdot
 
 TIERS = gpt2.TIERS
 
@@ -195,7 +196,8 @@ def test_changing_dtypes_under_built_kernels_stays_correct(tiny_dir):
     eager = gpt2.load_model(tiny_dir, compile=False, **TIERS["int8"]).float()
     idx = torch.tensor([[5, 6, 7]])
     ref = decode_logits(eager, idx, 4)
-    torch.testing.assert_close(decode_logits(model, idx, 4), ref, atol=1e-3 * ref.abs().max().item(), rtol=0)
+    # within the int8 products' quantisation of each row (q8_0 blocks), which eager does not do
+    torch.testing.assert_close(decode_logits(model, idx, 4), ref, atol=2e-2 * ref.abs().max().item(), rtol=0)
 
 
 def blocks_one_by_one(model: gpt2.GPT):
@@ -313,7 +315,7 @@ def test_a_decode_step_with_an_id_outside_the_vocabulary_fails_and_leaves_the_ca
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_the_layer_norm_kernel_equals_torchs(dtype):
-    """A decode step's LayerNorm in the library, native and portable: torch's values within
+    """A decode step's LayerNorm in the library, on every path this CPU runs: torch's values within
     float rounding (bf16: one rounding of the output)."""
     from gpt2.fast import rowdot
 
@@ -322,8 +324,62 @@ def test_the_layer_norm_kernel_equals_torchs(dtype):
         x = (torch.randn(3, C, generator=g) * 5 + 2).to(dtype)
         w, b = torch.randn(C, generator=g).to(dtype), torch.randn(C, generator=g).to(dtype)
         want = torch.nn.functional.layer_norm(x.float(), (C,), w.float(), b.float(), 1e-5)
-        for lib in (kernels.library(), rowdot.build(portable=True)):
+        for lib in map(rowdot.build, runnable_isas()):
             got = lib.layer_norm(x, w, b, 1e-5)
             assert got.dtype == dtype and got.shape == x.shape
             tol = 1e-5 if dtype == torch.float32 else 1e-2
             assert (got.float() - want).abs().max().item() <= tol * max(1.0, want.abs().max().item()), C
+
+
+def slowed(fn, seconds: float = 0.03):
+    """fn, taking `seconds` longer each call: a slow path, forced."""
+    def slow(*args, **kwargs):
+        time.sleep(seconds)
+        return fn(*args, **kwargs)
+    return slow
+
+
+def test_the_load_check_keeps_eager_where_the_compiled_step_is_slower(tiny_dir, monkeypatch):
+    """GPT2_KERNELS=auto times a decode step both ways at load: with the compiled step made
+    slower, the model stays eager (and says so in one line), and still generates eager's ids."""
+    monkeypatch.setenv("GPT2_KERNELS", "auto")
+    monkeypatch.setattr(rowdot.Library, "decode_step", slowed(rowdot.Library.decode_step))
+    model = gpt2.load_model(tiny_dir)
+    assert not model.compile_status.wait(timeout=600)
+    status = model.compile_status
+    assert status.error is None and status.eager and status.speedup < kernels.EAGER_BELOW
+    assert status.summary.startswith("decode: eager, faster here than the compiled ") and status.isa in status.summary
+    assert not any(layer.use_kernels for layer in kernels.fast_layers(model))
+    idx = torch.tensor([[1, 2, 3]])
+    assert torch.equal(gpt2.generate(model, idx, 6), gpt2.generate(gpt2.load_model(tiny_dir, compile=False), idx, 6))
+
+
+def test_the_load_check_takes_the_kernels_where_eager_is_slower(tiny_dir, monkeypatch):
+    monkeypatch.setenv("GPT2_KERNELS", "auto")
+    monkeypatch.setattr(gpt2.model.Block, "forward", slowed(gpt2.model.Block.forward, 0.01))
+    model = compiled(gpt2.load_model(tiny_dir))
+    status = model.compile_status
+    assert status.speedup > 1 and not status.eager
+    assert status.summary == f"decode: compiled {status.isa} kernels ({status.speedup:.2f}x eager's speed on this model)"
+
+
+def test_gpt2_kernels_off_keeps_every_model_eager(tiny_dir, monkeypatch):
+    monkeypatch.setenv("GPT2_KERNELS", "off")
+    model = gpt2.load_model(tiny_dir)
+    assert model.compile_status.done.is_set() and not model.compile_status.ready
+    assert model.compile_status.summary == "decode: eager, the kernels are unavailable (GPT2_KERNELS=off)"
+    monkeypatch.setenv("GPT2_KERNELS", "fast")
+    with pytest.raises(ValueError, match="GPT2_KERNELS='fast': one of auto, on, off"):
+        gpt2.load_model(tiny_dir)
+
+
+def test_gpt2_cpu_isa_is_checked(monkeypatch):
+    monkeypatch.setenv("GPT2_CPU_ISA", "sse9")
+    with pytest.raises(rowdot.BuildError, match="not one of avx512, avx2, neon, portable"):
+        rowdot.build()
+    other = "avx2" if rowdot.native_isa() == "neon" else "neon"
+    monkeypatch.setenv("GPT2_CPU_ISA", other)
+    with pytest.raises(rowdot.BuildError, match=f"GPT2_CPU_ISA={other}: this CPU runs .* only"):
+        rowdot.build()
+    monkeypatch.setenv("GPT2_CPU_ISA", "portable")
+    assert rowdot.build().isa == "portable" and not rowdot.native_bf16()

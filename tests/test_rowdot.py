@@ -1,6 +1,7 @@
 """The C++ decode kernels (gpt2/fast/rowdot.cpp): equal to the eager math at every tier and
 odd size, and batch-invariant bit for bit (a row's result never depends on the rows beside
-it or the thread count), in the AVX-512 build and the portable one."""
+it or the thread count), on every path this CPU runs (`GPT2_CPU_ISA`: its own, AVX2 on an
+AVX-512 CPU, portable)."""
 import math
 import os
 import stat
@@ -9,15 +10,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from conftest import runnable_isas
 from gpt2.fast import kernels, rowdot
 from gpt2.fast.int8 import Int8Linear
 
 
-@pytest.fixture(scope="module", params=["native", "portable"])
+@pytest.fixture(scope="module", params=runnable_isas())
 def lib(request) -> rowdot.Library:
-    """The process's library (AVX-512 on this machine where the CPU has it), and the plain-loop
-    build that CPUs without AVX-512 get."""
-    return kernels.library() if request.param == "native" else rowdot.build(portable=True)
+    """Each path's library, as a CPU that has only that instruction set builds it."""
+    return rowdot.build(request.param)
 
 
 # (x dtype, weight kind, out dtype): the products the tiers make, and the LM head's.
@@ -44,9 +45,20 @@ def make(kind: str, out_features: int, in_features: int, rows: int, bias: bool, 
     return x, w.to(dtype), None, None if b is None else b.to(dtype), out_dtype
 
 
+def quantized(x: torch.Tensor) -> torch.Tensor:
+    """x as the int8 products see it: each row in blocks of 32, d = max|x| / 127, round(x / d) * d
+    (the library's fp32 steps: d, 1 / d, x * (1 / d) rounded to nearest even)."""
+    x = x.float()
+    n = x.size(-1)
+    blocks = F.pad(x, (0, -n % 32)).view(*x.shape[:-1], -1, 32)
+    d = blocks.abs().amax(-1, keepdim=True) / 127
+    q = torch.round(blocks * torch.where(d > 0, 1 / d, torch.zeros_like(d)))
+    return (q.double() * d.double()).flatten(-2)[..., :n]
+
+
 def reference(x, w, scales, bias, gelu):
-    """The same math in fp64."""
-    y = x.double() @ w.double().T
+    """The same math in fp64 (int8 weights: on the quantised rows they multiply)."""
+    y = (quantized(x) if w.dtype == torch.int8 else x.double()) @ w.double().T
     if scales is not None:
         y = y * scales.double()
     if bias is not None:
@@ -67,6 +79,34 @@ def test_equals_the_eager_math(lib, kind, out_features, in_features, gelu):
     # fp32 products: fp32 rounding only; bf16 outputs: one bf16 rounding on top
     tol = 1e-5 if out_dtype == torch.float32 else 1e-2
     assert (y.double() - want).abs().max().item() <= tol * max(1.0, want.abs().max().item())
+
+
+def test_int8_products_are_integer_dot_products_of_quantised_rows(lib):
+    """Each row is quantised on its own (blocks of 32) before the int8 products: within the
+    q8_0 rounding of the exact product, and NaN where its row holds a NaN or infinity."""
+    x, w, s, b, _ = make("int8-fp32-rows", 64, 100, rows=4, bias=True)
+    exact = x.double() @ (w.double() * s.double()[:, None]).T + b.double()
+    with torch.inference_mode():
+        y = lib.linear(x, w, s, b, torch.float32).double()
+        assert (y - exact).abs().max() <= 0.02 * exact.abs().max()
+        x[2, 70] = float("nan")
+        x[3, 5] = float("inf")
+        y = lib.linear(x, w, s, b, torch.float32)
+    assert y[:2].isfinite().all() and y[2:].isnan().all()
+
+
+def test_x86_paths_give_the_same_bits():
+    """AVX2 sums in the lanes AVX-512 does and reduces them in its tree: fp32 products, bf16
+    weights on fp32 rows, int8 products and attention are the same bits on both."""
+    if rowdot.native_isa() != "avx512":
+        pytest.skip("needs an AVX-512 CPU to run both paths")
+    avx512, avx2 = rowdot.build("avx512"), rowdot.build("avx2")
+    with torch.inference_mode():
+        for kind in ("fp32", "head-bf16", "int8-fp32-rows"):
+            x, w, s, b, out_dtype = make(kind, 300, 770, rows=5, bias=True)
+            assert torch.equal(avx512.linear(x, w, s, b, out_dtype, True), avx2.linear(x, w, s, b, out_dtype, True))
+        x = torch.randn(4, 130)
+        assert torch.equal(avx512.layer_norm(x, None, None, 1e-5), avx2.layer_norm(x, None, None, 1e-5))
 
 
 @pytest.mark.parametrize("kind", KINDS)

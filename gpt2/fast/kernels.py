@@ -66,12 +66,27 @@ def dequantized(weight: Tensor, scales: Tensor, dtype: torch.dtype) -> Iterator[
     fresh memory was most of the cost (the 48 matrices of 124M: 56 ms into new tensors, 7.5
     ms into a reused one; torch's way 82 ms). The pool keeps one buffer, of the largest size
     asked for, per prefill running at once."""
+    with _borrowed(weight.numel(), dtype) as buffer:
+        yield (_library or library()).dequantize(weight, scales, dtype, out=buffer)
+
+
+@contextlib.contextmanager
+def widened(weight: Tensor, dtype: torch.dtype) -> Iterator[Tensor]:
+    """`with widened(w, torch.float32) as weight:` bf16 weights as fp32 for a prefill GEMM,
+    in a buffer borrowed from the same pool as `dequantized`'s."""
+    with _borrowed(weight.numel(), dtype) as buffer:
+        yield buffer[:weight.numel()].view(weight.shape).copy_(weight)
+
+
+@contextlib.contextmanager
+def _borrowed(numel: int, dtype: torch.dtype) -> Iterator[Tensor]:
+    """A flat buffer of at least `numel` elements of `dtype` from the pool, for the block."""
     with _pool_lock:
-        fits = [b for b in _pool if b.dtype == dtype and b.numel() >= weight.numel()]
-        buffer = fits[-1] if fits else torch.empty(weight.numel(), dtype=dtype)  # the last returned
+        fits = [b for b in _pool if b.dtype == dtype and b.numel() >= numel]
+        buffer = fits[-1] if fits else torch.empty(numel, dtype=dtype)  # the last returned
         _pool[:] = [b for b in _pool if b is not buffer]
     try:
-        yield (_library or library()).dequantize(weight, scales, dtype, out=buffer)
+        yield buffer
     finally:
         with _pool_lock:
             _pool[:] = [b for b in _pool if b.dtype != dtype or b.numel() >= buffer.numel()]
@@ -182,10 +197,13 @@ _steps: weakref.WeakKeyDictionary[nn.Module, _DecodeStep] = weakref.WeakKeyDicti
 LINEARS = (("attn", "c_attn"), ("attn", "c_proj"), ("mlp", "c_fc"), ("mlp", "c_proj"))
 
 
-def _describe(model: nn.Module) -> _DecodeStep | None:
+def _describe(model: nn.Module, trial: bool = False) -> _DecodeStep | None:
     """The step for `model`, or None where it holds a module the kernels do not serve or the
     blocks disagree on LayerNorm eps or heads. It goes on through `ln_f` and the LM head (the
-    tied one, or the int8 tier's) where the model's own head would run them on the kernels."""
+    tied one, or the int8 tier's) where the model's own head would run them on the kernels.
+    `trial`: as if every module that can use the kernels did (the load-time check, before
+    they are switched on)."""
+    on = (lambda m: hasattr(m, "use_kernels")) if trial else (lambda m: getattr(m, "use_kernels", False))
     watch = _Watch()
     try:
         blocks, norms, attns = [], [], []
@@ -195,7 +213,7 @@ def _describe(model: nn.Module) -> _DecodeStep | None:
             ln_1, ln_2 = watch.module(block, "ln_1"), watch.module(block, "ln_2")
             attn, mlp = watch.module(block, "attn"), watch.module(block, "mlp")
             linears = [watch.module(attn if parent == "attn" else mlp, name) for parent, name in LINEARS]
-            if not all(getattr(m, "use_kernels", False) for m in (*linears, ln_1, ln_2, attn)):
+            if not all(map(on, (*linears, ln_1, ln_2, attn))):
                 return None
             norms += [ln_1, ln_2]
             attns.append(attn)
@@ -208,8 +226,7 @@ def _describe(model: nn.Module) -> _DecodeStep | None:
         head8 = model._modules.get("int8_head")
         head8 = watch.module(model, "int8_head") if head8 is not None else watch.slot(model._modules, "int8_head")
         ln_f = int8_head = None
-        if (getattr(model, "use_kernels", False) and getattr(model._modules.get("ln_f"), "use_kernels", False)
-                and getattr(head8, "use_kernels", head8 is None)):
+        if on(model) and on(model._modules.get("ln_f")) and (head8 is None or on(head8)):
             norm = watch.module(model, "ln_f")
             ln_f = (watch.tensor(norm, "weight"), watch.tensor(norm, "bias"), norm.eps)
             if head8 is not None:
@@ -300,21 +317,41 @@ def _self_test(lib: rowdot.Library) -> None:
 
 @dataclass
 class CompileStatus:
-    """How `compile_kernels` went: `done` is set when it finished, well or not."""
+    """How `compile_kernels` went: `done` is set when it finished, well or not. `speedup` is
+    the load-time check's (eager step time / compiled step time on the model); below 1 the
+    model stays eager (`eager` set), the kernels built and well."""
     done: threading.Event = field(default_factory=threading.Event)
     seconds: float | None = None
     error: str | None = None
+    isa: str | None = None  # the library's path, e.g. "avx2", "avx512+bf16+vnni"
+    speedup: float | None = None
+    eager: bool = False
 
     @property
     def ready(self) -> bool:
-        return self.done.is_set() and self.error is None
+        """Whether the model decodes on the kernels."""
+        return self.done.is_set() and self.error is None and not self.eager
+
+    @property
+    def summary(self) -> str:
+        """Which decode path, which instruction set and why, in one line."""
+        if not self.done.is_set():
+            return "decode: eager while the kernels build"
+        if self.error is not None:
+            return f"decode: eager, the kernels are unavailable ({self.error})"
+        measured = (f"{self.speedup:.2f}x eager's speed on this model" if self.speedup
+                    else "GPT2_KERNELS=on, not timed")
+        if self.eager:
+            return f"decode: eager, faster here than the compiled {self.isa} kernels ({measured})"
+        return f"decode: compiled {self.isa} kernels ({measured})"
 
     def __deepcopy__(self, memo: dict) -> "CompileStatus":
         return self  # a copied model shares the kernels, and so their status
 
     def __getstate__(self) -> dict:  # a pickled model (torch.save) keeps the outcome, not the lock
         self.done.wait()
-        return {"seconds": self.seconds, "error": self.error}
+        return {"seconds": self.seconds, "error": self.error, "isa": self.isa, "speedup": self.speedup,
+                "eager": self.eager}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__(**state)
@@ -324,6 +361,54 @@ class CompileStatus:
         """Block until built; True if the kernels are in use."""
         self.done.wait(timeout)
         return self.ready
+
+
+EAGER_BELOW = 0.9  # the check keeps a near-tie on the kernels, whose rows are batch-invariant
+
+
+def choice() -> str:
+    """`$GPT2_KERNELS`: "auto" (the default: the compiled path where `speedup` finds it no
+    more than 10% slower than eager), "on" (wherever it builds) or "off" (eager)."""
+    value = os.environ.get("GPT2_KERNELS", "auto").strip().lower() or "auto"
+    if value not in ("auto", "on", "off"):
+        raise ValueError(f"GPT2_KERNELS={value!r}: one of auto, on, off")
+    return value
+
+
+def speedup(model: nn.Module, lib: rowdot.Library, budget: float = 0.5) -> float | None:
+    """How many times faster a decode step of `model` runs compiled than eager: the best of a
+    few steps of each, interleaved, one row at position 0 (a few tens of ms at 124M; at least
+    two steps each, then as many as `budget` seconds allow). None where the kernels cannot
+    run the model's step. Each side runs on this thread: no other request's hooks fire on it
+    (`gpt2.hooks`), and the model's layers are not switched meanwhile."""
+    step = _describe(model, trial=True)
+    if step is None:
+        return None
+    n_layer, n_head, C = len(model.h), step.plan.model.heads, step.plan.model.C
+    k, v = torch.zeros(2, n_layer, n_head, 1, C // n_head)
+    rows = rowdot.DecodeRows.of([(k, v, 0)])
+    ids = torch.zeros(1, 1, dtype=torch.int64)
+
+    def eager() -> None:
+        x = (model.wte(ids) + model.wpe(ids)).to(model.wpe.weight.dtype)
+        for block in model.h:
+            x = block(x)
+        model.head(x)
+
+    def compiled() -> None:
+        lib.decode_step(step.plan, ids, rows)
+
+    best = {eager: float("inf"), compiled: float("inf")}
+    deadline = time.perf_counter() + budget
+    with torch.inference_mode():
+        for round_ in range(50):
+            if round_ >= 3 and time.perf_counter() > deadline:
+                break
+            for fn in best:
+                start = time.perf_counter()
+                fn()
+                best[fn] = min(best[fn], time.perf_counter() - start)
+    return best[eager] / best[compiled]
 
 
 def fast_layers(model: nn.Module) -> list[nn.Module]:
@@ -353,12 +438,19 @@ def _say_no_compiler() -> None:
 
 
 def compile_kernels(model: nn.Module, background: bool = True) -> CompileStatus:
-    """Build the decode kernels (once per process) and switch `model`'s layers to them.
+    """Build the decode kernels (once per process), time a decode step of `model` on them
+    against eager (`speedup`, unless `$GPT2_KERNELS` says "on" or "off") and switch the
+    model's layers to them unless eager was faster by more than 10%.
 
-    The returned status is also `model.compile_status`. If the build fails (no C++ compiler,
+    The returned status is also `model.compile_status`; its `summary` says which path, which
+    instruction set and why, in one line, also logged. If the build fails (no C++ compiler,
     say) the model stays eager and correct; the reason is in the status and the log.
     """
     status = model.compile_status = CompileStatus()
+    if choice() == "off":
+        status.error = "GPT2_KERNELS=off"
+        status.done.set()
+        return status
 
     def work() -> None:
         start = time.perf_counter()
@@ -371,7 +463,10 @@ def compile_kernels(model: nn.Module, background: bool = True) -> CompileStatus:
             if off_cpu:
                 raise ValueError(f"the decode kernels are CPU-only; this model is on "
                                  f"{', '.join(sorted(off_cpu))}")
-            library()
+            lib = library()
+            status.isa = lib.isa
+            if choice() == "auto":
+                status.speedup = speedup(model, lib)
         except rowdot.NoCompiler as error:
             status.error = f"{type(error).__name__}: {error}"
             _say_no_compiler()
@@ -379,10 +474,13 @@ def compile_kernels(model: nn.Module, background: bool = True) -> CompileStatus:
             status.error = f"{type(error).__name__}: {error}"
             log.warning("compiling the decode kernels failed; staying eager (%s)", status.error)
         else:
+            status.eager = status.speedup is not None and status.speedup < EAGER_BELOW
             for layer in fast_layers(model):
-                layer.use_kernels = True
+                layer.use_kernels = not status.eager
         status.seconds = time.perf_counter() - start
         status.done.set()
+        if status.error is None:
+            log.info(status.summary)
 
     if background:  # not a daemon: interpreter shutdown under a running build crashes
         threading.Thread(target=work, name="gpt2-compile").start()

@@ -10,22 +10,56 @@
 // head). Memory-bound, so weight rows are the outer loop: a few weight rows at a time are
 // read once per call and applied to every input row while they sit in L1.
 //
-// Built on first use by gpt2/fast/rowdot.py with `-O3 -march=native -fopenmp
-// -ffp-contract=off`: no implicit FMA contraction, every fused multiply-add is written out.
-// AVX-512 (F, BW, VL; bf16 rows through vdpbf16ps with AVX512_BF16) where the compiler
-// targets it, portable loops otherwise (or with -DGPT2_PORTABLE).
+// int8 weights take integer dot products: each input row is quantised on its own in blocks
+// of 32 (one fp32 scale a block, as llama.cpp's q8_0), a block's 32 products summed in int32
+// (exact), 8 lanes of 4 products each, then converted and scaled into fp32 lanes.
+//
+// One source, a path per instruction set, chosen by the flags gpt2/fast/rowdot.py compiles
+// with (`-march=...`, always `-fopenmp -ffp-contract=off`: no implicit FMA contraction,
+// every fused multiply-add is written out):
+// - AVX-512 (F, BW, VL): 16-lane vectors; bf16 rows through vdpbf16ps with AVX512_BF16,
+//   int8 blocks through vpdpbusd with AVX512_VNNI;
+// - AVX2 + FMA + F16C (x86-64-v3): two 8-lane halves; int8 blocks through vpmaddubsw +
+//   vpmaddwd, or vpdpbusd with AVX-VNNI;
+// - ARM64 NEON: four 4-lane quarters; int8 blocks through sdot with the dotprod extension;
+// - portable loops otherwise (or with -DGPT2_PORTABLE).
+// Every path sums in the same lanes and reduces them in the same tree, so fp32 products are
+// the same bits on each wherever both have FMA.
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
 #include <omp.h>
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && !defined(GPT2_PORTABLE)
+#if defined(GPT2_PORTABLE)
+#elif defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
 #define GPT2_AVX512 1
-#include <immintrin.h>
 #if defined(__AVX512BF16__)
 #define GPT2_AVX512_BF16 1
 #endif
+#if defined(__AVX512VNNI__)
+#define GPT2_VNNI 1
+#endif
+#elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define GPT2_AVX2 1
+#if defined(__AVXVNNI__)
+#define GPT2_VNNI 1
+#endif
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+#define GPT2_NEON 1
+#if defined(__ARM_FEATURE_DOTPROD)
+#define GPT2_DOTPROD 1
+#endif
+#endif
+#ifndef GPT2_AVX512
+#define GPT2_AVX512 0
+#endif
+#if GPT2_AVX512 || GPT2_AVX2
+#define GPT2_X86 1
+#include <immintrin.h>
+#endif
+#if GPT2_NEON
+#include <arm_neon.h>
 #endif
 
 #define UNROLL _Pragma("GCC unroll 16")
@@ -34,7 +68,12 @@ namespace {
 
 enum Kind { F32 = 0, BF16 = 1, I8 = 2 };
 constexpr int LANES = 16;  // fp32 lanes of one accumulator
+constexpr int BLOCK = 32;  // int8 values per quantisation block of an input row
+#if GPT2_AVX512
 constexpr int ROW_TILE = 8;  // input rows sharing one pass over a weight row
+#else
+constexpr int ROW_TILE = 4;  // fewer registers: 8 rows' accumulators would spill
+#endif
 
 int64_t elem_size(int kind) { return kind == F32 ? 4 : kind == BF16 ? 2 : 1; }
 
@@ -73,15 +112,6 @@ inline __m512 load_f32(int kind, const void* p, int64_t i, __mmask16 m) {  // F3
     return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
 }
 
-template <int WK> inline __m512 load_w(const char* w, int64_t k, __mmask16 m) {
-    if constexpr (WK == I8) {
-        __m128i q = _mm_maskz_loadu_epi8(m, reinterpret_cast<const int8_t*>(w) + k);
-        return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(q));
-    } else {
-        return load_f32(WK, w, k, m);
-    }
-}
-
 // The same bytes of the next tile's weight rows, a tile ahead. One row streams on its own
 // (the hardware prefetcher follows it); with several rows to compute per weight, the loads
 // stop running ahead without this (Zen 4, 1 thread: int8 x 8 rows 16.4 -> 11.6 ms for a
@@ -101,7 +131,7 @@ template <int WK, int OT, int R> struct FmaBlock {
         __mmask16 m = mask16(n);
         if constexpr (R > 1) prefetch_next_tile<OT>(w, w_row, k * elem_size(WK));
         __m512 wv[OT];
-        UNROLL for (int t = 0; t < OT; ++t) wv[t] = load_w<WK>(w + t * w_row, k, m);
+        UNROLL for (int t = 0; t < OT; ++t) wv[t] = load_f32(WK, w + t * w_row, k, m);
         UNROLL for (int r = 0; r < R; ++r) {
             __m512 xv = _mm512_maskz_loadu_ps(m, x + r * xs + k);
             UNROLL for (int t = 0; t < OT; ++t) acc[t * R + r] = _mm512_fmadd_ps(wv[t], xv, acc[t * R + r]);
@@ -110,28 +140,18 @@ template <int WK, int OT, int R> struct FmaBlock {
 };
 
 #if GPT2_AVX512_BF16
-// bf16 rows: one block is 32 values of k, vdpbf16ps adds the products of pairs (2l, 2l + 1)
-// into lane l. int8 weights become bf16 first, exactly (|w| <= 128).
-template <int WK> inline __m512bh load_w_bf16(const char* w, int64_t k, __mmask32 m) {
-    if constexpr (WK == BF16) {
-        return (__m512bh)_mm512_maskz_loadu_epi16(m, reinterpret_cast<const uint16_t*>(w) + k);
-    } else {
-        __m256i q = _mm256_maskz_loadu_epi8(m, reinterpret_cast<const int8_t*>(w) + k);
-        __m512 lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_castsi256_si128(q)));
-        __m512 hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm256_extracti128_si256(q, 1)));
-        return _mm512_cvtne2ps_pbh(hi, lo);
-    }
-}
-
+// bf16 rows and weights: one block is 32 values of k, vdpbf16ps adds the products of pairs
+// (2l, 2l + 1) into lane l.
 template <int WK, int OT, int R> struct DotBlock {
     static constexpr int64_t size = 2 * LANES;
     using Row = uint16_t;
     __attribute__((always_inline)) static void step(__m512 (&acc)[OT * R], const char* w, int64_t w_row,
                                                     const uint16_t* x, int64_t xs, int64_t k, int64_t n) {
         __mmask32 m = mask32(n);
-        if constexpr (R > 1) prefetch_next_tile<OT>(w, w_row, k * (WK == I8 ? 1 : 2));
+        if constexpr (R > 1) prefetch_next_tile<OT>(w, w_row, k * 2);
         __m512bh wv[OT];
-        UNROLL for (int t = 0; t < OT; ++t) wv[t] = load_w_bf16<WK>(w + t * w_row, k, m);
+        UNROLL for (int t = 0; t < OT; ++t)
+            wv[t] = (__m512bh)_mm512_maskz_loadu_epi16(m, reinterpret_cast<const uint16_t*>(w + t * w_row) + k);
         UNROLL for (int r = 0; r < R; ++r) {
             __m512bh xv = (__m512bh)_mm512_maskz_loadu_epi16(m, x + r * xs + k);
             UNROLL for (int t = 0; t < OT; ++t) acc[t * R + r] = _mm512_dpbf16_ps(acc[t * R + r], xv, wv[t]);
@@ -307,7 +327,9 @@ int64_t argmax_row(const float* x, int64_t n) {
 }
 
 #else
-// ---- portable: the same orders, in plain loops -------------------------------------------------
+// ---- AVX2, NEON, portable: 16 lanes as 2 x 8 (AVX2), 4 x 4 (NEON) or 16 x 1 -------------------
+// The same lanes, block order, epilogue and reduction tree as the AVX-512 code above. Tails
+// (fewer than 16 values left) go through a zero-padded copy: no masked loads outside AVX-512.
 inline float fma1(float a, float b, float c) {
 #if defined(__FMA__) || defined(__aarch64__)
     return __builtin_fmaf(a, b, c);
@@ -316,55 +338,244 @@ inline float fma1(float a, float b, float c) {
 #endif
 }
 
-inline float reduce16(const float* a) {  // a fixed pairwise tree
+#if GPT2_AVX2
+using F = __m256;  // one part of a 16-lane vector
+constexpr int W = 8;
+inline F f_set1(float a) { return _mm256_set1_ps(a); }
+inline F f_load(const float* p) { return _mm256_loadu_ps(p); }
+inline F f_load_bf16(const uint16_t* p) {
+    __m256i h = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(h, 16));
+}
+inline F f_load_i8(const int8_t* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+inline void f_store(float* p, F v) { _mm256_storeu_ps(p, v); }
+inline void f_store_bf16(uint16_t* p, F v) {  // round to nearest even, NaN kept: as f32_to_bf16
+    __m256i u = _mm256_castps_si256(v);
+    __m256i odd = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+    __m256i rounded = _mm256_add_epi32(u, _mm256_add_epi32(_mm256_set1_epi32(0x7fff), odd));
+    __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
+    rounded = _mm256_blendv_epi8(rounded, _mm256_or_si256(u, _mm256_set1_epi32(0x400000)), nan);
+    rounded = _mm256_srli_epi32(rounded, 16);
+    __m128i h = _mm_packus_epi32(_mm256_castsi256_si128(rounded), _mm256_extracti128_si256(rounded, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), h);
+}
+inline F f_add(F a, F b) { return _mm256_add_ps(a, b); }
+inline F f_sub(F a, F b) { return _mm256_sub_ps(a, b); }
+inline F f_mul(F a, F b) { return _mm256_mul_ps(a, b); }
+inline F f_div(F a, F b) { return _mm256_div_ps(a, b); }
+inline F f_min(F a, F b) { return _mm256_min_ps(a, b); }
+inline F f_max(F a, F b) { return _mm256_max_ps(a, b); }
+inline F f_fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }  // a * b + c
+inline F f_fnma(F a, F b, F c) { return _mm256_fnmadd_ps(a, b, c); }  // c - a * b
+inline F f_round(F v) { return _mm256_round_ps(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+inline F f_pow2(F n) {  // 2^n for whole n in [-126, 127]
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23));
+}
+#elif GPT2_NEON
+using F = float32x4_t;
+constexpr int W = 4;
+inline F f_set1(float a) { return vdupq_n_f32(a); }
+inline F f_load(const float* p) { return vld1q_f32(p); }
+inline F f_load_bf16(const uint16_t* p) { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(p), 16)); }
+inline F f_load_i8(const int8_t* p) {
+    int8x8_t q = vreinterpret_s8_u32(vdup_n_u32(0));
+    std::memcpy(&q, p, 4);  // 4 values
+    return vcvtq_f32_s32(vmovl_s16(vget_low_s16(vmovl_s8(q))));
+}
+inline void f_store(float* p, F v) { vst1q_f32(p, v); }
+inline void f_store_bf16(uint16_t* p, F v) {  // round to nearest even, NaN kept: as f32_to_bf16
+    uint32x4_t u = vreinterpretq_u32_f32(v);
+    uint32x4_t odd = vandq_u32(vshrq_n_u32(u, 16), vdupq_n_u32(1));
+    uint32x4_t rounded = vaddq_u32(u, vaddq_u32(vdupq_n_u32(0x7fff), odd));
+    uint32x4_t nan = vmvnq_u32(vceqq_f32(v, v));
+    rounded = vbslq_u32(nan, vorrq_u32(u, vdupq_n_u32(0x400000)), rounded);
+    vst1_u16(p, vshrn_n_u32(rounded, 16));
+}
+inline F f_add(F a, F b) { return vaddq_f32(a, b); }
+inline F f_sub(F a, F b) { return vsubq_f32(a, b); }
+inline F f_mul(F a, F b) { return vmulq_f32(a, b); }
+inline F f_div(F a, F b) { return vdivq_f32(a, b); }
+inline F f_min(F a, F b) { return vminq_f32(a, b); }
+inline F f_max(F a, F b) { return vmaxq_f32(a, b); }
+inline F f_fma(F a, F b, F c) { return vfmaq_f32(c, a, b); }
+inline F f_fnma(F a, F b, F c) { return vfmsq_f32(c, a, b); }
+inline F f_round(F v) { return vrndnq_f32(v); }
+inline F f_pow2(F n) {
+    return vreinterpretq_f32_s32(vshlq_n_s32(vaddq_s32(vcvtq_s32_f32(n), vdupq_n_s32(127)), 23));
+}
+#else
+using F = float;
+constexpr int W = 1;
+inline F f_set1(float a) { return a; }
+inline F f_load(const float* p) { return *p; }
+inline F f_load_bf16(const uint16_t* p) { return bf16_to_f32(*p); }
+inline F f_load_i8(const int8_t* p) { return float(*p); }
+inline void f_store(float* p, F v) { *p = v; }
+inline void f_store_bf16(uint16_t* p, F v) { *p = f32_to_bf16(v); }
+inline F f_add(F a, F b) { return a + b; }
+inline F f_sub(F a, F b) { return a - b; }
+inline F f_mul(F a, F b) { return a * b; }
+inline F f_div(F a, F b) { return a / b; }
+inline F f_min(F a, F b) { return a < b ? a : b; }
+inline F f_max(F a, F b) { return a > b ? a : b; }
+inline F f_fma(F a, F b, F c) { return fma1(a, b, c); }
+inline F f_fnma(F a, F b, F c) { return fma1(-a, b, c); }
+inline F f_round(F v) { return std::nearbyint(v); }
+inline F f_pow2(F n) {
+    uint32_t u = uint32_t(int32_t(n) + 127) << 23;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+#endif
+
+constexpr int PARTS = LANES / W;
+struct V {  // 16 fp32 lanes
+    F p[PARTS];
+};
+
+#define V_MAP(expr)                                               \
+    V out;                                                        \
+    UNROLL for (int i = 0; i < PARTS; ++i) out.p[i] = (expr);     \
+    return out
+
+inline V v_set1(float a) { V_MAP(f_set1(a)); }
+inline V v_zero() { return v_set1(0.0f); }
+inline V v_add(const V& a, const V& b) { V_MAP(f_add(a.p[i], b.p[i])); }
+inline V v_sub(const V& a, const V& b) { V_MAP(f_sub(a.p[i], b.p[i])); }
+inline V v_mul(const V& a, const V& b) { V_MAP(f_mul(a.p[i], b.p[i])); }
+inline V v_div(const V& a, const V& b) { V_MAP(f_div(a.p[i], b.p[i])); }
+inline V v_min(const V& a, const V& b) { V_MAP(f_min(a.p[i], b.p[i])); }
+inline V v_max(const V& a, const V& b) { V_MAP(f_max(a.p[i], b.p[i])); }
+inline V v_fma(const V& a, const V& b, const V& c) { V_MAP(f_fma(a.p[i], b.p[i], c.p[i])); }
+inline V v_fnma(const V& a, const V& b, const V& c) { V_MAP(f_fnma(a.p[i], b.p[i], c.p[i])); }
+inline V v_round(const V& a) { V_MAP(f_round(a.p[i])); }
+inline V v_pow2(const V& a) { V_MAP(f_pow2(a.p[i])); }
+inline V v_f32(const float* x) { V_MAP(f_load(x + i * W)); }
+inline V v_bf16(const uint16_t* x) { V_MAP(f_load_bf16(x + i * W)); }
+
+// The 16 values of kind `kind` (F32 or BF16) from element `at` of p, as fp32; where n < 16,
+// the first n and zeros.
+inline V v_load(int kind, const void* p, int64_t at, int64_t n = LANES) {
+    if (n < LANES) {
+        float tail[LANES];
+        for (int64_t l = 0; l < LANES; ++l) tail[l] = l < n ? load1(kind, p, at + l) : 0.0f;
+        return v_f32(tail);
+    }
+    return kind == F32 ? v_f32(static_cast<const float*>(p) + at) : v_bf16(static_cast<const uint16_t*>(p) + at);
+}
+
+// The first n (<= 16) lanes of v into element `at` of p, rounded to p's kind.
+inline void v_store(int kind, void* p, int64_t at, const V& v, int64_t n = LANES) {
+    if (n == LANES && kind == F32) {
+        UNROLL for (int i = 0; i < PARTS; ++i) f_store(static_cast<float*>(p) + at + i * W, v.p[i]);
+    } else if (n == LANES) {
+        UNROLL for (int i = 0; i < PARTS; ++i) f_store_bf16(static_cast<uint16_t*>(p) + at + i * W, v.p[i]);
+    } else {
+        float tail[LANES];
+        UNROLL for (int i = 0; i < PARTS; ++i) f_store(tail + i * W, v.p[i]);
+        for (int64_t l = 0; l < n; ++l) store1(kind, p, at + l, tail[l]);
+    }
+}
+
+// v with lanes n.. set to zero.
+inline V v_first(const V& v, int64_t n) {
+    if (n >= LANES) return v;
+    float lanes[LANES];
+    UNROLL for (int i = 0; i < PARTS; ++i) f_store(lanes + i * W, v.p[i]);
+    for (int64_t l = n; l < LANES; ++l) lanes[l] = 0.0f;
+    return v_f32(lanes);
+}
+
+// The sum of the 16 lanes in one fixed tree, _mm512_reduce_add_ps's: s[l] = a[l] + a[l + 8],
+// then s[l] + s[l + 4], s[l] + s[l + 2], s[0] + s[1].
+inline float v_sum(const V& v) {
+#if GPT2_AVX2
+    __m256 s8 = _mm256_add_ps(v.p[0], v.p[1]);
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
+#elif GPT2_NEON
+    float32x4_t s4 = vaddq_f32(vaddq_f32(v.p[0], v.p[2]), vaddq_f32(v.p[1], v.p[3]));
+    float32x2_t s2 = vadd_f32(vget_low_f32(s4), vget_high_f32(s4));
+    return vget_lane_f32(s2, 0) + vget_lane_f32(s2, 1);
+#else
     float s[8];
-    for (int i = 0; i < 8; ++i) s[i] = a[i] + a[i + 8];
+    for (int i = 0; i < 8; ++i) s[i] = v.p[i] + v.p[i + 8];
     for (int i = 0; i < 4; ++i) s[i] = s[i] + s[i + 4];
     for (int i = 0; i < 2; ++i) s[i] = s[i] + s[i + 2];
     return s[0] + s[1];
+#endif
 }
 
-template <int WK> inline float load_w1(const char* w, int64_t k) {
-    if constexpr (WK == I8) return float(reinterpret_cast<const int8_t*>(w)[k]);
-    else return load1(WK, w, k);
+template <int OT> __attribute__((always_inline)) inline void prefetch_next_tile(const char* w, int64_t w_row,
+                                                                                int64_t byte) {
+    UNROLL for (int t = 0; t < OT; ++t) __builtin_prefetch(w + (t + OT) * w_row + byte);
 }
 
-template <int WK, int OT, int R> struct FmaBlock {  // fp32 rows; the weights' kind
-    static constexpr int kind = WK;
+// As the AVX-512 FmaBlock: acc[t * R + r] += w[t][k:k+16] * x[r][k:k+16], the last block
+// zero-padded to the n values left.
+template <int WK, int OT, int R> struct FmaBlock {
+    static constexpr int64_t size = LANES;
+    using Row = float;
+    __attribute__((always_inline)) static void step(V (&acc)[OT * R], const char* w, int64_t w_row,
+                                                    const float* x, int64_t xs, int64_t k, int64_t n) {
+        if constexpr (R > 1) prefetch_next_tile<OT>(w, w_row, k * elem_size(WK));
+        V wv[OT];
+        UNROLL for (int t = 0; t < OT; ++t) wv[t] = v_load(WK, w + t * w_row, k, n);
+        UNROLL for (int r = 0; r < R; ++r) {
+            V xv = v_load(F32, x + r * xs, k, n);
+            UNROLL for (int t = 0; t < OT; ++t) acc[t * R + r] = v_fma(wv[t], xv, acc[t * R + r]);
+        }
+    }
 };
 
-// As the AVX-512 tile: one 16-lane accumulator per (t, r) takes the blocks of k in order.
 template <class Block, int OT, int R>
 void tile(const char* w, int64_t w_row, int64_t in, const void* xv, int64_t xs, float* z, int64_t zs) {
     const float* x = static_cast<const float*>(xv);
-    float acc[OT][R][LANES] = {};
-    for (int64_t k = 0; k < in; k += LANES) {
-        int64_t n = in - k < LANES ? in - k : LANES;
-        for (int t = 0; t < OT; ++t) {
-            float wv[LANES] = {};
-            for (int64_t l = 0; l < n; ++l) wv[l] = load_w1<Block::kind>(w + t * w_row, k + l);
-            for (int r = 0; r < R; ++r)
-                for (int64_t l = 0; l < LANES; ++l)
-                    acc[t][r][l] = fma1(wv[l], l < n ? x[r * xs + k + l] : 0.0f, acc[t][r][l]);
-        }
-    }
-    for (int t = 0; t < OT; ++t)
-        for (int r = 0; r < R; ++r) z[r * zs + t] = reduce16(acc[t][r]);
+    V acc[OT * R];
+    UNROLL for (int i = 0; i < OT * R; ++i) acc[i] = v_zero();
+    int64_t k = 0;
+    for (; k + LANES <= in; k += LANES) Block::step(acc, w, w_row, x, xs, k, LANES);
+    if (k < in) Block::step(acc, w, w_row, x, xs, k, in - k);
+    UNROLL for (int t = 0; t < OT; ++t)
+        UNROLL for (int r = 0; r < R; ++r) z[r * zs + t] = v_sum(acc[t * R + r]);
 }
 
-inline float gelu1(float v) {
-    float u = 0.7978845608028654f * (v + 0.044715f * (v * v * v));
-    return v / (1.0f + std::exp(-2.0f * u));
+// exp(v) as exp512 above, clamped to [-87, 88] (2^n built from its exponent bits stays normal).
+inline V v_exp(V v) {
+    v = v_max(v_min(v, v_set1(88.0f)), v_set1(-87.0f));
+    V n = v_round(v_mul(v, v_set1(1.44269504088896341f)));
+    V r = v_fnma(n, v_set1(0.693145751953125f), v);
+    r = v_fnma(n, v_set1(1.428606765330187045e-06f), r);
+    V p = v_set1(1.0f / 720);
+    p = v_fma(p, r, v_set1(1.0f / 120));
+    p = v_fma(p, r, v_set1(1.0f / 24));
+    p = v_fma(p, r, v_set1(1.0f / 6));
+    p = v_fma(p, r, v_set1(0.5f));
+    p = v_fma(p, r, v_set1(1.0f));
+    p = v_fma(p, r, v_set1(1.0f));
+    return v_mul(p, v_pow2(n));
+}
+
+inline V v_gelu(const V& v) {  // as gelu512
+    V v3 = v_mul(v_mul(v, v), v);
+    V u = v_mul(v_set1(0.7978845608028654f), v_fma(v_set1(0.044715f), v3, v));
+    V e = v_exp(v_mul(u, v_set1(-2.0f)));
+    return v_div(v, v_add(v_set1(1.0f), e));
 }
 
 void epilogue(const float* z, const void* scales, int scale_kind, const void* bias, int bias_kind,
               int gelu, void* y, int y_kind, int64_t o0, int64_t o1) {
-    for (int64_t o = o0; o < o1; ++o) {
-        float v = z[o];
-        if (scales) v = v * load1(scale_kind, scales, o);
-        if (bias) v = v + load1(bias_kind, bias, o);
-        if (gelu) v = gelu1(v);
-        store1(y_kind, y, o, v);
+    for (int64_t o = o0; o < o1; o += LANES) {
+        int64_t n = o1 - o < LANES ? o1 - o : LANES;
+        V v = v_load(F32, z, o, n);
+        if (scales) v = v_mul(v, v_load(scale_kind, scales, o, n));
+        if (bias) v = v_add(v, v_load(bias_kind, bias, o, n));
+        if (gelu) v = v_gelu(v);
+        v_store(y_kind, y, o, v, n);
     }
 }
 
@@ -373,39 +584,55 @@ void dequantize_row(const int8_t* w, float scale, void* y, int y_kind, int64_t n
 }
 
 inline float dot_f32(const float* a, const float* b, int64_t n) {
-    float acc[LANES] = {};
-    for (int64_t i = 0; i < n; i += LANES)
-        for (int64_t l = 0; l < LANES; ++l) acc[l] = fma1(i + l < n ? a[i + l] : 0.0f, i + l < n ? b[i + l] : 0.0f, acc[l]);
-    return reduce16(acc);
+    V acc = v_zero();
+    for (int64_t i = 0; i < n; i += LANES) {
+        int64_t m = n - i < LANES ? n - i : LANES;
+        acc = v_fma(v_load(F32, a, i, m), v_load(F32, b, i, m), acc);
+    }
+    return v_sum(acc);
 }
 
 float exp_shift_sum(float* s, int64_t n, float max) {
-    float acc[LANES] = {};
-    for (int64_t j = 0; j < n; ++j) {
-        s[j] = std::exp(s[j] - max);
-        acc[j % LANES] += s[j];
+    V sum = v_zero();
+    for (int64_t j = 0; j < n; j += LANES) {
+        int64_t m = n - j < LANES ? n - j : LANES;
+        V e = v_first(v_exp(v_sub(v_load(F32, s, j, m), v_set1(max))), m);
+        v_store(F32, s, j, e, m);
+        sum = v_add(sum, e);
     }
-    return reduce16(acc);
+    return v_sum(sum);
 }
 
 inline void axpy(float* out, float p, const float* v, int64_t n) {
-    for (int64_t i = 0; i < n; ++i) out[i] = fma1(p, v[i], out[i]);
+    int64_t i = 0;
+    for (; i + LANES <= n; i += LANES) v_store(F32, out, i, v_fma(v_set1(p), v_f32(v + i), v_f32(out + i)));
+    for (; i < n; ++i) out[i] = fma1(p, v[i], out[i]);
 }
 
 void layer_norm_row(const void* x, int x_kind, const void* w, const void* b, int p_kind, float eps, void* y,
                     int y_kind, int64_t n) {
-    float acc[LANES] = {};
-    for (int64_t k = 0; k < n; ++k) acc[k % LANES] += load1(x_kind, x, k);
-    const float mean = reduce16(acc) / float(n);
-    float sq[LANES] = {};
-    for (int64_t k = 0; k < n; ++k) {
-        float d = load1(x_kind, x, k) - mean;
-        sq[k % LANES] = fma1(d, d, sq[k % LANES]);
+    V sum = v_zero();
+    for (int64_t k = 0; k < n; k += LANES) sum = v_add(sum, v_load(x_kind, x, k, n - k));
+    const float mean = v_sum(sum) / float(n);
+    const V mv = v_set1(mean);
+    V sq = v_zero();
+    for (int64_t k = 0; k < n; k += LANES) {
+        V d = v_first(v_sub(v_load(x_kind, x, k, n - k), mv), n - k);
+        sq = v_fma(d, d, sq);
     }
-    const float rstd = 1.0f / std::sqrt(reduce16(sq) / float(n) + eps);
-    for (int64_t k = 0; k < n; ++k) {
-        float t = (load1(x_kind, x, k) - mean) * rstd;
-        store1(y_kind, y, k, w ? t * load1(p_kind, w, k) + load1(p_kind, b, k) : t);
+    const V rstd = v_set1(1.0f / std::sqrt(v_sum(sq) / float(n) + eps));
+    for (int64_t k = 0; k < n; k += LANES) {
+        int64_t m = n - k < LANES ? n - k : LANES;
+        V t = v_mul(v_sub(v_load(x_kind, x, k, m), mv), rstd);
+        if (w) t = v_add(v_mul(t, v_load(p_kind, w, k, m)), v_load(p_kind, b, k, m));
+        v_store(y_kind, y, k, t, m);
+    }
+}
+
+void sum_to(void* y, int y_kind, const void* a, int a_kind, const void* b, int b_kind, int64_t n) {
+    for (int64_t k = 0; k < n; k += LANES) {
+        int64_t m = n - k < LANES ? n - k : LANES;
+        v_store(y_kind, y, k, v_add(v_load(a_kind, a, k, m), v_load(b_kind, b, k, m)), m);
     }
 }
 
@@ -417,47 +644,209 @@ int64_t argmax_row(const float* x, int64_t n) {
     }
     return best;
 }
+#endif
 
-void sum_to(void* y, int y_kind, const void* a, int a_kind, const void* b, int b_kind, int64_t n) {
-    for (int64_t k = 0; k < n; ++k) store1(y_kind, y, k, load1(a_kind, a, k) + load1(b_kind, b, k));
+// ---- int8 weights: integer dot products over rows quantised in blocks ---------------------------
+// A quantised row, `q8_row_bytes(in)` bytes: q (int8, |q| <= 127, zero-padded to whole
+// blocks), |q| (the unsigned operand of x86's u8 x s8 products), then one fp32 scale per
+// block: x[k] ~ q[k] * d[k / BLOCK]. Each row is quantised on its own: batch-invariant.
+inline int64_t q8_blocks(int64_t in) { return (in + BLOCK - 1) / BLOCK; }
+inline int64_t q8_row_bytes(int64_t in) { return (q8_blocks(in) * (2 * BLOCK + 4) + 63) / 64 * 64; }
+
+// d = max |x| / 127 over each block, q = round(x / d) (to nearest even, as x * (1 / d)); a
+// block holding a NaN or infinity gets d = NaN, so the products it enters are NaN.
+void quantize_row(const void* x, int x_kind, int64_t in, char* row) {
+    const int64_t nb = q8_blocks(in);
+    int8_t* q = reinterpret_cast<int8_t*>(row);
+    uint8_t* a = reinterpret_cast<uint8_t*>(row + nb * BLOCK);
+    float* d = reinterpret_cast<float*>(row + 2 * nb * BLOCK);
+    for (int64_t b = 0; b < nb; ++b) {
+        float v[BLOCK], amax = 0.0f;
+        bool finite = true;
+        for (int k = 0; k < BLOCK; ++k) {
+            int64_t at = b * BLOCK + k;
+            v[k] = at < in ? load1(x_kind, x, at) : 0.0f;
+            finite &= std::fabs(v[k]) <= 3.4028234663852886e38f;
+            amax = std::fabs(v[k]) > amax ? std::fabs(v[k]) : amax;
+        }
+        d[b] = finite ? amax / 127.0f : NAN;
+        const float inv = finite && amax > 0.0f ? 1.0f / d[b] : 0.0f;
+        for (int k = 0; k < BLOCK; ++k) {
+            int32_t qk = int32_t(std::nearbyint(v[k] * inv));
+            q[b * BLOCK + k] = int8_t(qk);
+            a[b * BLOCK + k] = uint8_t(qk < 0 ? -qk : qk);
+        }
+    }
+}
+
+// One block's products, 8 lanes of 4: lane l sums w[4l + i] * q[4l + i], i < 4, in int32
+// (exact); then acc[l] += float(lane l) * d, fused.
+#if GPT2_X86
+using Acc8 = __m256;
+using W32 = __m256i;
+inline Acc8 acc8_zero() { return _mm256_setzero_ps(); }
+inline W32 w32_load(const int8_t* w) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)); }
+inline Acc8 q8_fma(Acc8 acc, W32 w, const int8_t* q, const uint8_t* a, float d) {
+    __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
+    __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a));
+    __m256i sw = _mm256_sign_epi8(w, qv);  // w * sign(q): |q| * sw = q * w
+#if GPT2_VNNI && GPT2_AVX512
+    __m256i lanes = _mm256_dpbusd_epi32(_mm256_setzero_si256(), av, sw);
+#elif GPT2_VNNI
+    __m256i lanes = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), av, sw);
+#else  // pairs in int16 (|q w| <= 127 * 127: no saturation), then pairs of pairs in int32
+    __m256i lanes = _mm256_madd_epi16(_mm256_maddubs_epi16(av, sw), _mm256_set1_epi16(1));
+#endif
+    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_set1_ps(d), acc);
+}
+inline float acc8_sum(Acc8 even, Acc8 odd) {  // as v_sum of the 16 lanes (even, odd)
+    __m256 s8 = _mm256_add_ps(even, odd);
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
+    __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
+}
+#elif GPT2_NEON
+struct Acc8 {
+    float32x4_t lo, hi;
+};
+using W32 = int8x16x2_t;
+inline Acc8 acc8_zero() { return {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)}; }
+inline W32 w32_load(const int8_t* w) { return {vld1q_s8(w), vld1q_s8(w + 16)}; }
+inline int32x4_t q8_lanes(int8x16_t w, int8x16_t q) {
+#if GPT2_DOTPROD
+    return vdotq_s32(vdupq_n_s32(0), w, q);
+#else
+    int32x4_t lo = vpaddlq_s16(vmull_s8(vget_low_s8(w), vget_low_s8(q)));
+    int32x4_t hi = vpaddlq_s16(vmull_high_s8(w, q));
+    return vpaddq_s32(lo, hi);
+#endif
+}
+inline Acc8 q8_fma(Acc8 acc, W32 w, const int8_t* q, const uint8_t*, float d) {
+    float32x4_t dv = vdupq_n_f32(d);
+    return {vfmaq_f32(acc.lo, vcvtq_f32_s32(q8_lanes(w.val[0], vld1q_s8(q))), dv),
+            vfmaq_f32(acc.hi, vcvtq_f32_s32(q8_lanes(w.val[1], vld1q_s8(q + 16))), dv)};
+}
+inline float acc8_sum(Acc8 even, Acc8 odd) {
+    float32x4_t s4 = vaddq_f32(vaddq_f32(even.lo, odd.lo), vaddq_f32(even.hi, odd.hi));
+    float32x2_t s2 = vadd_f32(vget_low_f32(s4), vget_high_f32(s4));
+    return vget_lane_f32(s2, 0) + vget_lane_f32(s2, 1);
+}
+#else
+struct Acc8 {
+    float l[8];
+};
+using W32 = const int8_t*;
+inline Acc8 acc8_zero() { return {}; }
+inline W32 w32_load(const int8_t* w) { return w; }
+inline Acc8 q8_fma(Acc8 acc, W32 w, const int8_t* q, const uint8_t*, float d) {
+    for (int l = 0; l < 8; ++l) {
+        int32_t lane = 0;
+        for (int i = 4 * l; i < 4 * l + 4; ++i) lane += int32_t(w[i]) * int32_t(q[i]);
+        acc.l[l] = fma1(float(lane), d, acc.l[l]);
+    }
+    return acc;
+}
+inline float acc8_sum(Acc8 even, Acc8 odd) {
+    float s[8];
+    for (int i = 0; i < 8; ++i) s[i] = even.l[i] + odd.l[i];
+    for (int i = 0; i < 4; ++i) s[i] = s[i] + s[i + 4];
+    for (int i = 0; i < 2; ++i) s[i] = s[i] + s[i + 2];
+    return s[0] + s[1];
 }
 #endif
+
+// z[r * zs + t] = dot(w[t], x[r]) / w's scale for OT int8 weight rows and R quantised rows
+// (xs bytes apart): the even blocks into 8 lanes, the odd ones into 8 more, reduced as 16.
+template <int OT, int R>
+void tile_q8(const char* w, int64_t w_row, int64_t in, const void* xv, int64_t xs, float* z, int64_t zs) {
+    const char* x = static_cast<const char*>(xv);
+    const int64_t nb = q8_blocks(in);
+    Acc8 even[OT * R], odd[OT * R];
+    UNROLL for (int i = 0; i < OT * R; ++i) even[i] = odd[i] = acc8_zero();
+    auto block = [&](Acc8 (&acc)[OT * R], int64_t b) __attribute__((always_inline)) {
+        int8_t tail[OT][BLOCK];
+        W32 wv[OT];
+        UNROLL for (int t = 0; t < OT; ++t) {
+            const int8_t* wb = reinterpret_cast<const int8_t*>(w + t * w_row) + b * BLOCK;
+            if ((b + 1) * BLOCK > in) {  // the row's last values, zero-padded
+                std::memset(tail[t], 0, BLOCK);
+                std::memcpy(tail[t], wb, size_t(in - b * BLOCK));
+                wb = tail[t];
+            }
+            if constexpr (R > 1) __builtin_prefetch(wb + OT * w_row);
+            wv[t] = w32_load(wb);
+        }
+        UNROLL for (int r = 0; r < R; ++r) {
+            const char* row = x + r * xs;
+            const int8_t* q = reinterpret_cast<const int8_t*>(row) + b * BLOCK;
+            const uint8_t* a = reinterpret_cast<const uint8_t*>(row) + (nb + b) * BLOCK;
+            const float d = reinterpret_cast<const float*>(row + 2 * nb * BLOCK)[b];
+            UNROLL for (int t = 0; t < OT; ++t) acc[t * R + r] = q8_fma(acc[t * R + r], wv[t], q, a, d);
+        }
+    };
+    int64_t b = 0;
+    for (; b + 2 <= nb; b += 2) {
+        block(even, b);
+        block(odd, b + 1);
+    }
+    if (b < nb) block(even, b);
+    UNROLL for (int t = 0; t < OT; ++t)
+        UNROLL for (int r = 0; r < R; ++r) z[r * zs + t] = acc8_sum(even[t * R + r], odd[t * R + r]);
+}
 
 // ---- products --------------------------------------------------------------------------------
 using TileFn = void (*)(const char*, int64_t, int64_t, const void*, int64_t, float*, int64_t);
 
 // Weight rows per tile for a row tile of `rows`. One for a few rows: the weights stream in
 // order (several rows at a time made one row's step 2x slower, the prefetcher losing the
-// stream); two for 5-8 rows, which shares each row's loads and int8's conversion (Zen 4, 1
-// thread, a step's 48 matrices at 8 rows: int8 12.9 -> 9.8 ms, fp32 42.5 -> 36.1), except
-// bf16 weights with bf16 rows, which have nothing to convert (17.2 -> 19.3: one is better).
-constexpr int out_tile(int rows, bool bf16_dot) { return rows <= 4 || bf16_dot ? 1 : 2; }
+// stream); on AVX-512 two for 5-8 fp32 rows, which shares each row's loads (Zen 4, 1 thread,
+// a step's 48 matrices at 8 rows: fp32 42.5 -> 36.1 ms), except bf16 weights with bf16 rows
+// (17.2 -> 19.3: one is better). Elsewhere one: 16 registers hold no more accumulators.
+constexpr int out_tile(int rows, bool bf16_dot) { return GPT2_AVX512 && rows > 4 && !bf16_dot ? 2 : 1; }
 
-template <template <int, int, int> class Block, int WK, int OT> TileFn pick_rows(int rows) {
+// tile<Block<WK, OT, R>, OT, R> (or tile_q8<OT, R>) for R = rows, 1..ROW_TILE.
+template <template <int, int> class Tile, int OT> TileFn pick_rows(int rows) {
     switch (rows) {
-        case 1: return tile<Block<WK, OT, 1>, OT, 1>;
-        case 2: return tile<Block<WK, OT, 2>, OT, 2>;
-        case 3: return tile<Block<WK, OT, 3>, OT, 3>;
-        case 4: return tile<Block<WK, OT, 4>, OT, 4>;
-        case 5: return tile<Block<WK, OT, 5>, OT, 5>;
-        case 6: return tile<Block<WK, OT, 6>, OT, 6>;
-        case 7: return tile<Block<WK, OT, 7>, OT, 7>;
-        default: return tile<Block<WK, OT, 8>, OT, 8>;
+        case 1: return Tile<OT, 1>::fn;
+        case 2: return Tile<OT, 2>::fn;
+        case 3: return Tile<OT, 3>::fn;
+#if GPT2_AVX512
+        case 4: return Tile<OT, 4>::fn;
+        case 5: return Tile<OT, 5>::fn;
+        case 6: return Tile<OT, 6>::fn;
+        case 7: return Tile<OT, 7>::fn;
+        default: return Tile<OT, 8>::fn;
+#else
+        default: return Tile<OT, 4>::fn;
+#endif
     }
 }
 
+template <template <int, int, int> class Block, int WK> struct Float {
+    template <int OT, int R> struct Tile {
+        static constexpr TileFn fn = tile<Block<WK, OT, R>, OT, R>;
+    };
+};
+
+template <int OT, int R> struct Q8 {
+    static constexpr TileFn fn = tile_q8<OT, R>;
+};
+
 template <template <int, int, int> class Block, int WK> TileFn pick_tile(int ot, int rows) {
-    return ot == 2 ? pick_rows<Block, WK, 2>(rows) : pick_rows<Block, WK, 1>(rows);
+    if constexpr (GPT2_AVX512)
+        if (ot == 2) return pick_rows<Float<Block, WK>::template Tile, 2>(rows);
+    return pick_rows<Float<Block, WK>::template Tile, 1>(rows);
 }
 
+// The tile for w_kind weights: int8 ones take quantised rows, the others fp32 rows or, with
+// bf16 weights on AVX512_BF16, bf16 rows.
 TileFn pick(int w_kind, bool bf16_rows, int ot, int rows) {
+    if (w_kind == I8) return pick_rows<Q8, 1>(rows);
 #if GPT2_AVX512_BF16
-    if (bf16_rows) return w_kind == BF16 ? pick_tile<DotBlock, BF16>(ot, rows) : pick_tile<DotBlock, I8>(ot, rows);
+    if (bf16_rows) return pick_tile<DotBlock, BF16>(ot, rows);
 #endif
     (void)bf16_rows;
-    if (w_kind == F32) return pick_tile<FmaBlock, F32>(ot, rows);
-    if (w_kind == BF16) return pick_tile<FmaBlock, BF16>(ot, rows);
-    return pick_tile<FmaBlock, I8>(ot, rows);
+    return w_kind == F32 ? pick_tile<FmaBlock, F32>(ot, rows) : pick_tile<FmaBlock, BF16>(ot, rows);
 }
 
 // Run work(lo, hi) over [0, n) split in `threads` contiguous parts (0: OpenMP's setting for
@@ -481,15 +870,26 @@ template <class Work> void parallel(int threads, int64_t n, int64_t align, Work 
 
 extern "C" {
 
-// Which code this build runs: 2 = AVX-512 with bf16 dot products, 1 = AVX-512, 0 = portable.
+// Which code this build runs, as bits: 1 AVX-512, 2 AVX2, 4 NEON (none: portable); 8 bf16
+// dot products (AVX512_BF16); 16 int8 dot product instructions (VNNI, AVX-VNNI, dotprod).
 int gpt2_rowdot_isa() {
-#if GPT2_AVX512_BF16
-    return 2;
-#elif GPT2_AVX512
-    return 1;
-#else
-    return 0;
+    int bits = 0;
+#if GPT2_AVX512
+    bits |= 1;
 #endif
+#if GPT2_AVX2
+    bits |= 2;
+#endif
+#if GPT2_NEON
+    bits |= 4;
+#endif
+#if GPT2_AVX512_BF16
+    bits |= 8;
+#endif
+#if GPT2_VNNI || GPT2_DOTPROD
+    bits |= 16;
+#endif
+    return bits;
 }
 
 // A product's weights, described once per layer (gpt2/fast/rowdot.py caches these): w is
@@ -508,34 +908,43 @@ struct Product {
 int gpt2_rowdot(const Product* p, const void* x, int x_kind, int64_t rows, void* y, int threads) {
     const int64_t out = p->out, in = p->in;
     if (rows <= 0 || out <= 0) return 0;
+    const bool q8 = p->w_kind == I8;  // int8 weights: rows quantised, integer products
     bool bf16_rows = false;  // bf16 rows straight into vdpbf16ps
 #if GPT2_AVX512_BF16
-    bf16_rows = x_kind == BF16 && p->w_kind != F32;
+    bf16_rows = x_kind == BF16 && p->w_kind == BF16;
 #endif
-    float* x32 = nullptr;  // otherwise rows in fp32 (exact for bf16)
-    if (x_kind != F32 && !bf16_rows) {
-        x32 = static_cast<float*>(std::malloc(sizeof(float) * rows * in));
-        if (!x32) return -1;
-        for (int64_t i = 0; i < rows * in; ++i) x32[i] = load1(x_kind, x, i);
+    int64_t x_row_bytes = in * elem_size(x_kind), xs = in;  // xs: the tile's row stride
+    char* rows_copy = nullptr;  // otherwise rows quantised, or in fp32 (exact for bf16)
+    if (q8) {
+        x_row_bytes = xs = q8_row_bytes(in);
+        rows_copy = static_cast<char*>(std::malloc(rows * x_row_bytes));
+        if (!rows_copy) return -1;
+        for (int64_t r = 0; r < rows; ++r)
+            quantize_row(static_cast<const char*>(x) + r * in * elem_size(x_kind), x_kind, in,
+                         rows_copy + r * x_row_bytes);
+    } else if (x_kind != F32 && !bf16_rows) {
+        x_row_bytes = in * 4;
+        rows_copy = static_cast<char*>(std::malloc(rows * x_row_bytes));
+        if (!rows_copy) return -1;
+        for (int64_t i = 0; i < rows * in; ++i) reinterpret_cast<float*>(rows_copy)[i] = load1(x_kind, x, i);
     }
-    const char* xb = x32 ? reinterpret_cast<const char*>(x32) : static_cast<const char*>(x);
-    int64_t x_row_bytes = in * (x32 ? 4 : elem_size(x_kind));
+    const char* xb = rows_copy ? rows_copy : static_cast<const char*>(x);
     bool direct = p->y_kind == F32 && !p->scales && !p->bias && !p->gelu;  // dot products straight into y
     float* z = direct ? static_cast<float*>(y) : static_cast<float*>(std::malloc(sizeof(float) * rows * out));
     if (!z) {
-        std::free(x32);
+        std::free(rows_copy);
         return -1;
     }
     const char* wb = static_cast<const char*>(p->w);
     int64_t w_row = in * elem_size(p->w_kind);
     if (rows * out * in < (1 << 16)) threads = 1;  // too little work to share
-    const int ot = out_tile(int(rows < ROW_TILE ? rows : ROW_TILE), bf16_rows && p->w_kind == BF16);
+    const int ot = q8 ? 1 : out_tile(int(rows < ROW_TILE ? rows : ROW_TILE), bf16_rows && p->w_kind == BF16);
     parallel(threads, out, LANES, [&](int64_t o0, int64_t o1) {
         for (int64_t o = o0; o < o1;) {
             int step = o1 - o >= ot ? ot : 1;  // the last few weight rows one at a time
             for (int64_t rb = 0; rb < rows; rb += ROW_TILE) {  // the weight tile stays in L1
                 int r = int(rows - rb < ROW_TILE ? rows - rb : ROW_TILE);
-                pick(p->w_kind, bf16_rows, step, r)(wb + o * w_row, w_row, in, xb + rb * x_row_bytes, in,
+                pick(p->w_kind, bf16_rows, step, r)(wb + o * w_row, w_row, in, xb + rb * x_row_bytes, xs,
                                                      z + rb * out + o, out);
             }
             o += step;
@@ -546,7 +955,7 @@ int gpt2_rowdot(const Product* p, const void* x, int x_kind, int64_t rows, void*
                          static_cast<char*>(y) + r * out * elem_size(p->y_kind), p->y_kind, o0, o1);
     });
     if (!direct) std::free(z);
-    std::free(x32);
+    std::free(rows_copy);
     return 0;
 }
 

@@ -8,9 +8,14 @@ torch headers to compile against (a build takes seconds, not a minute), no Pytho
 compiler's process, and a call costs ~2 us. It links OpenMP by name (`libgomp.so.1`), which
 resolves to the copy torch already loaded, so its threads are torch's threads.
 
+One source, a path per instruction set (see its header), picked here by the flags it is
+compiled with: the best this CPU has (`native_isa`), or the one `$GPT2_CPU_ISA` names
+(`avx512`, `avx2`, `neon`, `portable`), built as for a CPU that has only that, so that any
+machine can measure the paths below its own.
+
 Cache: `$GPT2_KERNEL_DIR`, else `$XDG_CACHE_HOME/gpt2-playground/kernels` (default
 `~/.cache/...`), a folder only this user may write; one file per source, flags, compiler and
-CPU (`-march=native`), written atomically so that processes building at once do not clash.
+CPU, written atomically so that processes building at once do not clash.
 """
 from __future__ import annotations
 
@@ -30,7 +35,9 @@ import torch
 from torch import Tensor
 
 SOURCE = Path(__file__).with_name("rowdot.cpp")
-FLAGS = ("-O3", "-march=native", "-fopenmp", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC")
+FLAGS = ("-O3", "-ffp-contract=off", "-std=c++17", "-shared", "-fPIC")
+ISAS = ("avx512", "avx2", "neon", "portable")
+_X86_ISA = {"avx512": {"avx512f", "avx512bw", "avx512vl"}, "avx2": {"avx2", "fma", "f16c"}}
 _KIND = {torch.float32: 0, torch.bfloat16: 1, torch.int8: 2}
 _P, _I, _I64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_int64
 
@@ -64,40 +71,107 @@ def _compiler() -> str:
     return cxx
 
 
+def cpu_flags() -> frozenset[str]:
+    """The CPU's features as Linux lists them (/proc/cpuinfo's flags, or Features on ARM);
+    empty where there is no such file."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            line = next((line for line in f if line.startswith(("flags", "Features"))), "")
+    except OSError:
+        return frozenset()
+    return frozenset(line.partition(":")[2].split())
+
+
+def _arm() -> bool:
+    return platform.machine().lower() in ("aarch64", "arm64")
+
+
+def native_isa(flags: frozenset[str] | None = None) -> str:
+    """The best path this CPU runs: AVX-512 (F, BW, VL), AVX2 with FMA and F16C, NEON (every
+    ARM64 CPU), else portable."""
+    if _arm():
+        return "neon"
+    flags = cpu_flags() if flags is None else flags
+    return next((isa for isa, needs in _X86_ISA.items() if needs <= flags), "portable")
+
+
+def chosen_isa() -> str:
+    """`$GPT2_CPU_ISA` where set (checked: one of ISAS that this CPU can run), else the native one."""
+    native = native_isa()
+    isa = os.environ.get("GPT2_CPU_ISA", "").strip().lower() or native
+    runs = {"avx512": ISAS[:2], "avx2": ISAS[1:2], "neon": ISAS[2:3]}.get(native, ()) + ("portable",)
+    if isa not in ISAS:
+        raise BuildError(f"GPT2_CPU_ISA={isa!r} is not one of {', '.join(ISAS)}")
+    if isa not in runs:
+        raise BuildError(f"GPT2_CPU_ISA={isa}: this CPU runs {', '.join(runs)} only")
+    return isa
+
+
+def native_bf16() -> bool:
+    """Whether the chosen path has bf16 dot products (AVX512_BF16): elsewhere the bf16 and int8
+    tiers compute in fp32, since emulated bf16 products are slower than fp32 ones. Reads the
+    CPU's flags; builds nothing."""
+    try:
+        return chosen_isa() == "avx512" and "avx512_bf16" in cpu_flags()
+    except BuildError:
+        return False
+
+
+def isa_flags(isa: str) -> tuple[str, ...]:
+    """The compiler flags of a path: the CPU's own (-march/-mcpu=native) for its native path,
+    the instruction set's baseline for a lower one, none of its extensions."""
+    if isa == "portable":
+        return ("-DGPT2_PORTABLE",)
+    if isa == native_isa():
+        if platform.system() == "Darwin" and _arm():
+            return ("-mcpu=apple-m1",)  # every Apple Silicon CPU: NEON with dotprod
+        return ("-mcpu=native",) if _arm() else ("-march=native",)
+    return ("-march=x86-64-v3",)  # avx2 on an AVX-512 CPU
+
+
+def _openmp() -> tuple[str, ...]:
+    """OpenMP, where the compiler has it by default (not Apple's clang: single-threaded there)."""
+    return () if platform.system() == "Darwin" else ("-fopenmp",)
+
+
 def _fingerprint(cxx: str, defines: tuple[str, ...]) -> str:
     """What the binary depends on: source, flags, compiler version, and this CPU (-march=native)."""
     try:
         version = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=60).stdout
     except OSError as error:
         raise BuildError(f"C++ compiler {cxx!r} cannot run: {error}") from None
-    cpu = platform.machine()
-    if os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as f:
-            cpu += next((line for line in f if line.startswith(("flags", "Features"))), "")
+    cpu = platform.machine() + " ".join(sorted(cpu_flags()))
     parts = (SOURCE.read_text(), " ".join(FLAGS + defines), version, cpu)
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
 
 
-def build(portable: bool = False) -> "Library":
-    """The library, compiled now if no cached build matches (a few seconds). `portable=True`
-    builds the plain-loop code instead of AVX-512 (tests run both). Raises BuildError."""
-    defines = ("-DGPT2_PORTABLE",) if portable else ()
+def build(isa: str | None = None) -> "Library":
+    """The library for path `isa` (default: `chosen_isa()`), compiled now if no cached build
+    matches (a few seconds). A cached file that does not load is built again. Raises BuildError."""
+    isa = isa or chosen_isa()
+    if isa not in ISAS:
+        raise BuildError(f"no path {isa!r}: one of {', '.join(ISAS)}")
+    defines = (*isa_flags(isa), *_openmp())
     cxx = _compiler()
-    target = cache_dir() / f"rowdot-{_fingerprint(cxx, defines)}.so"
-    if not target.exists():
-        with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-            out = Path(tmp) / target.name
-            try:
-                run = subprocess.run([cxx, *FLAGS, *defines, str(SOURCE), "-o", str(out)],
-                                     capture_output=True, text=True, timeout=600)
-            except OSError as error:
-                raise BuildError(f"C++ compiler {cxx!r} cannot run: {error}") from None
-            if run.returncode != 0:
-                raise BuildError(f"{cxx} failed: {run.stderr.strip()[-2000:]}")
-            os.replace(out, target)  # atomic: another process may be building the same file
+    target = cache_dir() / f"rowdot-{isa}-{_fingerprint(cxx, defines)}.so"
+    if target.exists():
+        try:
+            return Library(ctypes.CDLL(str(target)), target)
+        except (OSError, AttributeError):  # a truncated or corrupt cached file: built anew
+            target.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        out = Path(tmp) / target.name
+        try:
+            run = subprocess.run([cxx, *FLAGS, *defines, str(SOURCE), "-o", str(out)],
+                                 capture_output=True, text=True, timeout=600)
+        except OSError as error:
+            raise BuildError(f"C++ compiler {cxx!r} cannot run: {error}") from None
+        if run.returncode != 0:
+            raise BuildError(f"{cxx} failed: {run.stderr.strip()[-2000:]}")
+        os.replace(out, target)  # atomic: another process may be building the same file
     try:
         return Library(ctypes.CDLL(str(target)), target)
-    except OSError as error:
+    except (OSError, AttributeError) as error:
         raise BuildError(f"cannot load {target}: {error}") from None
 
 
@@ -195,7 +269,12 @@ class Library:
 
     def __init__(self, lib: ctypes.CDLL, path: Path):
         self.path = path
-        self.isa = {2: "avx512-bf16", 1: "avx512", 0: "portable"}[lib.gpt2_rowdot_isa()]
+        bits = lib.gpt2_rowdot_isa()
+        self.native_bf16 = bool(bits & 8)  # bf16 dot products
+        self.int8_dot = bool(bits & 16)  # int8 dot product instructions (else pairs of pairs)
+        extensions = ("+bf16" if self.native_bf16 else "") + ("+dotprod" if bits & 4 else "+vnni") * self.int8_dot
+        self.isa = next((name for bit, name in ((1, "avx512"), (2, "avx2"), (4, "neon")) if bits & bit),
+                        "portable") + extensions  # e.g. "avx512+bf16+vnni", "avx2", "neon+dotprod"
         self._rowdot = lib.gpt2_rowdot
         self._rowdot.restype = _I
         self._rowdot.argtypes = [ctypes.POINTER(Product), _P, _I, _I64, _P, _I]
