@@ -19,8 +19,8 @@ import time
 log = logging.getLogger(__name__)
 QUEUE_MAX_SIZE = 32  # waiting requests beyond this are turned away instead of piling up
 # Gradio keeps a session per page visit, per gradio_client and per bare REST call: a copy of the
-# page's config holding the last value of every output, kept until more than SESSION_CAPACITY
-# sessions exist (then the least recently active goes; its page must reload). Measured with
+# page's config holding the last value of every output, at most SESSION_CAPACITY of them (which
+# go first: playground/sessions.py; a page that lost its session must reload). Measured with
 # tracemalloc: 0.17 MB for a REST call, 0.34 MB for a page after a short 124M run, 1.87 MB
 # after a 1,024-token one (the token view's map, the heads grid, the logit-lens grid). The old
 # cap of 1,000 could hold ~1.9 GB, and a soak of 4,000 requests (~600 pages) never reached it.
@@ -54,6 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
                         help="address to listen on (0.0.0.0 on Spaces, where SPACE_ID is set)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
                         help="port to listen on (env: GRADIO_SERVER_PORT)")
+    parser.add_argument("--trust-forwarded-for", action=argparse.BooleanOptionalAction, default=on_spaces,
+                        help="tell clients apart by the X-Forwarded-For header that a proxy in front "
+                             "sets (on by default on Spaces, where SPACE_ID is set); without a proxy "
+                             "that sets it, clients could claim any address")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     parser.add_argument("--threads", type=int, default=os.environ.get("GPT2_THREADS") or str(cores),
                         help="threads the models compute with, for all users together: every "
@@ -129,8 +133,10 @@ def launch(argv: list[str] | None = None):
     from . import ui
     from .guard import FramePolicy, RouteGuard
     from .limits import BodyLimit
+    from .sessions import SessionTable
 
     demo = ui.build(args.model, args.extra_models)
+    sessions = SessionTable()
     # api_open=False: Gradio's own /run/<name> refuses queued events (RouteGuard 404s it anyway).
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=ui.VIEW_CONCURRENCY, api_open=False)
     demo.launch(server_name=args.host, server_port=args.port, share=False, show_error=False,
@@ -138,8 +144,11 @@ def launch(argv: list[str] | None = None):
                 css=ui.CSS, ssr_mode=False, enable_monitoring=False,
                 state_session_capacity=SESSION_CAPACITY,
                 app_kwargs={"middleware": [Middleware(FramePolicy), Middleware(BodyLimit),
-                                           Middleware(RouteGuard, blocks=demo)]},
+                                           Middleware(RouteGuard, blocks=demo, sessions=sessions,
+                                                      trust_forwarded_for=args.trust_forwarded_for)]},
                 quiet=True, prevent_thread_lock=True)
+    if getattr(demo, "server_app", None) is not None:  # absent where launch is stubbed (test_security.py)
+        sessions.install(demo)
     return demo
 
 

@@ -76,8 +76,9 @@ class FramePolicy:
 class RouteGuard:
     """ASGI middleware in front of Gradio's app: see the module docstring."""
 
-    def __init__(self, app: ASGIApp, blocks: Any):
-        self.app, self.blocks = app, blocks
+    def __init__(self, app: ASGIApp, blocks: Any, sessions: Any = None, trust_forwarded_for: bool = False):
+        self.app, self.blocks, self.sessions = app, blocks, sessions
+        self.trust_forwarded_for = trust_forwarded_for
         self.endpoints = endpoint_parameters(blocks)
         self.open = [(method, re.compile(pattern)) for method, pattern in OPEN_ROUTES]
 
@@ -113,10 +114,13 @@ class RouteGuard:
                 return  # the client went away
             body += message.get("body", b"")
             more = message.get("more_body", False)
-        problem = self._missing(body, name, v2)
+        payload, problem = parsed(body)
+        problem = problem or self._missing(payload, name, v2)
         if problem:
             await respond(send, 422, {"error": problem})
             return
+        if name is None:
+            self._note_session(scope, payload)
         replayed = False
 
         async def replay() -> Message:
@@ -128,16 +132,18 @@ class RouteGuard:
 
         await self.app(scope, replay, send)
 
-    def _missing(self, body: bytes, name: str | None, v2: bool) -> str | None:
-        too_deep = f"the request body nests deeper than {MAX_DEPTH} levels"
-        try:
-            payload = json.loads(body)
-        except RecursionError:  # Gradio would parse it again, fail the same way and answer 500
-            return too_deep
-        except ValueError:
-            return None  # Gradio answers malformed JSON itself (422)
-        if nests_deeper(payload, MAX_DEPTH):
-            return too_deep
+    def _note_session(self, scope: Scope, payload: object) -> None:
+        """Tell the session table which client sent a queued event, and whether it is one of
+        the page's own events (which make its session a page)."""
+        if self.sessions is None or not isinstance(payload, dict):
+            return
+        fn_index, session = payload.get("fn_index"), payload.get("session_hash")
+        fn = self.blocks.fns.get(fn_index) if isinstance(fn_index, int) else None
+        if fn is not None and isinstance(session, str):
+            self.sessions.note(session, client_address(scope, self.trust_forwarded_for),
+                               page=fn.api_name not in self.endpoints)
+
+    def _missing(self, payload: object, name: str | None, v2: bool) -> str | None:
         if not isinstance(payload, dict):
             return None
         if name is None:  # queue/join names its event by index
@@ -185,6 +191,31 @@ class RouteGuard:
                         "more_body": message.get("more_body", False)})
 
         await self.app(scope, receive, translated)
+
+
+def parsed(body: bytes) -> tuple[object, str | None]:
+    """A request's JSON (None when it is not JSON: Gradio answers that itself, 422), or why
+    it is refused: nested deeper than MAX_DEPTH."""
+    too_deep = f"the request body nests deeper than {MAX_DEPTH} levels"
+    try:
+        payload = json.loads(body)
+    except RecursionError:  # Gradio would parse it again, fail the same way and answer 500
+        return None, too_deep
+    except ValueError:
+        return None, None
+    return payload, too_deep if nests_deeper(payload, MAX_DEPTH) else None
+
+
+def client_address(scope: Scope, trust_forwarded_for: bool) -> str:
+    """Who sent a request: the first address of X-Forwarded-For when the operator trusts the
+    proxy in front to set it (--trust-forwarded-for), else the connection's own address."""
+    if trust_forwarded_for:
+        forwarded = dict(scope.get("headers") or []).get(b"x-forwarded-for", b"").decode("latin-1")
+        first = forwarded.split(",")[0].strip()
+        if first:
+            return first
+    client = scope.get("client")
+    return client[0] if client else "unknown"
 
 
 def nests_deeper(value: object, limit: int) -> bool:

@@ -230,8 +230,8 @@ def big_broken_checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def app_server(tiny_checkpoint, long_checkpoint, broken_checkpoints, big_broken_checkpoints, tmp_path_factory):
-    """`python app.py --model <tiny> --extra-model ... --port <free>`, offline with an empty
-    Hub cache; killed when the session ends. Extras: `long`, `fresh` (a copy of tiny that
+    """`python app.py --model <tiny> --extra-model ... --port <free> --trust-forwarded-for`,
+    offline with an empty Hub cache; killed when the session ends. Extras: `long`, `fresh` (a copy of tiny that
     only the load-once test uses), every BROKEN checkpoint and the big broken ones."""
     home = tmp_path_factory.mktemp("app")
     fresh = shutil.copytree(tiny_checkpoint, home / "fresh")
@@ -241,7 +241,8 @@ def app_server(tiny_checkpoint, long_checkpoint, broken_checkpoints, big_broken_
            "GPT2_WEIGHTS_DIR": str(home / "weights"), "GRADIO_ANALYTICS_ENABLED": "False",
            "GRADIO_TEMP_DIR": str(home / "gradio-tmp")}
     env.pop("GPT2_EXTRA_MODELS", None)
-    command = [sys.executable, "app.py", "--model", str(tiny_checkpoint), "--port", str(port)]
+    command = [sys.executable, "app.py", "--model", str(tiny_checkpoint), "--port", str(port),
+               "--trust-forwarded-for"]  # tests tell clients apart by X-Forwarded-For
     command += [arg for path in extras for arg in ("--extra-model", str(path))]
     with log.open("w") as out:
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)

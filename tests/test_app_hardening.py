@@ -2,6 +2,7 @@
 input, and what one client may do to the others' sessions."""
 from __future__ import annotations
 
+import functools
 import html
 import json
 import re
@@ -11,6 +12,7 @@ import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import gradio as gr
 import pytest
@@ -193,27 +195,34 @@ def test_huge_numbers_get_a_specific_message(app_server, client, change, message
     assert "Traceback" not in app_server.log.read_text()[logged:]
 
 
+@functools.lru_cache
+def page_config(url: str) -> dict:
+    with urllib.request.urlopen(url + "config", timeout=30) as response:
+        return json.load(response)
+
+
 class PageSession:
     """A browser's visit without the browser: the page's own events by name, in one session
-    hash, each event's inputs by elem_id (the rest their defaults; state from the session)."""
+    hash, each event's inputs by elem_id (the rest their defaults; state from the session),
+    sent from `client` (X-Forwarded-For, which the test app trusts)."""
 
-    def __init__(self, url: str, session: str | None = None):
-        with urllib.request.urlopen(url + "config", timeout=30) as response:
-            config = json.load(response)
-        self.url, self.session = url, session or uuid.uuid4().hex
+    def __init__(self, url: str, client: str = "127.0.0.1"):
+        config = page_config(url)
+        self.url, self.session, self.client = url, uuid.uuid4().hex, client
         self.components = {c["id"]: c for c in config["components"]}
         self.events = {d["api_name"]: d for d in config["dependencies"] if d.get("api_name")}
 
-    def join(self, name: str, values: dict) -> str:
-        """Send the event to the queue; its event id."""
-        data = []
-        for cid in self.events[name]["inputs"]:
+    def join(self, name: str, values: dict | list) -> str:
+        """Send the event to the queue (its inputs by elem_id, or all of them as a list); its event id."""
+        data = values if isinstance(values, list) else []
+        for cid in self.events[name]["inputs"] if isinstance(values, dict) else ():
             component = self.components[cid]
             props = component.get("props", {})
             data.append(values.get(props.get("elem_id"), None if component["type"] == "state" else props.get("value")))
         body = json.dumps({"data": data, "fn_index": self.events[name]["id"], "session_hash": self.session,
                            "event_data": None, "trigger_id": None}).encode()
-        request = urllib.request.Request(self.url + "gradio_api/queue/join", body, {"Content-Type": "application/json"})
+        request = urllib.request.Request(self.url + "gradio_api/queue/join", body,
+                                         {"Content-Type": "application/json", "X-Forwarded-For": self.client})
         with urllib.request.urlopen(request, timeout=60) as response:
             return json.load(response)["event_id"]
 
@@ -225,7 +234,7 @@ class PageSession:
                 if line.startswith(b"data: "):
                     yield json.loads(line.removeprefix(b"data: "))
 
-    def run(self, name: str, values: dict) -> list:
+    def run(self, name: str, values: dict | list) -> list:
         """The event's outputs, once it completed."""
         event = self.join(name, values)
         for message in self.messages():
@@ -323,3 +332,83 @@ def test_stop_waits_hold_no_thread_and_one_per_session(tiny_checkpoint, sessions
 
     done = asyncio.run(flood())
     assert done.count(False) == sessions and owner._stopping == set()
+
+
+# -- item 4: sessions ------------------------------------------------------------------------------------
+def api_call(url: str, client: str) -> None:
+    """A cheap stateless call (/load_model) with a fresh session hash, as a bare REST client makes."""
+    call = PageSession(url, client=client)
+    call.run("load_model", [MODEL])
+
+
+def open_page(url: str, client: str) -> PageSession:
+    """A visit that generated a run and shows it: its layer menu now offers layers 0 and 1."""
+    page = PageSession(url, client=client)
+    page.run("ui_generate", {"prompt": "Hello there", "max-new-tokens": 3, "seed": "1"})
+    page.run("show_run", {})
+    return page
+
+
+def change_layer(page: PageSession) -> dict:
+    """The page's layer menu moved to layer 1: what Gradio answers (an evicted session's menu
+    is back to its default choices, so layer 1 is refused)."""
+    event = page.join("update_view", {"layer": 1, "head": "1", "window-start": 0, "window-size": 8})
+    return next(m for m in page.messages() if m.get("event_id") == event and m["msg"] == "process_completed")
+
+
+def test_stateless_api_calls_do_not_push_out_open_pages(app_url):
+    pages = [open_page(app_url, "10.0.0.1"), open_page(app_url, "10.0.0.2")]
+    with ThreadPoolExecutor(4) as pool:  # more fresh sessions than the table holds (256)
+        list(pool.map(lambda i: api_call(app_url, f"10.1.{i // 250}.{i % 250}"), range(320)))
+    for page in pages:
+        answer = change_layer(page)
+        assert answer["success"], answer["output"]
+
+
+def test_a_client_opening_many_pages_pushes_out_only_its_own(app_url):
+    from playground.sessions import PAGES_PER_CLIENT
+
+    other = open_page(app_url, "10.0.0.3")
+    first = open_page(app_url, "10.0.0.4")
+    for _ in range(PAGES_PER_CLIENT):  # each visit's first event makes its session a page
+        PageSession(app_url, client="10.0.0.4").run("restore", {})
+    refused = change_layer(first)
+    assert not refused["success"] and "is not in the list of choices" in str(refused["output"])
+    answer = change_layer(other)
+    assert answer["success"], answer["output"]
+
+
+def test_the_session_table_rules():
+    """Idle sessions go; API sessions beyond their cap go first; a client's pages beyond its
+    cap go, its own; over capacity, the page of the client holding the most."""
+    import datetime
+
+    from playground.sessions import SessionTable
+
+    table = SessionTable(idle_s=60, api_sessions=2, per_client=3)
+    table.capacity = 6
+    now = datetime.datetime.now()
+
+    def visit(session: str, client: str | None = None, ago: float = 0) -> None:
+        if client:
+            table.note(session, client, page=True)
+        table.session_data[session] = object()  # what Gradio's __getitem__ does, then update
+        table.time_last_used[session] = now - datetime.timedelta(seconds=ago)
+        table.update(session)
+
+    visit("old", "A", ago=120)
+    visit("api1")
+    assert "old" not in table.session_data  # idle for 120 s > 60
+    visit("api2"), visit("api3")
+    assert list(table.session_data) == ["api2", "api3"]  # api1: over the API cap
+    for i in range(4):
+        visit(f"A{i}", "A")
+    assert [s for s in table.session_data if s.startswith("A")] == ["A1", "A2", "A3"]  # A's own oldest
+    visit("B0", "B")
+    assert len(table.session_data) == 6
+    visit("C0", "C")  # over capacity: an API session goes first
+    assert "api2" not in table.session_data and "api3" in table.session_data
+    visit("D0", "D")
+    assert "api3" not in table.session_data
+    visit("E0", "E")  # only pages left: A holds the most
+    assert list(table.session_data) == ["A2", "A3", "B0", "C0", "D0", "E0"]

@@ -65,6 +65,7 @@ def test_launch_settings(launched):
     middleware = launched["app_kwargs"]["middleware"]
     assert [m.cls for m in middleware] == [FramePolicy, BodyLimit, RouteGuard]
     assert middleware[2].kwargs["blocks"] is demo
+    assert middleware[2].kwargs["trust_forwarded_for"] is False  # no SPACE_ID: no proxy to trust
 
 
 def test_no_component_takes_files_or_paths(launched):
