@@ -12,6 +12,7 @@ import logging
 import os
 import re
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,10 @@ import gpt2
 log = logging.getLogger(__name__)
 
 CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+# A preset whose load failed (a Hub that does not answer) is not tried again sooner: each try
+# holds the page's single load slot for seconds. A local checkpoint's failure stands until
+# its files change.
+FAILED_LOAD_S = 30.0
 
 
 def physical_memory() -> int:
@@ -140,6 +145,21 @@ def describe(name: str, model: gpt2.GPT) -> str:
             f"{c.n_layer} layers × {c.n_head} heads · {c.context_length}-token context{speed}")
 
 
+def source_files(source: str) -> tuple:
+    """(size, modification time) of the files a load of `source` reads (a preset: its converted
+    file), None for one that is missing: a failed load is remembered while these stay."""
+    path = gpt2.hub.weights_dir() / f"{source}.safetensors" if source in gpt2.PRESETS else Path(source)
+    files = [path / "config.json", path / "model.safetensors"] if path.is_dir() else [path]
+    out = []
+    for file in files:
+        try:
+            stat = file.stat()
+            out.append((stat.st_size, stat.st_mtime_ns))
+        except OSError:
+            out.append(None)
+    return tuple(out)
+
+
 def load_error_message(name: str, error: Exception) -> str:
     """Why a model could not be loaded and how to fix it (plain text; `code` reads as Markdown)."""
     if name in gpt2.PRESETS:
@@ -166,6 +186,7 @@ class ModelTable:
         self._loops: dict[str, gpt2.BatchedGenerator] = {}
         self._name_locks = {name: threading.Lock() for name in sources}
         self._lock = threading.Lock()
+        self._failed: dict[str, tuple[float, tuple, str]] = {}  # name -> (when, source_files, message)
 
     @property
     def names(self) -> list[str]:
@@ -187,19 +208,37 @@ class ModelTable:
             if name in self._models:
                 self._models.move_to_end(name)
                 return self._loops[name]
+        self._raise_if_failed(name)
         with self._name_locks[name]:  # one load per name; others wait for it
             with self._lock:
                 if name in self._models:
                     return self._loops[name]
+            self._raise_if_failed(name)  # the load this one waited for failed
             source, tier = self.sources[name], self.tiers.get(name, "fp32")
             if source in gpt2.PRESETS:
                 self._make_room(model_bytes(gpt2.PRESETS[source]) // (1 if tier == "fp32" else 2))
-            model = self._load(name, source, tier)
+            try:
+                model = self._load(name, source, tier)
+            except gpt2.WeightsError as error:
+                self._failed[name] = (time.monotonic(), source_files(source), str(error))
+                raise
+            self._failed.pop(name, None)
             loop = gpt2.BatchedGenerator(model)
             with self._lock:
                 self._models[name], self._loops[name] = model, loop
             self._make_room(0, keep=name)  # a local checkpoint's size is known only now
             return loop
+
+    def _raise_if_failed(self, name: str) -> None:
+        """The error of `name`'s last load, again, while it stands (see FAILED_LOAD_S)."""
+        failed = self._failed.get(name)
+        if failed is None:
+            return
+        when, files, message = failed
+        source = self.sources[name]
+        fresh = source not in gpt2.PRESETS or time.monotonic() - when < FAILED_LOAD_S
+        if fresh and source_files(source) == files:
+            raise gpt2.WeightsError(message)
 
     @staticmethod
     def _load(name: str, source: str, tier: str) -> gpt2.GPT:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import html
 import json
+import os
 import re
 import time
 import urllib.error
@@ -16,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import gradio as gr
 import pytest
+from conftest import BROKEN
 from test_app_server import MODEL, browser_page
 
 from playground.guard import FRAME_ANCESTORS
@@ -412,3 +414,52 @@ def test_the_session_table_rules():
     assert "api3" not in table.session_data
     visit("E0", "E")  # only pages left: A holds the most
     assert list(table.session_data) == ["A2", "A3", "B0", "C0", "D0", "E0"]
+
+
+# -- item 6: failed loads remembered ----------------------------------------------------------------------
+def test_a_failed_load_is_not_retried_until_its_files_change(app_server, client, broken_checkpoints):
+    """A broken local checkpoint: the first request loads and fails; the next ones get the same
+    error at once, without a load (which would hold the page's single load slot); once its file
+    changes, the next request loads it again."""
+    from gradio_client.exceptions import AppError
+
+    weights = broken_checkpoints["truncated"] / "model.safetensors"
+
+    def loads() -> int:
+        return app_server.log.read_text().count("loading model local:truncated\n")
+
+    os.utime(weights)  # whatever an earlier test left remembered: changed now
+    before = loads()
+    for _ in range(6):
+        with pytest.raises(AppError, match=re.escape(BROKEN["truncated"])):
+            client.predict(model="local:truncated", api_name="/load_model")
+    assert loads() == before + 1
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    with pytest.raises(AppError, match=re.escape(BROKEN["truncated"])):
+        client.predict(model="local:truncated", api_name="/load_model")
+    assert loads() == before + 2
+
+
+def test_a_failed_preset_load_is_retried_after_a_while(monkeypatch, tmp_path):
+    """A preset (the Hub did not answer): the same error for FAILED_LOAD_S, then a new try."""
+    import gpt2
+    from playground import models
+
+    monkeypatch.setenv("GPT2_WEIGHTS_DIR", str(tmp_path))
+    tries, clock = [], [1000.0]
+    monkeypatch.setattr(models.time, "monotonic", lambda: clock[0])
+
+    def unreachable(name: str, source: str, tier: str) -> gpt2.GPT:
+        tries.append(name)
+        raise gpt2.WeightsError("no Hub")
+
+    monkeypatch.setattr(models.ModelTable, "_load", staticmethod(unreachable))
+    table = models.ModelTable({"gpt2": "gpt2"}, max_bytes=2**40)
+    for _ in range(5):
+        with pytest.raises(gpt2.WeightsError, match="no Hub"):
+            table.get("gpt2")
+    assert tries == ["gpt2"]
+    clock[0] += models.FAILED_LOAD_S + 1
+    with pytest.raises(gpt2.WeightsError, match="no Hub"):
+        table.get("gpt2")
+    assert tries == ["gpt2", "gpt2"]

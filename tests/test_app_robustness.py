@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import time
 import urllib.request
@@ -427,14 +428,17 @@ def test_texts_of_many_lengths_do_not_grow_the_server(app_server, client):
     assert growth < 100 * 1024, f"RSS grew by {growth // 1024} MB over 200 text lengths"
 
 
-def test_failed_loads_leave_nothing_behind(app_server, client):
-    """Every request retries a failed load. Each failure used to keep the ~30 MB it had read
-    alive through its exception's traceback until the garbage collector ran (hundreds of MB
-    within seconds on the server); now a checkpoint is checked on its header before any
+def test_failed_loads_leave_nothing_behind(app_server, client, big_broken_checkpoints):
+    """Every request retries a failed load once its files changed (touched here each time: an
+    unchanged checkpoint's failure is remembered). Each failure used to keep the ~30 MB it had
+    read alive through its exception's traceback until the garbage collector ran (hundreds of
+    MB within seconds on the server); now a checkpoint is checked on its header before any
     tensor is read, and a load failing later (NaN weights) empties what it read."""
     from gradio_client.exceptions import AppError
 
     def fail(model: str, reason: str) -> None:
+        for file in big_broken_checkpoints[model.removeprefix("local:")].iterdir():
+            os.utime(file)  # a new modification time: the load is tried again
         with pytest.raises(AppError, match=reason):
             api_generate(client, model=model)
 
