@@ -96,7 +96,7 @@ def hf(model: nn.Module, tier: str) -> System:
     return System(f"hf-{tier}", tier, model, run)
 
 
-def build_systems(config: gpt2.GPTConfig, device: torch.device,
+def build_systems(config: gpt2.GPTConfig, device: torch.device, hf_tiers: tuple[str, ...] = HF_TIERS,
                   seed: int = 0) -> tuple[list[System], dict[str, float]]:
     """transformers' random model (seeded), saved and loaded by both libraries: same weights.
     Our tiers run with the compiled decode kernels (`gpt2.fast.kernels`, CPU only), built here
@@ -121,7 +121,7 @@ def build_systems(config: gpt2.GPTConfig, device: torch.device,
     if device.type == "cpu":
         systems.append(System("ours-fp32-eager", "fp32", base,
                               lambda idx, n: gpt2.generate(base, idx, n)))
-    for tier in HF_TIERS:
+    for tier in hf_tiers:
         systems.append(hf(hf_fp32 if tier == "fp32" else copy.deepcopy(hf_fp32).to(TIER_COST[tier][3]),
                           tier))
     return systems, compile_seconds
@@ -303,11 +303,12 @@ def check_agreement(systems: list[System], idx: torch.Tensor) -> None:
           f"{a[0, -8:].tolist()} vs {b[0, -8:].tolist()}")
 
 
-def run_config(name: str, prompts: list[int], rounds: int, new_tokens: int, device: torch.device
+def run_config(name: str, prompts: list[int], rounds: int, new_tokens: int, device: torch.device,
+               hf_tiers: tuple[str, ...] = HF_TIERS
                ) -> tuple[list[System], dict[tuple[int, str], Samples], dict[str, float]]:
     """All rounds for one model size: rounds x prompts x systems, system order rotated."""
     config = CONFIGS[name]
-    systems, compile_seconds = build_systems(config, device)
+    systems, compile_seconds = build_systems(config, device, hf_tiers)
     gen = torch.Generator().manual_seed(0)
     idxs = {T: torch.randint(config.vocab_size, (1, T), generator=gen).to(device) for T in prompts}
     check_agreement(systems, idxs[prompts[0]])
@@ -366,7 +367,7 @@ def make_rows(name: str, systems: list[Measured], results: dict[tuple[int, str],
             ttft, decode = stats(s.name)
             rows.append(Row(
                 name, T, s.name, ttft, decode, speedup(s.name, "hf-fp32"),
-                speedup(s.name, "hf-bf16") if s.name == "ours-bf16" else None,
+                speedup(s.name, "hf-bf16") if s.name == "ours-bf16" and (T, "hf-bf16") in results else None,
                 100 * statistics.median(decode) / decode_bound(machine, config, s.tier),
                 100 * prefill_bound(machine, config, s.tier, T) / statistics.median(ttft),
                 statistics.median(results[(T, s.name)].peak) / 1e6,
@@ -485,12 +486,18 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--rounds", type=int, default=None, help="default 5, 2 with --quick")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--hf-tiers", default=",".join(HF_TIERS),
+                   help="transformers' tiers to time (fp32 is the reference; bf16 is emulated, and "
+                        "minutes slow, on a CPU without bf16 products: `--hf-tiers fp32` there)")
     p.add_argument("--out", type=Path, default=None,
                    help="report path (default benchmarks/RESULTS.md, RESULTS-quick.md with --quick)")
     args = p.parse_args()
     args.configs = (args.configs or ("gpt2" if args.quick else "gpt2,gpt2-medium")).split(",")
     args.prompts = [int(t) for t in (args.prompts or ("16,512" if args.quick else "16,512,960")).split(",")]
     args.rounds = args.rounds or (2 if args.quick else 5)
+    args.hf_tiers = tuple(args.hf_tiers.split(","))
+    if "fp32" not in args.hf_tiers or not set(args.hf_tiers) <= set(HF_TIERS):
+        p.error(f"--hf-tiers: fp32 and any of {', '.join(HF_TIERS)}")
     args.out = args.out or HERE / ("RESULTS-quick.md" if args.quick else "RESULTS.md")
     return args
 
@@ -507,7 +514,7 @@ def main() -> None:
     runs, compile_seconds = [], {}
     for name in args.configs:
         systems, results, compile_seconds[name] = run_config(name, args.prompts, args.rounds,
-                                                             args.new_tokens, device)
+                                                             args.new_tokens, device, args.hf_tiers)
         print(f"{name}: {compile_text(compile_seconds[name])}")
         measured = [Measured(s.name, s.tier, resident_bytes(s.model)) for s in systems]
         del systems  # free this size's models before the next
