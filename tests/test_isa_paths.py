@@ -98,3 +98,18 @@ def test_every_path_is_within_fp32_rounding_of_the_portable_one(results):
 def test_arm64_builds_and_runs_under_qemu(results):
     assert int(results["neon+dotprod"]["isa"][0]) == 4 | 16 and int(results["neon"]["isa"][0]) == 4
     assert results["neon"]["argmax"] == [417.0]
+
+
+@pytest.mark.skipif(not shutil.which("clang++"), reason="needs clang++ (.ci/run installs it)")
+@pytest.mark.parametrize("target", [["-march=x86-64-v3"], ["-march=native"], ["-DGPT2_PORTABLE"],
+                                    ["--target=aarch64-linux-gnu", "-mcpu=apple-m1"]])
+def test_clang_builds_each_path_without_openmp(tmp_path, target):
+    """As on macOS, whose clang has no OpenMP: the source compiles with clang on every path,
+    Apple Silicon's (-mcpu=apple-m1: NEON with dotprod) included, its kernels single-threaded."""
+    if "-march=native" in target and rowdot.native_isa() not in ("avx512", "avx2"):
+        pytest.skip("not an x86-64 CPU")
+    obj = tmp_path / "rowdot.o"
+    run = subprocess.run(["clang++", "-O3", "-ffp-contract=off", "-std=c++17", "-fPIC", "-Werror=return-type", *target,
+                          "-c", str(rowdot.SOURCE), "-o", str(obj)], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert obj.stat().st_size > 0

@@ -29,7 +29,9 @@
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
+#ifdef _OPENMP
 #include <omp.h>
+#endif
 
 #if defined(GPT2_PORTABLE)
 #elif defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
@@ -850,20 +852,28 @@ TileFn pick(int w_kind, bool bf16_rows, int ot, int rows) {
 }
 
 // Run work(lo, hi) over [0, n) split in `threads` contiguous parts (0: OpenMP's setting for
-// this thread, which torch.set_num_threads sets); no parallel region for one part.
+// this thread, which torch.set_num_threads sets); no parallel region for one part. Built
+// without OpenMP (Apple's clang), one part.
 template <class Work> void parallel(int threads, int64_t n, int64_t align, Work work) {
+#ifdef _OPENMP
     int nt = threads > 0 ? threads : omp_get_max_threads();
+#else
+    int nt = 1;
+    (void)threads;
+#endif
     int64_t per = ((n + nt - 1) / nt + align - 1) / align * align;
     if (nt == 1 || per >= n) {
         work(int64_t(0), n);
         return;
     }
+#ifdef _OPENMP
 #pragma omp parallel num_threads(nt)
     {
         int64_t lo = omp_get_thread_num() * per;
         int64_t hi = lo + per < n ? lo + per : n;
         if (lo < hi) work(lo, hi);
     }
+#endif
 }
 
 }  // namespace
