@@ -143,7 +143,9 @@ class AttentionCapture(RequestHooks):
         B, R, C = q.shape
         q = q.view(B, R, -1, hd).transpose(1, 2)  # [B, H, R, hd]
         k = self._keys(layer, stop)  # [B, H, K, hd]
-        scores = (q.float() @ k.float().transpose(-1, -2)) / math.sqrt(hd)  # [B, H, R, K]
+        scores = q.float() @ k.float().transpose(-1, -2)  # [B, H, R, K]
+        scale = self.model.config.attn_scale(layer)  # None: GPT-2's 1/sqrt(hd)
+        scores = scores / math.sqrt(hd) if scale is None else scores * scale
         query_pos = torch.arange(start, stop, device=q.device)[:, None]
         key_pos = torch.arange(stop, device=q.device)[None, :]
         scores = scores.masked_fill(key_pos > query_pos, float("-inf"))
@@ -171,7 +173,7 @@ class AttentionCapture(RequestHooks):
             return torch.softmax(self.model.head(self.block_output(self.blocks[-1], rows)), dim=-1)
 
     def lens(self, rows: slice | None = None, k: int = 5) -> Lens:
-        """The logit lens: after each block, the residual stream through `ln_f` and the tied LM
+        """The logit lens: after each block, the residual stream through `ln_f` and the LM
         head, as the top `k` next tokens per position in `rows` (the last block's row is the
         model's own prediction). Needs `residuals=True`."""
         if len(self.blocks) != self.model.config.n_layer:

@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .activations import TANH_GELU, Activation
 from .config import GPTConfig
 from .fast import gemm, kernels
 from .kv_cache import CacheBatch, KVCache
@@ -76,6 +77,8 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         self.layer_idx = layer_idx
         self.n_head = config.n_head
+        self.scale = config.attn_scale(layer_idx)  # None: SDPA's 1/sqrt(head_dim), GPT-2's
+        self.upcast = config.reorder_and_upcast_attn
         self.c_attn = FusedQKV(config.n_embd, 3 * config.n_embd, device=device)
         self.c_proj = RequestLinear(config.n_embd, config.n_embd, device=device)  # reads the merged heads
 
@@ -88,35 +91,54 @@ class CausalSelfAttention(nn.Module):
                 return self.c_proj(kernels.decode_attention(qkv, rows, self.layer_idx, self.n_head), cache)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
                    for t in qkv.split(C, dim=2))  # each [B, H, T, hd]
+        if self.upcast:
+            q, k, v = q.float(), k.float(), v.float()
         if isinstance(cache, CacheBatch):  # each row over its own cache
-            y = torch.cat([attend(q[i:i + 1], k[i:i + 1], v[i:i + 1], c, self.layer_idx)
+            y = torch.cat([attend(q[i:i + 1], k[i:i + 1], v[i:i + 1], c, self.layer_idx, self.scale)
                            for i, c in enumerate(cache.caches)])
         else:
-            y = attend(q, k, v, cache, self.layer_idx)
+            y = attend(q, k, v, cache, self.layer_idx, self.scale)
         heads = y.to(x.dtype).transpose(1, 2).reshape(B, T, C)  # head h in columns [h*hd, (h+1)*hd)
         return self.c_proj(heads, cache)
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, cache: KVCache | None, layer: int) -> Tensor:
-    """Causal attention of q over k, v [B, H, T, hd], after the cached keys and values if any."""
+def attend(q: Tensor, k: Tensor, v: Tensor, cache: KVCache | None, layer: int,
+           scale: float | None = None) -> Tensor:
+    """Causal attention of q over k, v [B, H, T, hd], after the cached keys and values if any;
+    q.k times `scale` (None: 1/sqrt(hd))."""
     mask = None  # None: causal from position 0, or a single query that sees every key
     if cache is not None:
         k, v, mask = cache.update(layer, k, v)  # k, v: [B, H, keys, hd]
         q = q.to(k.dtype)  # attend in the cache's dtype (fp32: bf16 decode SDPA is slow on CPU)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and q.size(2) > 1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and q.size(2) > 1,
+                                          scale=scale)
 
 
 class MLP(nn.Module):
-    """c_fc, GELU, c_proj; the GELU runs inside c_fc's call (fused into its GEMM on the CPU),
-    so a forward hook on `mlp.c_fc` sees the activations after the GELU."""
+    """c_fc, GELU, c_proj; GPT-2's tanh GELU runs inside c_fc's call (fused into its GEMM on
+    the CPU), so a forward hook on `mlp.c_fc` sees the activations after the GELU. Another
+    `activation_function` is its own module, `mlp.act` (as in transformers), after c_fc."""
 
     def __init__(self, config: GPTConfig, device: torch.device | str | None = None):
         super().__init__()
-        self.c_fc = Linear(config.n_embd, 4 * config.n_embd, device=device)
-        self.c_proj = Linear(4 * config.n_embd, config.n_embd, device=device)
+        self.c_fc = Linear(config.n_embd, config.mlp_width, device=device)
+        self.c_proj = Linear(config.mlp_width, config.n_embd, device=device)
+        name = config.activation_function
+        self.act = None if name in TANH_GELU else Activation(name)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.c_proj(self.c_fc(x, gelu=True))
+        if self.act is None:
+            return self.c_proj(self.c_fc(x, gelu=True))
+        return self.c_proj(self.act(self.c_fc(x)))
+
+
+class UntiedHead(nn.Module):
+    """The LM head of a checkpoint with `tie_word_embeddings: false`: a [vocab, C] weight of
+    its own (`lm_head.weight`), which `GPT.logits` reads as it reads the tied embedding."""
+
+    def __init__(self, config: GPTConfig, device: torch.device | str | None = None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(config.vocab_size, config.n_embd, device=device))
 
 
 class Block(nn.Module):
@@ -150,6 +172,7 @@ class GPT(nn.Module):
                                 _weight=torch.empty(config.context_length, config.n_embd, device=device))
         self.h = nn.ModuleList(Block(config, i, device) for i in range(config.n_layer))
         self.ln_f = LayerNorm(config.n_embd, eps=config.layer_norm_eps, device=device)
+        self.lm_head = None if config.tie_word_embeddings else UntiedHead(config, device)
         self.int8_head: nn.Module | None = None  # the int8 tier's LM head (gpt2.fast.int8.Int8Head)
         self.reset_parameters()
 
@@ -169,6 +192,11 @@ class GPT(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.wte.weight.device
+
+    @property
+    def head_weight(self) -> Tensor:
+        """The LM head's weight [vocab, C]: the token embedding, or an untied head's own."""
+        return self.wte.weight if self.lm_head is None else self.lm_head.weight
 
     def residual_stream(self, idx: Tensor, cache: Cache | None = None) -> Tensor:
         """The last block's output [B, T, C], before `ln_f`."""
@@ -204,15 +232,15 @@ class GPT(nn.Module):
         """`ln_f` and the LM head on the residual stream x [..., C] -> fp32 logits: the int8
         tier's own head where it has one, else the tied embedding (`logits`)."""
         if self.int8_head is not None:
-            return self.int8_head(x, self.wte.weight, self.ln_f)
+            return self.int8_head(x, self.head_weight, self.ln_f)
         return self.logits(self.ln_f(x))
 
     def logits(self, hidden: Tensor) -> Tensor:
-        """The LM head, tied to the token embedding (as in OpenAI's checkpoints): fp32 logits
-        from fp32 math, even where the embedding is stored in bf16 (the fast tiers), because
-        rounding logits to bf16 flips near-tied predictions (see `gpt2.tiers`). One
+        """The LM head, tied to the token embedding (as in OpenAI's checkpoints) or untied:
+        fp32 logits from fp32 math, even where the weight is stored in bf16 (the fast tiers),
+        because rounding logits to bf16 flips near-tied predictions (see `gpt2.tiers`). One
         exception: eager decoding of a fast tier on the CPU (see below)."""
-        weight = self.wte.weight
+        weight = self.head_weight
         if self.use_kernels and kernels.serves(hidden):  # bf16 hidden: its products are exact in fp32
             return kernels.linear(hidden, weight, out_dtype=torch.float32)
         if weight.dtype == torch.float32:

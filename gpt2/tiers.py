@@ -69,8 +69,10 @@ def quantize_int8(model: GPT) -> GPT:
     kernels.disable(model)
     for block in model.h:
         quantize_block(block)
-    model.wte.to(torch.bfloat16)  # the head is made from the embedding the model keeps
-    head = Int8Head(model.wte.weight, model.ln_f)
+    for module in (model.wte, model.lm_head):  # the head is made from the weight the model keeps
+        if module is not None:
+            module.to(torch.bfloat16)
+    head = Int8Head(model.head_weight, model.ln_f)
     set_stream_dtype(model.to(torch.bfloat16), stream_dtype(model.device))
     model.int8_head = head
     return model

@@ -69,24 +69,27 @@ def read_header(path: Path) -> Header:
                            f"corrupt ({e}). Delete it and download or convert it again.") from None
 
 
-def our_key(stored: str, hub_layout: bool) -> str | None:
+def our_key(stored: str, hub_layout: bool, tied: bool = True) -> str | None:
     """Our state-dict key for a stored key, or None for what we do not load: the Hub's
-    `lm_head.weight` (tied to wte) and its causal-mask buffers (built on the fly)."""
+    `lm_head.weight` where the head is `tied` to wte, and its causal-mask buffers (built on
+    the fly)."""
     if not hub_layout:
         return stored
     key = stored.removeprefix("transformer.")
-    return None if key == "lm_head.weight" or key.endswith(HF_BUFFERS) else key
+    return None if (tied and key == "lm_head.weight") or key.endswith(HF_BUFFERS) else key
 
 
 def expected_shapes(config: GPTConfig, layers: range | None = None) -> dict[str, tuple[int, ...]]:
     """`GPT(config).state_dict()`'s shapes, by arithmetic: no module is built (a config
     may claim a model far larger than memory). `layers` limits the blocks listed."""
-    V, C, T = config.vocab_size, config.n_embd, config.context_length
+    V, C, T, inner = config.vocab_size, config.n_embd, config.context_length, config.mlp_width
     shapes = {"wte.weight": (V, C), "wpe.weight": (T, C), "ln_f.weight": (C,), "ln_f.bias": (C,)}
+    if not config.tie_word_embeddings:
+        shapes["lm_head.weight"] = (V, C)
     block = {"ln_1.weight": (C,), "ln_1.bias": (C,), "attn.c_attn.weight": (3 * C, C),
              "attn.c_attn.bias": (3 * C,), "attn.c_proj.weight": (C, C), "attn.c_proj.bias": (C,),
-             "ln_2.weight": (C,), "ln_2.bias": (C,), "mlp.c_fc.weight": (4 * C, C),
-             "mlp.c_fc.bias": (4 * C,), "mlp.c_proj.weight": (C, 4 * C), "mlp.c_proj.bias": (C,)}
+             "ln_2.weight": (C,), "ln_2.bias": (C,), "mlp.c_fc.weight": (inner, C),
+             "mlp.c_fc.bias": (inner,), "mlp.c_proj.weight": (C, inner), "mlp.c_proj.bias": (C,)}
     for i in range(config.n_layer) if layers is None else layers:
         shapes.update({f"h.{i}.{name}": shape for name, shape in block.items()})
     return shapes
@@ -99,7 +102,8 @@ def check_header(header: Header, config: GPTConfig, hub_layout: bool) -> dict[st
     if config.vocab_size <= EOT_ID:
         raise WeightsError(f"{path}: vocab_size={config.vocab_size} is smaller than GPT-2's "
                            f"tokenizer, whose ids reach {EOT_ID}")
-    stored = {ours: key for key in header.shapes if (ours := our_key(key, hub_layout)) is not None}
+    stored = {ours: key for key in header.shapes
+              if (ours := our_key(key, hub_layout, config.tie_word_embeddings)) is not None}
     shapes = {ours: tuple(header.shapes[key][::-1]) if hub_layout and ours.endswith(CONV1D_WEIGHTS)
               else header.shapes[key] for ours, key in stored.items()}
     # The file's block count bounds what is listed next, however many blocks the config claims.
@@ -170,16 +174,17 @@ class Checkpoint:
         part = {k: v for k, v in self.stored.items() if k.startswith(prefix)}
         return {k.removeprefix(prefix): t for k, t in read_tensors(self.header, part, self.hub_layout).items()}
 
-    def embedding(self, dtype: torch.dtype, chunk: int = 2048) -> Tensor:
-        """The token embedding [vocab, C] in `dtype`, read `chunk` rows at a time: a bf16
-        tier never holds its fp32 copy (154 MB at 124M)."""
-        part = {"wte.weight": self.stored["wte.weight"]}
-        wte = torch.empty(self.config.vocab_size, self.config.n_embd, dtype=dtype)
-        for start in range(0, wte.size(0), chunk):
+    def embedding(self, dtype: torch.dtype, key: str = "wte.weight", chunk: int = 2048) -> Tensor:
+        """The token embedding (or, with `key="lm_head.weight"`, an untied LM head) [vocab, C]
+        in `dtype`, read `chunk` rows at a time: a bf16 tier never holds its fp32 copy (154 MB
+        at 124M)."""
+        part = {key: self.stored[key]}
+        weight = torch.empty(self.config.vocab_size, self.config.n_embd, dtype=dtype)
+        for start in range(0, weight.size(0), chunk):
             rows = read_tensors(self.header, part, self.hub_layout, slice(start, start + chunk))
-            wte[start:start + chunk] = rows.pop("wte.weight")
+            weight[start:start + chunk] = rows.pop(key)
             release_freed_memory()
-        return wte
+        return weight
 
 
 def release_freed_memory() -> None:
@@ -312,7 +317,9 @@ def _build(checkpoint: Checkpoint, tier: str = "fp32") -> GPT:
                 module.to(dtype)
             release_freed_memory()
         model.wte.load_state_dict({"weight": checkpoint.embedding(dtype)}, assign=True)
-        head = Int8Head(model.wte.weight, model.ln_f) if tier == "int8" else None
+        if model.lm_head is not None:
+            model.lm_head.load_state_dict({"weight": checkpoint.embedding(dtype, "lm_head.weight")}, assign=True)
+        head = Int8Head(model.head_weight, model.ln_f) if tier == "int8" else None
         model.to(dtype)
         model.int8_head = head
     except BaseException:

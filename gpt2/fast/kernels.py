@@ -203,6 +203,8 @@ def _describe(model: nn.Module, trial: bool = False) -> _DecodeStep | None:
     tied one, or the int8 tier's) where the model's own head would run them on the kernels.
     `trial`: as if every module that can use the kernels did (the load-time check, before
     they are switched on)."""
+    if not serves_variant(model):
+        return None
     on = (lambda m: hasattr(m, "use_kernels")) if trial else (lambda m: getattr(m, "use_kernels", False))
     watch = _Watch()
     try:
@@ -411,6 +413,11 @@ def speedup(model: nn.Module, lib: rowdot.Library, budget: float = 0.5) -> float
     return best[eager] / best[compiled]
 
 
+def serves_variant(model: nn.Module) -> bool:
+    """Whether the kernels compute `model`'s variant: OpenAI's GPT-2 (`GPTConfig.kernel_compatible`)."""
+    return getattr(getattr(model, "config", None), "kernel_compatible", True)
+
+
 def fast_layers(model: nn.Module) -> list[nn.Module]:
     """Modules that can use the kernels: they have a `use_kernels` flag."""
     return [m for m in model.modules() if hasattr(m, "use_kernels")]
@@ -447,8 +454,9 @@ def compile_kernels(model: nn.Module, background: bool = True) -> CompileStatus:
     say) the model stays eager and correct; the reason is in the status and the log.
     """
     status = model.compile_status = CompileStatus()
-    if choice() == "off":
-        status.error = "GPT2_KERNELS=off"
+    if choice() == "off" or not serves_variant(model):
+        status.error = ("GPT2_KERNELS=off" if choice() == "off" else
+                        f"they compute OpenAI's GPT-2 only, not {model.config.variant}")
         status.done.set()
         return status
 
