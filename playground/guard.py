@@ -9,7 +9,11 @@ tests/test_app_guard.py drives both through it) and 404s everything else. Beside
   event stream also carries the endpoint's warnings as `event: log` (Gradio drops them there,
   so a curl user never heard that a long prompt was cut);
 - a request that leaves out an endpoint's parameter is refused with the parameter's name (422)
-  instead of reaching Gradio, which answers `{"error": null}` and logs a traceback.
+  instead of reaching Gradio, which answers `{"error": null}` and logs a traceback, and so is
+  JSON nested deeper than MAX_DEPTH (Gradio would end in a RecursionError and a 500);
+- each queued event tells the session table (`playground/sessions.py`) its session, its
+  client and whether it is one of the page's own events.
+`FramePolicy`, in front of everything, says who may frame the page.
 """
 from __future__ import annotations
 
@@ -17,7 +21,10 @@ import inspect
 import json
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .sessions import SessionTable
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -76,7 +83,8 @@ class FramePolicy:
 class RouteGuard:
     """ASGI middleware in front of Gradio's app: see the module docstring."""
 
-    def __init__(self, app: ASGIApp, blocks: Any, sessions: Any = None, trust_forwarded_for: bool = False):
+    def __init__(self, app: ASGIApp, blocks: Any, sessions: SessionTable | None = None,
+                 trust_forwarded_for: bool = False):
         self.app, self.blocks, self.sessions = app, blocks, sessions
         self.trust_forwarded_for = trust_forwarded_for
         self.endpoints = endpoint_parameters(blocks)
