@@ -63,8 +63,7 @@ def runnable_isas() -> list[str]:
     """The decode paths this CPU runs (`GPT2_CPU_ISA`): its own and every lower one of its kind."""
     from gpt2.fast import rowdot
 
-    return {"avx512": ["avx512", "avx2", "portable"], "avx2": ["avx2", "portable"],
-            "neon": ["neon", "portable"]}.get(rowdot.native_isa(), ["portable"])
+    return list(rowdot.runnable_isas())
 
 
 @contextlib.contextmanager

@@ -651,9 +651,15 @@ int64_t argmax_row(const float* x, int64_t n) {
 // ---- int8 weights: integer dot products over rows quantised in blocks ---------------------------
 // A quantised row, `q8_row_bytes(in)` bytes: q (int8, |q| <= 127, zero-padded to whole
 // blocks), |q| (the unsigned operand of x86's u8 x s8 products), then one fp32 scale per
-// block: x[k] ~ q[k] * d[k / BLOCK]. Each row is quantised on its own: batch-invariant.
+// block: x[k] ~ q[k] * d[k / BLOCK]. Each row is quantised on its own: batch-invariant. On
+// AVX-512, which takes blocks in pairs, per pair too: the mask of q's negative values and
+// the two scales as a vector (8 lanes each; zero past the last block).
 inline int64_t q8_blocks(int64_t in) { return (in + BLOCK - 1) / BLOCK; }
-inline int64_t q8_row_bytes(int64_t in) { return (q8_blocks(in) * (2 * BLOCK + 4) + 63) / 64 * 64; }
+inline int64_t q8_pairs(int64_t in) { return (q8_blocks(in) + 1) / 2; }
+inline int64_t q8_row_bytes(int64_t in) {
+    int64_t bytes = q8_blocks(in) * (2 * BLOCK + 4) + (GPT2_AVX512 ? q8_pairs(in) * (8 + 64) : 0);
+    return (bytes + 63) / 64 * 64;
+}
 
 // d = max |x| / 127 over each block, q = round(x / d) (to nearest even, as x * (1 / d)); a
 // block holding a NaN or infinity gets d = NaN, so the products it enters are NaN.
@@ -679,11 +685,23 @@ void quantize_row(const void* x, int x_kind, int64_t in, char* row) {
             a[b * BLOCK + k] = uint8_t(qk < 0 ? -qk : qk);
         }
     }
+#if GPT2_AVX512
+    uint64_t* negative = reinterpret_cast<uint64_t*>(d + nb);
+    float* scales = reinterpret_cast<float*>(negative + q8_pairs(in));
+    for (int64_t p = 0; p < q8_pairs(in); ++p) {
+        negative[p] = 0;
+        for (int k = 0; k < 2 * BLOCK && p * 2 * BLOCK + k < nb * BLOCK; ++k)
+            negative[p] |= uint64_t(q[p * 2 * BLOCK + k] < 0) << k;
+        for (int l = 0; l < 16; ++l) scales[p * 16 + l] = 2 * p + l / 8 < nb ? d[2 * p + l / 8] : 0.0f;
+    }
+#endif
 }
 
 // One block's products, 8 lanes of 4: lane l sums w[4l + i] * q[4l + i], i < 4, in int32
-// (exact); then acc[l] += float(lane l) * d, fused.
-#if GPT2_X86
+// (exact); then acc[l] += float(lane l) * d, fused. (AVX-512 takes two blocks at once: its
+// tile_q8 is below.)
+#if GPT2_AVX512
+#elif GPT2_AVX2
 using Acc8 = __m256;
 using W32 = __m256i;
 inline Acc8 acc8_zero() { return _mm256_setzero_ps(); }
@@ -692,9 +710,7 @@ inline Acc8 q8_fma(Acc8 acc, W32 w, const int8_t* q, const uint8_t* a, float d) 
     __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
     __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a));
     __m256i sw = _mm256_sign_epi8(w, qv);  // w * sign(q): |q| * sw = q * w
-#if GPT2_VNNI && GPT2_AVX512
-    __m256i lanes = _mm256_dpbusd_epi32(_mm256_setzero_si256(), av, sw);
-#elif GPT2_VNNI
+#if GPT2_VNNI
     __m256i lanes = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), av, sw);
 #else  // pairs in int16 (|q w| <= 127 * 127: no saturation), then pairs of pairs in int32
     __m256i lanes = _mm256_madd_epi16(_mm256_maddubs_epi16(av, sw), _mm256_set1_epi16(1));
@@ -757,6 +773,44 @@ inline float acc8_sum(Acc8 even, Acc8 odd) {
 }
 #endif
 
+#if GPT2_AVX512
+// z[r * zs + t] = dot(w[t], x[r]) / w's scale for OT int8 weight rows and R quantised rows
+// (xs bytes apart): two blocks at a time, the even one in lanes 0-7 and the odd one in lanes
+// 8-15, as the 8 + 8 lanes of the other paths, reduced as 16. w is read with a byte mask, so
+// its last values need no padding (the products past them are zero).
+template <int OT, int R>
+void tile_q8(const char* w, int64_t w_row, int64_t in, const void* xv, int64_t xs, float* z, int64_t zs) {
+    const char* x = static_cast<const char*>(xv);
+    const int64_t nb = q8_blocks(in), np = q8_pairs(in);
+    const int64_t a_at = nb * BLOCK, neg_at = 2 * nb * BLOCK + 4 * nb, d_at = neg_at + 8 * np;
+    __m512 acc[OT * R];
+    UNROLL for (int i = 0; i < OT * R; ++i) acc[i] = _mm512_setzero_ps();
+    for (int64_t p = 0; p < np; ++p) {
+        const int64_t k = p * 2 * BLOCK;
+        const __mmask64 m = in - k >= 64 ? ~__mmask64(0) : (__mmask64(1) << (in - k)) - 1;
+        if constexpr (R > 1) prefetch_next_tile<OT>(w, w_row, k);
+        __m512i wv[OT];
+        UNROLL for (int t = 0; t < OT; ++t) wv[t] = _mm512_maskz_loadu_epi8(m, w + t * w_row + k);
+        UNROLL for (int r = 0; r < R; ++r) {
+            const char* row = x + r * xs;
+            const __m512i av = _mm512_loadu_si512(row + a_at + k);
+            const __mmask64 negative = _cvtu64_mask64(reinterpret_cast<const uint64_t*>(row + neg_at)[p]);
+            const __m512 dv = _mm512_loadu_ps(reinterpret_cast<const float*>(row + d_at) + 16 * p);
+            UNROLL for (int t = 0; t < OT; ++t) {
+                __m512i sw = _mm512_mask_sub_epi8(wv[t], negative, _mm512_setzero_si512(), wv[t]);  // w * sign(q)
+#if GPT2_VNNI
+                __m512i lanes = _mm512_dpbusd_epi32(_mm512_setzero_si512(), av, sw);
+#else
+                __m512i lanes = _mm512_madd_epi16(_mm512_maddubs_epi16(av, sw), _mm512_set1_epi16(1));
+#endif
+                acc[t * R + r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lanes), dv, acc[t * R + r]);
+            }
+        }
+    }
+    UNROLL for (int t = 0; t < OT; ++t)
+        UNROLL for (int r = 0; r < R; ++r) z[r * zs + t] = _mm512_reduce_add_ps(acc[t * R + r]);
+}
+#else
 // z[r * zs + t] = dot(w[t], x[r]) / w's scale for OT int8 weight rows and R quantised rows
 // (xs bytes apart): the even blocks into 8 lanes, the odd ones into 8 more, reduced as 16.
 template <int OT, int R>
@@ -795,6 +849,8 @@ void tile_q8(const char* w, int64_t w_row, int64_t in, const void* xv, int64_t x
     UNROLL for (int t = 0; t < OT; ++t)
         UNROLL for (int r = 0; r < R; ++r) z[r * zs + t] = acc8_sum(even[t * R + r], odd[t * R + r]);
 }
+
+#endif
 
 // ---- products --------------------------------------------------------------------------------
 using TileFn = void (*)(const char*, int64_t, int64_t, const void*, int64_t, float*, int64_t);

@@ -95,11 +95,16 @@ def native_isa(flags: frozenset[str] | None = None) -> str:
     return next((isa for isa, needs in _X86_ISA.items() if needs <= flags), "portable")
 
 
+def runnable_isas() -> tuple[str, ...]:
+    """The paths this CPU runs, best first: its own and every lower one of its kind."""
+    return {"avx512": ("avx512", "avx2", "portable"), "avx2": ("avx2", "portable"),
+            "neon": ("neon", "portable")}.get(native_isa(), ("portable",))
+
+
 def chosen_isa() -> str:
     """`$GPT2_CPU_ISA` where set (checked: one of ISAS that this CPU can run), else the native one."""
-    native = native_isa()
-    isa = os.environ.get("GPT2_CPU_ISA", "").strip().lower() or native
-    runs = {"avx512": ISAS[:2], "avx2": ISAS[1:2], "neon": ISAS[2:3]}.get(native, ()) + ("portable",)
+    runs = runnable_isas()
+    isa = os.environ.get("GPT2_CPU_ISA", "").strip().lower() or runs[0]
     if isa not in ISAS:
         raise BuildError(f"GPT2_CPU_ISA={isa!r} is not one of {', '.join(ISAS)}")
     if isa not in runs:
