@@ -17,16 +17,16 @@ from .heads import ROLES, head_scores, strongest_roles
 from .kv_cache import CacheBatch, KVCache
 from .model import GPT
 from .tiers import TIERS, quantize_int8, to_bf16
-from .tokenizer import EOT_ID, StreamDecoder, decode, encode, get_tokenizer
+from .tokenizer import EOT_ID, StreamDecoder, Tokenizer, decode, encode, get_tokenizer
 from .training import restricted, train
-from .weights import BUILTIN, WeightsError, convert, download, load_model, save_model
+from .weights import BUILTIN, WeightsError, convert, download, load_model, load_tokenizer, save_model
 
 __all__ = [
     "GPT", "GPTConfig", "PRESETS", "BUILTIN", "KVCache", "CacheBatch", "CompileStatus", "compile_kernels",
     "AttentionCapture", "capture_attention", "Lens", "HeadAblation", "ablate_heads", "generate", "stream",
     "BatchedGenerator", "compute", "quantize_int8", "to_bf16",
     "load_model", "TIERS", "save_model", "download", "convert", "WeightsError",
-    "get_tokenizer", "encode", "decode", "StreamDecoder", "EOT_ID",
+    "get_tokenizer", "encode", "decode", "StreamDecoder", "EOT_ID", "Tokenizer", "load_tokenizer",
     "perform_non_cpu_backend_check", "get_gpt2_tokenizer", "text_to_token_ids",
     "token_ids_to_text", "load_openai_124m_gpt2", "load_openai_355m_gpt2",
     "head_scores", "strongest_roles", "ROLES", "restricted", "train", "hub",

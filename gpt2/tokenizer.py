@@ -1,8 +1,10 @@
-"""GPT-2's byte-level BPE via tiktoken, built from the ranks file shipped in `gpt2/data/`.
+"""Byte-level BPE via tiktoken: GPT-2's, built from the ranks file shipped in `gpt2/data/`,
+or a checkpoint's own (`Tokenizer`, read from its files by `gpt2.hf_tokenizer`).
 
 `<|endoftext|>` typed in a prompt is the real end-of-text token (id 50256), as the seed
 project and GPT-2's training data treat it: it starts a new document. Any other
-special-looking text (`<|im_start|>`, ...) is ordinary text.
+special-looking text (`<|im_start|>`, ...) is ordinary text. A checkpoint's own tokenizer
+treats its own added tokens so, as the `tokenizers` library does.
 """
 from __future__ import annotations
 
@@ -37,29 +39,70 @@ def get_tokenizer(ranks_file: str | Path = RANKS_FILE) -> tiktoken.Encoding:
                              special_tokens={EOT: EOT_ID})
 
 
+class Tokenizer:
+    """Byte-level BPE: text <-> ids. tiktoken encodes with `encoding`, whose ranks are the
+    merge order; `ids` maps a rank to the token's id where they differ (a tokenizer trained
+    by `tokenizers` numbers its tokens otherwise than GPT-2), and `vocab` gives each id's bytes
+    for decoding (None: the encoding's ranks are the ids)."""
+
+    def __init__(self, encoding: tiktoken.Encoding, ids: list[int] | None = None,
+                 vocab: dict[int, bytes] | None = None):
+        self.encoding = encoding
+        self._ids = ids
+        self._vocab = vocab
+        self.n_vocab = encoding.n_vocab if vocab is None else max(vocab) + 1  # one more than the largest id
+
+    def encode(self, text: str) -> list[int]:
+        """Text -> ids; the tokenizer's special tokens in the text are those tokens. Lone
+        surrogates (invalid Unicode) become U+FFFD instead of raising."""
+        ranks = self.encoding.encode(_SURROGATES.sub("\ufffd", text), allowed_special="all")
+        return ranks if self._ids is None else [self._ids[r] for r in ranks]
+
+    def decode(self, ids: list[int]) -> str:
+        """Ids -> text; bytes that do not form valid UTF-8 become U+FFFD."""
+        if self._vocab is None:
+            return self.encoding.decode(ids, errors="replace")
+        return b"".join(map(self.token_bytes, ids)).decode("utf-8", errors="replace")
+
+    def token_bytes(self, token_id: int) -> bytes:
+        if self._vocab is None:
+            return self.encoding.decode_single_token_bytes(token_id)
+        try:
+            return self._vocab[token_id]
+        except KeyError:
+            raise KeyError(f"token id {token_id} is not in this tokenizer (0..{self.n_vocab - 1})") from None
+
+
+@lru_cache(maxsize=1)
+def gpt2_tokenizer() -> Tokenizer:
+    """GPT-2's: `<|endoftext|>` is its one special token."""
+    return Tokenizer(get_tokenizer())
+
+
 def encode(text: str) -> list[int]:
-    """Text -> ids. Lone surrogates (invalid Unicode) become U+FFFD instead of raising."""
-    return get_tokenizer().encode(_SURROGATES.sub("\ufffd", text), allowed_special={EOT})
+    """Text -> GPT-2's ids. Lone surrogates (invalid Unicode) become U+FFFD instead of raising."""
+    return gpt2_tokenizer().encode(text)
 
 
 def decode(ids: list[int]) -> str:
-    """Ids -> text; bytes that do not form valid UTF-8 become U+FFFD."""
-    return get_tokenizer().decode(ids, errors="replace")
+    """GPT-2's ids -> text; bytes that do not form valid UTF-8 become U+FFFD."""
+    return gpt2_tokenizer().decode(ids)
 
 
 def token_bytes(token_id: int) -> bytes:
-    return get_tokenizer().decode_single_token_bytes(token_id)
+    return gpt2_tokenizer().token_bytes(token_id)
 
 
 class StreamDecoder:
     """Turns ids arriving one at a time into text, holding back a multi-byte character
-    (an emoji split over two tokens) until it is complete."""
+    (an emoji split over two tokens) until it is complete. `tokenizer`: GPT-2's by default."""
 
-    def __init__(self) -> None:
+    def __init__(self, tokenizer: Tokenizer | None = None) -> None:
         self._utf8 = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._token_bytes = (tokenizer or gpt2_tokenizer()).token_bytes
 
     def add(self, token_id: int) -> str:
-        return self._utf8.decode(token_bytes(token_id))
+        return self._utf8.decode(self._token_bytes(token_id))
 
     def flush(self) -> str:
         return self._utf8.decode(b"", final=True)

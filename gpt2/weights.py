@@ -24,7 +24,8 @@ from .hub import HUB_ORG, WeightsError, download, weights_dir
 from .model import GPT
 from .fast.int8 import Int8Head
 from .tiers import quantize_block, set_stream_dtype, stream_dtype
-from .tokenizer import EOT_ID
+from .hf_tokenizer import has_tokenizer_files, read_tokenizer_dir
+from .tokenizer import EOT_ID, Tokenizer, gpt2_tokenizer
 
 CONV1D_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 HF_BUFFERS = (".attn.bias", ".attn.masked_bias")  # causal-mask buffers, not parameters
@@ -95,11 +96,12 @@ def expected_shapes(config: GPTConfig, layers: range | None = None) -> dict[str,
     return shapes
 
 
-def check_header(header: Header, config: GPTConfig, hub_layout: bool) -> dict[str, str]:
+def check_header(header: Header, config: GPTConfig, hub_layout: bool, own_tokenizer: bool = False) -> dict[str, str]:
     """Raise WeightsError unless the file holds exactly `config`'s tensors, as floats; return
-    {our key: stored key} for the tensors to read."""
+    {our key: stored key} for the tensors to read. Without a tokenizer of its own
+    (`own_tokenizer`), the model must take GPT-2's ids."""
     path = header.path
-    if config.vocab_size <= EOT_ID:
+    if not own_tokenizer and config.vocab_size <= EOT_ID:
         raise WeightsError(f"{path}: vocab_size={config.vocab_size} is smaller than GPT-2's "
                            f"tokenizer, whose ids reach {EOT_ID}")
     stored = {ours: key for key in header.shapes
@@ -225,7 +227,8 @@ def read_hf_dir(directory: Path) -> Checkpoint:
     config = _config(lambda: GPTConfig.from_hf(json.loads(config_file.read_text())), config_file,
                      "not a GPT-2 config")
     header = read_header(weights_file)
-    return Checkpoint(config, header, check_header(header, config, hub_layout=True), hub_layout=True)
+    stored = check_header(header, config, hub_layout=True, own_tokenizer=has_tokenizer_files(directory))
+    return Checkpoint(config, header, stored, hub_layout=True)
 
 
 def read_file(path: Path) -> Checkpoint:
@@ -266,8 +269,29 @@ def read_checkpoint(source: str | Path) -> Checkpoint:
         return read_hf_dir(path)
     if path.is_file():
         return read_file(path)
-    raise WeightsError(f"{source}: not a preset ({', '.join(PRESETS)}), not {BUILTIN!r}, and no such "
-                       "file or folder")
+    raise unknown_source(source)
+
+
+def unknown_source(source: str | Path) -> WeightsError:
+    return WeightsError(f"{source}: not a preset ({', '.join(PRESETS)}), not {BUILTIN!r}, and no such "
+                        "file or folder")
+
+
+def load_tokenizer(source: str | Path) -> Tokenizer:
+    """The tokenizer of `source` (what `load_model` takes): a Hub-layout folder's own byte-level
+    BPE (tokenizer.json, or vocab.json + merges.txt), else GPT-2's (the presets, "builtin",
+    our own files, a folder without tokenizer files). WeightsError for a tokenizer of another
+    kind (SentencePiece, WordPiece), naming its file."""
+    path = Path(source)
+    if str(source) == BUILTIN or preset_name(str(source)) is not None:
+        return gpt2_tokenizer()
+    if path.is_file() and path.name == "model.safetensors" and (path.parent / "config.json").is_file():
+        path = path.parent  # a Hub folder's weights, as `read_file` takes them
+    if path.is_dir():
+        return read_tokenizer_dir(path) or gpt2_tokenizer()
+    if path.is_file():
+        return gpt2_tokenizer()
+    raise unknown_source(source)
 
 
 def load_model(source: str | Path, device: str | torch.device | None = None,
