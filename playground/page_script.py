@@ -21,8 +21,8 @@ TOKEN_VIEW_HTML = """
   </div>
   <div class="tv-text" tabindex="0"
     aria-label="tokens; click one, then use the left and right arrow keys"></div>
-  <div class="tv-info">Hover a token to preview it, click to select it (click again to follow the
-    mouse), ← → to move.</div>
+  <div class="tv-info">Hover a token to preview it (the selection comes back when the pointer
+    leaves), click or tap to select it, ← → to move.</div>
 </div>
 """
 
@@ -34,8 +34,8 @@ const dirButtons = element.querySelectorAll('[data-dir]');
 let view = null;      // the payload shown
 let codes = null;     // Uint8Array: a packed lower triangle (a finished run) or one row (live)
 let spans = [];
-let pinned = null;    // the selected token (null: follow the mouse)
-let hovered = null;
+let pinned = null;    // the selected token (null: the payload's own)
+let hovered = null;   // the token under a mouse pointer: previewed over the selection
 let direction = 'from';
 let painted = [];
 
@@ -84,7 +84,7 @@ function paint() {
   }
   painted = [];
   if (!view) return;
-  const p = pinned ?? hovered ?? view.selected;
+  const p = hovered ?? pinned ?? view.selected;
   if (p == null || p >= spans.length) return;
   const weights = weightsFor(p);
   const top = Math.max(...weights.map(([, w]) => w), 1e-9);
@@ -110,6 +110,7 @@ function paint() {
       : `Tokens shaded attend to token ${quote(p)} (${where}; darkest = ${shown(top)})`;
   }
   element.dataset.selected = p;
+  element.dataset.pinned = pinned ?? view.selected;  // for tests: the selection a preview returns to
 }
 
 function keepInView(p) {
@@ -146,26 +147,34 @@ function position(event) {
   return s ? Number(s.dataset.pos) : null;
 }
 
-text.addEventListener('mouseover', e => {
+function describe(p, title) {
+  info.textContent = title ? `token ${quote(p)}: ${title}` : `token ${quote(p)}`;
+}
+
+// A mouse previews; a touch has no hover, so only its tap (a click) counts. The info line keeps
+// the hovered token's weight under the selection, read before the preview repaints.
+text.addEventListener('pointerover', e => {
   const p = position(e);
-  if (p == null || !view) return;
-  if (!view.live && pinned == null) { hovered = p; paint(); }
-  info.textContent = spans[p].title ? `token ${quote(p)}: ${spans[p].title}` : `token ${quote(p)}`;
+  if (p == null || !view || e.pointerType !== 'mouse') return;
+  const title = spans[p].title;
+  if (!view.live) { hovered = p; paint(); }
+  describe(p, title);
 });
-text.addEventListener('mouseleave', () => { if (hovered != null) { hovered = null; paint(); } });
+text.addEventListener('pointerleave', () => { if (hovered != null) { hovered = null; paint(); } });
 text.addEventListener('click', e => {
   const p = position(e);
   if (p == null || !view || view.live) return;
-  pinned = pinned === p ? null : p;
-  hovered = pinned == null ? p : null;
+  pinned = p;
+  hovered = null;
   paint();
+  describe(p, spans[p].title);
   text.focus({preventScroll: true});
 });
 text.addEventListener('keydown', e => {
   if (!view || view.live || !['ArrowLeft', 'ArrowRight', 'Home', 'End'].includes(e.key)) return;
   e.preventDefault();
   const last = spans.length - 1;
-  const from = pinned ?? hovered ?? view.selected;
+  const from = pinned ?? view.selected;
   const moves = {ArrowLeft: Math.max(0, from - 1), ArrowRight: Math.min(last, from + 1), Home: 0, End: last};
   pinned = moves[e.key];
   hovered = null;
