@@ -18,7 +18,7 @@ from typing import NoReturn
 
 import torch
 
-from . import PRESETS, TIERS, StreamDecoder, WeightsError, convert, encode, load_model, stream
+from . import PRESETS, TIERS, StreamDecoder, WeightsError, convert, load_model, load_tokenizer, stream
 from .config import GPTConfig
 from .training.trainer import TrainConfig
 
@@ -111,8 +111,9 @@ def cmd_download(args: argparse.Namespace) -> None:
 
 def cmd_generate(args: argparse.Namespace) -> None:
     model = load_model(args.model, compile=args.compile, **TIERS[args.tier])
-    idx = torch.tensor([encode(args.prompt)])
-    decoder = StreamDecoder()
+    tokenizer = load_tokenizer(args.model)  # the checkpoint's own, else GPT-2's
+    idx = torch.tensor([tokenizer.encode(args.prompt)])
+    decoder = StreamDecoder(tokenizer)
     sys.stdout.write(args.prompt)
     for next_id in stream(model, idx, args.max_new_tokens, temperature=args.temperature,
                           top_k=args.top_k or None, top_p=args.top_p, seed=args.seed):

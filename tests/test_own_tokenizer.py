@@ -5,6 +5,8 @@ import glob
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,26 +127,46 @@ def test_sources_without_tokenizer_files_use_gpt2s(tiny_dir, tmp_path):
         gpt2.load_tokenizer(tmp_path / "missing")
 
 
-def test_a_model_with_its_own_vocabulary_generates_like_transformers(trained, tmp_path):
-    """A 4,000-token model (smaller than GPT-2's vocabulary, so loadable only with its own
-    tokenizer beside it) fed ids from its own tokenizer."""
+@pytest.fixture(scope="module")
+def own_vocabulary_model(trained, tmp_path_factory):
+    """A 4,000-token model (fewer ids than GPT-2's, so loadable only with its own tokenizer
+    beside it), saved by transformers into the tokenizer.json folder."""
     from transformers import GPT2Config, GPT2LMHeadModel
 
     json_dir, _, reference = trained
-    directory = shutil.copytree(json_dir, tmp_path / "model")
+    directory = shutil.copytree(json_dir, tmp_path_factory.mktemp("own-vocabulary") / "model")
     torch.manual_seed(0)
     fields = {k: v for k, v in TINY.to_hf().items() if k not in ("model_type", "architectures")}
     GPT2LMHeadModel(GPT2Config(**{**fields, "vocab_size": reference.get_vocab_size(), "bos_token_id": 0,
                                   "eos_token_id": 0, "initializer_range": 0.2})).save_pretrained(directory)
-    model, tokenizer = gpt2.load_model(directory), gpt2.load_tokenizer(directory)
-    idx = torch.tensor([tokenizer.encode("Mira found a shiny key in the park. She")])
-    want = hf_reference(directory).generate(idx, max_new_tokens=12, do_sample=False, pad_token_id=0)
+    return directory
+
+
+PROMPT = "Mira found a shiny key in the park. She"
+
+
+def test_a_model_with_its_own_vocabulary_generates_like_transformers(trained, own_vocabulary_model, tmp_path):
+    reference = trained[2]
+    model, tokenizer = gpt2.load_model(own_vocabulary_model), gpt2.load_tokenizer(own_vocabulary_model)
+    idx = torch.tensor([tokenizer.encode(PROMPT)])
+    want = hf_reference(own_vocabulary_model).generate(idx, max_new_tokens=12, do_sample=False, pad_token_id=0)
     ours = gpt2.generate(model, idx, 12, eos_id=model.config.eos_token_id)
     assert torch.equal(ours, want)
     assert tokenizer.decode(ours[0].tolist()) == reference.decode(ours[0].tolist(), skip_special_tokens=False)
-    (directory / "tokenizer.json").unlink()
+    without = shutil.copytree(own_vocabulary_model, tmp_path / "without")
+    (without / "tokenizer.json").unlink()
     with pytest.raises(gpt2.WeightsError, match="smaller than GPT-2's tokenizer"):
-        gpt2.load_model(directory, compile=False)
+        gpt2.load_model(without, compile=False)
+
+
+def test_the_cli_generates_with_the_models_own_tokenizer(own_vocabulary_model, tmp_path):
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run([sys.executable, "-m", "gpt2", "generate", PROMPT, "--model", str(own_vocabulary_model),
+                          "--max-new-tokens", "10"], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert run.returncode == 0, run.stderr
+    tokenizer = gpt2.load_tokenizer(own_vocabulary_model)
+    ids = gpt2.generate(gpt2.load_model(own_vocabulary_model, compile=False), torch.tensor([tokenizer.encode(PROMPT)]), 10)
+    assert run.stdout == tokenizer.decode(ids[0].tolist()) + "\n"
 
 
 def _tokenizers_file(kind: str, directory: Path) -> Path:
