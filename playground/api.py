@@ -69,7 +69,7 @@ def register(service: Service, generate_concurrency: int) -> None:
         head_index = None if every else parse_head(head, config.n_head)
         ids = service.text_ids(text, name)
         start = None if start is None else validate.integer("start", start, 0, len(ids) - 1)
-        run = service.inspect_ids(name, ids)
+        run = service.inspect_ids(name, ids, layers=[layer], residuals=False)
         if every:
             view = service.all_heads(run, layer, start, size)
         else:
@@ -93,7 +93,7 @@ def register(service: Service, generate_concurrency: int) -> None:
         head_index = parse_head(head, config.n_head)
         ids = service.text_ids(text, name)
         position = validate.integer("position", position, -len(ids), len(ids) - 1)
-        run = service.inspect_ids(name, ids)
+        run = service.inspect_ids(name, ids, layers=[layer], residuals=False)
         found = service.token_attention(run, layer, head_index, position, direction)
         return {"tokens": found.labels, "weights": found.weights.round(6).tolist(),
                 "position": found.position}
@@ -108,7 +108,7 @@ def register(service: Service, generate_concurrency: int) -> None:
         """
         k = validate.integer("k", k, 1, 20)
         text, name, _ = text_and_config(text, model)
-        run = service.inspect_ids(name, service.text_ids(text, name))
+        run = service.inspect_ids(name, service.text_ids(text, name), layers=[0], residuals=False)  # the last block's output
         labels = tokens.labels(run.ids)
         return {"model": model, "tokens": labels, "positions": [
             {"position": p, "token": labels[p], "prob": round(c.chosen_prob, 6),
@@ -130,7 +130,7 @@ def register(service: Service, generate_concurrency: int) -> None:
         text, name, _ = text_and_config(text, model)
         ids = service.text_ids(text, name)
         position = validate.integer("position", position, -len(ids), len(ids) - 1) % len(ids)
-        run = service.inspect_ids(name, ids)
+        run = service.inspect_ids(name, ids, layers=[0])  # every block's output; one layer's attention, the least kept
         lens = service.lens(run, slice(position, position + 1), k)
         return {"position": position, "layers": [
             {"layer": layer, "top": [{"token": t, "id": int(i), "prob": round(float(p), 6)}

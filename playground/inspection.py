@@ -91,10 +91,12 @@ class Run:
         return len(self.ids) - self.n_prompt
 
     def nbytes(self) -> int:
-        """Rough float32 memory held: per layer queries, keys and values, plus the kept block
-        outputs (every block's for the logit lens: 4 * n_embd bytes per token and block)."""
+        """Rough float32 memory held: per captured layer queries, keys and values, plus the
+        kept block outputs (every block's for the logit lens: 4 * n_embd bytes per token and
+        block)."""
+        layers = len(getattr(self.capture, "layers", ())) or self.config.n_layer
         kept = len(getattr(self.capture, "blocks", ())) or 1
-        return 4 * len(self.ids) * self.config.n_embd * (3 * self.config.n_layer + kept)
+        return 4 * len(self.ids) * self.config.n_embd * (3 * layers + kept)
 
     def attention(self, layer: int, win: Window) -> tuple[torch.Tensor, torch.Tensor]:
         """Weights [H, R, R] of the window's queries over the window's keys, and [H, R] the

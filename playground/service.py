@@ -359,16 +359,20 @@ class Service:
         context = self.models.get(model_name).config.context_length
         return gpt2.encode(text)[-context:]
 
-    def inspect_ids(self, model_name: str, ids: list[int]) -> Run:
-        """One forward pass over `ids` with attention capture, as a run (all of it prompt)."""
+    def inspect_ids(self, model_name: str, ids: list[int], layers: list[int] | None = None,
+                    residuals: bool = True) -> Run:
+        """One forward pass over `ids` (all of it prompt), keeping what the caller reads: the
+        attention of `layers` (None: every layer) and, with `residuals`, every block's output
+        (the logit lens). A plain pass, no KV cache: the capture keeps the keys of its own
+        layers, so a request holds 2 x 4 x n_embd bytes a token per layer it asked for, not
+        the whole model's keys and values (16 concurrent /next_tokens over 1,024 tokens of
+        gpt2 held ~2.4 GB with every layer captured)."""
 
         def forward(model: gpt2.GPT) -> tuple[gpt2.AttentionCapture, float]:
-            cache = gpt2.KVCache(model.config, 1, len(ids), model.device)
-            with gpt2.capture_attention(model, residuals=True) as capture:
+            with gpt2.capture_attention(model, layers=layers, residuals=residuals) as capture:
                 started = time.perf_counter()
-                capture.bind(cache)  # ties the hooks to this request's forward pass
-                with torch.inference_mode():
-                    model(torch.tensor([ids], device=model.device), cache, last_only=True)
+                with torch.inference_mode():  # the pass on this thread is the capture's own (gpt2.hooks)
+                    model(torch.tensor([ids], device=model.device), last_only=True)
                 seconds = time.perf_counter() - started
             return capture, seconds
 

@@ -124,7 +124,7 @@ def endpoints(tiny_checkpoint, monkeypatch_module) -> tuple[dict, list]:
     forwards = []
     captured = Service.inspect_ids
     monkeypatch_module.setattr(Service, "inspect_ids",
-                               lambda self, name, ids: forwards.append(len(ids)) or captured(self, name, ids))
+                               lambda self, name, ids, **kept: forwards.append(len(ids)) or captured(self, name, ids, **kept))
     demo = ui.build(str(tiny_checkpoint))
     return {fn.api_name: fn.fn for fn in demo.fns.values() if fn.api_name in DEFAULTS}, forwards
 

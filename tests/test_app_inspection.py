@@ -167,6 +167,20 @@ def test_inspect_text_without_generation(service):
     assert service.view(run, 0, 1, 0, 4).weights.shape == (4, 4)
 
 
+def test_an_inspection_keeps_only_what_its_endpoint_reads(service):
+    """/attention keeps one layer's queries and keys, no block outputs: the same weights as a
+    capture of everything, for a fraction of the memory; /logit_lens keeps the blocks' outputs."""
+    ids = gpt2.encode("one two three four five six seven eight")
+    everything = service.inspect_ids("tiny", ids)
+    one_layer = service.inspect_ids("tiny", ids, layers=[1], residuals=False)
+    assert np.array_equal(service.view(one_layer, 1, None, 0, 8).weights, service.view(everything, 1, None, 0, 8).weights)
+    assert one_layer.nbytes() < everything.nbytes()
+    with pytest.raises(KeyError):
+        one_layer.capture.probs(0)
+    lens = service.inspect_ids("tiny", ids, layers=[0])
+    assert torch.equal(service.lens(lens, slice(2, 3), 3).ids, service.lens(everything, slice(2, 3), 3).ids)
+
+
 def test_long_prompts_keep_their_end_and_say_so(service):
     prompt = " ".join(f"word{i}" for i in range(200))
     _, run = finish(service, settings(prompt))
