@@ -89,6 +89,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=HERE / "AB.md")
     args = p.parse_args()
     import torch
+    import transformers
 
     import gpt2
 
@@ -98,11 +99,12 @@ def main() -> None:
                           text=True, check=True).stdout.strip()
     started, start = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
-        base, weights = Path(tmp) / "base", Path(tmp) / "gpt2.safetensors"
+        base, weights = Path(tmp) / "base", Path(tmp) / "gpt2"
         subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", "-q", str(base), rev], check=True)
-        try:
+        try:  # in the Hub's layout, which every commit reads (our own file's metadata grows fields)
             torch.manual_seed(0)
-            gpt2.save_model(gpt2.GPT(gpt2.PRESETS["gpt2"]), weights)
+            hf = {k: v for k, v in gpt2.PRESETS["gpt2"].to_hf().items() if k not in ("model_type", "architectures")}
+            transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf)).save_pretrained(weights)
             rows = [line for tier in args.tiers.split(",") for line in compare(base, weights, tier, args.rounds)]
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], check=True)
@@ -111,7 +113,7 @@ def main() -> None:
              f"Date: {started}, took {time.perf_counter() - start:.0f} s; base {rev}, this checkout {this} "
              "(with its uncommitted changes, if any)  ",
              machine_line(), "",
-             ("Random 124M weights (seed 0), prompt 16, greedy, decode ms per token = (t(65 new) − t(1 new)) / 64; "
+             ("Random 124M weights (transformers' init, seed 0), prompt 16, greedy, decode ms per token = (t(65 new) − t(1 new)) / 64; "
               f"each checkout in a process of its own, asked in turn over {args.rounds} rounds (who goes first "
               "alternates). Median [min–max] over rounds; ratio = base ÷ this within each round (> 1: this "
               "checkout is faster)."), "",
