@@ -193,14 +193,22 @@ show(props.value);
 
 # The head overview is a Plotly figure inside this component: a click on a cell reports its
 # layer and head as a `pick` event (Gradio's own Plot has no click event).
+# A swipe is not a click: with drag zoom off (narrow screens) Plotly reports a touch that moved as
+# a click, so a pick counts only when the pointer stayed within a few pixels.
 OVERVIEW_JS = r"""
+let down = null, moved = false;
+element.addEventListener('pointerdown', e => { down = [e.clientX, e.clientY]; moved = false; }, true);
+element.addEventListener('pointermove', e => {
+  if (down && Math.hypot(e.clientX - down[0], e.clientY - down[1]) > 8) moved = true;
+}, true);
+element.addEventListener('pointercancel', () => { moved = true; }, true);  // the browser took it: a scroll
 function bind() {
   const plot = element.querySelector('.js-plotly-plot');
   if (!plot || !plot.on || plot.dataset.picks) return;
   plot.dataset.picks = '1';
   plot.on('plotly_click', d => {
     const cell = d.points && d.points[0];
-    if (cell) trigger('pick', {layer: cell.y, head: cell.x});
+    if (cell && !moved) trigger('pick', {layer: cell.y, head: cell.x});
   });
 }
 new MutationObserver(bind).observe(element, {childList: true, subtree: true});
@@ -212,6 +220,31 @@ ENTER_APPLIES_JS = r"""
 document.addEventListener('keydown', e => {
   if (e.key === 'Enter' && e.target.matches('input[type=number]')) e.target.blur();
 });
+"""
+
+# On a narrow screen a swipe over a figure scrolls its box and never zooms: every Plotly figure
+# gets fixed axes and no drag mode there. Gradio draws each new value with Plotly.react, which
+# brings the figure's own layout back, so this follows every draw (Plotly is window.Plotly once
+# a first figure loaded it).
+FIXED_FIGURES_JS = r"""
+const narrow = matchMedia('(max-width: 640px)');
+function fix(plot) {
+  const layout = plot._fullLayout;
+  if (!narrow.matches || !window.Plotly || !layout) return;
+  const axes = Object.keys(layout).filter(k => /^[xy]axis\d*$/.test(k));
+  if (layout.dragmode === false && axes.every(k => layout[k].fixedrange)) return;
+  const update = {dragmode: false};
+  for (const k of axes) update[`${k}.fixedrange`] = true;
+  window.Plotly.relayout(plot, update);
+}
+function follow(plot) {
+  if (plot.dataset.fixes || !plot.on) return;
+  plot.dataset.fixes = '1';
+  plot.on('plotly_afterplot', () => fix(plot));
+  fix(plot);
+}
+new MutationObserver(() => document.querySelectorAll('.js-plotly-plot').forEach(follow))
+  .observe(document.body, {childList: true, subtree: true});
 """
 
 # "Copy link": the settings (and the seed the shown run used, when the seed box is blank) as a

@@ -105,7 +105,8 @@ CSS = """
 #token-view .tv-info { font-size: 0.85em; opacity: 0.8; min-height: 1.4em; margin-top: 4px; }
 #attention-heatmap, #all-heads, #head-overview, #lens-grid, #compare-rows { overflow-x: auto !important; }
 .sbs { display: grid; grid-template-columns: 1fr 1fr; gap: 10px; }
-@media (max-width: 640px) { .sbs { grid-template-columns: 1fr; } }
+@media (max-width: 640px) { .sbs { grid-template-columns: 1fr; }
+  .js-plotly-plot .modebar-container { display: none !important; } }  /* no toolbar over titles */
 .sbs-col { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px 10px; min-width: 0; }
 .sbs-title { font-weight: 600; font-size: 0.9em; margin-bottom: 4px; }
 .sbs-text { white-space: pre-wrap; overflow-wrap: anywhere; font-family: var(--font-mono); font-size: 13px;
@@ -604,7 +605,8 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
         gr.Markdown(notice or "", elem_id="notice", visible=notice is not None)
         status = gr.Markdown("Starting…", elem_id="model-status")
         run_id = gr.State(None)
-        gr.HTML(html_template="", js_on_load=page_script.ENTER_APPLIES_JS, elem_id="page-keys")
+        gr.HTML(html_template="", js_on_load=page_script.ENTER_APPLIES_JS + page_script.FIXED_FIGURES_JS,
+                elem_id="page-keys")
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=300, elem_id="settings"):
                 prompt = gr.Textbox(label="Prompt", lines=5, max_length=validate.MAX_PROMPT_CHARS,

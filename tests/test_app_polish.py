@@ -74,3 +74,65 @@ def test_one_tap_selects_on_a_phone(app_url):
             assert (selected, pinned) == (target, target)
             assert info.startswith(f"token {target} "), info
         assert last != 6
+
+
+def _ranges(page) -> list:
+    """Every visible figure's axis ranges (and whether it may be dragged), in page order."""
+    return page.evaluate("""() => [...document.querySelectorAll('.js-plotly-plot')]
+        .filter(el => el.getBoundingClientRect().width > 0 && el._fullLayout)
+        .map(el => {
+            const L = el._fullLayout;
+            const axes = Object.keys(L).filter(k => /^[xy]axis\\d*$/.test(k)).sort();
+            return [L.dragmode, axes.map(k => [k, L[k].fixedrange, L[k].range.map(v => +Number(v).toFixed(3))])];
+        })""")
+
+
+def _swipe(page, selector: str, dx: int) -> None:
+    """A one-finger horizontal swipe over the plot area of `selector`'s figure (where a drag
+    would zoom), as touch events."""
+    x, y = page.eval_on_selector(selector, """el => {
+        const area = el.querySelector('.nsewdrag').getBoundingClientRect(), box = el.getBoundingClientRect();
+        const left = Math.max(area.left, box.left), right = Math.min(area.right, box.right, innerWidth);
+        return [left + (right - left) * 0.7, area.top + Math.min(area.height, 200) / 2];
+    }""")
+    cdp = page.context.new_cdp_session(page)
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchStart", "touchPoints": [{"x": x, "y": y}]})
+    for i in range(1, 11):
+        cdp.send("Input.dispatchTouchEvent", {"type": "touchMove", "touchPoints": [{"x": x + dx * i / 10, "y": y}]})
+        page.wait_for_timeout(16)
+    cdp.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
+    page.wait_for_timeout(300)
+
+
+def test_a_swipe_on_a_figure_scrolls_and_never_zooms_on_a_phone(app_url):
+    from playwright.sync_api import expect
+
+    with browser(app_url, **PHONE) as page:
+        _run(page, 20)
+        for tab, figure in (("Heatmap", "#attention-heatmap"), ("Heads", "#head-overview"), ("Heads", "#all-heads"),
+                            ("Next token", "#candidates"), ("Logit lens", "#lens-grid")):
+            page.get_by_role("tab", name=tab).click()
+            page.wait_for_function(f"""() => {{
+                const el = document.querySelector('{figure} .js-plotly-plot');
+                return el && el._fullLayout && el._fullLayout.dragmode === false;
+            }}""", timeout=30_000)
+            page.locator(figure).scroll_into_view_if_needed()
+            page.wait_for_timeout(500)  # Plotly settles its autorange after the first draw
+            before = _ranges(page)
+            assert before and all(drag is False and all(fixed for _, fixed, _ in axes) for drag, axes in before)
+            scrolled = page.eval_on_selector(figure, "el => el.scrollLeft")
+            _swipe(page, figure, -200)
+            assert _ranges(page) == before, f"{tab}: a swipe changed a figure"
+            if figure in ("#attention-heatmap", "#lens-grid"):  # wider than the phone: the swipe scrolls it
+                assert page.eval_on_selector(figure, "el => el.scrollLeft") > scrolled, figure
+            expect(page.locator(f"{figure} .modebar-container")).to_be_hidden()  # no toolbar over the title
+            page.screenshot(path=str(ARTIFACTS / f"app-phone-swipe-{figure[1:]}.png"))
+
+
+def test_figures_keep_their_zoom_on_a_desktop(app_url):
+    with browser(app_url, **DESKTOP) as page:
+        _run(page)
+        page.get_by_role("tab", name="Heatmap").click()
+        page.wait_for_selector("#attention-heatmap .js-plotly-plot", timeout=30_000)
+        page.wait_for_timeout(500)
+        assert all(drag is not False for drag, _ in _ranges(page))
