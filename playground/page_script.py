@@ -12,6 +12,11 @@ TOKEN_VIEW_HTML = """
 <div class="tv">
   <div class="tv-bar">
     <span class="tv-caption">Generate some text: each token will be painted by the attention it gets.</span>
+    <span class="tv-legend" title="how dark a token is for the weight it gets">
+      <span class="tv-ramp"><span class="tv-mark"></span></span><span class="tv-scale"></span>
+      <button type="button" class="tv-relative" aria-pressed="false"
+        title="shade relative to the strongest weight shown instead of 0..1">relative</button>
+    </span>
     <span class="tv-dir" role="group" aria-label="direction">
       <button type="button" data-dir="from" class="on"
         title="paint what the selected token attends to">attends to</button>
@@ -31,18 +36,34 @@ const text = element.querySelector('.tv-text');
 const caption = element.querySelector('.tv-caption');
 const info = element.querySelector('.tv-info');
 const dirButtons = element.querySelectorAll('[data-dir]');
+const legend = element.querySelector('.tv-legend');
+const scale = element.querySelector('.tv-scale');
+const mark = element.querySelector('.tv-mark');
+const relativeButton = element.querySelector('.tv-relative');
 let view = null;      // the payload shown
 let codes = null;     // Uint8Array: a packed lower triangle (a finished run) or one row (live)
 let spans = [];
 let pinned = null;    // the selected token (null: the payload's own)
 let hovered = null;   // the token under a mouse pointer: previewed over the selection
 let direction = 'from';
+let relative = false; // shade against the strongest weight shown, not the absolute 0..1
 let painted = [];
 
 const weightOf = c => (c / 255) ** 2;  // codes are round(255 * sqrt(w))
 const label = t => t.replace(/ /g, '\u00b7').replace(/\n/g, '\u21b5').replace(/\t/g, '\u21e5');
 const quote = p => `${p} \u201c${label(view.tokens[p])}\u201d`;
 const shown = w => w >= 0.001 ? w.toFixed(3) : w > 0 ? '<0.001' : '0';
+// Absolute: 0..1 through a square root, so weights of a few percent stay visible while
+// near-uniform attention (0.002 each) stays pale. Relative: linear up to the darkest shown.
+const shade = (w, top) => 0.85 * (relative ? w / top : Math.sqrt(w));
+
+function showLegend(top) {
+  legend.dataset.scale = relative ? 'relative' : 'absolute';
+  legend.dataset.darkest = top.toFixed(5);  // for tests and automation
+  mark.style.left = `${(relative ? 1 : Math.sqrt(top)) * 100}%`;  // where the darkest shown sits
+  scale.textContent = relative ? `0 – ${shown(top)} (darkest shown)`
+                               : `0 – 1 (√ scale) · darkest ${shown(top)}`;
+}
 
 function decode(b64) {
   const raw = atob(b64);
@@ -91,12 +112,13 @@ function paint() {
   const row = view.live || direction === 'from';
   for (const [i, w] of weights) {  // the selected token is one of them: a row or column includes it
     const s = spans[i];
-    s.style.backgroundColor = `rgba(249, 115, 22, ${(0.85 * w / top).toFixed(3)})`;
+    s.style.backgroundColor = `rgba(249, 115, 22, ${shade(w, top).toFixed(3)})`;
     s.title = row ? `receives ${shown(w)} from token ${p}` : `gives ${shown(w)} to token ${p}`;
     s.dataset.weight = w.toFixed(5);  // for tests and automation
     painted.push(i);
   }
   spans[p].classList.add('sel');
+  showLegend(top);
   const where = `layer ${view.layer} \u00b7 ${view.head}`;
   if (view.live) {
     const newest = spans.length - 1;
@@ -106,8 +128,8 @@ function paint() {
       `Writing\u2026 token ${quote(newest)} was chosen from what token ${quote(p)} attends to (${where})`;
   } else {
     caption.textContent = direction === 'from'
-      ? `Token ${quote(p)} attends to the tokens shaded (${where}; darkest = ${shown(top)})`
-      : `Tokens shaded attend to token ${quote(p)} (${where}; darkest = ${shown(top)})`;
+      ? `Token ${quote(p)} attends to the tokens shaded (${where})`
+      : `Tokens shaded attend to token ${quote(p)} (${where})`;
   }
   element.dataset.selected = p;
   element.dataset.pinned = pinned ?? view.selected;  // for tests: the selection a preview returns to
@@ -123,7 +145,10 @@ function keepInView(p) {
 }
 
 function show(v) {
-  if (!v || !v.tokens) { view = null; spans = []; text.textContent = ''; painted = []; return; }
+  if (!v || !v.tokens) {
+    view = null; spans = []; text.textContent = ''; painted = []; delete legend.dataset.scale;
+    return;
+  }
   const sameRun = view && v.run === view.run;
   const grown = sameRun && v.tokens.length >= spans.length;
   view = v;
@@ -180,6 +205,12 @@ text.addEventListener('keydown', e => {
   hovered = null;
   paint();
   keepInView(pinned);
+});
+relativeButton.addEventListener('click', () => {
+  relative = !relative;
+  relativeButton.setAttribute('aria-pressed', String(relative));
+  relativeButton.classList.toggle('on', relative);
+  paint();
 });
 dirButtons.forEach(b => b.addEventListener('click', () => {
   direction = b.dataset.dir;

@@ -85,14 +85,26 @@ CSS = """
 #page-keys { display: none !important; }
 #token-view .tv-bar { display: flex; flex-wrap: wrap; gap: 6px 12px; justify-content: space-between;
   align-items: center; margin-bottom: 6px; }
-#token-view .tv-caption { font-size: 0.9em; }
+#token-view .tv-caption { font-size: 0.9em; flex: 1 1 100%; }
 #token-view .tv-dir { display: inline-flex; gap: 4px; }
-#token-view .tv-dir button { border: 1px solid var(--border-color-primary); padding: 2px 10px;
+#token-view .tv-dir button, #token-view .tv-relative { border: 1px solid var(--border-color-primary);
+  padding: 2px 10px;
   border-radius: 6px; font-size: 0.85em; cursor: pointer; background: transparent !important;
   color: var(--body-text-color) !important; }
-#token-view .tv-dir button.on { background: var(--color-accent-soft) !important;
+#token-view .tv-dir button.on, #token-view .tv-relative.on { background: var(--color-accent-soft) !important;
   border-color: var(--color-accent); }
 #token-view.live .tv-dir { opacity: 0.5; }
+#token-view .tv-legend:not([data-scale]) { display: none; }
+#token-view .tv-legend { display: inline-flex; align-items: center; gap: 6px; font-size: 0.8em;
+  white-space: nowrap; }
+#token-view .tv-ramp { position: relative; width: 80px; height: 10px; border-radius: 3px;
+  border: 1px solid var(--border-color-primary);
+  background: linear-gradient(to right, rgba(249,115,22,0), rgba(249,115,22,0.425) 25%,
+  rgba(249,115,22,0.6) 50%, rgba(249,115,22,0.85)); }
+#token-view .tv-legend[data-scale=relative] .tv-ramp { background: linear-gradient(to right,
+  rgba(249,115,22,0), rgba(249,115,22,0.85)); }
+#token-view .tv-mark { position: absolute; top: -3px; bottom: -3px; width: 2px; margin-left: -1px;
+  background: var(--body-text-color); }
 #token-view .tv-text { position: relative; white-space: pre-wrap; overflow-wrap: anywhere;
   font-family: var(--font-mono); font-size: 13px; line-height: 2; max-height: 28rem; overflow-y: auto;
   padding: 8px 10px; border: 1px solid var(--border-color-primary); border-radius: 8px; }

@@ -136,3 +136,44 @@ def test_figures_keep_their_zoom_on_a_desktop(app_url):
         page.wait_for_selector("#attention-heatmap .js-plotly-plot", timeout=30_000)
         page.wait_for_timeout(500)
         assert all(drag is not False for drag, _ in _ranges(page))
+
+
+def _shades(page) -> dict:
+    """The token view's legend, and each painted token's weight and shade (its colour's alpha)."""
+    return page.evaluate("""() => {
+        const legend = document.querySelector('#token-view .tv-legend');
+        const tokens = [...document.querySelectorAll('#token-view [data-weight]')].map(s => [
+            Number(s.dataset.weight), Number(getComputedStyle(s).backgroundColor.match(/[\\d.]+\\)$/)[0].slice(0, -1))]);
+        return {scale: legend.dataset.scale, darkest: Number(legend.dataset.darkest),
+                visible: legend.getBoundingClientRect().width > 0, text: legend.textContent, tokens};
+    }""")
+
+
+def test_shading_is_absolute_by_default_with_a_relative_toggle_and_a_legend(app_url):
+    with browser(app_url, **DESKTOP) as page:
+        _run(page)
+        shades = _shades(page)
+        top = max(w for w, _ in shades["tokens"])
+        assert shades["visible"] and shades["scale"] == "absolute" and abs(shades["darkest"] - top) < 1e-4
+        assert f"darkest {top:.3f}" in shades["text"] or top < 0.001
+        for weight, alpha in shades["tokens"]:  # 0..1 through a square root, whatever the row's maximum
+            assert abs(alpha - 0.85 * weight ** 0.5) < 0.01, (weight, alpha)
+        page.locator("#token-view .tv-relative").click()
+        relative = _shades(page)
+        assert relative["scale"] == "relative" and abs(relative["darkest"] - top) < 1e-4
+        for weight, alpha in relative["tokens"]:  # linear up to the darkest shown
+            assert abs(alpha - 0.85 * weight / top) < 0.01, (weight, alpha)
+        page.locator("#token-view").screenshot(path=str(ARTIFACTS / "app-token-view-relative.png"))
+
+
+def test_the_live_view_shows_the_legend(app_url):
+    from playwright.sync_api import expect
+
+    with browser(app_url, **PHONE) as page:
+        _generate(page, PROMPT, 400, model="local:long")
+        page.wait_for_selector("#token-view .live [data-weight]", timeout=30_000)
+        shades = _shades(page)
+        page.locator("#stop").click()
+        assert shades["visible"] and shades["scale"] == "absolute"
+        assert abs(shades["darkest"] - max(w for w, _ in shades["tokens"])) < 1e-4
+        expect(page.locator("#stats")).to_contain_text("Stopped after", timeout=30_000)
