@@ -661,29 +661,91 @@ inline int64_t q8_row_bytes(int64_t in) {
     return (bytes + 63) / 64 * 64;
 }
 
-// d = max |x| / 127 over each block, q = round(x / d) (to nearest even, as x * (1 / d)); a
-// block holding a NaN or infinity gets d = NaN, so the products it enters are NaN.
+// One block of 32 fp32 values v: d = max |v| / 127, q = round(v * (1 / d)) to nearest even,
+// a = |q|; returns d. A block holding a NaN or infinity gets d = NaN and q = 0, so the
+// products it enters are NaN. The same bits on every path (max and one rounding per value).
+inline float quantize_block(const float* v, int8_t* q, uint8_t* a) {
+#if GPT2_X86
+    const __m256 sign = _mm256_set1_ps(-0.0f), largest = _mm256_set1_ps(3.4028234663852886e38f);
+    __m256 x[4], amax = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+    for (int i = 0; i < 4; ++i) {
+        x[i] = _mm256_loadu_ps(v + 8 * i);
+        __m256 ax = _mm256_andnot_ps(sign, x[i]);
+        amax = _mm256_max_ps(amax, ax);
+        bad = _mm256_or_ps(bad, _mm256_cmp_ps(ax, largest, _CMP_NLE_UQ));  // NaN or infinite
+    }
+    if (_mm256_movemask_ps(bad)) {
+        std::memset(q, 0, BLOCK), std::memset(a, 0, BLOCK);
+        return NAN;
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    const float m = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4))), d = m / 127.0f;
+    const __m256 inv = _mm256_set1_ps(m > 0.0f ? 1.0f / d : 0.0f);
+    __m256i r[4];
+    for (int i = 0; i < 4; ++i) r[i] = _mm256_cvtps_epi32(_mm256_mul_ps(x[i], inv));  // to nearest even
+    __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3]));
+    b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));  // the packs' lanes, in order
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), b);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(a), _mm256_abs_epi8(b));
+    return d;
+#elif GPT2_NEON
+    float32x4_t x[8], amax = vdupq_n_f32(0.0f);
+    uint32x4_t bad = vdupq_n_u32(0);
+    for (int i = 0; i < 8; ++i) {
+        x[i] = vld1q_f32(v + 4 * i);
+        float32x4_t ax = vabsq_f32(x[i]);
+        amax = vmaxq_f32(amax, ax);
+        bad = vorrq_u32(bad, vmvnq_u32(vcleq_f32(ax, vdupq_n_f32(3.4028234663852886e38f))));
+    }
+    if (vmaxvq_u32(bad)) {
+        std::memset(q, 0, BLOCK), std::memset(a, 0, BLOCK);
+        return NAN;
+    }
+    const float m = vmaxvq_f32(amax), d = m / 127.0f;
+    const float32x4_t inv = vdupq_n_f32(m > 0.0f ? 1.0f / d : 0.0f);
+    for (int i = 0; i < 2; ++i) {
+        int16x8_t lo = vcombine_s16(vqmovn_s32(vcvtnq_s32_f32(vmulq_f32(x[4 * i], inv))),
+                                    vqmovn_s32(vcvtnq_s32_f32(vmulq_f32(x[4 * i + 1], inv))));
+        int16x8_t hi = vcombine_s16(vqmovn_s32(vcvtnq_s32_f32(vmulq_f32(x[4 * i + 2], inv))),
+                                    vqmovn_s32(vcvtnq_s32_f32(vmulq_f32(x[4 * i + 3], inv))));
+        int8x16_t b = vcombine_s8(vqmovn_s16(lo), vqmovn_s16(hi));
+        vst1q_s8(q + 16 * i, b);
+        vst1q_u8(a + 16 * i, vreinterpretq_u8_s8(vabsq_s8(b)));
+    }
+    return d;
+#else
+    float amax = 0.0f;
+    bool finite = true;
+    for (int k = 0; k < BLOCK; ++k) {
+        finite &= std::fabs(v[k]) <= 3.4028234663852886e38f;
+        amax = std::fabs(v[k]) > amax ? std::fabs(v[k]) : amax;
+    }
+    const float d = finite ? amax / 127.0f : NAN, inv = finite && amax > 0.0f ? 1.0f / d : 0.0f;
+    for (int k = 0; k < BLOCK; ++k) {
+        int32_t qk = finite ? int32_t(std::nearbyint(v[k] * inv)) : 0;
+        q[k] = int8_t(qk);
+        a[k] = uint8_t(qk < 0 ? -qk : qk);
+    }
+    return d;
+#endif
+}
+
+// A row of `in` values (F32 or BF16) quantised into `row` (see q8_row_bytes), block by block.
 void quantize_row(const void* x, int x_kind, int64_t in, char* row) {
     const int64_t nb = q8_blocks(in);
     int8_t* q = reinterpret_cast<int8_t*>(row);
     uint8_t* a = reinterpret_cast<uint8_t*>(row + nb * BLOCK);
     float* d = reinterpret_cast<float*>(row + 2 * nb * BLOCK);
     for (int64_t b = 0; b < nb; ++b) {
-        float v[BLOCK], amax = 0.0f;
-        bool finite = true;
-        for (int k = 0; k < BLOCK; ++k) {
-            int64_t at = b * BLOCK + k;
-            v[k] = at < in ? load1(x_kind, x, at) : 0.0f;
-            finite &= std::fabs(v[k]) <= 3.4028234663852886e38f;
-            amax = std::fabs(v[k]) > amax ? std::fabs(v[k]) : amax;
+        float v[BLOCK];
+        const float* block = v;
+        if (x_kind == F32 && (b + 1) * BLOCK <= in) {
+            block = static_cast<const float*>(x) + b * BLOCK;
+        } else {
+            for (int k = 0; k < BLOCK; ++k) v[k] = b * BLOCK + k < in ? load1(x_kind, x, b * BLOCK + k) : 0.0f;
         }
-        d[b] = finite ? amax / 127.0f : NAN;
-        const float inv = finite && amax > 0.0f ? 1.0f / d[b] : 0.0f;
-        for (int k = 0; k < BLOCK; ++k) {
-            int32_t qk = int32_t(std::nearbyint(v[k] * inv));
-            q[b * BLOCK + k] = int8_t(qk);
-            a[b * BLOCK + k] = uint8_t(qk < 0 ? -qk : qk);
-        }
+        d[b] = quantize_block(block, q + b * BLOCK, a + b * BLOCK);
     }
 #if GPT2_AVX512
     uint64_t* negative = reinterpret_cast<uint64_t*>(d + nb);
@@ -1123,30 +1185,35 @@ int gpt2_int8_head(const Int8Head* h, const void* x, const void* hidden, int x_k
     const int64_t C = h->scan->in, V = h->scan->out, es = elem_size(x_kind);
     const int K = h->rescore;
     auto padded = [](int64_t bytes) { return (bytes + 63) / 64 * 64; };  // each part 64-byte aligned
-    const int64_t n_bytes = padded(es * rows * C), hidden_bytes = padded(sizeof(float) * C);
-    char* n = static_cast<char*>(std::malloc(n_bytes + hidden_bytes + padded(sizeof(float) * K) + sizeof(int64_t) * K));
+    // n: the rows' LayerNorm; then per row its fp32 hidden, best values and their indices
+    const int64_t n_bytes = padded(es * rows * C), per_row = padded(sizeof(float) * (C + K)) + padded(sizeof(int64_t) * K);
+    char* n = static_cast<char*>(std::malloc(n_bytes + rows * per_row));
     if (!n) return -1;
-    float* hidden32 = reinterpret_cast<float*>(n + n_bytes);
-    float* top = reinterpret_cast<float*>(n + n_bytes + hidden_bytes);
-    int64_t* top_at = reinterpret_cast<int64_t*>(n + n_bytes + hidden_bytes + padded(sizeof(float) * K));
     gpt2_layer_norm(x, x_kind, nullptr, nullptr, 0, h->eps, n, x_kind, rows, C);
     int failed = gpt2_rowdot(h->scan, n, x_kind, rows, logits, threads);
     const TileFn dot = pick(h->wte_kind, false, 1, 1);
     const int64_t w_row = C * elem_size(h->wte_kind);
-    for (int64_t r = 0; r < rows && !failed; ++r) {
-        float* row = logits + r * V;
-        int found = 0;  // top[0:found] in descending order
-        for (int64_t i = 0; i < V; ++i) {
-            float v = row[i];
-            if (!(found < K ? v == v : v > top[K - 1])) continue;
-            int j = found < K ? found++ : K - 1;
-            for (; j > 0 && v > top[j - 1]; --j) top[j] = top[j - 1], top_at[j] = top_at[j - 1];
-            top[j] = v, top_at[j] = i;
+    if (rows * V < (1 << 16)) threads = 1;
+    if (!failed) parallel(threads, rows, 1, [&](int64_t r0, int64_t r1) {  // rows on their own
+        for (int64_t r = r0; r < r1; ++r) {
+            char* scratch = n + n_bytes + r * per_row;
+            float* hidden32 = reinterpret_cast<float*>(scratch);
+            float* top = hidden32 + C;
+            int64_t* top_at = reinterpret_cast<int64_t*>(scratch + padded(sizeof(float) * (C + K)));
+            float* row = logits + r * V;
+            int found = 0;  // top[0:found] in descending order
+            for (int64_t i = 0; i < V; ++i) {
+                float v = row[i];
+                if (!(found < K ? v == v : v > top[K - 1])) continue;
+                int j = found < K ? found++ : K - 1;
+                for (; j > 0 && v > top[j - 1]; --j) top[j] = top[j - 1], top_at[j] = top_at[j - 1];
+                top[j] = v, top_at[j] = i;
+            }
+            for (int64_t k = 0; k < C; ++k) hidden32[k] = load1(x_kind, hidden, r * C + k);
+            for (int j = 0; j < found; ++j)
+                dot(static_cast<const char*>(h->wte) + top_at[j] * w_row, w_row, C, hidden32, C, row + top_at[j], 1);
         }
-        for (int64_t k = 0; k < C; ++k) hidden32[k] = load1(x_kind, hidden, r * C + k);
-        for (int j = 0; j < found; ++j)
-            dot(static_cast<const char*>(h->wte) + top_at[j] * w_row, w_row, C, hidden32, C, row + top_at[j], 1);
-    }
+    });
     std::free(n);
     return failed ? -1 : 0;
 }
