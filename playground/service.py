@@ -161,7 +161,7 @@ class Service:
             notice(truncation_notice(len(prompt_ids), len(ids), s.model, model.config.context_length))
         decoder, text, generated = gpt2.StreamDecoder(), "", []
         run_id = self.runs.reserve()
-        stopped = False
+        stopped, first_token_s = False, None
         try:
             started = time.perf_counter()
             with gpt2.capture_attention(model, residuals=True) as capture, \
@@ -171,6 +171,8 @@ class Service:
                     yield Step(text, run_id, ids, len(ids), capture)
                     for next_id in steps:
                         generated.append(int(next_id[0]))
+                        if first_token_s is None:  # reading the prompt, told apart from decoding
+                            first_token_s = time.perf_counter() - started
                         text += decoder.add(generated[-1])
                         yield Step(text, run_id, ids + generated, len(ids), capture)
                 except GeneratorExit:
@@ -185,11 +187,11 @@ class Service:
                 log.info("generation stopped after %d of %d tokens; hooks removed%s", len(generated),
                          s.max_new_tokens, ", partial run stored" if generated else "")
                 if generated:
-                    self._store(run_id, s, loop, all_ids, len(ids), capture, seed, seconds,
+                    self._store(run_id, s, loop, all_ids, len(ids), capture, seed, (seconds, first_token_s),
                                 len(prompt_ids) - len(ids), "stopped")
                 return
             ended = "end of text" if s.stop_at_end and generated[-1] == gpt2.EOT_ID else "length"
-            self._store(run_id, s, loop, all_ids, len(ids), capture, seed, seconds,
+            self._store(run_id, s, loop, all_ids, len(ids), capture, seed, (seconds, first_token_s),
                         len(prompt_ids) - len(ids), ended)
             yield Step(text + decoder.flush(), run_id, all_ids, len(ids), capture, stored=True)
         finally:
@@ -232,9 +234,11 @@ class Service:
         return loop, prompt_ids, prompt_ids[-(ctx - s.max_new_tokens):], seed
 
     def _store(self, run_id: str, s: Settings, loop: gpt2.BatchedGenerator, ids: list[int], n_prompt: int,
-               capture: gpt2.AttentionCapture, seed: int, seconds: float, dropped: int, ended: str) -> None:
-        run = Run(s.model, ids, n_prompt, capture, loop.model.config, seed, seconds,
-                  dropped=dropped, ended=ended)
+               capture: gpt2.AttentionCapture, seed: int, timing: tuple[float, float | None], dropped: int,
+               ended: str) -> None:
+        """`timing`: the whole run's seconds, and those until the first token (None: none came)."""
+        run = Run(s.model, ids, n_prompt, capture, loop.model.config, seed, timing[0],
+                  dropped=dropped, ended=ended, first_token_s=timing[1])
         self.runs.add(run, run_id)
 
     def run(self, run_id: str | None) -> Run:
@@ -254,7 +258,7 @@ class Service:
         log.info("recomputing evicted run of %s (%d tokens)", record.model_name, len(record.ids))
         run = self.inspect_ids(record.model_name, list(record.ids))
         run = replace(run, n_prompt=record.n_prompt, seed=record.seed, seconds=record.seconds,
-                      dropped=record.dropped, ended=record.ended)
+                      dropped=record.dropped, ended=record.ended, first_token_s=record.first_token_s)
         self.runs.add(run, run_id)
         return run
 

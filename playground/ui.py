@@ -290,13 +290,22 @@ class Page:
                 *self._lens(run, len(run.ids) - 1, start, size))
 
     @staticmethod
-    def _stats(run: Run) -> str:
-        rate = run.n_generated / run.seconds if run.seconds > 0 else 0.0
+    def _speed(run: Run) -> str:
+        """Time to the first token apart from the speed after it: reading a 900-token prompt
+        would otherwise pass for slow generation."""
+        if run.first_token_s is None:
+            rate = run.n_generated / run.seconds if run.seconds > 0 else 0.0
+            return f"in {run.seconds:.2f} s · **{rate:.1f} tokens/s**"
+        more, rest = run.n_generated - 1, max(0.0, run.seconds - run.first_token_s)
+        after = f"then **{more / rest:.1f} tokens/s**" if more and rest > 0 else "no token after it"
+        return f"· first token in **{run.first_token_s:.2f} s** · {after} · {run.seconds:.2f} s in all"
+
+    @classmethod
+    def _stats(cls, run: Run) -> str:
         head = (f"Stopped after **{run.n_generated}** tokens, after a **{run.n_prompt}**-token prompt"
                 if run.ended == "stopped" else
                 f"**{run.n_generated}** tokens generated after a **{run.n_prompt}**-token prompt")
-        return (f"{head} in {run.seconds:.2f} s · **{rate:.1f} tokens/s** · seed `{run.seed}` · "
-                f"{run.model_name}"
+        return (f"{head} {cls._speed(run)} · seed `{run.seed}` · {run.model_name}"
                 + (" · ended at `<|endoftext|>`" if run.ended == "end of text" else "")
                 + (f" · the prompt's first {run.dropped} tokens were dropped to fit the context"
                    if run.dropped else ""))

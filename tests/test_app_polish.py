@@ -177,3 +177,17 @@ def test_the_live_view_shows_the_legend(app_url):
         assert shades["visible"] and shades["scale"] == "absolute"
         assert abs(shades["darkest"] - max(w for w, _ in shades["tokens"])) < 1e-4
         expect(page.locator("#stats")).to_contain_text("Stopped after", timeout=30_000)
+
+
+def test_the_speed_line_tells_the_first_token_from_generation(app_url):
+    import re
+
+    with browser(app_url, **DESKTOP) as page:
+        _run(page, 12)
+        stats = page.locator("#stats").inner_text()
+    found = re.search(r"first token in ([\d.]+) s · then ([\d.]+) tokens/s · ([\d.]+) s in all", stats)
+    assert found, stats
+    first, rate, total = map(float, found.groups())
+    assert 0 < first <= total
+    decoding = total - first  # the 11 tokens after the first, both times rounded to 0.01 s
+    assert 11 / (decoding + 0.011) - 0.1 <= rate <= 11 / max(decoding - 0.011, 1e-3) + 0.1
