@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import tiktoken
@@ -51,10 +52,10 @@ def read_tokenizer_dir(directory: Path) -> Tokenizer | None:
     where it has no tokenizer files (GPT-2's is then the model's). WeightsError for a
     tokenizer that is not byte-level BPE, naming the file and what it is."""
     if (directory / "tokenizer.json").is_file():
-        return from_tokenizer_json(directory / "tokenizer.json")
+        return _parsed(directory / "tokenizer.json", lambda: from_tokenizer_json(directory / "tokenizer.json"))
     vocab, merges = directory / "vocab.json", directory / "merges.txt"
     if vocab.is_file() and merges.is_file():
-        return from_vocab_and_merges(vocab, merges)
+        return _parsed(directory, lambda: from_vocab_and_merges(vocab, merges))
     for name, kind in OTHER_KINDS.items():
         if (directory / name).is_file():
             raise WeightsError(f"{directory / name}: a {kind} tokenizer, not byte-level BPE; only GPT-2's kind "
@@ -63,6 +64,15 @@ def read_tokenizer_dir(directory: Path) -> Tokenizer | None:
         missing = merges if vocab.is_file() else vocab
         raise WeightsError(f"{missing}: file not found (a byte-level BPE tokenizer needs vocab.json and merges.txt)")
     return None
+
+
+def _parsed(path: Path, make: Callable[[], Tokenizer]) -> Tokenizer:
+    """`make()`; tokenizer files of the wrong shape (a list where an object belongs, ...) a
+    WeightsError naming `path`."""
+    try:
+        return make()
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        raise WeightsError(f"{path}: tokenizer files not of the expected shape ({type(e).__name__}: {e})") from None
 
 
 def has_tokenizer_files(directory: Path) -> bool:

@@ -228,3 +228,16 @@ def test_a_vocabulary_outside_the_byte_alphabet_is_refused(trained, tmp_path):
     (directory / "vocab.json").write_text(json.dumps({**vocab, "▁the": len(vocab)}))
     with pytest.raises(gpt2.WeightsError, match="token '▁the' holds '▁', outside GPT-2's byte-level alphabet"):
         gpt2.load_tokenizer(directory)
+
+
+@pytest.mark.parametrize("name, content", [
+    ("tokenizer.json", '{"model": {"type": "BPE"}, "pre_tokenizer": ["ByteLevel"]}'),
+    ("tokenizer.json", '[1, 2'),
+    ("added_tokens.json", '["<pad>"]'),
+])
+def test_malformed_tokenizer_files_are_refused(trained, tmp_path, name, content):
+    directory = shutil.copytree(trained[1], tmp_path / "tok")
+    (directory / name).write_text(content)
+    where = name if name == "tokenizer.json" else "tok"  # the file, or the folder of vocab.json + merges.txt
+    with pytest.raises(gpt2.WeightsError, match=rf"{where}: (not a readable JSON file|tokenizer files not of the)"):
+        gpt2.load_tokenizer(directory)
