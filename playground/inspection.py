@@ -83,6 +83,7 @@ class Run:
     dropped: int = 0  # prompt tokens cut off the front to fit the context
     ended: str = "length"  # why generation ended: "length", "end of text" or "stopped"
     first_token_s: float | None = None  # seconds to the first token: the prompt's read, apart from decoding
+    settings: dict | None = None  # the sampling settings it ran with (temperature, top_k, ...), for its export
     _roles: dict[str, np.ndarray] | None = field(default=None, init=False, repr=False)
     _candidates: list[Candidates] | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -233,11 +234,12 @@ class RunRecord:
     dropped: int
     ended: str
     first_token_s: float | None
+    settings: dict | None
 
     @classmethod
     def of(cls, run: Run) -> "RunRecord":
         return cls(run.model_name, array("I", run.ids), run.n_prompt, run.seed, run.seconds, run.dropped,
-                   run.ended, run.first_token_s)
+                   run.ended, run.first_token_s, run.settings)
 
 
 class RunStore:

@@ -152,7 +152,6 @@ function show(v) {
   const sameRun = view && v.run === view.run;
   const grown = sameRun && v.tokens.length >= spans.length;
   view = v;
-  window.gpt2Playground = Object.assign(window.gpt2Playground || {}, {view: v});
   if (!grown) { text.textContent = ''; spans = []; painted = []; }
   for (let i = spans.length; i < v.tokens.length; i++) {
     spans.push(text.appendChild(tokenSpan(v.tokens[i], i)));
@@ -303,40 +302,16 @@ REGENERATE_JS = r"""
 }
 """
 
-# "Download JSON": the run as the page shows it, put together in the browser from what it
-# already holds (the token view's tokens, the heatmap's numbers, the lens table's data):
-# nothing is written or served by the server.
+# "Download JSON": the server puts the run together (playground/export.py) into a hidden box;
+# this saves it as a file in the browser: nothing is written on the server.
 DOWNLOAD_JS = r"""
-(prompt, model, temperature, top_k, top_p, max_new, seed, stop_at_end, layer, head, start, size) => {
-  const stats = (document.querySelector('#stats')?.textContent || '').trim();
-  const used = stats.match(/seed\s+(\d+)/);
-  const view = (window.gpt2Playground || {}).view || null;
-  let attention = null;
-  if (view && !view.live) {  // the token view's map of the shown layer and head, for the heatmap's window
-    const raw = atob(view.weights), T = view.tokens.length;
-    const a = Math.min(Math.max(0, Number(start) || 0), T - 1), b = Math.min(T, a + (Number(size) || 64));
-    const rows = [];
-    for (let q = a; q < b; q++) {
-      const row = [];
-      for (let k = 0; k <= q; k++) row.push(Number(((raw.charCodeAt(q * (q + 1) / 2 + k) / 255) ** 2).toFixed(4)));
-      rows.push(row);
-    }
-    attention = {layer: view.layer, head: view.head, start: a, stop: b, queries: view.tokens.slice(a, b),
-                 note: 'weights[i][k]: what query start+i gives key k (0..start+i), 8-bit as the page holds them',
-                 weights: rows};
-  }
-  const lensEl = document.querySelector('#lens-table [data-lens]');
-  const run = {
-    format: 'gpt2-playground run 1', model, seed: used ? Number(used[1]) : null,
-    settings: {prompt, model, temperature, top_k, top_p, max_new_tokens: max_new, seed: used ? Number(used[1]) : seed,
-               stop_at_end},
-    summary: stats, layer, head, tokens: view ? view.tokens : [], n_prompt: view ? view.n_prompt : null,
-    attention, logit_lens: lensEl ? JSON.parse(lensEl.dataset.lens) : null,
-  };
+(text) => {
+  if (!text) return;
+  const run = JSON.parse(text);
   const blob = new Blob([JSON.stringify(run, null, 1)], {type: 'application/json'});
   const a = document.createElement('a');
   a.href = URL.createObjectURL(blob);
-  a.download = `gpt2-run-${String(model).replace(/[^A-Za-z0-9._-]+/g, '-')}-seed${run.seed ?? 'none'}.json`;
+  a.download = `gpt2-run-${String(run.model).replace(/[^A-Za-z0-9._-]+/g, '-')}-seed${run.seed ?? 'none'}.json`;
   document.body.appendChild(a);
   a.click();
   setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 1000);

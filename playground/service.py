@@ -238,7 +238,8 @@ class Service:
                ended: str) -> None:
         """`timing`: the whole run's seconds, and those until the first token (None: none came)."""
         run = Run(s.model, ids, n_prompt, capture, loop.model.config, seed, timing[0],
-                  dropped=dropped, ended=ended, first_token_s=timing[1])
+                  dropped=dropped, ended=ended, first_token_s=timing[1],
+                  settings={k: v for k, v in s.__dict__.items() if k not in ("prompt", "model", "seed")})
         self.runs.add(run, run_id)
 
     def run(self, run_id: str | None) -> Run:
@@ -258,7 +259,8 @@ class Service:
         log.info("recomputing evicted run of %s (%d tokens)", record.model_name, len(record.ids))
         run = self.inspect_ids(record.model_name, list(record.ids))
         run = replace(run, n_prompt=record.n_prompt, seed=record.seed, seconds=record.seconds,
-                      dropped=record.dropped, ended=record.ended, first_token_s=record.first_token_s)
+                      dropped=record.dropped, ended=record.ended, first_token_s=record.first_token_s,
+                      settings=record.settings)
         self.runs.add(run, run_id)
         return run
 

@@ -26,7 +26,7 @@ import json
 import numpy as np
 from gradio.components.plot import PlotData
 
-from . import api, explain, figures, page_script, token_view, tokens, validate
+from . import api, explain, export, figures, page_script, token_view, tokens, validate
 from .errors import friendly, to_gr_error
 from .inspection import (DEFAULT_WINDOW, MAX_WINDOW, ROLE_THRESHOLD, Run, RunStore, head_roles,
                          repeated_random_text, strongest_head, window)
@@ -388,6 +388,19 @@ class Page:
     def update_lens(self, run_id: str | None, position: Any, start: Any, size: Any) -> tuple[str, Any]:
         return self._lens(self.service.run(run_id), int(position), int(start), int(size))
 
+    # -- download -------------------------------------------------------------------------------------
+    def download(self, run_id: str | None, layer: Any, head: Any, start: Any, size: Any, position: Any) -> str:
+        """The shown run as JSON for the page to save: everything, whatever tabs were visited,
+        with the selected layer and head, the heatmap's window and the lens position."""
+        run = self.service.run(run_id)
+        layer, head = _selection(run.config, layer, head)
+        win = window(len(run.ids), int(start), int(size))
+        position = min(max(0, int(position)), len(run.ids) - 1)
+        shown = export.attention(self.service.token_matrix(run, layer, head), win.start, win.stop)
+        lens = export.logit_lens(self.service.lens(run, slice(position, position + 1), LENS_K), position)
+        summary = re.sub(r"[*`]", "", self._stats(run))
+        return json.dumps(export.run_document(run, layer, head, shown, lens, summary), ensure_ascii=False)
+
     # -- head knock-out ---------------------------------------------------------------------------
     def _settings(self, run_id: str | None, prompt: Any, model: Any, temperature: Any, top_k: Any, top_p: Any,
                   max_new: Any, seed: Any, stop_at_end: Any) -> validate.Settings:
@@ -657,6 +670,7 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
                 with gr.Row(equal_height=False):
                     link_btn = gr.Button("Copy link", size="sm", elem_id="copy-link", min_width=100)
                     download_btn = gr.Button("Download JSON", size="sm", elem_id="download-json", min_width=100)
+                    run_json = gr.Textbox(visible="hidden", elem_id="run-json")  # the download, briefly
                     share_link = gr.Textbox(show_label=False, interactive=False, elem_id="share-link", scale=3,
                                             lines=1, max_lines=1,
                                             placeholder="a link that reopens these settings and this seed",
@@ -820,7 +834,9 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
                     outputs=compare_rows, trigger_mode="always_last", **view_args)
         link_btn.click(None, inputs=settings_inputs, outputs=share_link, js=page_script.COPY_LINK_JS,
                        api_visibility="private")
-        download_btn.click(None, inputs=[*settings_inputs, layer, head, start, size], js=page_script.DOWNLOAD_JS,
-                           api_visibility="private")
+        download_btn.click(friendly(page.download), inputs=[run_id, layer, head, start, size, lens_position],
+                           outputs=run_json, **view_args).success(
+            None, inputs=run_json, js=page_script.DOWNLOAD_JS, api_visibility="private").then(
+            lambda: "", outputs=run_json, **view_args)  # the session keeps no copy
         api.register(service, GENERATE_CONCURRENCY)
     return demo

@@ -191,3 +191,41 @@ def test_the_speed_line_tells_the_first_token_from_generation(app_url):
     assert 0 < first <= total
     decoding = total - first  # the 11 tokens after the first, both times rounded to 0.01 s
     assert 11 / (decoding + 0.011) - 0.1 <= rate <= 11 / max(decoding - 0.011, 1e-3) + 0.1
+
+
+def _download(page) -> dict:
+    import json
+
+    with page.expect_download() as download:
+        page.locator("#download-json").click()
+    return json.loads(open(download.value.path(), encoding="utf-8").read())
+
+
+def test_the_download_is_the_whole_run_without_visiting_a_tab(app_url):
+    from test_app_server import MODEL, _pick
+
+    from playground import tokens
+
+    for context in (DESKTOP, PHONE):
+        with browser(app_url, **context) as page:
+            page.fill("#seed textarea, #seed input", "9")
+            total = _run(page, 6)
+            text = page.locator("#output textarea").input_value()
+            run = _download(page)
+            ids = run["token_ids"]
+            assert run["model"] == MODEL and run["seed"] == 9 and run["settings"]["max_new_tokens"] == 6
+            assert run["prompt"] == PROMPT and run["generated"] == text == gpt2.decode(ids[run["n_prompt"]:])
+            assert len(ids) == total and run["tokens"] == tokens.text(ids)
+            assert isinstance(run["layer"], int) and (run["head"] == "mean" or isinstance(run["head"], int))
+            assert run["attention"]["stop"] == total and len(run["attention"]["weights"]) == total
+            assert run["logit_lens"]["position"] == total - 1 and len(run["logit_lens"]["layers"]) == 2
+            assert [p["position"] for p in run["next_tokens"]] == list(range(1, total))
+            assert all(p["id"] == ids[p["position"]] and p["top"] for p in run["next_tokens"])
+            _pick(page, "head", "head 3")
+            page.wait_for_function("document.querySelector('#token-view .tv-caption').textContent.includes('head 3')",
+                                   timeout=20_000)
+            assert _download(page)["head"] == 3
+            _pick(page, "head", "mean over heads")
+            page.wait_for_function("document.querySelector('#token-view .tv-caption').textContent.includes('mean')",
+                                   timeout=20_000)
+            assert _download(page)["head"] == "mean"
