@@ -277,6 +277,11 @@ new MutationObserver(() => document.querySelectorAll('.js-plotly-plot').forEach(
   .observe(document.body, {childList: true, subtree: true});
 """
 
+# From Generate until the new run's views are in, every tab but the token view (which follows
+# the run live) shows the previous run: say so (ui.CSS dims them under a note).
+STALE_JS = "() => { document.body.classList.add('views-stale'); }"
+FRESH_JS = "() => { document.body.classList.remove('views-stale'); }"
+
 # "Copy link": the settings (and the seed the shown run used, when the seed box is blank) as a
 # query string; the page restores them when it opens (ui.Page.restore) and may generate.
 COPY_LINK_JS = r"""

@@ -83,6 +83,12 @@ CSS = """
 #title h1 { margin-bottom: 0; }
 #stats { min-height: 1.5em; }
 #page-keys { display: none !important; }
+body.views-stale .tabitem:not(:has(#token-view))::before {
+  content: "Previous run: these views follow when the new run is ready."; display: block;
+  padding: 6px 10px; margin-bottom: 8px; border-radius: 6px; background: var(--color-accent-soft);
+  font-size: 0.9em; }
+body.views-stale :is(#attention-heatmap, #window-note, #head-overview, #all-heads, #token-probs, #candidates,
+  #candidates-note, #lens-table, #lens-grid) { opacity: 0.4; }
 #token-view .tv-bar { display: flex; flex-wrap: wrap; gap: 6px 12px; justify-content: space-between;
   align-items: center; margin-bottom: 6px; }
 #token-view .tv-caption { font-size: 0.9em; flex: 1 1 100%; }
@@ -230,14 +236,21 @@ class Page:
                 due = self.live_interval is not None and time.monotonic() - last_paint >= self.live_interval
                 if due and step.n_generated and not step.stored:
                     view, last_paint = self._live_view(step, layer, head), time.monotonic()
-                yield (step.text, step.run_id,
-                       f"Generating… {step.n_generated} / {s.max_new_tokens} tokens", view)
+                progress = (f"{step.n_generated} tokens written: preparing the views…" if step.stored else
+                            f"Generating… {step.n_generated} / {s.max_new_tokens} tokens")
+                yield step.text, step.run_id, progress, view
 
     def _live_view(self, step: Step, layer: Any, head: Any) -> dict:
         layer, head = _selection(step.capture.model.config, layer, head)
         position, row = self.service.live_row(step, layer, head)
         return token_view.live_payload(step.run_id, tokens.text(step.ids), step.n_prompt, position, row,
                                        layer, head_name(head))
+
+    @staticmethod
+    def clear_experiments() -> tuple:
+        """A new run starts: the knock-out and comparison of the previous one go (they would
+        read as this run's)."""
+        return "", "", None, "", None, None
 
     def show_run(self, run_id: str | None, size: Any, sort_by_role: Any = False) -> tuple:
         """Everything the panels show after a run: the strongest role's head (an induction or
@@ -783,14 +796,21 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
             outputs=[output, run_id, stats, token_html], api_name="ui_generate", api_visibility="private",
             concurrency_id="generate", concurrency_limit=GENERATE_CONCURRENCY, show_progress="minimal")
         view_args = dict(api_visibility="private", concurrency_id="view", concurrency_limit=VIEW_CONCURRENCY)
+        # The views of the previous run are marked as such (page_script.STALE_JS) from the click
+        # until this run's views are in, or the run failed or was stopped.
+        generate_btn.click(None, js=page_script.STALE_JS, api_visibility="private")
+        generate_btn.click(page.clear_experiments, outputs=[ko_texts, ko_note, ko_state, compare_texts,
+                                                            compare_rows, compare_state], **view_args)
         run.success(friendly(page.show_run), inputs=[run_id, size, sort_roles], outputs=view_outputs,
-                    **view_args)
+                    **view_args).then(None, js=page_script.FRESH_JS, api_visibility="private")
+        run.failure(None, js=page_script.FRESH_JS, api_visibility="private")
         # The cancel first: the browser runs a click's listeners in order, and page.await_stop
         # waits for the run that the cancelled generation stores.
         stop_btn.click(None, cancels=[run], api_visibility="private")
         stop_btn.click(page.await_stop, inputs=run_id, api_visibility="private", concurrency_id="stop",
                        concurrency_limit=None).then(friendly(page.stop), inputs=[run_id, size, sort_roles],
-                                                    outputs=view_outputs, **view_args)
+                                                    outputs=view_outputs, **view_args).then(
+            None, js=page_script.FRESH_JS, api_visibility="private")
         induction_btn.click(page.induction_example, outputs=[prompt, model, temperature, max_new],
                             api_visibility="private", concurrency_id="view").then(
             page.model_status, inputs=[model, max_new], outputs=status_outputs, api_visibility="private",

@@ -229,3 +229,37 @@ def test_the_download_is_the_whole_run_without_visiting_a_tab(app_url):
             page.wait_for_function("document.querySelector('#token-view .tv-caption').textContent.includes('mean')",
                                    timeout=20_000)
             assert _download(page)["head"] == "mean"
+
+
+def _notes(page) -> dict:
+    """Whether the token view is live, and the note over each rendered tab but the token view's."""
+    return page.evaluate("""() => ({live: !!document.querySelector('#token-view .live'),
+        notes: [...document.querySelectorAll('.tabitem')].filter(t => !t.querySelector('#token-view'))
+            .map(t => getComputedStyle(t, '::before').content).map(c => c === 'none' ? '' : c)})""")
+
+
+def test_views_of_the_previous_run_are_marked_while_a_new_run_streams(app_url):
+    from playwright.sync_api import expect
+
+    for context in (DESKTOP, PHONE):
+        with browser(app_url, **context) as page:
+            _run(page, 6)
+            for tab in ("Heatmap", "Heads", "Logit lens", "Compare", "Knock-out"):  # each drawn once
+                page.get_by_role("tab", name=tab).click()
+            page.fill("#ko-heads textarea, #ko-heads input", "0.1")
+            page.locator("#ko-run").click()
+            expect(page.locator("#ko-texts .sbs-col")).to_have_count(2, timeout=30_000)
+            before = _notes(page)
+            assert len(before["notes"]) == 5 and not any(before["notes"])  # the five tabs drawn
+            _generate(page, PROMPT, 500, model="local:long")
+            page.wait_for_function("""() => {
+                const panels = [...document.querySelectorAll('.tabitem')].filter(t => !t.querySelector('#token-view'));
+                return document.querySelector('#token-view .live') && panels.every(
+                    t => getComputedStyle(t, '::before').content.includes('Previous run'));
+            }""", timeout=30_000)
+            page.screenshot(path=str(ARTIFACTS / f"app-stale-{context['viewport']['width']}.png"))
+            page.locator("#stop").click()  # stopped or finished meanwhile, the views are this run's then
+            page.wait_for_function("!document.body.classList.contains('views-stale')", timeout=30_000)
+            expect(page.locator("#stats")).to_contain_text("tokens/s")
+            assert not any(_notes(page)["notes"])
+            expect(page.locator("#ko-texts .sbs-col")).to_have_count(0)  # the previous run's knock-out went
