@@ -30,8 +30,8 @@ from . import api, explain, export, figures, page_script, token_view, tokens, va
 from .errors import friendly, to_gr_error
 from .inspection import (DEFAULT_WINDOW, MAX_WINDOW, ROLE_THRESHOLD, Run, RunStore, head_roles,
                          repeated_random_text, strongest_head, window)
-from .models import (BUILTIN, ModelTable, describe, load_error_message, offered_sources, start_model,
-                     with_tiers)
+from .models import (BUILTIN, TIER_SEPARATOR, ModelTable, describe, load_error_message, offered_sources,
+                     start_model, with_tiers)
 from .service import MEAN, Service, Step, head_name, parse_head, select_head
 
 # The built-in model's induction heads, measured in benchmarks/KNOCKOUT.md (their knock-out
@@ -46,6 +46,14 @@ LINK_WAITS = ("The link's settings are filled in: press Generate to run them (a 
               f"only on a model already loaded, up to {LINK_AUTORUN_TOKENS} new tokens).")
 
 log = logging.getLogger(__name__)
+
+# What the Knock-out and Compare tabs say before they have a result (instead of empty plots).
+KNOCKOUT_EMPTY = ('<p class="empty-state">Type heads as <code>layer.head</code>, or add the selected one, and '
+                  'press <b>Knock out</b>: the prompt in the form runs twice with its settings and seed, as is '
+                  'and with those heads zeroed, and the two texts appear here side by side.</p>')
+COMPARE_EMPTY = ('<p class="empty-state">Pick a second model or tier and press <b>Compare</b>: the prompt in '
+                 'the form runs on both with the same settings and seed, and the two texts appear here with '
+                 'the first difference marked, then what a chosen token attends to in each.</p>')
 
 TITLE = "GPT-2 Playground"
 INTRO = ("Write a prompt and watch GPT-2 continue it token by token, then look inside: "
@@ -133,6 +141,7 @@ body.views-stale :is(#attention-heatmap, #window-note, #head-overview, #all-head
 .sbs mark.first-diff { background: #fde047; color: #111; outline: 2px solid #e11d48; border-radius: 3px; }
 .sbs .after-diff { text-decoration: underline dotted rgba(225, 29, 72, 0.6); }
 .sbs-note, .lens-caption { font-size: 0.85em; opacity: 0.85; margin: 6px 0; }
+.empty-state { font-size: 0.9em; opacity: 0.8; padding: 10px 0; }
 .lens-scroll { overflow-x: auto; }
 .lens table { border-collapse: collapse; font-size: 12px; }
 .lens th, .lens td { padding: 3px 8px; border: 1px solid var(--border-color-primary); white-space: nowrap;
@@ -160,6 +169,15 @@ def _head_choices(config: gpt2.GPTConfig) -> list[tuple[str, str]]:
 
 def _head_value(head: int | None) -> str:
     return MEAN if head is None else str(head)
+
+
+def compare_default(names: list[str], model: str) -> str:
+    """What Compare offers against `model`: another tier of the same model (its exact fp32
+    first), else another model; comparing a model with itself shows nothing."""
+    base = model.split(TIER_SEPARATOR)[0]
+    tiers = [n for n in names if n != model and n.split(TIER_SEPARATOR)[0] == base]
+    others = sorted(tiers, key=lambda n: not n.endswith("fp32")) or [n for n in names if n != model]
+    return others[0] if others else model
 
 
 def _selection(config: gpt2.GPTConfig, layer: Any, head: Any) -> tuple[int, int | None]:
@@ -249,8 +267,9 @@ class Page:
     @staticmethod
     def clear_experiments() -> tuple:
         """A new run starts: the knock-out and comparison of the previous one go (they would
-        read as this run's)."""
-        return "", "", None, "", None, None
+        read as this run's), back to the tabs' empty states."""
+        hidden = gr.Slider(visible=False)
+        return (KNOCKOUT_EMPTY, hidden, "", None, COMPARE_EMPTY, hidden, gr.Plot(None, visible=False), None)
 
     def show_run(self, run_id: str | None, size: Any, sort_by_role: Any = False) -> tuple:
         """Everything the panels show after a run: the strongest role's head (an induction or
@@ -443,7 +462,7 @@ class Page:
         at = 0 if first is None else min(first, max(0, len(out.baseline) - 1))
         texts = explain.side_by_side(tokens_text(out.prompt_ids), ("As is", f"Heads {named} knocked out"),
                                      out.baseline, out.ablated)
-        return (texts, gr.Slider(minimum=0, maximum=max(1, len(out.baseline) - 1), value=at),
+        return (texts, gr.Slider(minimum=0, maximum=max(1, len(out.baseline) - 1), value=at, visible=True),
                 self._knockout_note(state, at), state)
 
     @staticmethod
@@ -514,8 +533,8 @@ class Page:
         at = a.n_prompt + (first if first is not None and first < n else n - 1)
         at = min(at, len(a.ids) - 1, len(b.ids) - 1)
         state = {"runs": pair, "limit": min(len(a.ids), len(b.ids)) - 1}
-        return (texts, gr.Slider(minimum=0, maximum=max(1, state["limit"]), value=at),
-                self._compare_rows(state, at, layer, head), state)
+        return (texts, gr.Slider(minimum=0, maximum=max(1, state["limit"]), value=at, visible=True),
+                gr.Plot(self._compare_rows(state, at, layer, head), visible=True), state)
 
     def _compare_rows(self, state: dict | None, position: Any, layer: Any, head: Any) -> Any:
         if not state:
@@ -526,10 +545,11 @@ class Page:
         for run in runs:
             lay, hd = _selection(run.config, layer, head)
             rows.append(self.service.token_attention(run, lay, hd, position, "from").weights)
-            names.append(f"{run.model_name} · L{lay} {head_name(hd)}")
+            own = tokens.labels(run.ids[position:position + 1])[0]  # each run's own token there
+            names.append(f"{run.model_name} · L{lay} {head_name(hd)} · “{own}”")
         labels = tokens.labels(runs[0].ids[:position + 1])
         fig = figures.attention_rows_figure(rows, names, labels,
-                                            f"What token {position} “{labels[-1]}” attends to, in both runs")
+                                            f"What token {position} attends to in each run (keys: the first run's)")
         lay, hd = _selection(runs[0].config, layer, head)
         return plot(fig, "compare", *(r.model_name for r in runs), f"layer{lay}", head_name(hd), f"token{position}")
 
@@ -750,9 +770,9 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
                                                      elem_id="ko-induction", min_width=120)
                             ko_run = gr.Button("Knock out", variant="primary", size="sm", elem_id="ko-run",
                                                min_width=100)
-                        ko_texts = gr.HTML(elem_id="ko-texts")
+                        ko_texts = gr.HTML(KNOCKOUT_EMPTY, elem_id="ko-texts")
                         ko_position = gr.Slider(0, 1, value=0, step=1, label="Generated token",
-                                                elem_id="ko-position")
+                                                elem_id="ko-position", visible=False)
                         ko_note = gr.Markdown(elem_id="ko-note")
                         ko_state = gr.State(None)
                     with gr.Tab("Compare"):
@@ -760,15 +780,16 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
                                     "texts with the first difference marked, and what the selected token "
                                     "attends to in each (the Layer and Head menus).")
                         with gr.Row():
-                            compare_model = gr.Dropdown(choices=page.names, value=page.names[0],
+                            compare_model = gr.Dropdown(choices=page.names,
+                                                        value=compare_default(page.names, first),
                                                         label="Compare with", elem_id="compare-model",
                                                         min_width=160)
                             compare_btn = gr.Button("Compare", variant="primary", size="sm",
                                                     elem_id="compare-run", min_width=100)
-                        compare_texts = gr.HTML(elem_id="compare-texts")
+                        compare_texts = gr.HTML(COMPARE_EMPTY, elem_id="compare-texts")
                         compare_position = gr.Slider(0, 1, value=0, step=1, label="Token",
-                                                     elem_id="compare-position")
-                        compare_rows = gr.Plot(show_label=False, elem_id="compare-rows")
+                                                     elem_id="compare-position", visible=False)
+                        compare_rows = gr.Plot(show_label=False, elem_id="compare-rows", visible=False)
                         compare_state = gr.State(None)
 
         view_outputs = [stats, layer, head, start, token_html, shown, heatmap, grid, overview, highlighted,
@@ -799,8 +820,11 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
         # The views of the previous run are marked as such (page_script.STALE_JS) from the click
         # until this run's views are in, or the run failed or was stopped.
         generate_btn.click(None, js=page_script.STALE_JS, api_visibility="private")
-        generate_btn.click(page.clear_experiments, outputs=[ko_texts, ko_note, ko_state, compare_texts,
-                                                            compare_rows, compare_state], **view_args)
+        generate_btn.click(page.clear_experiments, outputs=[ko_texts, ko_position, ko_note, ko_state, compare_texts,
+                                                            compare_position, compare_rows, compare_state],
+                           **view_args)
+        model.change(lambda name: gr.Dropdown(value=compare_default(page.names, name)), inputs=model,
+                     outputs=compare_model, **view_args)
         run.success(friendly(page.show_run), inputs=[run_id, size, sort_roles], outputs=view_outputs,
                     **view_args).then(None, js=page_script.FRESH_JS, api_visibility="private")
         run.failure(None, js=page_script.FRESH_JS, api_visibility="private")

@@ -263,3 +263,45 @@ def test_views_of_the_previous_run_are_marked_while_a_new_run_streams(app_url):
             expect(page.locator("#stats")).to_contain_text("tokens/s")
             assert not any(_notes(page)["notes"])
             expect(page.locator("#ko-texts .sbs-col")).to_have_count(0)  # the previous run's knock-out went
+
+
+def test_knockout_and_compare_say_what_to_do_before_a_result(app_url):
+    from playwright.sync_api import expect
+
+    from test_app_server import MODEL, _pick
+
+    for context in (DESKTOP, PHONE):
+        with browser(app_url, **context) as page:
+            expect(page.locator("#model-status")).to_contain_text("ready", timeout=30_000)
+            page.get_by_role("tab", name="Knock-out").click()
+            expect(page.locator("#ko-texts .empty-state")).to_contain_text("press Knock out")
+            expect(page.locator("#ko-position")).to_be_hidden()
+            page.screenshot(path=str(ARTIFACTS / f"app-knockout-empty-{context['viewport']['width']}.png"))
+            page.get_by_role("tab", name="Compare").click()
+            expect(page.locator("#compare-texts .empty-state")).to_contain_text("press Compare")
+            expect(page.locator("#compare-position")).to_be_hidden()
+            expect(page.locator("#compare-rows")).to_be_hidden()
+            other = page.locator("#compare-model input").input_value()
+            assert other and other != MODEL  # never the same model twice
+            _pick(page, "model", "local:long")
+            expect(page.locator("#compare-model input")).not_to_have_value("local:long")
+
+            _pick(page, "model", MODEL)
+            expect(page.locator("#model-status")).to_contain_text(f"{MODEL} ready", timeout=30_000)
+            page.get_by_role("tab", name="Compare").click()
+            page.locator("#compare-run").click()
+            expect(page.locator("#compare-rows .js-plotly-plot")).to_be_visible(timeout=60_000)
+            expect(page.locator("#compare-position")).to_be_visible()
+            names = page.eval_on_selector("#compare-rows .js-plotly-plot", "el => el.layout.yaxis.ticktext")
+            assert len(names) == 2 and all("“" in n for n in names)  # each run's own token named
+
+
+def test_compare_defaults_to_another_tier_of_the_same_model():
+    from playground.ui import compare_default
+
+    names = ["local:a", "gpt2", "gpt2 · fp32", "gpt2 · bf16", "gpt2-medium", "gpt2-medium · fp32"]
+    assert compare_default(names, "gpt2") == "gpt2 · fp32"
+    assert compare_default(names, "gpt2 · fp32") == "gpt2"
+    assert compare_default(names, "gpt2-medium · fp32") == "gpt2-medium"
+    assert compare_default(names, "local:a") == "gpt2"
+    assert compare_default(["local:a"], "local:a") == "local:a"
