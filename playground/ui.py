@@ -132,7 +132,8 @@ body.views-stale :is(#attention-heatmap, #window-note, #head-overview, #all-head
 #attention-heatmap, #all-heads, #head-overview, #lens-grid, #compare-rows { overflow-x: auto !important; }
 .sbs { display: grid; grid-template-columns: 1fr 1fr; gap: 10px; }
 @media (max-width: 640px) { .sbs { grid-template-columns: 1fr; }
-  .js-plotly-plot .modebar-container { display: none !important; } }  /* no toolbar over titles */
+  .js-plotly-plot .modebar-container { display: none !important; }  /* no toolbar over titles */
+  #layer, #head { min-width: 100% !important; } }  /* stacked: "mean over heads" and its arrow fit */
 .sbs-col { border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px 10px; min-width: 0; }
 .sbs-title { font-weight: 600; font-size: 0.9em; margin-bottom: 4px; }
 .sbs-text { white-space: pre-wrap; overflow-wrap: anywhere; font-family: var(--font-mono); font-size: 13px;
@@ -302,6 +303,12 @@ class Page:
         if run is not None or self.service.runs.pending(run_id):  # finished, or another Stop waits for it
             return (gr.skip(), *rest)
         return ("Stopped before the first token." if run_id else "Stopped.", *rest)
+
+    def stopped_text(self, run_id: str | None) -> Any:
+        """After Stop: the text box shows every token the stopped run kept, as the views do (the
+        decode loop may have written a few more than the page had shown)."""
+        run = self.service.runs.get(run_id)
+        return gpt2.decode(run.ids[run.n_prompt:]) if run is not None and run.ended == "stopped" else gr.skip()
 
     def _first_view(self, run: Run, run_id: str | None, size: Any, sort_by_role: Any) -> tuple:
         layer, head = strongest_head(run.roles) or (run.config.n_layer - 1, None)
@@ -680,6 +687,9 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
                                     value=next(iter(shown_examples.values()))[0],
                                     elem_id="prompt")
                 model = gr.Dropdown(choices=page.names, value=first, label="Model", elem_id="model")
+                with gr.Row():  # above the sampling settings: in view on load on a laptop's screen
+                    generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
+                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
                 temperature = gr.Slider(0, 2, value=0.8, step=0.05, label="Temperature", info="0 = greedy")
                 top_k = gr.Slider(0, 200, value=40, step=1, label="Top-k", info="0 = off")
                 top_p = gr.Slider(0.05, 1, value=0.95, step=0.01, label="Top-p", info="1 = off")
@@ -689,9 +699,6 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
                                   info="Blank = random; each run shows the seed it used.")
                 stop_at_end = gr.Checkbox(value=first == BUILTIN, label="Stop at end of text (<|endoftext|>)",
                                           elem_id="stop-at-end")
-                with gr.Row():
-                    generate_btn = gr.Button("Generate", variant="primary", elem_id="generate")
-                    stop_btn = gr.Button("Stop", variant="stop", elem_id="stop")
                 examples = gr.Examples(list(shown_examples.values()), inputs=[prompt, temperature, max_new],
                                        example_labels=list(shown_examples), label="Try these")
                 induction_btn = gr.Button("Show an induction head: a repeated random sequence on the "
@@ -834,6 +841,7 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
         stop_btn.click(page.await_stop, inputs=run_id, api_visibility="private", concurrency_id="stop",
                        concurrency_limit=None).then(friendly(page.stop), inputs=[run_id, size, sort_roles],
                                                     outputs=view_outputs, **view_args).then(
+            page.stopped_text, inputs=run_id, outputs=output, **view_args).then(
             None, js=page_script.FRESH_JS, api_visibility="private")
         induction_btn.click(page.induction_example, outputs=[prompt, model, temperature, max_new],
                             api_visibility="private", concurrency_id="view").then(

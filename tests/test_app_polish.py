@@ -305,3 +305,27 @@ def test_compare_defaults_to_another_tier_of_the_same_model():
     assert compare_default(names, "gpt2-medium · fp32") == "gpt2-medium"
     assert compare_default(names, "local:a") == "gpt2"
     assert compare_default(["local:a"], "local:a") == "local:a"
+
+
+def test_details_generate_in_view_head_menu_fits_stop_shows_what_it_kept(app_url):
+    from playwright.sync_api import expect
+
+    with browser(app_url, **DESKTOP) as page:  # 1400 x 900: Generate is in view on load
+        expect(page.locator("#model-status")).to_contain_text("ready", timeout=30_000)
+        assert page.locator("#generate").bounding_box()["y"] + 40 < 900
+        _generate(page, PROMPT, 500, model="local:long")
+        page.wait_for_selector("#token-view .live [data-weight]", timeout=30_000)
+        page.locator("#stop").click()
+        page.wait_for_function("!document.body.classList.contains('views-stale')", timeout=30_000)
+        if "Stopped after" in page.locator("#stats").inner_text():  # else it finished first
+            generated = int(page.locator("#stats strong").first.inner_text())
+            shown = page.locator("#output textarea").input_value()
+            assert len(gpt2.encode(shown)) >= generated - 1  # every kept token is on screen (±1 merge)
+            kept = page.evaluate("document.querySelectorAll('#token-view [data-pos]').length")
+            assert shown == gpt2.decode(gpt2.encode(shown)) and kept == len(gpt2.encode(PROMPT)) + generated
+    with browser(app_url, **PHONE) as page:  # the Head menu shows "mean over heads" whole
+        expect(page.locator("#model-status")).to_contain_text("ready", timeout=30_000)
+        box = page.locator("#head input").bounding_box()
+        text = page.eval_on_selector("#head input", "el => el.scrollWidth <= el.clientWidth")
+        assert text and box["width"] > 120
+        page.screenshot(path=str(ARTIFACTS / "app-phone-menus.png"))
