@@ -519,13 +519,14 @@ template <int OT> __attribute__((always_inline)) inline void prefetch_next_tile(
 }
 
 // As the AVX-512 FmaBlock: acc[t * R + r] += w[t][k:k+16] * x[r][k:k+16], the last block
-// zero-padded to the n values left.
+// zero-padded to the n values left. The next tile's weights are prefetched even for one row
+// (AVX2 on an Intel Xeon, a 124M step's products: fp32 22.5 -> 20.4 ms, bf16 14.6 -> 13.6).
 template <int WK, int OT, int R> struct FmaBlock {
     static constexpr int64_t size = LANES;
     using Row = float;
     __attribute__((always_inline)) static void step(V (&acc)[OT * R], const char* w, int64_t w_row,
                                                     const float* x, int64_t xs, int64_t k, int64_t n) {
-        if constexpr (R > 1) prefetch_next_tile<OT>(w, w_row, k * elem_size(WK));
+        prefetch_next_tile<OT>(w, w_row, k * elem_size(WK));
         V wv[OT];
         UNROLL for (int t = 0; t < OT; ++t) wv[t] = v_load(WK, w + t * w_row, k, n);
         UNROLL for (int r = 0; r < R; ++r) {
@@ -550,7 +551,7 @@ template <int OT, int R> struct FmaBlock<BF16, OT, R> {
     using Row = float;
     __attribute__((always_inline)) static void step(V (&acc)[OT * R], const char* w, int64_t w_row,
                                                     const float* x, int64_t xs, int64_t k, int64_t n) {
-        if constexpr (R > 1) prefetch_next_tile<OT>(w, w_row, k * 2);
+        prefetch_next_tile<OT>(w, w_row, k * 2);
         V wv[OT];
         UNROLL for (int t = 0; t < OT; ++t) {
             const uint16_t* wk = reinterpret_cast<const uint16_t*>(w + t * w_row) + k;
