@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=os.environ.get("GPT2_THREADS") or str(cores),
                         help="threads the models compute with, for all users together: every "
                              "generation is a row of one decode loop (env: GPT2_THREADS; default: "
-                             "the cores this process may use, %(default)s here)")
+                             "the cores this process may use)")
     return parser
 
 
