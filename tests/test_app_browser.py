@@ -90,7 +90,9 @@ def test_token_view_paints_while_it_streams_and_stop_keeps_the_run(app_url):
         assert sorted(map(int, column)) == list(range(target, n_prompt + generated))  # who attends to it
         assert math.isclose(column[str(target)], clicked["painted"][str(target)], abs_tol=1e-6)
         page.locator(f"{TOKENS}[data-pos='{target + 1}']").hover()
-        expect(page.locator("#token-view .tv-info")).to_contain_text(f"gives {column[str(target + 1)]:.3f}")
+        weight = column[str(target + 1)]  # as the page prints it (page_script's `shown`)
+        shown = f"{weight:.3f}" if weight >= 0.001 else "<0.001" if weight > 0 else "0"
+        expect(page.locator("#token-view .tv-info")).to_contain_text(f"gives {shown}")
 
 
 def test_token_view_after_a_run_matches_the_heatmap(app_url):
