@@ -34,9 +34,9 @@ class Linear(nn.Linear):
         """The product in x's dtype: a short prefill on the kernels, which read the bf16
         weights as they are; else the weights widened a layer at a time into a reused buffer
         for the GEMM (never an emulated bf16 GEMM)."""
-        bias = None if self.bias is None else self.bias.to(x.dtype)
         if x.numel() <= 16 * x.size(-1) and self.use_kernels and kernels.serves_rows(x):
             return kernels.linear(x, self.weight, bias=self.bias, gelu=gelu)
+        bias = None if self.bias is None else self.bias.to(x.dtype)
         if torch.is_grad_enabled() and x.requires_grad or not x.is_cpu:
             return gemm.linear(x, self.weight.to(x.dtype), bias, gelu)
         with kernels.widened(self.weight, x.dtype) as weight:

@@ -454,9 +454,10 @@ def compile_kernels(model: nn.Module, background: bool = True) -> CompileStatus:
     say) the model stays eager and correct; the reason is in the status and the log.
     """
     status = model.compile_status = CompileStatus()
-    if choice() == "off" or not serves_variant(model):
-        status.error = ("GPT2_KERNELS=off" if choice() == "off" else
-                        f"they compute OpenAI's GPT-2 only, not {model.config.variant}")
+    off = choice() == "off"
+    if off or not serves_variant(model):
+        status.error = ("GPT2_KERNELS=off" if off
+                        else f"they compute OpenAI's GPT-2 only, not {model.config.variant}")
         status.done.set()
         return status
 

@@ -86,12 +86,12 @@ def _arm() -> bool:
     return platform.machine().lower() in ("aarch64", "arm64")
 
 
-def native_isa(flags: frozenset[str] | None = None) -> str:
+def native_isa() -> str:
     """The best path this CPU runs: AVX-512 (F, BW, VL), AVX2 with FMA and F16C, NEON (every
     ARM64 CPU), else portable."""
     if _arm():
         return "neon"
-    flags = cpu_flags() if flags is None else flags
+    flags = cpu_flags()
     return next((isa for isa, needs in _X86_ISA.items() if needs <= flags), "portable")
 
 
@@ -274,10 +274,8 @@ class Library:
 
     def __init__(self, lib: ctypes.CDLL, path: Path):
         self.path = path
-        bits = lib.gpt2_rowdot_isa()
-        self.native_bf16 = bool(bits & 8)  # bf16 dot products
-        self.int8_dot = bool(bits & 16)  # int8 dot product instructions (else pairs of pairs)
-        extensions = ("+bf16" if self.native_bf16 else "") + ("+dotprod" if bits & 4 else "+vnni") * self.int8_dot
+        bits = lib.gpt2_rowdot_isa()  # 8: bf16 dot products; 16: int8 dot product instructions
+        extensions = ("+bf16" if bits & 8 else "") + (("+dotprod" if bits & 4 else "+vnni") if bits & 16 else "")
         self.isa = next((name for bit, name in ((1, "avx512"), (2, "avx2"), (4, "neon")) if bits & bit),
                         "portable") + extensions  # e.g. "avx512+bf16+vnni", "avx2", "neon+dotprod"
         self._rowdot = lib.gpt2_rowdot
