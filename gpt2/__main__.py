@@ -1,4 +1,4 @@
-"""Command line: `python -m gpt2 download NAME`, `generate PROMPT ...` and `train --out PATH ...`.
+"""Command line: `python -m gpt2 download NAME` (a preset or a Hub repo `org/name[@revision]`), `generate PROMPT ...` and `train --out PATH ...`.
 
 Every flag's help shows its default. A bad value is refused in one line on stderr with exit
 code 2 before anything is loaded or trained; a model that cannot load exits with code 1.
@@ -19,6 +19,8 @@ from typing import NoReturn
 import torch
 
 from . import PRESETS, TIERS, StreamDecoder, WeightsError, convert, load_model, load_tokenizer, stream
+from .hub import parse_repo
+from .weights import download_repo, preset_name, read_hf_dir
 from .config import GPTConfig
 from .training.trainer import TrainConfig
 
@@ -105,8 +107,26 @@ TRAIN_FLAGS: dict[str, tuple[str, Callable[[str], object]]] = {
 }
 
 
+def downloadable(text: str) -> str:
+    """An argparse type: a preset, or a Hub repo id (org/name or org/name@revision)."""
+    if preset_name(text) is None and parse_repo(text) is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither a preset ({', '.join(PRESETS)}) nor a Hub "
+                                         "repo id (org/name or org/name@revision)")
+    return text
+
+
 def cmd_download(args: argparse.Namespace) -> None:
-    print(f"saved {convert(args.name)}")
+    name = preset_name(args.name)
+    if name is not None and "@" not in args.name:
+        print(f"saved {convert(name)}")
+        return
+    folder = download_repo(args.name)
+    read_hf_dir(folder)  # every check a load makes, before saying it is ready
+    tokenizer = load_tokenizer(folder)
+    own = "its own tokenizer" if any((folder / f).is_file() for f in ("tokenizer.json", "vocab.json")) \
+        else "GPT-2's tokenizer"
+    print(f"{args.name}: in the Hugging Face cache at {folder} ({own}, {tokenizer.n_vocab:,} ids); "
+          f"load_model({args.name!r}) and --model {args.name} read it from there")
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
@@ -164,18 +184,23 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     defaults = argparse.ArgumentDefaultsHelpFormatter
 
-    p = sub.add_parser("download", help="fetch a preset from the Hub and save it under weights/",
+    p = sub.add_parser("download", help="fetch a preset (saved under weights/) or a Hub repo",
                        description="Download a preset into the Hugging Face cache and convert it once "
                        "into weights/NAME.safetensors ($GPT2_WEIGHTS_DIR), which load_model then reads "
-                       "without the network.", formatter_class=defaults)
-    p.add_argument("name", choices=sorted(PRESETS), help="the preset")
+                       "without the network; or download a GPT-2-architecture Hub repo (org/name, "
+                       "org/name@revision: config.json, model.safetensors and its tokenizer files) into "
+                       "the Hugging Face cache, checked as a load checks it. A repo with only a pickle "
+                       "(pytorch_model.bin) is refused with how to convert it.", formatter_class=defaults)
+    p.add_argument("name", type=downloadable, metavar="NAME",
+                   help=f"a preset ({', '.join(sorted(PRESETS))}) or a Hub repo id: org/name or org/name@revision")
     p.set_defaults(run=cmd_download)
 
     p = sub.add_parser("generate", help="stream a continuation of PROMPT to stdout",
                        description="Stream a continuation of PROMPT to stdout.", formatter_class=defaults)
     p.add_argument("prompt", help="the text to continue")
     p.add_argument("--model", default="gpt2",
-                   help=f"preset ({', '.join(PRESETS)}), builtin, a Hub-layout folder or a .safetensors file")
+                   help=f"preset ({', '.join(PRESETS)}), builtin, a Hub-layout folder, a .safetensors file, "
+                        "or a Hub repo id (org/name or org/name@revision)")
     p.add_argument("--tier", choices=tuple(TIERS), default="fp32",
                    help="weight precision: bf16 and int8 decode faster, with small logit changes")
     p.add_argument("--compile", action="store_true",

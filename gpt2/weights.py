@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .config import PRESETS, GPTConfig
 from .fast.kernels import compile_kernels
-from .hub import HUB_ORG, WeightsError, download, weights_dir
+from .hub import HUB_ORG, Repo, WeightsError, download, fetch_repo, parse_repo, conversion_hint, weights_dir
 from .model import GPT
 from .fast.int8 import Int8Head
 from .tiers import quantize_block, set_stream_dtype, stream_dtype
@@ -217,9 +217,8 @@ def read_hf_dir(directory: Path) -> Checkpoint:
     """A Hub-layout folder (`config.json` + `model.safetensors`), checked."""
     config_file, weights_file = directory / "config.json", directory / "model.safetensors"
     if not weights_file.is_file():
-        pickles = [p.name for p in directory.glob("*.bin")] + [p.name for p in directory.glob("*.pt*")]
-        hint = (f" Found {pickles[0]}: pickle checkpoints are never loaded; convert it to "
-                "safetensors first." if pickles else "")
+        pickles = sorted(p.name for p in directory.glob("*") if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl"))
+        hint = f" Found {pickles[0]}: {conversion_hint(pickles[0])}" if pickles else ""
         raise WeightsError(f"{weights_file}: file not found.{hint}")
     if not config_file.is_file():
         raise WeightsError(f"{config_file}: file not found (a Hub checkpoint folder needs "
@@ -255,9 +254,10 @@ def save_model(model: GPT, path: str | Path) -> Path:
     return path
 
 
-def read_checkpoint(source: str | Path) -> Checkpoint:
-    """Resolve `source` (preset, "builtin", Hub-layout folder, or our .safetensors) to its
-    checked checkpoint (no tensor read yet)."""
+def read_checkpoint(source: str | Path, max_params: int | None = None) -> Checkpoint:
+    """Resolve `source` (preset, "builtin", Hub-layout folder, our .safetensors, or a Hub repo
+    `org/name[@revision]`) to its checked checkpoint (no tensor read yet). `max_params`: a
+    Hub repo with more parameters is refused before its weights are downloaded."""
     if str(source) == BUILTIN:
         return read_file(BUILTIN_FILE)
     name = preset_name(str(source))
@@ -269,12 +269,47 @@ def read_checkpoint(source: str | Path) -> Checkpoint:
         return read_hf_dir(path)
     if path.is_file():
         return read_file(path)
+    repo = hub_repo(source)
+    if repo is not None:
+        return read_hf_dir(download_repo(repo, max_params=max_params))
     raise unknown_source(source)
 
 
+def hub_repo(source: str | Path) -> Repo | None:
+    """`source` as a Hub repo (`org/name` or `org/name@revision`) when it is no local file or
+    folder and no preset; else None."""
+    text = str(source)
+    if isinstance(source, Path) or text == BUILTIN or preset_name(text) is not None or Path(text).exists():
+        return None
+    return parse_repo(text)
+
+
+def download_repo(repo: Repo | str, max_params: int | None = None, weights: bool = True) -> Path:
+    """The Hub cache's snapshot folder of `repo` (downloaded when not cached), checked before
+    any weight is fetched: config.json's fields (a GPT-2 this computes), the safetensors
+    header against it (every key, shape and dtype), and, with `max_params`, its size."""
+    if isinstance(repo, str):
+        parsed = parse_repo(repo)
+        if parsed is None:
+            raise WeightsError(f"{repo}: not a Hub repo id (org/name or org/name@revision)")
+        repo = parsed
+
+    def vet(hf: dict, tensors: dict[str, tuple[str, tuple[int, ...]]] | None, own_tokenizer: bool) -> None:
+        config = _config(lambda: GPTConfig.from_hf(hf), Path(f"{repo}/config.json"), "not a GPT-2 config")
+        if max_params is not None and config.num_params > max_params:
+            raise WeightsError(f"{repo}: {config.num_params:,} parameters, more than the {max_params:,} "
+                               "allowed here (max_params)")
+        if tensors is not None:  # the weights' table of contents, read before the weights
+            header = Header(Path(f"{repo}/model.safetensors"), {k: shape for k, (_, shape) in tensors.items()},
+                            {k: dtype for k, (dtype, _) in tensors.items()}, {})
+            check_header(header, config, hub_layout=True, own_tokenizer=own_tokenizer)
+
+    return fetch_repo(repo, vet, weights=weights)
+
+
 def unknown_source(source: str | Path) -> WeightsError:
-    return WeightsError(f"{source}: not a preset ({', '.join(PRESETS)}), not {BUILTIN!r}, and no such "
-                        "file or folder")
+    return WeightsError(f"{source}: not a preset ({', '.join(PRESETS)}), not {BUILTIN!r}, not a Hub repo id "
+                        "(org/name or org/name@revision), and no such file or folder")
 
 
 def load_tokenizer(source: str | Path) -> Tokenizer:
@@ -291,13 +326,18 @@ def load_tokenizer(source: str | Path) -> Tokenizer:
         return read_tokenizer_dir(path) or gpt2_tokenizer()
     if path.is_file():
         return gpt2_tokenizer()
+    repo = hub_repo(source)
+    if repo is not None:  # the repo's files (its weights not needed): cached, else fetched
+        return read_tokenizer_dir(download_repo(repo, weights=False)) or gpt2_tokenizer()
     raise unknown_source(source)
 
 
 def load_model(source: str | Path, device: str | torch.device | None = None,
                dtype: torch.dtype | None = None, quantize: str | None = None,
-               compile: bool = True) -> GPT:
-    """A ready-to-run model in eval mode from a preset name, "builtin", a Hub folder, or our file.
+               compile: bool = True, max_params: int | None = None) -> GPT:
+    """A ready-to-run model in eval mode from a preset name, "builtin", a Hub folder, our file,
+    or a Hub repo id `org/name[@revision]` (its config.json + model.safetensors through
+    huggingface_hub's cache; `max_params` refuses a larger repo before its weights download).
 
     `dtype=torch.bfloat16` halves the bytes read per decoded token; `quantize="int8"` quarters
     the blocks' (weight-only int8; `dtype` is then ignored). Both keep the logits fp32, and
@@ -310,7 +350,7 @@ def load_model(source: str | Path, device: str | torch.device | None = None,
     if dtype not in (None, torch.float32, torch.bfloat16):
         raise ValueError(f"dtype must be None, torch.float32 or torch.bfloat16, got {dtype!r}")
     tier = "int8" if quantize == "int8" else "bf16" if dtype == torch.bfloat16 else "fp32"
-    model = _build(read_checkpoint(source), tier)
+    model = _build(read_checkpoint(source, max_params), tier)
     if tier != "fp32":
         set_stream_dtype(model, stream_dtype(device))
     model = model.to(device)
