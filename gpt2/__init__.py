@@ -1,11 +1,15 @@
 """GPT-2 from scratch, OpenAI-weights compatible, with a KV cache and attention capture.
 
 The core lives here (config, model, cache, sampling, generation, the batched decode loop and
-the compute thread it runs on, capture, head roles, tokenizer, weights); `gpt2.fast` is the
-speed layer it calls, `gpt2.training` the trainer.
+the compute thread it runs on, capture, head roles, tokenizer, weights), with the causal
+tools (direct logit attribution, activation patching, input saliency, steering:
+`gpt2.attribution`, `gpt2.patching`, `gpt2.saliency`, `gpt2.steer`, on the hookless passes
+by parts of `gpt2.passes`); `gpt2.fast` is the speed layer it calls, `gpt2.training` the
+trainer.
 """
 from . import compute, hub
 from .ablate import HeadAblation, ablate_heads
+from .attribution import Attribution, attribute
 from .batching import BatchedGenerator
 from .capture import AttentionCapture, Lens, capture_attention
 from .compat import (get_gpt2_tokenizer, load_openai_124m_gpt2, load_openai_355m_gpt2,
@@ -16,6 +20,9 @@ from .generate import generate, stream
 from .heads import ROLES, head_scores, strongest_roles
 from .kv_cache import CacheBatch, KVCache
 from .model import GPT
+from .patching import Patching, patch_heads, patch_residual
+from .saliency import Saliency, saliency
+from .steer import Steering, generate_steered, steer, steering_vector
 from .tiers import TIERS, quantize_int8, to_bf16
 from .tokenizer import EOT_ID, StreamDecoder, Tokenizer, decode, encode, get_tokenizer
 from .training import restricted, train
@@ -30,4 +37,6 @@ __all__ = [
     "perform_non_cpu_backend_check", "get_gpt2_tokenizer", "text_to_token_ids",
     "token_ids_to_text", "load_openai_124m_gpt2", "load_openai_355m_gpt2",
     "head_scores", "strongest_roles", "ROLES", "restricted", "train", "hub",
+    "Attribution", "attribute", "Patching", "patch_heads", "patch_residual", "Saliency", "saliency",
+    "Steering", "steer", "steering_vector", "generate_steered",
 ]

@@ -35,6 +35,7 @@ from .generate import PREFILL_CHUNK, prepare, private_generator
 from .kv_cache import CacheBatch, KVCache
 from .model import GPT
 from .sampling import sample_next
+from .steer import Steering
 
 T = TypeVar("T")
 MAX_BATCH = 16  # rows per decode step; more requests wait for a place
@@ -105,13 +106,17 @@ class BatchedGenerator:
                temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                eos_id: int | None = None, seed: int | None = None,
                capture: AttentionCapture | None = None,
-               ablation: HeadAblation | None = None) -> Iterator[Tensor]:
+               ablation: HeadAblation | None = None,
+               steering: Steering | None = None) -> Iterator[Tensor]:
         """Yield the next id [1] as soon as the loop has it, as `gpt2.stream` would for this
-        one sequence (`idx` [T] or [1, T]; same checks, same left-truncation; `capture` and
-        `ablation` act on this request only). Closing or dropping the iterator takes the
-        request out at the next step."""
+        one sequence (`idx` [T] or [1, T]; same checks, same left-truncation; `capture`,
+        `ablation` and `steering` act on this request only). Closing or dropping the iterator
+        takes the request out at the next step."""
         request = self._submit(idx, max_new_tokens, context_size, temperature, top_k, top_p, eos_id, seed,
-                               capture, ablation, queue.SimpleQueue())
+                               capture, ablation, queue.SimpleQueue(), steering)
+        yield from self._results(request)
+
+    def _results(self, request: Request | None) -> Iterator[Tensor]:
         if request is None:
             return
         try:
@@ -127,14 +132,15 @@ class BatchedGenerator:
                       temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                       eos_id: int | None = None, seed: int | None = None,
                       capture: AttentionCapture | None = None,
-                      ablation: HeadAblation | None = None) -> AsyncIterator[Tensor]:
+                      ablation: HeadAblation | None = None,
+                      steering: Steering | None = None) -> AsyncIterator[Tensor]:
         """`stream` for a consumer on an asyncio event loop (a server's request handler): the
         same ids, awaited without a thread waiting for each one, and handed over together:
         each item is every id made since the last one, [n >= 1]. A consumer that keeps up gets
         them one by one; one that fell behind (a busy server) catches up in one item, so it
         does its per-item work (an update sent to a browser) once, not n times."""
         request = self._submit(idx, max_new_tokens, context_size, temperature, top_k, top_p, eos_id, seed,
-                               capture, ablation, _LoopQueue())
+                               capture, ablation, _LoopQueue(), steering)
         if request is None:
             return
         items = request.out.items
@@ -156,7 +162,8 @@ class BatchedGenerator:
 
     def _submit(self, idx: Tensor, max_new_tokens: int, context_size: int | None, temperature: float,
                 top_k: int | None, top_p: float | None, eos_id: int | None, seed: int | None,
-                capture: AttentionCapture | None, ablation: HeadAblation | None, out: object) -> Request | None:
+                capture: AttentionCapture | None, ablation: HeadAblation | None, out: object,
+                steering: Steering | None = None) -> Request | None:
         """Check a request as `gpt2.stream` would and hand it to the loop; None if it asks for no tokens."""
         idx = prepare(self.model, idx, max_new_tokens, context_size, temperature, top_k, top_p, seed)
         if idx.size(0) != 1:
@@ -164,7 +171,7 @@ class BatchedGenerator:
         if max_new_tokens == 0:
             return None
         cache = KVCache(self.model.config, 1, idx.size(1) + max_new_tokens, self.model.device)
-        for hooks in (capture, ablation):  # each acts on this request's row only
+        for hooks in (capture, ablation, steering):  # each acts on this request's row only
             if hooks is not None:
                 hooks.bind(cache)
         request = Request(idx, max_new_tokens, temperature, top_k, top_p, eos_id,
@@ -180,13 +187,38 @@ class BatchedGenerator:
                  temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
                  eos_id: int | None = None, seed: int | None = None,
                  capture: AttentionCapture | None = None,
-                 ablation: HeadAblation | None = None) -> Tensor:
+                 ablation: HeadAblation | None = None,
+                 steering: Steering | None = None) -> Tensor:
         """`idx` followed by up to `max_new_tokens` new ids: [1, T + n], as `gpt2.generate`."""
         idx = idx.unsqueeze(0) if idx.dim() == 1 else idx
         new = list(self.stream(idx, max_new_tokens, context_size, temperature, top_k, top_p,
-                               eos_id, seed, capture, ablation))
+                               eos_id, seed, capture, ablation, steering))
+        return self._joined(idx, new)
+
+    def _joined(self, idx: Tensor, new: list[Tensor]) -> Tensor:
         out = idx.to(self.model.device)
         return torch.cat([out, torch.stack(new, dim=1)], dim=1) if new else out
+
+    def generate_together(self, idx: Tensor, max_new_tokens: int, context_size: int | None = None,
+                          temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
+                          eos_id: int | None = None, seed: int | None = None,
+                          steerings: list[Steering | None] = (None,)) -> list[Tensor]:
+        """`generate` once per entry of `steerings` (None: plain), the same prompt, settings
+        and seed: all requests are submitted before any is read, so they decode as rows of
+        the same steps (a steered continuation beside its
+        baseline, `gpt2.generate_steered`); each gets exactly the ids it would get alone."""
+        idx = idx.unsqueeze(0) if idx.dim() == 1 else idx
+        requests = []
+        try:
+            for steering in steerings:
+                requests.append(self._submit(idx, max_new_tokens, context_size, temperature, top_k, top_p,
+                                             eos_id, seed, None, None, queue.SimpleQueue(), steering))
+            return [self._joined(idx, list(self._results(r))) for r in requests]
+        finally:
+            for r in requests:
+                if r is not None:
+                    r.stopped = True
+            self._worker.wake()
 
     def run(self, fn: Callable[[], T]) -> T:
         """fn() on the compute thread, between steps (see `gpt2.compute.run`)."""

@@ -11,6 +11,12 @@ capture keeps only the row of its own cache, so each request sees exactly its ow
 
 The logit lens (`residuals=True`) keeps every block's output: 4 * n_embd bytes per token
 and layer (3 KB at 124M, so 37.7 MB for 1,024 tokens over 12 layers).
+
+Direct logit attribution (`gpt2.attribute`) also reads the attention values
+(`values=True`): a generation's capture then keeps its KV cache's values alive, as it keeps
+its keys (no copy and no extra work per step; 4 * n_embd bytes per token and layer held,
+37.7 MB for 1,024 tokens at 124M, the size of the cache's values); a plain pass copies them
+per captured layer, as it copies the keys.
 """
 from __future__ import annotations
 
@@ -45,7 +51,8 @@ class AttentionCapture(RequestHooks):
     with `residuals=True`, `att.lens(rows)` gives the prediction after every block.
     """
 
-    def __init__(self, model: GPT, layers: Sequence[int] | None = None, residuals: bool = False):
+    def __init__(self, model: GPT, layers: Sequence[int] | None = None, residuals: bool = False,
+                 values: bool = False):
         super().__init__()
         n = model.config.n_layer
         self.model = model
@@ -56,9 +63,12 @@ class AttentionCapture(RequestHooks):
         # The bound generation's keys (the cache itself is held by weak reference, so its
         # values are freed with the generation).
         self._cache_k: Tensor | None = None  # [L, B, H, max_len, hd]
+        self._cache_v: Tensor | None = None  # the same for the values, with values=True
+        self.keeps_values = bool(values)
         self._complete = False  # a plain (cache-less) forward pass has finished
         self._q: dict[int, list[Tensor]] = {i: [] for i in self.layers}  # chunks [B, t, C]
         self._k: dict[int, list[Tensor]] = {i: [] for i in self.layers}  # only without a cache
+        self._v: dict[int, list[Tensor]] = {i: [] for i in self.layers}  # values=True, without a cache
         self._out: dict[int, list[Tensor]] = {i: [] for i in self.blocks}  # block outputs [B, t, C]
 
     # -- binding (see gpt2.hooks) ---------------------------------------------------------------
@@ -66,6 +76,8 @@ class AttentionCapture(RequestHooks):
         super()._claim(cache)
         if cache is not None:
             self._cache_k = cache.k
+            if self.keeps_values:
+                self._cache_v = cache.v
             cache.captured = True
 
     def _accepts_plain_pass(self) -> bool:
@@ -81,6 +93,8 @@ class AttentionCapture(RequestHooks):
         self._q[layer].append(qkv[rows][..., :C].detach().clone())
         if cache is None:
             self._k[layer].append(qkv[rows][..., C:2 * C].detach().clone())
+            if self.keeps_values:
+                self._v[layer].append(qkv[rows][..., 2 * C:].detach().clone())
 
     def _on_block(self, layer: int, module, args, out: Tensor) -> None:
         cache = args[1] if len(args) > 1 else None
@@ -93,7 +107,7 @@ class AttentionCapture(RequestHooks):
     def truncate(self, n: int) -> None:
         """Keep the first `n` positions: a generation whose consumer stopped while its decode
         loop (`gpt2.BatchedGenerator`) had already run a few steps ahead."""
-        for chunks in (*self._q.values(), *self._k.values(), *self._out.values()):
+        for chunks in (*self._q.values(), *self._k.values(), *self._v.values(), *self._out.values()):
             kept, total = [], 0
             for chunk in chunks:
                 if total >= n:
@@ -115,18 +129,26 @@ class AttentionCapture(RequestHooks):
         B, T, C = k.shape
         return k.view(B, T, -1, self.model.config.head_dim).transpose(1, 2)
 
+    def values(self, layer: int, end: int) -> Tensor:
+        """Attention values [B, H, end, hd] of `layer` for positions [0, end) (`values=True`)."""
+        if not self.keeps_values:
+            raise KeyError("the attention values were not kept: capture with values=True")
+        if layer not in self._v:
+            raise KeyError(f"layer {layer} was not captured (captured: {self.layers})")
+        if self._cache_v is not None:
+            return self._cache_v[layer, :, :, :end]
+        v = torch.cat(self._v[layer], dim=1)[:, :end]
+        B, T, C = v.shape
+        return v.view(B, T, -1, self.model.config.head_dim).transpose(1, 2)
+
     def _queries(self, layer: int, start: int, stop: int) -> Tensor:
         """Queries [B, stop - start, C] from only the chunks that hold them: a generation
         keeps one chunk per step, so reading its newest row stays cheap however long it is."""
-        parts, offset = [], 0
-        for chunk in self._q[layer]:
-            end = offset + chunk.size(1)
-            if end > start and offset < stop:
-                parts.append(chunk[:, max(start - offset, 0):stop - offset])
-            if end >= stop:
-                break
-            offset = end
-        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+        return _span(self._q[layer], start, stop)
+
+    @property
+    def batch_size(self) -> int:
+        return self._q[self.layers[0]][0].size(0) if self.num_tokens else 0
 
     def probs(self, layer: int, rows: slice | None = None) -> Tensor:
         """Attention probabilities [B, H, R, K] of the query rows `rows` (default all) over
@@ -160,7 +182,10 @@ class AttentionCapture(RequestHooks):
             raise KeyError(f"block {layer}'s output was not kept: capture with residuals=True")
         if not self._out[layer]:
             raise RuntimeError("nothing captured: run the model inside the capture")
-        return torch.cat(self._out[layer], dim=1)[:, rows or slice(None)]
+        start, stop, step = (rows or slice(None)).indices(sum(c.size(1) for c in self._out[layer]))
+        if step != 1:
+            return torch.cat(self._out[layer], dim=1)[:, rows]
+        return _span(self._out[layer], start, max(start, stop))
 
     def hidden(self, rows: slice | None = None) -> Tensor:
         """Final hidden state [B, R, C] (after `ln_f`): the LM head's input at each position."""
@@ -189,12 +214,30 @@ class AttentionCapture(RequestHooks):
         return Lens(torch.stack(ids), torch.stack(probs))
 
 
+def _span(chunks: list[Tensor], start: int, stop: int) -> Tensor:
+    """Positions [start, stop) of chunks [B, t, C] kept in order, from only the chunks that
+    hold them."""
+    parts, offset = [], 0
+    for chunk in chunks:
+        end = offset + chunk.size(1)
+        if end > start and offset < stop:
+            parts.append(chunk[:, max(start - offset, 0):stop - offset])
+        if end >= stop:
+            break
+        offset = end
+    if not parts:
+        return chunks[0][:, :0]
+    return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+
 @contextmanager
 def capture_attention(model: GPT, layers: Sequence[int] | None = None,
-                      residuals: bool = False) -> Iterator[AttentionCapture]:
+                      residuals: bool = False, values: bool = False) -> Iterator[AttentionCapture]:
     """`with capture_attention(model) as att: model(idx)`, then `att[layer]` is [B, H, T, T].
-    `residuals=True` also keeps every block's output, for `att.lens()`."""
-    att = AttentionCapture(model, layers, residuals)
+    `residuals=True` also keeps every block's output, for `att.lens()`; `values=True` the
+    attention values, which with every layer and `residuals=True` is all `gpt2.attribute`
+    reads from a finished run."""
+    att = AttentionCapture(model, layers, residuals, values)
     handles = [model.h[i].attn.c_attn.register_forward_hook(
         lambda mod, args, out, i=i: att._on_qkv(i, mod, args, out)) for i in att.layers]
     handles += [model.h[i].register_forward_hook(

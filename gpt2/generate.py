@@ -11,6 +11,7 @@ from .capture import AttentionCapture
 from .kv_cache import KVCache
 from .model import GPT
 from .sampling import check_sampling_args, sample_next
+from .steer import Steering
 
 # Prompt tokens per forward pass of a prefill. `gpt2.BatchedGenerator` interleaves a long
 # prompt's chunks with other requests' decode steps, so a chunk is the longest they wait;
@@ -51,7 +52,8 @@ def stream(model: GPT, idx: Tensor, max_new_tokens: int, context_size: int | Non
            temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
            eos_id: int | None = None, seed: int | None = None,
            capture: AttentionCapture | None = None,
-           ablation: HeadAblation | None = None) -> Iterator[Tensor]:
+           ablation: HeadAblation | None = None,
+           steering: Steering | None = None) -> Iterator[Tensor]:
     """Yield the next token ids [B] as soon as each exists.
 
     The prompt `idx` [B, T] (or [T]) is left-truncated so that prompt + new tokens fit in
@@ -59,7 +61,8 @@ def stream(model: GPT, idx: Tensor, max_new_tokens: int, context_size: int | Non
     tokens at a time. Rows that emit `eos_id` keep emitting it; the stream ends when every
     row has. `seed` seeds a private generator, leaving torch's global RNG alone. `capture`
     (`gpt2.capture_attention`) records this generation; `ablation` (`gpt2.ablate_heads`)
-    knocks heads out of it, and only of it. Grad mode is set per step, not across `yield`s,
+    knocks heads out of it, and only of it; `steering` (`gpt2.steer`) adds its vectors to it,
+    and only to it. Grad mode is set per step, not across `yield`s,
     so a consumer may resume the iterator on any thread.
     """
     idx = prepare(model, idx, max_new_tokens, context_size, temperature, top_k, top_p, seed)
@@ -68,7 +71,7 @@ def stream(model: GPT, idx: Tensor, max_new_tokens: int, context_size: int | Non
     generator = private_generator(model, seed)
     # An fp32 cache for every tier: attention over it stays exact and fast (see model.py).
     cache = KVCache(model.config, idx.size(0), idx.size(1) + max_new_tokens, model.device)
-    for hooks in (capture, ablation):
+    for hooks in (capture, ablation, steering):
         if hooks is not None:
             hooks.bind(cache)
     done = torch.zeros(idx.size(0), dtype=torch.bool, device=model.device)
@@ -96,11 +99,12 @@ def generate(model: GPT, idx: Tensor, max_new_tokens: int, context_size: int | N
              temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
              eos_id: int | None = None, seed: int | None = None,
              capture: AttentionCapture | None = None,
-             ablation: HeadAblation | None = None) -> Tensor:
+             ablation: HeadAblation | None = None,
+             steering: Steering | None = None) -> Tensor:
     """`idx` [B, T] followed by up to `max_new_tokens` new ids: [B, T + n]. See `stream`."""
     if idx.dim() == 1:
         idx = idx.unsqueeze(0)
     new = list(stream(model, idx, max_new_tokens, context_size, temperature, top_k, top_p,
-                      eos_id, seed, capture, ablation))
+                      eos_id, seed, capture, ablation, steering))
     out = idx.to(model.device)
     return torch.cat([out, torch.stack(new, dim=1)], dim=1) if new else out
