@@ -17,7 +17,7 @@ import threading
 import time
 
 log = logging.getLogger(__name__)
-QUEUE_MAX_SIZE = 32  # waiting requests beyond this are turned away instead of piling up
+QUEUE_MAX_SIZE = 32  # waiting requests beyond this are turned away (the page's load events aside: fairness.py)
 # Gradio keeps a session per page visit, per gradio_client and per bare REST call: a copy of the
 # page's config holding the last value of every output, at most SESSION_CAPACITY of them (which
 # go first: playground/sessions.py; a page that lost its session must reload). Measured with
@@ -130,7 +130,8 @@ def launch(argv: list[str] | None = None):
     import gradio as gr
     from starlette.middleware import Middleware
 
-    from . import ui
+    from . import fairness, ui
+    from .connections import use_header_timeout
     from .guard import FramePolicy, RouteGuard
     from .limits import BodyLimit
     from .sessions import SessionTable
@@ -139,6 +140,8 @@ def launch(argv: list[str] | None = None):
     sessions = SessionTable()
     # api_open=False: Gradio's own /run/<name> refuses queued events (RouteGuard 404s it anyway).
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=ui.VIEW_CONCURRENCY, api_open=False)
+    fairness.install(demo, trust_forwarded_for=args.trust_forwarded_for)  # per client, fair, bounded
+    use_header_timeout()  # partial headers are cut off (uvicorn has no setting for it)
     demo.launch(server_name=args.host, server_port=args.port, share=False, show_error=False,
                 max_file_size="1mb", footer_links=["api", "gradio"], theme=gr.themes.Soft(),
                 css=ui.CSS, ssr_mode=False, enable_monitoring=False,

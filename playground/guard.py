@@ -12,16 +12,19 @@ tests/test_app_guard.py drives both through it) and 404s everything else. Beside
   instead of reaching Gradio, which answers `{"error": null}` and logs a traceback, and so is
   JSON nested deeper than MAX_DEPTH (Gradio would end in a RecursionError and a 500);
 - each queued event tells the session table (`playground/sessions.py`) its session, its
-  client and whether it is one of the page's own events.
+  client and whether it is one of the page's own events, and each open queue stream tells
+  the queue (`playground/fairness.py`) that its session is being read.
 `FramePolicy`, in front of everything, says who may frame the page.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 if TYPE_CHECKING:
     from .sessions import SessionTable
@@ -110,7 +113,29 @@ class RouteGuard:
         if method == "POST" and path == API + "/queue/join":
             await self._checked(scope, receive, send, None, v2=False)
             return
+        if method == "GET" and path == API + "/queue/data":
+            session = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("session_hash", [""])[0]
+            if not await self._known(session, send):
+                return
+            with self._reading(session):
+                await self.app(scope, receive, send)
+            return
         await self.app(scope, receive, send)
+
+    async def _known(self, session: str, send: Send) -> bool:
+        """Whether the queue holds `session`; if not, a 404 saying so (Gradio would start the
+        stream, then fail inside it and log a traceback)."""
+        if session in self.blocks._queue.pending_messages_per_session:
+            return True
+        await respond(send, 404, {"detail": "Session not found: it sent no event, or what it had "
+                                            "was dropped unread (see the app's limits)"})
+        return False
+
+    def _reading(self, session: str) -> contextlib.AbstractContextManager:
+        """The queue's note that a stream of `session` is open (fairness.FairQueue.reading),
+        so that it keeps the session's jobs and replies."""
+        reading = getattr(self.blocks._queue, "reading", None)
+        return reading(session) if reading is not None and session else contextlib.nullcontext()
 
     # -- arguments ---------------------------------------------------------------------------
     async def _checked(self, scope: Scope, receive: Receive, send: Send, name: str | None, v2: bool) -> None:
@@ -198,7 +223,10 @@ class RouteGuard:
             await send({"type": "http.response.body", "body": out.encode(),
                         "more_body": message.get("more_body", False)})
 
-        await self.app(scope, receive, translated)
+        if not await self._known(session, send):
+            return
+        with self._reading(session):
+            await self.app(scope, receive, translated)
 
 
 def parsed(body: bytes) -> tuple[object, str | None]:
