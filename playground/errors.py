@@ -12,10 +12,11 @@ import gradio as gr
 
 import gpt2
 
+from .inspection import Busy
 from .service import RunExpired
 
 log = logging.getLogger(__name__)
-USER_ERRORS = (ValueError, RunExpired, gpt2.WeightsError)
+USER_ERRORS = (ValueError, RunExpired, gpt2.WeightsError, Busy)
 
 
 def to_gr_error(error: Exception) -> gr.Error:

@@ -16,6 +16,7 @@ import secrets
 import threading
 from array import array
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -84,6 +85,7 @@ class Run:
     ended: str = "length"  # why generation ended: "length", "end of text" or "stopped"
     first_token_s: float | None = None  # seconds to the first token: the prompt's read, apart from decoding
     settings: dict | None = None  # the sampling settings it ran with (temperature, top_k, ...), for its export
+    in_flight: Callable[[], None] | None = field(default=None, init=False, repr=False)  # RunStore.hold's release
     _roles: dict[str, np.ndarray] | None = field(default=None, init=False, repr=False)
     _candidates: list[Candidates] | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
@@ -242,6 +244,13 @@ class RunRecord:
                    run.ended, run.first_token_s, run.settings)
 
 
+HOLD_WAIT_S = 120.0  # how long a request waits for room for its capture before it is refused
+
+
+class Busy(RuntimeError):
+    """No room for a capture in flight within the run store's budget (RunStore.hold)."""
+
+
 class RunStore:
     """Runs by random id. Captures are kept for the most recently used runs within a count
     and byte budget; a run pushed out keeps its record (ids and settings, a few KB), from
@@ -257,8 +266,39 @@ class RunStore:
         self._runs: OrderedDict[str, tuple[Run, int]] = OrderedDict()
         self._records: OrderedDict[str, RunRecord] = OrderedDict()
         self._pending: set[str] = set()  # reserved ids whose run is not stored yet
+        self._held = 0  # bytes of captures in flight (`hold`), within the same budget
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
+
+    def hold(self, nbytes: int, wait: float = HOLD_WAIT_S) -> Callable[[], None]:
+        """Room for a capture in flight (a request's forward pass and its answer) within the
+        store's byte budget: stored runs go first (their records recompute them), then it waits
+        for other requests' captures to be let go; one alone always goes ahead. Returns the
+        release (idempotent). Raises Busy after `wait` seconds."""
+        def room() -> bool:
+            while self._runs and self._used() + self._held + nbytes > self.max_bytes:
+                self._runs.popitem(last=False)
+            return self._held == 0 or self._used() + self._held + nbytes <= self.max_bytes
+
+        with self._changed:
+            if not self._changed.wait_for(room, timeout=wait):
+                raise Busy(f"the server is busy: other requests hold {self._held / 2**20:,.0f} MB of "
+                           f"{self.max_bytes / 2**20:,.0f} MB for inspections; try again in a moment")
+            self._held += nbytes
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            with self._changed:
+                if not released:
+                    released, self._held = True, self._held - nbytes
+                    self._changed.notify_all()
+
+        return release
+
+    @property
+    def held(self) -> int:
+        return self._held
 
     def reserve(self) -> str:
         """A fresh id for a run that will be added (or released) later."""
@@ -271,12 +311,15 @@ class RunStore:
         """Store `run` under `run_id` (reserved, or a recomputed run's own), else a new id."""
         run_id = run_id or secrets.token_urlsafe(12)
         size = run.nbytes()
+        if run.in_flight is not None:
+            run.in_flight()  # a recomputed run's hold: stored, it counts as a stored run
         with self._changed:
             self._runs[run_id] = (run, size)
             self._runs.move_to_end(run_id)
             self._records[run_id] = RunRecord.of(run)
             self._records.move_to_end(run_id)
-            while len(self._runs) > 1 and (len(self._runs) > self.max_runs or self._used() > self.max_bytes):
+            while len(self._runs) > 1 and (len(self._runs) > self.max_runs
+                                           or self._used() + self._held > self.max_bytes):
                 self._runs.popitem(last=False)
             while len(self._records) > self.max_records:
                 self._records.popitem(last=False)

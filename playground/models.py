@@ -49,6 +49,15 @@ def model_bytes(config: gpt2.GPTConfig) -> int:
     return 4 * config.num_params
 
 
+def load_bytes(source: str) -> int:
+    """What loading `source` holds at most: a preset's float32 weights (read whole, then
+    converted to its tier), a local checkpoint's files; 0 for a Hub repo (unknown before its
+    config downloads: the table makes room once it is loaded)."""
+    if source in gpt2.PRESETS:
+        return model_bytes(gpt2.PRESETS[source])
+    return sum(size for size, _ in filter(None, source_files(source)))
+
+
 def local_name(path: str) -> str:
     """`local:<file or folder name>`: what clients see instead of a server path."""
     return f"local:{Path(path).name.removesuffix('.safetensors')}"
@@ -186,6 +195,8 @@ class ModelTable:
         self._loops: dict[str, gpt2.BatchedGenerator] = {}
         self._name_locks = {name: threading.Lock() for name in sources}
         self._lock = threading.Lock()
+        self._loading: dict[str, int] = {}  # name -> bytes reserved for its load in progress
+        self._room = threading.Condition(self._lock)  # a load ended: reservations may fit now
         self._failed: dict[str, tuple[float, tuple, str]] = {}  # name -> (when, source_files, message)
 
     @property
@@ -215,19 +226,39 @@ class ModelTable:
                     return self._loops[name]
             self._raise_if_failed(name)  # the load this one waited for failed
             source, tier = self.sources[name], self.tiers.get(name, "fp32")
-            if source in gpt2.PRESETS:
-                self._make_room(model_bytes(gpt2.PRESETS[source]) // (1 if tier == "fp32" else 2))
+            self._reserve(name, load_bytes(source))  # before the load: concurrent loads stay within budget
             try:
                 model = self._load(name, source, tier)
             except gpt2.WeightsError as error:
                 self._failed[name] = (time.monotonic(), source_files(source), str(error))
                 raise
+            finally:
+                with self._room:
+                    self._loading.pop(name, None)
+                    self._room.notify_all()
             self._failed.pop(name, None)
             loop = gpt2.BatchedGenerator(model)
             with self._lock:
                 self._models[name], self._loops[name] = model, loop
-            self._make_room(0, keep=name)  # a local checkpoint's size is known only now
+            self._make_room(0, keep=name)  # a Hub repo's size is known only now
             return loop
+
+    def _reserve(self, name: str, nbytes: int) -> None:
+        """Room for a load of `nbytes` (what reading it takes at most) beside the loaded models
+        and the other loads in progress: least recently used models go first, then it waits
+        for the other loads to end (one alone always goes ahead, as a model larger than the
+        budget still loads)."""
+        while True:
+            self._make_room(nbytes)
+            with self._room:
+                loading = sum(self._loading.values())
+                if not self._loading or self._used() + loading + nbytes <= self.max_bytes:
+                    self._loading[name] = nbytes
+                    return
+                self._room.wait(timeout=1.0)
+
+    def _used(self) -> int:
+        return sum(resident_bytes(m) for m in self._models.values())
 
     def _raise_if_failed(self, name: str) -> None:
         """The error of `name`'s last load, again, while it stands (see FAILED_LOAD_S)."""
@@ -259,8 +290,8 @@ class ModelTable:
         evicted, retired = [], []
         with self._lock:
             for name in list(self._models):
-                used = sum(resident_bytes(m) for m in self._models.values())
-                if used + needed <= self.max_bytes:
+                loading = sum(n for other, n in self._loading.items() if other != keep)
+                if self._used() + loading + needed <= self.max_bytes:
                     break
                 if name != keep:
                     del self._models[name]

@@ -16,6 +16,7 @@ import logging
 import re
 import secrets
 import time
+import weakref
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
@@ -382,5 +383,16 @@ class Service:
                 seconds = time.perf_counter() - started
             return capture, seconds
 
-        capture, seconds = self.compute(model_name, forward)
-        return Run(model_name, ids, len(ids), capture, capture.model.config, None, seconds)
+        # What the capture will hold (Run.nbytes), counted with the run store's budget until
+        # the request lets the run go: many at once on a small model, few on a large one.
+        config = self.models.get(model_name).config
+        n_layers = config.n_layer if layers is None else len(layers)
+        release = self.runs.hold(4 * len(ids) * config.n_embd * (3 * n_layers + (config.n_layer if residuals else 1)))
+        try:
+            capture, seconds = self.compute(model_name, forward)
+        except BaseException:
+            release()
+            raise
+        run = Run(model_name, ids, len(ids), capture, capture.model.config, None, seconds)
+        run.in_flight = weakref.finalize(run, release)  # let go with the run (or when it is stored)
+        return run
