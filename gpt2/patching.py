@@ -17,7 +17,8 @@ effect, 1 = the clean metric fully restored.
 The patched passes run as rows of batched forwards (`gpt2.passes`, no hooks), and each
 starts where it first differs from the corrupted run: a head patched in layer l reuses the
 corrupted run's blocks before l (and its attention in block l); a residual patched at
-position t reuses the corrupted run's keys and values before t in every block; the last
+position t reuses the corrupted run's keys and values before t (before the start of t's
+band of positions, `RESIDUAL_BANDS`) in every block; the last
 block computes the last position alone. The rows are cut into chunks of at most
 `MAX_TOKENS` positions per forward, which bounds the memory (at 124M, ~0.1 GB).
 
@@ -37,6 +38,11 @@ from . import passes
 from .model import GPT
 
 MAX_TOKENS = 8192  # positions (rows x tokens) per batched forward
+# Residual patching: the positions are cut into this many bands; a band's rows start at its
+# first position (the keys and values before it are the corrupted run's). More bands skip
+# more recomputation (all T: half of it) but make more, smaller products: 4 does 1.25x the
+# least work in 4 x n_layer block calls.
+RESIDUAL_BANDS = 4
 
 
 @dataclass(frozen=True)
@@ -137,20 +143,22 @@ def patch_residual(model: GPT, clean: object, corrupted: object, target: int | N
                                                              kv=True)
     L, T = model.config.n_layer, clean.size(1)
     patched = torch.empty(L, T)
-    for t in range(T):  # rows of one position: positions before t are the corrupted run's
-        n = T - t
-        for layers in _chunks(L, 1, n):
-            x = None  # rows [R, n, C]: the patch entering block layers.start + r
+    band = -(-T // RESIDUAL_BANDS)
+    for s in range(0, T, band):  # rows patching positions s..e-1: positions before s are the corrupted run's
+        e, n = min(s + band, T), T - s
+        for layers in _chunks(L, e - s, n):
+            x = None  # rows [R, n, C]: (start layer, position) in layer-major order
             for layer in range(layers.start, L):
                 block, last = model.h[layer], layer == L - 1
                 if layer in layers:
-                    new = k.resid[layer][:, t:].clone()
-                    new[:, 0] = c.resid[layer][:, t]
+                    new = k.resid[layer][:, s:].expand(e - s, n, -1).clone()
+                    for t in range(s, e):
+                        new[t - s, t - s] = c.resid[layer][0, t]
                     x = new if x is None else torch.cat([x, new])
                 past = None
-                if t > 0:
+                if s > 0:
                     pk, pv = k.kv[layer]
-                    past = (pk[:, :, :t], pv[:, :, :t])
+                    past = (pk[:, :, :s], pv[:, :, :s])
                 x = passes.block_forward(block, x, past, last_only=last)
-            patched[layers.start:layers.stop, t] = passes.metric_of(model, x[:, -1], u).cpu()
+            patched[layers.start:layers.stop, s:e] = passes.metric_of(model, x[:, -1], u).view(-1, e - s).cpu()
     return _result("residual", target, contrast, m_clean, m_corrupted, patched)
