@@ -278,12 +278,12 @@ new MutationObserver(() => document.querySelectorAll('.js-plotly-plot').forEach(
 """
 
 # From Generate until the new run's views are in, every tab but the token view (which follows
-# the run live) shows the previous run: say so (ui.CSS dims them under a note).
+# the run live) shows the previous run: say so (page.css dims them under a note).
 STALE_JS = "() => { document.body.classList.add('views-stale'); }"
 FRESH_JS = "() => { document.body.classList.remove('views-stale'); }"
 
 # "Copy link": the settings (and the seed the shown run used, when the seed box is blank) as a
-# query string; the page restores them when it opens (ui.Page.restore) and may generate.
+# query string; the page restores them when it opens (views.form.Form.restore) and may generate.
 COPY_LINK_JS = r"""
 (prompt, model, temperature, top_k, top_p, max_new, seed, stop_at_end) => {
   let used = String(seed ?? '').trim();
@@ -300,7 +300,7 @@ COPY_LINK_JS = r"""
 """
 
 # After a shared link's settings were restored: generate, as the link's owner did, when the
-# server said the link may (ui.LINK_AUTORUN_TOKENS); otherwise the page waits for a click.
+# server said the link may (views.form.LINK_AUTORUN_TOKENS); otherwise the page waits for a click.
 REGENERATE_JS = r"""
 (autorun) => {
   if (autorun) setTimeout(() => document.querySelector('#generate')?.click(), 0);

@@ -22,7 +22,7 @@ from test_app_server import MODEL, browser_page
 
 from playground.guard import FRAME_ANCESTORS
 from playground.service import Service
-from playground.ui import LINK_WAITS
+from playground.views.form import LINK_WAITS
 
 TEXT = "The cat sat on the mat. The cat sat on the"  # 12 tokens
 DEFAULTS = {  # a good call of each inspection endpoint on local:tiny (2 layers, 4 heads)

@@ -297,7 +297,7 @@ def test_knockout_and_compare_say_what_to_do_before_a_result(app_url):
 
 
 def test_compare_defaults_to_another_tier_of_the_same_model():
-    from playground.ui import compare_default
+    from playground.views.compare import compare_default
 
     names = ["local:a", "gpt2", "gpt2 · fp32", "gpt2 · bf16", "gpt2-medium", "gpt2-medium · fp32"]
     assert compare_default(names, "gpt2") == "gpt2 · fp32"

@@ -245,7 +245,7 @@ def reports_fault(status: str, model: str, reason: str, broken_root: Path) -> bo
 @pytest.mark.parametrize("model, reason", FAULTS, ids=[m for m, _ in FAULTS])
 def test_faults_in_the_ui(page, tiny, broken_checkpoints, hub_unreachable, model, reason):
     root = next(iter(broken_checkpoints.values())).parent
-    assert reports_fault(list(page.model_status(model))[-1][0], model, reason, root)  # the status line
+    assert reports_fault(list(page.form.model_status(model))[-1][0], model, reason, root)  # the status line
     with pytest.raises(gr.Error, match=re.escape(reason)):
         ui_text(page, model=model)
     assert ui_text(page) == library_text(tiny, GOOD["prompt"])  # the other model keeps working
