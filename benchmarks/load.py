@@ -7,6 +7,7 @@ through huggingface_hub's real cache lookup, at the app's default tier, int8).
     python benchmarks/load.py scaling [--users 1,2,4,8] [--requests 8]   # -> LOAD.md, "scaling"
     python benchmarks/load.py soak [--requests 2000] [--users 8]          # -> LOAD.md, "soak"
     python benchmarks/load.py profile [--users 8] [--requests 16]        # -> LOAD.md, "profile" (py-spy)
+    python benchmarks/load.py hostile [--users 4] [--seconds 20]          # -> LOAD.md, "hostile"
 
 scaling: greedy 64-token `/generate` streams (REST route, plain urllib): the same requests run
 one at a time, then by N concurrent users (each its own client, `--requests` each): total
@@ -19,6 +20,11 @@ cancelled midway. A repeated request must give its first answer again, nothing m
 the broken load (with its reason), and the server's RSS is sampled every second under load
 and at rest after each tenth of the run: the report gives both curves; the one at rest must
 level off.
+
+hostile: normal users (the soak's mix, each its own X-Forwarded-For address) alone, then in
+rounds beside a hostile client that floods generations, sends replies it never reads and
+floods Stop (issue 28): a normal user's time to first token in each phase, errors, the
+hostile client's refusals, what the server dropped unread, and the RSS at rest after each.
 """
 from __future__ import annotations
 
@@ -34,6 +40,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
@@ -129,7 +136,7 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # -- scaling ------------------------------------------------------------------------------------
-def timed_stream(url: str, prompt: str, new_tokens: int) -> tuple[float, float]:
+def timed_stream(url: str, prompt: str, new_tokens: int, headers: dict | None = None) -> tuple[float, float]:
     """(time to first streamed token, total time) of one greedy `/generate` stream, through
     the public REST route (POST /gradio_api/call/generate, then its event stream) with plain
     urllib: the clients share the server's 2 cores, and gradio_client's own threads cost them
@@ -137,7 +144,8 @@ def timed_stream(url: str, prompt: str, new_tokens: int) -> tuple[float, float]:
     started = time.perf_counter()
     first = None
     body = json.dumps({"data": [prompt, "gpt2", 0.0, 0, 1.0, new_tokens, 0]}).encode()
-    request = urllib.request.Request(url + "gradio_api/call/generate", body, {"Content-Type": "application/json"})
+    request = urllib.request.Request(url + "gradio_api/call/generate", body,
+                                     {"Content-Type": "application/json", **(headers or {})})
     with urllib.request.urlopen(request, timeout=120) as response:
         event_id = json.load(response)["event_id"]
     with urllib.request.urlopen(f"{url}gradio_api/call/generate/{event_id}", timeout=300) as stream:
@@ -307,8 +315,8 @@ class PageVisit:
     """The page's own events, as a browser sends them: Gradio's queue protocol with a session
     of its own, State inputs sent empty (the server holds them), other inputs their defaults."""
 
-    def __init__(self, url: str, config: dict):
-        self.url, self.session = url, uuid.uuid4().hex
+    def __init__(self, url: str, config: dict, headers: dict | None = None):
+        self.url, self.session, self.headers = url, uuid.uuid4().hex, headers or {}
         self.components = {c["id"]: c for c in config["components"]}
         self.events = {d["api_name"]: d for d in config["dependencies"] if d.get("api_name")}
 
@@ -322,7 +330,8 @@ class PageVisit:
                                    else props.get("value")))
         body = json.dumps({"data": data, "fn_index": event["id"], "session_hash": self.session,
                            "event_data": None, "trigger_id": None}).encode()
-        request = urllib.request.Request(self.url + "gradio_api/queue/join", body, {"Content-Type": "application/json"})
+        request = urllib.request.Request(self.url + "gradio_api/queue/join", body,
+                                         {"Content-Type": "application/json", **self.headers})
         urllib.request.urlopen(request, timeout=120).close()
         with urllib.request.urlopen(f"{self.url}gradio_api/queue/data?session_hash={self.session}", timeout=300) as s:
             for line in s:
@@ -335,14 +344,17 @@ class PageVisit:
         raise RuntimeError(f"{api_name}: the event never completed")
 
 
-def soak_user(i: int, app: App, config: dict, args: argparse.Namespace, tally: Tally) -> None:
-    """Requests of the mix, drawn with seed `i`, until `args.requests` are done in `tally`."""
+def soak_user(i: int, app: App, config: dict, args: argparse.Namespace, tally: Tally,
+              address: str | None = None, until: float | None = None) -> None:
+    """Requests of the mix, drawn with seed `i`, until `args.requests` are done in `tally` (or
+    the clock passes `until`); from `address` (X-Forwarded-For) when given."""
     from gradio_client import Client
 
-    client, rng = Client(app.url, verbose=False), random.Random(i)
+    headers = {"X-Forwarded-For": address} if address else {}
+    client, rng = Client(app.url, verbose=False, headers=headers), random.Random(i)
     while True:
         with tally.lock:
-            if tally.done >= args.requests:
+            if tally.done >= args.requests or (until is not None and time.monotonic() > until):
                 return
         kind = rng.choices(["generate", "attention", "next_tokens", "page", "broken", "cancel"],
                            weights=[5, 2, 2, 2, 1, 1])[0]
@@ -363,7 +375,7 @@ def soak_user(i: int, app: App, config: dict, args: argparse.Namespace, tally: T
                 out = client.predict(text=prompt, model="gpt2", k=5, api_name="/next_tokens")
                 tally.count(kind, ("next", prompt), [p["top"][0]["token"] for p in out["positions"]])
             elif kind == "page":
-                visit = PageVisit(app.url, config)
+                visit = PageVisit(app.url, config, headers)
                 visit.call("ui_generate", prompt=prompt, model="gpt2", **{"max-new-tokens": 8})
                 for name in args.page_views:
                     visit.call(name)
@@ -461,6 +473,121 @@ def soak(args: argparse.Namespace) -> None:
     sys.exit(1 if tally.errors or tally.mismatches else 0)
 
 
+# -- a hostile client beside normal users (issue 28) ---------------------------------------------
+HOSTILE = "10.66.0.1"  # the hostile client's address (X-Forwarded-For; the app runs with --trust-forwarded-for)
+
+
+def join(url: str, fn_index: int, data: list, session: str, address: str) -> int:
+    """Send an event to the queue and never read its stream: the HTTP status."""
+    body = json.dumps({"data": data, "fn_index": fn_index, "session_hash": session,
+                       "event_data": None, "trigger_id": None}).encode()
+    request = urllib.request.Request(url + "gradio_api/queue/join", body,
+                                     {"Content-Type": "application/json", "X-Forwarded-For": address})
+    try:
+        urllib.request.urlopen(request, timeout=60).close()
+        return 200
+    except urllib.error.HTTPError as error:
+        return error.code
+
+
+def hostile_client(url: str, config: dict, stop: threading.Event, counts: dict[str, int]) -> None:
+    """Until `stop`, every 5 s: 48 fire-and-forget generations (20,000-character prompt, 512
+    new tokens), 50 `/attention` calls of every head over a 128-token window sent to one
+    session and never read, and the page's Stop event 24 times in one session; each reply's
+    HTTP status counted."""
+    fns = {d["api_name"]: d["id"] for d in config["dependencies"] if d.get("api_name")}
+    long_text = " ".join(["the cat sat on the mat"] * 200)  # past the context: its end is read
+
+    def send(kind: str, name: str, data: list, session: str) -> None:
+        key = f"{kind} {join(url, fns[name], data, session, HOSTILE)}"
+        counts[key] = counts.get(key, 0) + 1
+
+    while not stop.is_set():
+        for _ in range(48):
+            send("flood", "generate", ["x" * 20_000, "gpt2", 0.8, 0, 1.0, 512, 0], uuid.uuid4().hex)
+        session = uuid.uuid4().hex
+        for _ in range(50):
+            send("unread", "attention", [long_text, "gpt2", 5, "all", None, 128], session)
+        session = uuid.uuid4().hex
+        for _ in range(24):
+            send("stop", "await_stop", [None], session)
+        stop.wait(5)
+
+
+def hostile(args: argparse.Namespace) -> None:
+    """Normal users alone, then beside a hostile client, in rounds; time to first token of a
+    normal user's streams, errors, the hostile client's refusals, and the RSS at rest."""
+    tally, counts, ttft, curve, at_rest = Tally(), {}, {}, [], []
+    args = argparse.Namespace(**vars(args) | {"requests": 10**9})
+    with tempfile.TemporaryDirectory() as tmp:
+        broken = broken_checkpoint(Path(tmp) / "broken")
+        app = start_app(Path(tmp), "--extra-model", str(broken), "--trust-forwarded-for")
+        try:
+            with urllib.request.urlopen(app.url + "config", timeout=30) as response:
+                config = json.load(response)
+            started = time.perf_counter()
+            for phase in ["quiet"] + [f"hostile {r + 1}" for r in range(args.rounds)]:
+                until = time.monotonic() + args.seconds
+                stop = threading.Event()
+                users = [threading.Thread(target=soak_user, args=(100 * len(at_rest) + i, app, config, args, tally,
+                                                                  f"10.0.0.{i + 1}", until))
+                         for i in range(args.users)]
+
+                def timing(phase: str = phase) -> None:
+                    while time.monotonic() < until:
+                        try:
+                            first, _ = timed_stream(app.url, random.choice(PROMPTS), 32, {"X-Forwarded-For": "10.0.1.1"})
+                            ttft.setdefault(phase, []).append(first)
+                        except Exception as error:  # noqa: BLE001 - counted
+                            tally.errors.append(f"timed stream: {error}"[:300])
+
+                threads = [*users, threading.Thread(target=timing)]
+                if phase != "quiet":
+                    threads.append(threading.Thread(target=hostile_client, args=(app.url, config, stop, counts)))
+                for t in threads:
+                    t.start()
+                while time.monotonic() < until:
+                    curve.append((phase, app.rss_mb()))
+                    time.sleep(1)
+                stop.set()
+                for t in threads:
+                    t.join()
+                time.sleep(REST_S)
+                at_rest.append((phase, tally.done, app.rss_mb()))
+            wall = time.perf_counter() - started
+        finally:
+            app.proc.terminate()
+            app.proc.wait(timeout=60)
+        server_log = (Path(tmp) / "app.log").read_text()
+    dropped = [line.split(": ", 1)[-1] for line in server_log.splitlines() if "sessions nobody read" in line]
+    lines = ["## A hostile client beside normal users (issue 28)", "",
+             f"Command: `python benchmarks/load.py hostile --users {args.users} --seconds {args.seconds:g} "
+             f"--rounds {args.rounds}`. The app on `gpt2` (random 124M weights, int8) with "
+             f"`--trust-forwarded-for`; {args.users} normal users (each its own address, the soak's mix) and one "
+             f"more streaming 32-token `/generate` calls for the time to first token, for {args.seconds:g} s alone, "
+             f"then {args.rounds} rounds of {args.seconds:g} s beside a hostile client ({HOSTILE}) that every 5 s "
+             f"sends 48 fire-and-forget generations (20,000-character prompt, 512 new tokens), 50 unread "
+             f"`/attention` calls of every head over a 128-token window into one session, and the page's Stop "
+             f"event 24 times; after each phase {REST_S:.0f} s without requests, then the server's RSS at rest. "
+             f"{machine_line()}.", "",
+             f"- normal users' requests: {tally.done} in {wall:.0f} s "
+             f"({', '.join(f'{k} {v}' for k, v in sorted(tally.kinds.items()))}); errors: {len(tally.errors)}"
+             + (f" (first: {tally.errors[0]})" if tally.errors else ""),
+             f"- the hostile client's requests by HTTP status: "
+             f"{', '.join(f'{k}: {v}' for k, v in sorted(counts.items()))}",
+             f"- what the server dropped unread (its log, at the end): {dropped[-1] if dropped else 'nothing'}",
+             f"- failures in the server's log (tracebacks): {server_log.count('Traceback')}", "",
+             "| phase | time to first token of a normal 32-token stream, s: p50 / p95 (streams) | "
+             "server RSS under load, MB: median / highest | at rest after it, MB |",
+             "|---|---|---|---|",
+             *[f"| {phase} | {percentile(ttft.get(phase, []), 0.5):.2f} / {percentile(ttft.get(phase, []), 0.95):.2f} "
+               f"({len(ttft.get(phase, []))}) | {statistics.median(r for p, r in curve if p == phase):.0f} / "
+               f"{max(r for p, r in curve if p == phase):.0f} | {rss:.0f} |" for phase, _, rss in at_rest]]
+    put_section("hostile", lines, LOAD)
+    print("\n".join(lines))
+    sys.exit(1 if tally.errors else 0)
+
+
 def fit_slope(points: list[tuple[float, float]]) -> float:
     """Least-squares slope of y over x."""
     xs, ys = [x for x, _ in points], [y for _, y in points]
@@ -490,6 +617,13 @@ def main() -> None:
     p.add_argument("--page-views", nargs="*", default=["show_run"],
                    help="the page's events a visit runs after its generation (by api_name)")
     p.set_defaults(run=soak)
+    p = sub.add_parser("hostile", help="normal users alone, then beside a hostile client (issue 28)")
+    p.add_argument("--users", type=int, default=4)
+    p.add_argument("--seconds", type=float, default=20, help="each phase's length")
+    p.add_argument("--rounds", type=int, default=3, help="phases with the hostile client")
+    p.add_argument("--page-views", nargs="*", default=["show_run"],
+                   help="the page's events a visit runs after its generation (by api_name)")
+    p.set_defaults(run=hostile)
     args = parser.parse_args()
     args.run(args)
 
