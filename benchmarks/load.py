@@ -168,14 +168,14 @@ def together(url: str, prompts: list[list[str]], new_tokens: int) -> tuple[float
     results: list[tuple[float, float]] = []
     lock = threading.Lock()
 
-    def user(mine: list[str]) -> None:
+    def user(mine: list[str], address: str) -> None:
         for prompt in mine:
-            result = timed_stream(url, prompt, new_tokens)
+            result = timed_stream(url, prompt, new_tokens, {"X-Forwarded-For": address})
             with lock:
                 results.append(result)
 
     started = time.perf_counter()
-    threads = [threading.Thread(target=user, args=(mine,)) for mine in prompts]
+    threads = [threading.Thread(target=user, args=(mine, f"10.0.2.{i + 1}")) for i, mine in enumerate(prompts)]
     for t in threads:
         t.start()
     for t in threads:
@@ -191,7 +191,7 @@ def scaling(args: argparse.Namespace) -> None:
     users = [int(n) for n in args.users.split(",")]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        app = start_app(Path(tmp))
+        app = start_app(Path(tmp), "--trust-forwarded-for")  # each user its own client (fairness.py)
         try:
             for n in users:
                 prompts = [PROMPTS[(u * args.requests + r) % len(PROMPTS)] + f" ({u}.{r})"
@@ -240,7 +240,7 @@ def profile(args: argparse.Namespace) -> None:
     if version.returncode != 0:
         raise SystemExit("profile needs py-spy: pip install py-spy==0.4.3")
     with tempfile.TemporaryDirectory() as tmp:
-        app, raw = start_app(Path(tmp)), Path(tmp) / "samples.txt"
+        app, raw = start_app(Path(tmp), "--trust-forwarded-for"), Path(tmp) / "samples.txt"
         try:
             spy = subprocess.Popen(["py-spy", "record", "-p", str(app.proc.pid), "-o", str(raw), "--format", "raw",
                                     "--threads", "--nonblocking", "-r", str(args.rate)],
@@ -413,14 +413,15 @@ def soak(args: argparse.Namespace) -> None:
     tally, curve, at_rest = Tally(), [], []
     with tempfile.TemporaryDirectory() as tmp:
         broken = broken_checkpoint(Path(tmp) / "broken")
-        app = start_app(Path(tmp), "--extra-model", str(broken))
+        app = start_app(Path(tmp), "--extra-model", str(broken), "--trust-forwarded-for")
         try:
             with urllib.request.urlopen(app.url + "config", timeout=30) as response:
                 config = json.load(response)
             started = time.perf_counter()
             for part in range(1, 11):
                 target = argparse.Namespace(**vars(args) | {"requests": args.requests * part // 10})
-                users = [threading.Thread(target=soak_user, args=(1000 * part + i, app, config, target, tally))
+                users = [threading.Thread(target=soak_user, args=(1000 * part + i, app, config, target, tally,
+                                                                  f"10.0.0.{i + 1}"))
                          for i in range(args.users)]
                 for t in users:
                     t.start()

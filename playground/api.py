@@ -109,10 +109,11 @@ def register(service: Service, generate_concurrency: int) -> None:
         k = validate.integer("k", k, 1, 20)
         text, name, _ = text_and_config(text, model)
         run = service.inspect_ids(name, service.text_ids(text, name), layers=[0], residuals=False)  # the last block's output
-        labels = tokens.labels(run.ids)
+        labels = tokens.labels(run.ids, tokenizer=run.tokenizer)
         return {"model": model, "tokens": labels, "positions": [
             {"position": p, "token": labels[p], "prob": round(c.chosen_prob, 6),
-             "top": [{"token": t, "prob": round(q, 6)} for t, q in zip(tokens.labels(c.ids), c.probs)]}
+             "top": [{"token": t, "prob": round(q, 6)} for t, q in zip(tokens.labels(c.ids, tokenizer=run.tokenizer),
+                                                                       c.probs)]}
             for p, c in enumerate(gpt2.compute.run(lambda: rank_candidates(run.capture, run.ids, k)), start=1)]}
 
     def logit_lens(text: str, model: str = names[0], position: int = -1, k: int = 5) -> dict:
@@ -134,7 +135,7 @@ def register(service: Service, generate_concurrency: int) -> None:
         lens = service.lens(run, slice(position, position + 1), k)
         return {"position": position, "layers": [
             {"layer": layer, "top": [{"token": t, "id": int(i), "prob": round(float(p), 6)}
-                                     for t, i, p in zip(tokens.text(lens.ids[layer, 0, 0].tolist()),
+                                     for t, i, p in zip(tokens.text(lens.ids[layer, 0, 0].tolist(), run.tokenizer),
                                                         lens.ids[layer, 0, 0].tolist(), lens.probs[layer, 0, 0])]}
             for layer in range(lens.ids.size(0))]}
 
@@ -153,7 +154,8 @@ def register(service: Service, generate_concurrency: int) -> None:
         s = validate.settings(prompt, model, temperature, top_k, top_p, max_new_tokens, seed, offered=names)
         config = service.models.get(s.model).config
         knockout = service.ablate(s, validate.heads(heads, config.n_layer, config.n_head))
-        return {"baseline": gpt2.decode(knockout.baseline), "ablated": gpt2.decode(knockout.ablated),
+        tokenizer = service.models.tokenizer(s.model)  # the model's own
+        return {"baseline": tokenizer.decode(knockout.baseline), "ablated": tokenizer.decode(knockout.ablated),
                 "baseline_ids": knockout.baseline, "ablated_ids": knockout.ablated}
 
     def load_model(model: str) -> str:

@@ -44,12 +44,22 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", default=os.environ.get("GPT2_MODEL", "gpt2"),
                         help="the model the page opens on: a preset (gpt2, gpt2-medium, gpt2-large, "
-                             "gpt2-xl; at int8), builtin, or a local checkpoint: a Hub-layout folder or "
-                             "a .safetensors file (env: GPT2_MODEL)")
-    parser.add_argument("--extra-model", action="append", dest="extra_models", metavar="PATH",
+                             "gpt2-xl; at int8), builtin, a local checkpoint (a Hub-layout folder or "
+                             "a .safetensors file), or a Hub repo id, org/name or org/name@revision "
+                             "(at int8, offered under that name) (env: GPT2_MODEL)")
+    parser.add_argument("--extra-model", action="append", dest="extra_models", metavar="PATH_OR_REPO",
                         default=[p for p in os.environ.get("GPT2_EXTRA_MODELS", "").split(os.pathsep) if p],
-                        help="another local checkpoint to offer in the model list (repeatable; env: "
-                             f"GPT2_EXTRA_MODELS, paths separated by '{os.pathsep}')")
+                        help="another model to offer in the list: a local checkpoint, or a Hub repo id "
+                             "(org/name or org/name@revision, offered under that name at each precision) "
+                             f"(repeatable; env: GPT2_EXTRA_MODELS, separated by '{os.pathsep}')")
+    parser.add_argument("--allow-hub-models", action=argparse.BooleanOptionalAction,
+                        default=os.environ.get("GPT2_ALLOW_HUB_MODELS", "") not in ("", "0"),
+                        help="let visitors name any Hub repo (org/name) as the model, not only the "
+                             "offered list; needs --max-params. Its config and safetensors header are "
+                             "checked before its weights download (env: GPT2_ALLOW_HUB_MODELS=1)")
+    parser.add_argument("--max-params", type=int, default=int(os.environ.get("GPT2_MAX_PARAMS") or 0) or None,
+                        help="with --allow-hub-models: the largest repo a visitor may load, in parameters "
+                             "(e.g. 200000000), refused before its weights download (env: GPT2_MAX_PARAMS)")
     parser.add_argument("--host", default="0.0.0.0" if on_spaces else "127.0.0.1",
                         help="address to listen on (0.0.0.0 on Spaces, where SPACE_ID is set)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", 7860)),
@@ -118,6 +128,9 @@ def launch(argv: list[str] | None = None):
     args = parse_args(argv)
     if args.threads < 1:
         build_parser().error(f"--threads must be at least 1, got {args.threads}")
+    if args.allow_hub_models and (args.max_params is None or args.max_params < 1):
+        build_parser().error("--allow-hub-models needs --max-params N (N >= 1): the largest repo a visitor "
+                             "may load, in parameters")
     bound_onednn_caches()
     import gpt2
 
@@ -136,7 +149,7 @@ def launch(argv: list[str] | None = None):
     from .limits import BodyLimit
     from .sessions import SessionTable
 
-    demo = ui.build(args.model, args.extra_models)
+    demo = ui.build(args.model, args.extra_models, args.allow_hub_models, args.max_params)
     sessions = SessionTable()
     # api_open=False: Gradio's own /run/<name> refuses queued events (RouteGuard 404s it anyway).
     demo.queue(max_size=QUEUE_MAX_SIZE, default_concurrency_limit=ui.VIEW_CONCURRENCY, api_open=False)

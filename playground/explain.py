@@ -7,6 +7,8 @@ import json
 import re
 from collections.abc import Sequence
 
+import gpt2
+
 from . import figures, tokens
 
 
@@ -18,9 +20,9 @@ def first_difference(a: Sequence[int], b: Sequence[int]) -> int | None:
     return None if len(a) == len(b) else min(len(a), len(b))
 
 
-def _tokens_html(ids: Sequence[int], first: int | None) -> str:
+def _tokens_html(ids: Sequence[int], first: int | None, tokenizer: gpt2.Tokenizer | None = None) -> str:
     parts = []
-    for i, text in enumerate(tokens.text(list(ids))):
+    for i, text in enumerate(tokens.text(list(ids), tokenizer)):
         escaped = html.escape(text) or "∅"
         if first is not None and i == first:
             parts.append(f'<mark class="first-diff" title="first token that differs (#{i})">{escaped}</mark>')
@@ -29,25 +31,27 @@ def _tokens_html(ids: Sequence[int], first: int | None) -> str:
     return "".join(parts)
 
 
-def side_by_side(prompt: str, titles: tuple[str, str], a: Sequence[int], b: Sequence[int]) -> str:
-    """Two continuations of one prompt, the first differing token marked in both."""
+def side_by_side(prompt: str, titles: tuple[str, str], a: Sequence[int], b: Sequence[int],
+                 tokenizers: tuple[gpt2.Tokenizer | None, gpt2.Tokenizer | None] = (None, None)) -> str:
+    """Two continuations of one prompt, the first differing token marked in both; each read
+    with its model's tokenizer (None: GPT-2's)."""
     first = first_difference(a, b)
     note = ("The two continuations are identical." if first is None else
             f"They part at generated token {first} (marked).")
     columns = "".join(
         f'<div class="sbs-col"><div class="sbs-title">{html.escape(title)}</div>'
-        f'<div class="sbs-text"><span class="sbs-prompt">{html.escape(prompt)}</span>{_tokens_html(ids, first)}'
-        f"</div></div>" for title, ids in zip(titles, (a, b)))
+        f'<div class="sbs-text"><span class="sbs-prompt">{html.escape(prompt)}</span>{_tokens_html(ids, first, tok)}'
+        f"</div></div>" for title, ids, tok in zip(titles, (a, b), tokenizers))
     return f'<div class="sbs" data-first-diff="{"" if first is None else first}">{columns}</div>' \
            f'<div class="sbs-note">{note}</div>'
 
 
 def lens_table(position: int, token: str, following: str | None, ids: Sequence[Sequence[int]],
-               probs: Sequence[Sequence[float]]) -> str:
+               probs: Sequence[Sequence[float]], tokenizer: gpt2.Tokenizer | None = None) -> str:
     """Layers × top-k for one position; the data also rides along as JSON in `data-lens`
     (what the page's "download JSON" reads)."""
     layers = [{"layer": layer, "top": [{"token": t, "id": int(i), "prob": round(float(p), 6)}
-                                       for t, i, p in zip(tokens.text(list(row)), row, prow)]}
+                                       for t, i, p in zip(tokens.text(list(row), tokenizer), row, prow)]}
               for layer, (row, prow) in enumerate(zip(ids, probs))]
     data = html.escape(json.dumps({"position": position, "layers": layers}), quote=True)
     k = len(ids[0]) if len(ids) else 0

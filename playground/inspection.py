@@ -85,6 +85,7 @@ class Run:
     ended: str = "length"  # why generation ended: "length", "end of text" or "stopped"
     first_token_s: float | None = None  # seconds to the first token: the prompt's read, apart from decoding
     settings: dict | None = None  # the sampling settings it ran with (temperature, top_k, ...), for its export
+    tokenizer: gpt2.Tokenizer | None = None  # the model's own (None: GPT-2's): what its ids read as
     in_flight: Callable[[], None] | None = field(default=None, init=False, repr=False)  # RunStore.hold's release
     _roles: dict[str, np.ndarray] | None = field(default=None, init=False, repr=False)
     _candidates: list[Candidates] | None = field(default=None, init=False, repr=False)

@@ -94,15 +94,23 @@ OFFLINE_NOTICE = ("Running the **built-in tiny model** (trained here, works offl
                   "and pick it in the list, or run `python -m gpt2 download gpt2` once.")
 
 
+def hub_repo(source: str) -> gpt2.hub.Repo | None:
+    """`source` as a Hub repo (`org/name` or `org/name@revision`, no such local path), else None."""
+    return gpt2.weights.hub_repo(source)
+
+
 def offered_sources(default: str, extras: list[str] | tuple[str, ...] = ()) -> dict[str, str]:
-    """Display name -> what `gpt2.load_model` reads: local checkpoints (`default` when it is
-    not a preset, then `extras`) first, then the built-in model, then the presets. The API
-    takes these names, never paths."""
-    local = [path for path in [default, *extras] if path not in gpt2.PRESETS and path != BUILTIN]
-    sources = {local_name(path): path for path in local}
-    if len(sources) < len(local):
+    """Display name -> what `gpt2.load_model` reads: local checkpoints and Hub repos (`default`
+    when it is not a preset, then `extras`) first, then the built-in model, then the presets.
+    A Hub repo is offered under its id (`org/name`, `org/name@revision`), a local checkpoint
+    as `local:<name>`. The API takes these names, never paths."""
+    given = [source for source in dict.fromkeys([default, *extras])
+             if source not in gpt2.PRESETS and source != BUILTIN]
+    named = [(str(repo) if (repo := hub_repo(source)) else local_name(source), source) for source in given]
+    sources = dict(named)
+    if len(sources) < len(named):
         raise ValueError("two local checkpoints have the same name: "
-                         f"{', '.join(local_name(path) for path in local)}; rename one")
+                         f"{', '.join(name for name, _ in named)}; rename one")
     return {**sources, BUILTIN: BUILTIN, **{name: name for name in gpt2.PRESETS}}
 
 
@@ -113,6 +121,11 @@ def start_model(default: str, names: list[str]) -> tuple[str, str | None]:
         if gpt2.hub.obtainable(default):
             return default, None
         return BUILTIN, OFFLINE_NOTICE
+    repo = hub_repo(default)
+    if repo is not None and not gpt2.hub.obtainable_repo(repo):
+        return BUILTIN, (f"Running the **built-in tiny model** (works offline): `{repo}` is not in the Hugging "
+                         f"Face cache and the Hub cannot be reached. Go online, or run `python -m gpt2 "
+                         f"download {repo}` once.")
     return (BUILTIN, None) if default == BUILTIN else (names[0], None)
 
 
@@ -125,18 +138,29 @@ TIER_SEPARATOR = " · "
 
 
 def with_tiers(sources: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
-    """Offer each preset at every precision tier: "gpt2" runs at DEFAULT_TIER, "gpt2 · int8"
-    at int8, and so on (small local models run at fp32 only). Returns (name -> source,
-    name -> tier)."""
+    """Offer each preset and Hub repo at every precision tier: "gpt2" runs at DEFAULT_TIER,
+    "gpt2 · int8" at int8, and so on (small local models run at fp32 only). Returns
+    (name -> source, name -> tier)."""
     names, tiers = {}, {}
     for base, source in sources.items():
-        if source not in gpt2.PRESETS:
+        if source not in gpt2.PRESETS and hub_repo(source) is None:
             names[base], tiers[base] = source, "fp32"
             continue
         for tier in dict.fromkeys((DEFAULT_TIER, *gpt2.TIERS)):
             name = base if tier == DEFAULT_TIER else f"{base}{TIER_SEPARATOR}{tier}"
             names[name], tiers[name] = source, tier
     return names, tiers
+
+
+def tiered_name(name: str) -> tuple[str, str] | None:
+    """A name a visitor may ask for when any Hub repo is allowed: `org/name[@revision]`, at
+    DEFAULT_TIER, or followed by " · <tier>"; (repo source, tier), or None."""
+    base, _, tier = name.partition(TIER_SEPARATOR)
+    tier = tier or DEFAULT_TIER
+    repo = gpt2.hub.parse_repo(base)
+    if repo is None or str(repo) != base or tier not in gpt2.TIERS or gpt2.weights.preset_name(base):
+        return None
+    return base, tier
 
 
 def precision(model: gpt2.GPT) -> str:
@@ -175,6 +199,10 @@ def load_error_message(name: str, error: Exception) -> str:
         fix = ("connect to the internet once so the weights can download (they are cached "
                "afterwards), or start the app with a local checkpoint: "
                "`python app.py --model path/to/checkpoint`.")
+    elif tiered_name(name) is not None:
+        fix = ("check the repo id and revision, and that the repo holds a GPT-2 (config.json and "
+               "model.safetensors); offline, run `python -m gpt2 download org/name` once while online. "
+               "The other models in the list still work.")
     else:
         fix = ("replace the checkpoint with a complete one (a Hub-layout folder with config.json "
                "and model.safetensors, or a file saved by `gpt2.save_model`). The other models "
@@ -182,13 +210,38 @@ def load_error_message(name: str, error: Exception) -> str:
     return f"Could not load `{name}`. {error}\n\nTo fix: {fix}"
 
 
+class Offered(list):
+    """The names a table offers, as a list (the page's menu, error messages); `admit(name)`
+    adds a Hub repo's name when the operator allows any repo (`--allow-hub-models`)."""
+
+    def __init__(self, names: list[str], table: "ModelTable"):
+        super().__init__(names)
+        self._table = table
+
+    def __contains__(self, name: object) -> bool:
+        return list.__contains__(self, name) or (isinstance(name, str) and name in self._table.sources)
+
+    def admit(self, name: str) -> bool:
+        return self._table.admit(name)
+
+
+MAX_ADMITTED = 32  # Hub repos a visitor named (--allow-hub-models) the table keeps names of
+
+
 class ModelTable:
-    """Thread-safe lazy table of loaded models."""
+    """Thread-safe lazy table of loaded models. With `allow_hub`, any Hub repo id a visitor
+    names is admitted (`admit`) and loaded like an offered one, refused before its weights
+    download when its config has more than `max_params` parameters."""
 
     def __init__(self, sources: dict[str, str], tiers: dict[str, str] | None = None,
-                 max_bytes: int | None = None, on_evict: Callable[[str], None] | None = None):
-        self.sources = sources
-        self.tiers = tiers or {}  # name -> precision tier; absent = fp32
+                 max_bytes: int | None = None, on_evict: Callable[[str], None] | None = None,
+                 allow_hub: bool = False, max_params: int | None = None):
+        self.sources = dict(sources)
+        self.offered = list(sources)
+        self.allow_hub, self.max_params = allow_hub, max_params
+        self._admitted: OrderedDict[str, None] = OrderedDict()  # visitors' Hub names, oldest first
+        self._tokenizers: dict[str, gpt2.Tokenizer] = {}  # source -> its tokenizer
+        self.tiers = dict(tiers or {})  # name -> precision tier; absent = fp32
         self.on_evict = on_evict  # whatever else holds the model (stored runs) lets go too
         self.max_bytes = int(0.6 * physical_memory()) if max_bytes is None else max_bytes
         self._models: OrderedDict[str, gpt2.GPT] = OrderedDict()
@@ -200,8 +253,56 @@ class ModelTable:
         self._failed: dict[str, tuple[float, tuple, str]] = {}  # name -> (when, source_files, message)
 
     @property
-    def names(self) -> list[str]:
-        return list(self.sources)
+    def names(self) -> Offered:
+        return Offered(self.offered, self)
+
+    def admit(self, name: str) -> bool:
+        """With `allow_hub`: make a Hub repo's name (`org/name[@revision][ · tier]`) loadable;
+        whether it now is. The oldest admitted names not loaded are forgotten beyond MAX_ADMITTED."""
+        if name in self.sources:
+            return True
+        parsed = tiered_name(name) if self.allow_hub else None
+        if parsed is None:
+            return False
+        with self._lock:
+            self.sources[name], self.tiers[name] = parsed
+            self._name_locks.setdefault(name, threading.Lock())
+            self._admitted[name] = None
+            for old in list(self._admitted)[:-MAX_ADMITTED]:
+                if old not in self._models and not self._name_locks[old].locked():
+                    del self._admitted[old], self.sources[old], self.tiers[old], self._name_locks[old]
+                    self._failed.pop(old, None)
+        return True
+
+    def _repo(self, name: str) -> gpt2.hub.Repo | None:
+        """The Hub repo `name` loads, None for a preset, the built-in model or a local checkpoint.
+        A name a visitor had admitted is a repo whatever the server's files: never a path."""
+        if name in self._admitted:
+            return gpt2.hub.parse_repo(self.sources[name])
+        return hub_repo(self.sources[name])
+
+    def _cap(self, name: str) -> int | None:
+        """The size cap of `name`'s load: `max_params` for a repo a visitor named, none for the
+        operator's own list."""
+        return self.max_params if name in self._admitted else None
+
+    def tokenizer(self, name: str) -> gpt2.Tokenizer:
+        """The model's own tokenizer (GPT-2's for the presets, the built-in model and checkpoints
+        without tokenizer files), read when the model first loads."""
+        source = self.sources[name]
+        if source not in self._tokenizers:
+            self._tokenizers[source] = self._read_tokenizer(source, self._repo(name), self._cap(name))
+        return self._tokenizers[source]
+
+    @staticmethod
+    def _read_tokenizer(source: str, repo: gpt2.hub.Repo | None, max_params: int | None) -> gpt2.Tokenizer:
+        if source in gpt2.PRESETS or source == BUILTIN:
+            return gpt2.tokenizer.gpt2_tokenizer()
+        try:
+            folder = gpt2.weights.download_repo(repo, max_params, weights=False) if repo else source
+            return gpt2.load_tokenizer(folder)
+        except gpt2.WeightsError as error:
+            raise gpt2.WeightsError(without_server_paths(str(error), {} if repo else {source: local_name(source)})) from None
 
     def loaded(self, name: str) -> bool:
         with self._lock:
@@ -228,7 +329,8 @@ class ModelTable:
             source, tier = self.sources[name], self.tiers.get(name, "fp32")
             self._reserve(name, load_bytes(source))  # before the load: concurrent loads stay within budget
             try:
-                model = self._load(name, source, tier)
+                self.tokenizer(name)  # first (small files): every view of the model's ids reads it
+                model = self._load(name, source, tier, self._repo(name), self._cap(name))
             except gpt2.WeightsError as error:
                 self._failed[name] = (time.monotonic(), source_files(source), str(error))
                 raise
@@ -267,22 +369,27 @@ class ModelTable:
             return
         when, files, message = failed
         source = self.sources[name]
-        fresh = source not in gpt2.PRESETS or time.monotonic() - when < FAILED_LOAD_S
+        remote = source in gpt2.PRESETS or self._repo(name) is not None  # may come back: tried again
+        fresh = not remote or time.monotonic() - when < FAILED_LOAD_S
         if fresh and source_files(source) == files:
             raise gpt2.WeightsError(message)
 
     @staticmethod
-    def _load(name: str, source: str, tier: str) -> gpt2.GPT:
+    def _load(name: str, source: str, tier: str, repo: gpt2.hub.Repo | None = None,
+              max_params: int | None = None) -> gpt2.GPT:
         """Read one checkpoint; its errors name the model, never a server path. A download
         waits on this thread; reading and converting the weights is compute, so it runs on the
-        compute thread (between decode steps: other users' generations pause, not stall)."""
+        compute thread (between decode steps: other users' generations pause, not stall). A Hub
+        repo's config and safetensors header are checked (and its size against `max_params`)
+        before its weights download."""
         log.info("loading model %s", name)
         try:
             if source in gpt2.PRESETS and not (gpt2.hub.weights_dir() / f"{source}.safetensors").is_file():
                 gpt2.hub.download(source)  # the Hub cache then holds it
-            return gpt2.compute.run(lambda: gpt2.load_model(source, **gpt2.TIERS[tier]))
+            read = str(gpt2.weights.download_repo(repo, max_params)) if repo is not None else source
+            return gpt2.compute.run(lambda: gpt2.load_model(read, **gpt2.TIERS[tier]))
         except gpt2.WeightsError as error:
-            message = without_server_paths(str(error), {} if source in gpt2.PRESETS else {source: name})
+            message = without_server_paths(str(error), {} if source in gpt2.PRESETS or repo else {source: name})
         raise gpt2.WeightsError(message)  # outside the except: no traceback chain to the loader
 
     def _make_room(self, needed: int, keep: str | None = None) -> None:

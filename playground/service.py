@@ -86,6 +86,7 @@ class Step:
     n_prompt: int
     capture: gpt2.AttentionCapture  # the running generation's own
     stored: bool = False  # the last step: the run is in the store
+    tokenizer: gpt2.Tokenizer | None = None  # the model's own (None: GPT-2's): what `ids` read as
 
     @property
     def n_generated(self) -> int:
@@ -117,10 +118,19 @@ def select_head(weights: np.ndarray, head: int | None) -> np.ndarray:
     return weights.mean(axis=0) if head is None else weights[head]
 
 
-def sampling(s: Settings, seed: int) -> dict:
-    """`s`'s sampling settings as `gpt2.stream` takes them (0 / 1 mean off)."""
+def end_of_text(config: gpt2.GPTConfig) -> int | None:
+    """The model's end-of-text id (its config's eos_token_id: GPT-2's <|endoftext|>, 50256, for
+    OpenAI's), None where it has none its vocabulary holds."""
+    eos = config.eos_token_id
+    return eos if eos is not None and eos < config.vocab_size else None
+
+
+def sampling(s: Settings, seed: int, config: gpt2.GPTConfig | None = None) -> dict:
+    """`s`'s sampling settings as `gpt2.stream` takes them (0 / 1 mean off); "stop at end of
+    text" stops at the model's own end-of-text id (`config`'s; GPT-2's without one)."""
+    eos = gpt2.EOT_ID if config is None else end_of_text(config)
     return dict(temperature=s.temperature, top_k=s.top_k or None, top_p=s.top_p if s.top_p < 1 else None,
-                eos_id=gpt2.EOT_ID if s.stop_at_end else None, seed=seed)
+                eos_id=eos if s.stop_at_end else None, seed=seed)
 
 
 def truncation_notice(n_prompt: int, n_kept: int, model: str, ctx: int) -> str:
@@ -160,22 +170,23 @@ class Service:
         model = loop.model
         if len(ids) < len(prompt_ids):
             notice(truncation_notice(len(prompt_ids), len(ids), s.model, model.config.context_length))
-        decoder, text, generated = gpt2.StreamDecoder(), "", []
+        tokenizer = self.models.tokenizer(s.model)
+        decoder, text, generated = gpt2.StreamDecoder(tokenizer), "", []
         run_id = self.runs.reserve()
         stopped, first_token_s = False, None
         try:
             started = time.perf_counter()
-            with gpt2.capture_attention(model, residuals=True) as capture, \
+            with gpt2.capture_attention(model, residuals=True, values=True) as capture, \
                     closing(loop.stream(torch.tensor([ids]), s.max_new_tokens, capture=capture,
-                                        **sampling(s, seed))) as steps:
+                                        **sampling(s, seed, model.config))) as steps:
                 try:
-                    yield Step(text, run_id, ids, len(ids), capture)
+                    yield Step(text, run_id, ids, len(ids), capture, tokenizer=tokenizer)
                     for next_id in steps:
                         generated.append(int(next_id[0]))
                         if first_token_s is None:  # reading the prompt, told apart from decoding
                             first_token_s = time.perf_counter() - started
                         text += decoder.add(generated[-1])
-                        yield Step(text, run_id, ids + generated, len(ids), capture)
+                        yield Step(text, run_id, ids + generated, len(ids), capture, tokenizer=tokenizer)
                 except GeneratorExit:
                     stopped = True
                     if generated:  # one more step, as a finished stream takes: the capture
@@ -191,10 +202,11 @@ class Service:
                     self._store(run_id, s, loop, all_ids, len(ids), capture, seed, (seconds, first_token_s),
                                 len(prompt_ids) - len(ids), "stopped")
                 return
-            ended = "end of text" if s.stop_at_end and generated[-1] == gpt2.EOT_ID else "length"
+            eos = end_of_text(model.config)
+            ended = "end of text" if s.stop_at_end and eos is not None and generated[-1] == eos else "length"
             self._store(run_id, s, loop, all_ids, len(ids), capture, seed, (seconds, first_token_s),
                         len(prompt_ids) - len(ids), ended)
-            yield Step(text + decoder.flush(), run_id, all_ids, len(ids), capture, stored=True)
+            yield Step(text + decoder.flush(), run_id, all_ids, len(ids), capture, stored=True, tokenizer=tokenizer)
         finally:
             self.runs.release(run_id)  # no-op once stored; wakes a Stop waiting for a run that never came
 
@@ -207,10 +219,10 @@ class Service:
         loop, prompt_ids, ids, seed = await asyncio.to_thread(self._request, s)  # may load the model
         if len(ids) < len(prompt_ids):
             notice(truncation_notice(len(prompt_ids), len(ids), s.model, loop.model.config.context_length))
-        decoder, text, generated = gpt2.StreamDecoder(), "", 0
+        decoder, text, generated = gpt2.StreamDecoder(self.models.tokenizer(s.model)), "", 0
         try:
             async with contextlib.aclosing(loop.astream(torch.tensor([ids]), s.max_new_tokens,
-                                                        **sampling(s, seed))) as stream:
+                                                        **sampling(s, seed, loop.model.config))) as stream:
                 async for new_ids in stream:
                     for i in new_ids.tolist():
                         generated += 1
@@ -230,7 +242,7 @@ class Service:
         if s.max_new_tokens >= ctx:
             raise ValueError(f"max_new_tokens must be below {s.model}'s context of {ctx} tokens, "
                              f"got {s.max_new_tokens}")
-        prompt_ids = gpt2.encode(s.prompt)
+        prompt_ids = self.models.tokenizer(s.model).encode(s.prompt)  # the model's own tokenizer
         seed = secrets.randbelow(2**31) if s.seed is None else s.seed
         return loop, prompt_ids, prompt_ids[-(ctx - s.max_new_tokens):], seed
 
@@ -240,7 +252,8 @@ class Service:
         """`timing`: the whole run's seconds, and those until the first token (None: none came)."""
         run = Run(s.model, ids, n_prompt, capture, loop.model.config, seed, timing[0],
                   dropped=dropped, ended=ended, first_token_s=timing[1],
-                  settings={k: v for k, v in s.__dict__.items() if k not in ("prompt", "model", "seed")})
+                  settings={k: v for k, v in s.__dict__.items() if k not in ("prompt", "model", "seed")},
+                  tokenizer=self.models.tokenizer(s.model))
         self.runs.add(run, run_id)
 
     def run(self, run_id: str | None) -> Run:
@@ -278,8 +291,8 @@ class Service:
     def all_heads(self, run: Run, layer: int, start: int | None, size: int) -> AttentionView:
         win = window(len(run.ids), start, size)
         weights, earlier = gpt2.compute.run(lambda: run.attention(layer, win))
-        return AttentionView(weights.numpy(), earlier.numpy(), tokens.labels(run.ids[win.start:win.stop]),
-                             win, layer, None)
+        return AttentionView(weights.numpy(), earlier.numpy(),
+                             tokens.labels(run.ids[win.start:win.stop], tokenizer=run.tokenizer), win, layer, None)
 
     def token_matrix(self, run: Run, layer: int, head: int | None) -> np.ndarray:
         """The whole map [T, T] of one head (or the mean): what the token view paints from."""
@@ -300,9 +313,9 @@ class Service:
         if direction == "from":
             weights = gpt2.compute.run(
                 lambda: attention_rows(run.capture, layer, head, slice(position, position + 1))[0])
-            return TokenAttention(tokens.labels(run.ids[:position + 1]), weights, position)
+            return TokenAttention(tokens.labels(run.ids[:position + 1], tokenizer=run.tokenizer), weights, position)
         column = gpt2.compute.run(lambda: attention_column(run.capture, layer, head, position))
-        return TokenAttention(tokens.labels(run.ids[position:]), column, position)
+        return TokenAttention(tokens.labels(run.ids[position:], tokenizer=run.tokenizer), column, position)
 
     def lens(self, run: Run, rows: slice, k: int) -> gpt2.Lens:
         """The logit lens of `rows` from the run's kept block outputs (no forward pass over the
@@ -317,7 +330,7 @@ class Service:
 
         def run(ablation: gpt2.HeadAblation | None) -> list[int]:
             return loop.generate(torch.tensor([ids]), s.max_new_tokens, ablation=ablation,
-                                 **sampling(s, seed))[0, len(ids):].tolist()
+                                 **sampling(s, seed, loop.model.config))[0, len(ids):].tolist()
 
         with gpt2.ablate_heads(loop.model, heads) as ablation, ThreadPoolExecutor(1) as pool:
             baseline = pool.submit(run, None)  # both rows step together
@@ -364,7 +377,7 @@ class Service:
         loaded for its context, nothing is computed, so a request's positions can be checked
         before any forward pass."""
         context = self.models.get(model_name).config.context_length
-        return gpt2.encode(text)[-context:]
+        return self.models.tokenizer(model_name).encode(text)[-context:]
 
     def inspect_ids(self, model_name: str, ids: list[int], layers: list[int] | None = None,
                     residuals: bool = True) -> Run:
@@ -376,7 +389,9 @@ class Service:
         gpt2 held ~2.4 GB with every layer captured)."""
 
         def forward(model: gpt2.GPT) -> tuple[gpt2.AttentionCapture, float]:
-            with gpt2.capture_attention(model, layers=layers, residuals=residuals) as capture:
+            # every layer and block (a recomputed run): the values too, for gpt2.attribute
+            every = layers is None and residuals
+            with gpt2.capture_attention(model, layers=layers, residuals=residuals, values=every) as capture:
                 started = time.perf_counter()
                 with torch.inference_mode():  # the pass on this thread is the capture's own (gpt2.hooks)
                     model(torch.tensor([ids], device=model.device), last_only=True)
@@ -393,6 +408,7 @@ class Service:
         except BaseException:
             release()
             raise
-        run = Run(model_name, ids, len(ids), capture, capture.model.config, None, seconds)
+        run = Run(model_name, ids, len(ids), capture, capture.model.config, None, seconds,
+                  tokenizer=self.models.tokenizer(model_name))
         run.in_flight = weakref.finalize(run, release)  # let go with the run (or when it is stored)
         return run

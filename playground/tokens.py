@@ -1,4 +1,4 @@
-"""Token ids -> labels a person can read on a plot axis.
+"""Token ids -> labels a person can read on a plot axis, with the model's own tokenizer.
 
 GPT-2 tokens often start with a space or are only whitespace, and some are half of a
 multi-byte character. On an axis " the" and "the" look the same and "\n" is invisible,
@@ -34,15 +34,16 @@ def label(raw: bytes) -> str:
     return "".join(HTML.get(ch, ch) for ch in visible(raw))
 
 
-def labels(ids: list[int], plot_safe: bool = True) -> list[str]:
-    """Labels for a sequence of GPT-2 token ids; `plot_safe=False` leaves & < > as they are,
-    for HTML that escapes them itself (escaping twice would show "&lt;")."""
-    tokenizer = gpt2.get_tokenizer()
+def labels(ids: list[int], plot_safe: bool = True, tokenizer: gpt2.Tokenizer | None = None) -> list[str]:
+    """Labels for a sequence of token ids of `tokenizer` (the model's own; None: GPT-2's);
+    `plot_safe=False` leaves & < > as they are, for HTML that escapes them itself (escaping
+    twice would show "&lt;")."""
+    token_bytes = (tokenizer or gpt2.tokenizer.gpt2_tokenizer()).token_bytes
     show = label if plot_safe else visible
-    return [show(tokenizer.decode_single_token_bytes(i)) for i in ids]
+    return [show(token_bytes(i)) for i in ids]
 
 
-def text(ids: list[int]) -> list[str]:
+def text(ids: list[int], tokenizer: gpt2.Tokenizer | None = None) -> list[str]:
     """Each token's own text (invalid UTF-8 replaced), for inline display without escaping."""
-    tokenizer = gpt2.get_tokenizer()
-    return [tokenizer.decode_single_token_bytes(i).decode("utf-8", errors="replace") for i in ids]
+    token_bytes = (tokenizer or gpt2.tokenizer.gpt2_tokenizer()).token_bytes
+    return [token_bytes(i).decode("utf-8", errors="replace") for i in ids]

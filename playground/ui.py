@@ -133,7 +133,9 @@ class Page:
         """After Stop: the text box shows every token the stopped run kept, as the views do (the
         decode loop may have written a few more than the page had shown)."""
         run = self.service.runs.get(run_id)
-        return gpt2.decode(run.ids[run.n_prompt:]) if run is not None and run.ended == "stopped" else gr.skip()
+        if run is None or run.ended != "stopped":
+            return gr.skip()
+        return (run.tokenizer or gpt2.tokenizer.gpt2_tokenizer()).decode(run.ids[run.n_prompt:])
 
     def _first_view(self, run: Run, run_id: str | None, size: Any, sort_by_role: Any) -> tuple:
         layer, head = strongest_head(run.roles) or (run.config.n_layer - 1, None)
@@ -210,7 +212,7 @@ class Page:
         win = window(len(run.ids), int(start), int(size))
         position = min(max(0, int(position)), len(run.ids) - 1)
         shown = export.attention(self.service.token_matrix(run, layer, head), win.start, win.stop)
-        lens = export.logit_lens(self.service.lens(run, slice(position, position + 1), LENS_K), position)
+        lens = export.logit_lens(self.service.lens(run, slice(position, position + 1), LENS_K), position, run.tokenizer)
         summary = re.sub(r"[*`]", "", self._stats(run))
         return json.dumps(export.run_document(run, layer, head, shown, lens, summary), ensure_ascii=False)
 
@@ -221,12 +223,16 @@ VIEW_OUTPUT_NAMES = ("stats", "layer", "head", "start", "token_view", "window_no
                      "lens_table", "lens_grid")
 
 
-def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...] = ()) -> gr.Blocks:
-    """The whole app. `default_model` is a preset name or a local checkpoint path;
-    `extra_models` are more local checkpoints offered beside it (by name, never by path)."""
+def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...] = (),
+          allow_hub_models: bool = False, max_params: int | None = None) -> gr.Blocks:
+    """The whole app. `default_model` is a preset name, a local checkpoint path or a Hub repo
+    id; `extra_models` are more local checkpoints (offered by name, never by path) or Hub repos
+    (by their id). `allow_hub_models`: visitors may name any Hub repo of at most `max_params`
+    parameters."""
     sources, tiers = with_tiers(offered_sources(default_model, extra_models))
     runs = RunStore()
-    service = Service(ModelTable(sources, tiers, on_evict=runs.drop_model), runs)
+    service = Service(ModelTable(sources, tiers, on_evict=runs.drop_model, allow_hub=allow_hub_models,
+                                 max_params=max_params), runs)
     first, notice = start_model(default_model, service.models.names)
     page = Page(service, first=first)
     form, tokens, heatmap, heads = page.form, page.tokens, page.heatmap, page.heads

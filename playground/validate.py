@@ -84,10 +84,12 @@ def prompt_text(prompt: object) -> str:
 
 
 def model_name(model: object, offered: list[str]) -> str:
-    """Only names the server offers; never a path chosen by the client."""
-    if not isinstance(model, str) or model not in offered:
-        raise ValueError(f"model must be one of {', '.join(offered)}; got {shown(model)}")
-    return model
+    """Only names the server offers; never a path chosen by the client. Where the operator
+    allows any Hub repo (`--allow-hub-models`), `offered.admit` takes a repo id too."""
+    if isinstance(model, str) and (model in offered or getattr(offered, "admit", lambda _: False)(model)):
+        return model
+    hub = " (or a Hub repo id, org/name)" if getattr(getattr(offered, "_table", None), "allow_hub", False) else ""
+    raise ValueError(f"model must be one of {', '.join(offered)}{hub}; got {shown(model)}")
 
 
 def seed_value(seed: object) -> int | None:

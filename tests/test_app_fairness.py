@@ -111,7 +111,7 @@ def test_a_second_client_is_served_while_one_floods(app_server):
     flood = [api_join(url, "generate", generate_args("x" * 20_000, 512), uuid.uuid4().hex, "10.22.0.1")
              for _ in range(48)]
     codes = [code for code, _ in flood]
-    assert codes.count(200) <= fairness.PER_CLIENT_JOBS and codes.count(429) >= 48 - fairness.PER_CLIENT_JOBS
+    assert codes.count(200) <= fairness.PER_CLIENT_JOBS and codes.count(429) >= 48 - fairness.PER_CLIENT_JOBS, flood[:2]
     assert "wait for one to finish" in next(body["detail"] for code, body in flood if code == 429)
 
     started = time.monotonic()
@@ -238,7 +238,8 @@ def test_the_running_app_uses_the_fair_queue(app_server):
     """The app's log says nothing failed installing it, and a stream of a session the queue
     never saw is refused as Gradio refuses it."""
     assert stream(app_server.url, uuid.uuid4().hex, timeout=30)[0]["msg"] in ("unexpected_error", "http_error")
-    assert "Traceback" not in app_server.log.read_text()
+    log = app_server.log.read_text()
+    assert "Traceback" not in log, log[log.index("Traceback") - 300:][:3000]
 
 
 def test_message_boxes_count_their_bytes():

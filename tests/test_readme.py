@@ -75,7 +75,7 @@ def test_the_readme_has_the_blocks_this_test_runs():
 
 # -- model names --------------------------------------------------------------------------
 def _offered(extra: str = "/checkpoints/my-model.safetensors") -> dict[str, str]:
-    return with_tiers(offered_sources("gpt2", [extra]))[0]
+    return with_tiers(offered_sources("gpt2", [extra, "org/name"]))[0]  # a local checkpoint, a Hub repo
 
 
 def test_the_model_names_are_exactly_what_the_app_offers():

@@ -48,8 +48,9 @@ def selection(config: gpt2.GPTConfig, layer: Any, head: Any) -> tuple[int, int |
         return layer, None
 
 
-def tokens_text(ids: list[int]) -> str:
-    return gpt2.decode(ids)
+def tokens_text(ids: list[int], tokenizer: gpt2.Tokenizer | None = None) -> str:
+    """`ids` as text, read with the model's own tokenizer (None: GPT-2's)."""
+    return (tokenizer or gpt2.tokenizer.gpt2_tokenizer()).decode(ids)
 
 
 def settings_or_run_seed(service: Service, offered: list[str], run_id: str | None, prompt: Any, model: Any,

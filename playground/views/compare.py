@@ -38,7 +38,8 @@ class CompareTab:
                     "menus).")
         with gr.Row():
             self.model = gr.Dropdown(choices=names, value=compare_default(names, first), label="Compare with",
-                                     elem_id="compare-model", min_width=160)
+                                     elem_id="compare-model", min_width=160,
+                                     allow_custom_value=self.service.models.allow_hub)  # any Hub repo, if allowed
             self.run = gr.Button("Compare", variant="primary", size="sm", elem_id="compare-run", min_width=100)
         self.texts = gr.HTML(EMPTY, elem_id="compare-texts")
         self.position = gr.Slider(0, 1, value=0, step=1, label="Token", elem_id="compare-position",
@@ -73,8 +74,8 @@ class CompareTab:
         a, b = (self.service.run(i) for i in pair)
         n = len(a.ids) - a.n_prompt
         first = explain.first_difference(a.ids[a.n_prompt:], b.ids[b.n_prompt:])
-        texts = explain.side_by_side(tokens_text(a.ids[:a.n_prompt]), (a.model_name, b.model_name),
-                                     a.ids[a.n_prompt:], b.ids[b.n_prompt:])
+        texts = explain.side_by_side(tokens_text(a.ids[:a.n_prompt], a.tokenizer), (a.model_name, b.model_name),
+                                     a.ids[a.n_prompt:], b.ids[b.n_prompt:], (a.tokenizer, b.tokenizer))
         at = a.n_prompt + (first if first is not None and first < n else n - 1)
         at = min(at, len(a.ids) - 1, len(b.ids) - 1)
         state = {"runs": pair, "limit": min(len(a.ids), len(b.ids)) - 1}
@@ -90,9 +91,9 @@ class CompareTab:
         for run in runs:
             lay, hd = selection(run.config, layer, head)
             rows.append(self.service.token_attention(run, lay, hd, position, "from").weights)
-            own = tokens.labels(run.ids[position:position + 1])[0]  # each run's own token there
+            own = tokens.labels(run.ids[position:position + 1], tokenizer=run.tokenizer)[0]  # each run's own token
             names.append(f"{run.model_name} · L{lay} {head_name(hd)} · “{own}”")
-        labels = tokens.labels(runs[0].ids[:position + 1])
+        labels = tokens.labels(runs[0].ids[:position + 1], tokenizer=runs[0].tokenizer)
         fig = figures.attention_rows_figure(rows, names, labels,
                                             f"What token {position} attends to in each run (keys: the first run's)")
         lay, hd = selection(runs[0].config, layer, head)

@@ -66,7 +66,8 @@ class Form:
         shown = examples_for(self.first)  # the first one fills the prompt
         self.prompt = gr.Textbox(label="Prompt", lines=5, max_length=validate.MAX_PROMPT_CHARS,
                                  value=next(iter(shown.values()))[0], elem_id="prompt")
-        self.model = gr.Dropdown(choices=self.names, value=self.first, label="Model", elem_id="model")
+        self.model = gr.Dropdown(choices=self.names, value=self.first, label="Model", elem_id="model",
+                                 allow_custom_value=self.service.models.allow_hub)  # any Hub repo, if allowed
         with gr.Row():  # above the sampling settings: in view on load on a laptop's screen
             self.generate = gr.Button("Generate", variant="primary", elem_id="generate")
             self.stop = gr.Button("Stop", variant="stop", elem_id="stop")
@@ -97,7 +98,7 @@ class Form:
         to its limit, stop at end of text on for the built-in model, its layers and heads, its
         examples. A failure is a message, never an error."""
         keep = (gr.skip(),) * 5
-        if name not in self.names:
+        if not isinstance(name, str) or not (name in self.names or self.names.admit(name)):
             yield (f"⚠ Unknown model {validate.shown(name)}.", *keep)
             return
         if not self.service.models.loaded(name):

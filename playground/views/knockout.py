@@ -68,12 +68,14 @@ class KnockoutTab:
         base = self.service.chosen_probs(s.model, ids, None)[len(out.prompt_ids) - 1:]
         ablated = self.service.chosen_probs(s.model, ids, parsed)[len(out.prompt_ids) - 1:]
         named = validate.heads_text(parsed)
+        tokenizer = self.service.models.tokenizer(s.model)  # the model's own
         state = {"model": s.model, "heads": named, "seed": out.seed, "baseline": out.baseline,
-                 "ablated": out.ablated, "base": base.tolist(), "knocked": ablated.tolist()}
+                 "ablated": out.ablated, "base": base.tolist(), "knocked": ablated.tolist(),
+                 "labels": tokens.labels(out.baseline, tokenizer=tokenizer)}
         first = out.first_difference
         at = 0 if first is None else min(first, max(0, len(out.baseline) - 1))
-        texts = explain.side_by_side(tokens_text(out.prompt_ids), ("As is", f"Heads {named} knocked out"),
-                                     out.baseline, out.ablated)
+        texts = explain.side_by_side(tokens_text(out.prompt_ids, tokenizer), ("As is", f"Heads {named} knocked out"),
+                                     out.baseline, out.ablated, (tokenizer, tokenizer))
         return (texts, gr.Slider(minimum=0, maximum=max(1, len(out.baseline) - 1), value=at, visible=True),
                 self._note(state, at), state)
 
@@ -83,7 +85,7 @@ class KnockoutTab:
             return ""
         i = min(max(0, int(position)), len(state["baseline"]) - 1)
         before, after = state["base"][i], state["knocked"][i]
-        token = tokens.labels(state["baseline"][i:i + 1])[0]
+        token = state["labels"][i] if "labels" in state else tokens.labels(state["baseline"][i:i + 1])[0]
         loss = lambda ps: float(-np.log(np.clip(np.asarray(ps), 1e-12, 1)).mean())  # noqa: E731
         return (f"Generated token {i}, `{token}` (the text on the left): the model gave it "
                 f"**{figures.percent(before)}** as is and **{figures.percent(after)}** with heads "

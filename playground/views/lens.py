@@ -33,14 +33,17 @@ class LensTab:
         T = len(run.ids)
         position = min(max(0, int(position)), T - 1)
         one = self.service.lens(run, slice(position, position + 1), LENS_K)
-        label = tokens.labels(run.ids[position:position + 1], plot_safe=False)[0]  # lens_table escapes
-        following = tokens.labels(run.ids[position + 1:position + 2], plot_safe=False)[0] if position + 1 < T else None
-        table = explain.lens_table(position, label, following, one.ids[:, 0, 0].tolist(), one.probs[:, 0, 0].tolist())
+        tokenizer = run.tokenizer  # the model's own
+        label = tokens.labels(run.ids[position:position + 1], plot_safe=False, tokenizer=tokenizer)[0]  # lens_table escapes
+        following = (tokens.labels(run.ids[position + 1:position + 2], plot_safe=False, tokenizer=tokenizer)[0]
+                     if position + 1 < T else None)
+        table = explain.lens_table(position, label, following, one.ids[:, 0, 0].tolist(), one.probs[:, 0, 0].tolist(),
+                                   tokenizer)
         win = window(T, int(start), int(size))
         grid = self.service.lens(run, slice(win.start, win.stop), 1)
-        top = [tokens.labels(row) for row in grid.ids[:, 0, :, 0].tolist()]
+        top = [tokens.labels(row, tokenizer=tokenizer) for row in grid.ids[:, 0, :, 0].tolist()]
         fig = figures.lens_grid(top, grid.probs[:, 0, :, 0].numpy(), win.start,
-                                tokens.labels(run.ids[win.start:win.stop]),
+                                tokens.labels(run.ids[win.start:win.stop], tokenizer=tokenizer),
                                 f"Logit lens · top-1 next token after each layer · tokens {win.start}–{win.stop - 1}")
         return table, plot(fig, run.model_name, "logit-lens", f"tokens{win.start}-{win.stop - 1}")
 

@@ -6,8 +6,6 @@ from typing import Any
 
 import gradio as gr
 
-import gpt2
-
 from .. import figures, tokens
 from ..errors import friendly
 from ..inspection import Run
@@ -37,19 +35,20 @@ class NextTokenTab:
     @staticmethod
     def _highlighted(run: Run) -> list[tuple[str, str | None]]:
         probs = [None] * run.n_prompt + [c.chosen_prob for c in run.candidates[run.n_prompt - 1:]]
-        return figures.highlighted_tokens(tokens.text(run.ids), probs)
+        return figures.highlighted_tokens(tokens.text(run.ids, run.tokenizer), probs)
 
     @staticmethod
     def _candidates(run: Run, position: int) -> tuple[str, Any]:
         """A line saying where the model was and what followed, and its top candidates there."""
         position = min(max(1, int(position)), len(run.ids) - 1)
         c = run.candidates[position - 1]
-        labels = tokens.labels(c.ids)
+        tokenizer = run.tokenizer  # the model's own
+        labels = tokens.labels(c.ids, tokenizer=tokenizer)
         actual = run.ids[position]
         chosen = c.ids.index(actual) if actual in c.ids else None
-        context = "".join(tokens.labels(run.ids[max(0, position - 6):position]))
+        context = "".join(tokens.labels(run.ids[max(0, position - 6):position], tokenizer=tokenizer))
         note = (f"After “{context}” (position {position}) the model's top {len(labels)}; "
-                f"“{tokens.label(gpt2.get_tokenizer().decode_single_token_bytes(actual))}” followed "
+                f"“{tokens.labels([actual], tokenizer=tokenizer)[0]}” followed "
                 f"({figures.percent(c.chosen_prob)}).")
         return note, figures.candidates_bar(labels, c.probs, chosen, f"Position {position}")
 

@@ -23,12 +23,12 @@ class TokensTab:
 
     def render(self, run: Run, run_id: str | None, layer: int, head: int | None) -> dict:
         matrix = self.service.token_matrix(run, layer, head)
-        return token_view.run_payload(run_id or "", tokens.text(run.ids), run.n_prompt, matrix, layer,
+        return token_view.run_payload(run_id or "", tokens.text(run.ids, run.tokenizer), run.n_prompt, matrix, layer,
                                       head_name(head), selected=len(run.ids) - 1)
 
     def live(self, step: Step, layer: Any, head: Any) -> dict:
         """The newest token's row, read from the running capture."""
         layer, head = selection(step.capture.model.config, layer, head)
         position, row = self.service.live_row(step, layer, head)
-        return token_view.live_payload(step.run_id, tokens.text(step.ids), step.n_prompt, position, row,
+        return token_view.live_payload(step.run_id, tokens.text(step.ids, step.tokenizer), step.n_prompt, position, row,
                                        layer, head_name(head))
