@@ -222,3 +222,61 @@ def test_the_app_offers_a_repo_and_serves_it(hf_home, tiny_checkpoint, tmp_path)
         assert text == tokenizer.decode(gpt2.generate(pair, torch.tensor([ids]), 6)[0, len(ids):].tolist())
         with pytest.raises(Exception, match="pickle checkpoints are never loaded"):
             client.predict(model=PICKLE, api_name="/load_model")
+
+
+def test_every_view_of_a_repo_in_the_browser(hf_home, tiny_checkpoint, tmp_path):
+    """`app.py --model org/name --extra-model <local>` in Chromium: the page opens on the repo
+    (int8), generates, and the token view, heatmap, head overview, next token, logit lens,
+    knock-out and Compare (with its fp32 tier) all show the repo's own tokens."""
+    from playwright.sync_api import expect
+
+    from test_app_server import ARTIFACTS, _heatmap, browser_page
+
+    tokenizer = gpt2.load_tokenizer(folder_of(hf_home, OWN))
+    prompt_ids, max_new = tokenizer.encode(PROMPT), 10
+    total = len(prompt_ids) + max_new
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+           "GPT2_WEIGHTS_DIR": str(tmp_path / "weights"), "GRADIO_SERVER_PORT": str(free_port())}
+    env.pop("GPT2_EXTRA_MODELS", None)
+    command = [sys.executable, "app.py", "--model", OWN, "--extra-model", str(tiny_checkpoint)]
+    with serving(command, env, ROOT, tmp_path / "app.log") as url, browser_page(url) as page:
+        expect(page.locator("#model-status")).to_contain_text(f"{OWN} ready · int8", timeout=60_000)
+        assert page.locator("#model input").input_value() == OWN
+        page.fill("#prompt textarea", PROMPT)
+        page.fill("#seed textarea, #seed input", "5")
+        page.fill("#max-new-tokens input[type=number]", str(max_new))
+        page.press("#max-new-tokens input[type=number]", "Enter")
+        page.locator("#generate").click()
+        expect(page.locator("#stats")).to_contain_text("tokens generated", timeout=60_000)
+        page.wait_for_function(f"document.querySelectorAll('#token-view [data-pos]').length === {total}"
+                               " && !document.querySelector('#token-view .live')", timeout=30_000)
+        shown = page.eval_on_selector_all("#token-view [data-pos]", "spans => spans.map(s => s.textContent)")
+        assert shown[:len(prompt_ids)] == tokens.text(prompt_ids, tokenizer)  # the repo's own tokens
+        assert "".join(shown) == PROMPT + page.locator("#output textarea").input_value()
+        page.get_by_role("tab", name="Heatmap").click()
+        expect(page.locator("#attention-heatmap .js-plotly-plot")).to_be_visible(timeout=30_000)
+        assert _heatmap(page)["ticks"][:3] == tokens.labels(prompt_ids[:3], tokenizer=tokenizer)
+        page.get_by_role("tab", name="Heads").click()
+        page.wait_for_selector("#head-overview .js-plotly-plot", timeout=30_000)
+        z = page.eval_on_selector("#head-overview .js-plotly-plot", "el => el.data[0].z")
+        assert len(z) == 2 and len(z[0]) == 4  # every layer x head
+        page.get_by_role("tab", name="Next token").click()
+        expect(page.locator("#candidates .js-plotly-plot")).to_be_visible(timeout=30_000)
+        page.get_by_role("tab", name="Logit lens").click()
+        expect(page.locator("#lens-table tbody tr")).to_have_count(2, timeout=30_000)
+        lens = page.eval_on_selector("#lens-table [data-lens]", "el => JSON.parse(el.dataset.lens)")
+        assert all(t["id"] < 600 and t["token"] == tokenizer.decode([t["id"]])
+                   for layer in lens["layers"] for t in layer["top"])
+        page.get_by_role("tab", name="Knock-out").click()
+        page.fill("#ko-heads textarea, #ko-heads input", "0.1, 1.2")
+        page.locator("#ko-run").click()
+        expect(page.locator("#ko-texts .sbs-col")).to_have_count(2, timeout=60_000)
+        left = page.locator("#ko-texts .sbs-col").first.locator(".sbs-text").inner_text()
+        assert left == PROMPT + page.locator("#output textarea").input_value()  # as is: the same run
+        page.get_by_role("tab", name="Compare").click()
+        assert page.locator("#compare-model input").input_value() == f"{OWN} · fp32"  # its exact tier
+        page.locator("#compare-run").click()
+        expect(page.locator("#compare-rows .js-plotly-plot")).to_be_visible(timeout=60_000)
+        names = page.eval_on_selector("#compare-rows .js-plotly-plot", "el => el.layout.yaxis.ticktext")
+        assert len(names) == 2 and names[1].startswith(f"{OWN} · fp32")
+        page.screenshot(path=str(ARTIFACTS / "app-hub-repo-compare.png"), full_page=True)
