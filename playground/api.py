@@ -15,6 +15,7 @@ import gpt2
 
 from . import tokens, validate
 from .errors import friendly
+from .causal import LEVELS, Workbench
 from .inspection import DEFAULT_WINDOW, MAX_WINDOW, rank_candidates
 from .models import describe, load_error_message
 from .service import DIRECTIONS, MEAN, Service, parse_head
@@ -170,7 +171,96 @@ def register(service: Service, generate_concurrency: int) -> None:
         except gpt2.WeightsError as error:
             raise gr.Error(load_error_message(name, error), print_exception=False) from None
 
-    for fn in (generate, attention, token_attention, next_tokens, logit_lens, ablate):
+    # -- why this token (playground/causal.py; definitions in gpt2.attribution, .patching,
+    # .saliency, .steer) --------------------------------------------------------------------
+    workbench = Workbench(service)
+
+    def token(name: str, id_: int) -> dict:
+        return {"token": service.models.tokenizer(name).decode([id_]), "id": id_}
+
+    def attribution(text: str, model: str = names[0], position: int = -1, target: int | None = None,
+                    contrast: int | None = None) -> dict:
+        """Direct logit attribution: why the model prefers `target` to `contrast` after `position`, split
+        over every part that writes to the residual stream.
+        text: the text (at most 20,000 characters; a text longer than the context keeps its end).
+        model: a name from the app's model list, as for /generate.
+        position: the token after which the next token is predicted, from 0 (-1 = the last).
+        target: a token id; None = the token that follows `position` in the text (after the last: the
+        model's top-1). contrast: a token id; None = the model's most likely token other than `target`.
+        Returns {"position", "target": {"token", "id"}, "contrast": {"token", "id"}, "metric" (logit[target] -
+        logit[contrast]), "heads" [n_layer][n_head], "attention_bias" [n_layer], "mlps" [n_layer],
+        "embeddings", "final_bias"}: each part through the final LayerNorm with its scale frozen; they sum
+        to "metric".
+        """
+        text, name, _ = text_and_config(text, model)
+        ids = service.text_ids(text, name)
+        a = workbench.attribution(name, ids, position, target, contrast)
+        return {"position": a.position, "target": token(name, a.target), "contrast": token(name, a.contrast),
+                "metric": round(a.metric, 6), "heads": a.heads.round(decimals=6).tolist(),
+                "attention_bias": a.attention_bias.round(decimals=6).tolist(),
+                "mlps": a.mlps.round(decimals=6).tolist(), "embeddings": round(a.embeddings, 6),
+                "final_bias": round(a.final_bias, 6)}
+
+    def patch(clean: str, corrupted: str, model: str = names[0], target: int | None = None,
+              contrast: int | None = None, level: str = "heads") -> dict:
+        """Activation patching, clean -> corrupted, of logit[target] - logit[contrast] at the last position.
+        clean, corrupted: two texts of the same number of tokens (short: see the error for the model's cap).
+        model: a name from the app's model list, as for /generate.
+        target: a token id; None = clean's top-1. contrast: None = corrupted's top-1 (clean's runner-up if
+        the same).
+        level: "heads" (each head's output at every position from the clean run) or "residual" (the
+        residual stream entering each block at each position).
+        Returns {"metric_clean", "metric_corrupted", "target", "contrast", and "heads" [n_layer][n_head] or
+        "tokens" and "residual" [n_layer][T]}: each cell (m_patched - m_corrupted) / (m_clean -
+        m_corrupted), 0 = no effect, 1 = fully restored.
+        """
+        level = validate.choice("level", level, LEVELS)
+        name = validate.model_name(model, names)
+        clean_ids, corrupted_ids = (service.text_ids(validate.prompt_text(t), name) for t in (clean, corrupted))
+        p = workbench.patch(name, clean_ids, corrupted_ids, target, contrast, level)
+        out = {"metric_clean": round(p.metric_clean, 6), "metric_corrupted": round(p.metric_corrupted, 6),
+               "target": token(name, p.target), "contrast": token(name, p.contrast)}
+        grid = p.grid.round(decimals=6).tolist()
+        if level == "heads":
+            return {**out, "heads": grid}
+        return {**out, "tokens": tokens.labels(clean_ids, tokenizer=service.models.tokenizer(name)), "residual": grid}
+
+    def saliency(text: str, model: str = names[0], position: int = -1, target: int | None = None,
+                 contrast: int | None = None) -> dict:
+        """Input x gradient: how much each token up to `position` pushes logit[target] - logit[contrast].
+        text, model, position, target, contrast: as for /attribution.
+        Returns {"position", "tokens" (labels of tokens 0..position), "scores" [position + 1], "target",
+        "contrast"}: the gradient of the metric with respect to each position's input embedding (token +
+        position, as it enters block 0) times that embedding, summed over the embedding; computed in fp32.
+        """
+        text, name, _ = text_and_config(text, model)
+        ids = service.text_ids(text, name)
+        sal = workbench.saliency(name, ids, position, target, contrast)
+        return {"position": sal.position,
+                "tokens": tokens.labels(ids[:sal.position + 1], tokenizer=service.models.tokenizer(name)),
+                "scores": sal.scores.round(decimals=6).tolist(), "target": token(name, sal.target),
+                "contrast": token(name, sal.contrast)}
+
+    def steer(prompt: str, model: str = names[0], plus: str = "Love", minus: str = "Hate", layer: int = 6,
+              strength: float = 5.0, max_new_tokens: int = 20, temperature: float = 0.0, top_k: int = 0,
+              top_p: float = 1.0, seed: int | None = 0) -> dict:
+        """Steering by activation addition: continue a prompt as is and with strength x (mean residual of
+        `plus` - mean residual of `minus`, entering block `layer`) added there at every position.
+        prompt: the text to continue. model: as for /generate.
+        plus, minus: the two texts whose difference is the direction (e.g. "Love" and "Hate").
+        layer: the block whose input is steered (0 to the model's layers - 1).
+        strength: how much of the vector is added (finite, |strength| <= 1000).
+        max_new_tokens, temperature, top_k, top_p, seed: as for /generate; both texts share them.
+        Returns {"baseline": str, "steered": str, "baseline_ids": [int], "steered_ids": [int]}.
+        """
+        s = validate.settings(prompt, model, temperature, top_k, top_p, max_new_tokens, seed, offered=names)
+        out = workbench.steer(s, plus, minus, layer, strength)
+        tokenizer = service.models.tokenizer(s.model)
+        return {"baseline": tokenizer.decode(out.baseline), "steered": tokenizer.decode(out.steered),
+                "baseline_ids": out.baseline, "steered_ids": out.steered}
+
+    for fn in (generate, attention, token_attention, next_tokens, logit_lens, ablate, attribution, patch,
+               saliency, steer):
         gr.api(friendly(fn), api_name=fn.__name__, concurrency_id="generate",
                concurrency_limit=generate_concurrency)
     gr.api(friendly(load_model), api_name="load_model", concurrency_id="load")

@@ -294,3 +294,73 @@ def attention_rows_figure(rows: Sequence[Sequence[float]], names: Sequence[str],
     fig.update_layout(width=max(360, 160 + 18 * n), margin=dict(l=10, r=10, t=90, b=10),
                       title=dict(x=0, xanchor="left", xref="container", pad=dict(l=10)))
     return fig
+
+
+# -- why this token: attribution and patching (diverging: blue adds, red takes away) ----------
+DIVERGING = [[0.0, "#dc2626"], [0.5, "rgba(128,128,128,0.08)"], [1.0, "#2563eb"]]
+
+
+def _symmetric(values: np.ndarray) -> float:
+    """The colour scale's half-range: the largest magnitude (so 0 sits in the middle)."""
+    top = float(np.nanmax(np.abs(values))) if np.size(values) else 0.0
+    return top if top > 0 else 1.0
+
+
+def layer_head_grid(values: np.ndarray, title: str, hover: str, selected: tuple[int, int | None] | None = None,
+                    zrange: tuple[float, float] | None = None) -> go.Figure:
+    """A [L, H] grid with heads across and layers down, as the head overview, in diverging
+    colours centred on 0 (or over `zrange`), so a click reports the cell's layer and head.
+    `hover`: what a cell's value is, e.g. "adds %{z:+.3f}"."""
+    values = np.asarray(values, dtype=float)
+    n_layer, n_head = values.shape
+    top = _symmetric(values)
+    zmin, zmax = zrange or (-top, top)
+    small = n_layer * n_head <= 256
+    text = [[f"{v:+.2f}" if small and abs(v) >= 0.1 * max(abs(zmin), abs(zmax)) else "" for v in row]
+            for row in values]
+    fig = go.Figure(go.Heatmap(
+        z=values.round(4).tolist(), x=list(range(n_head)), y=list(range(n_layer)), text=text,
+        texttemplate="%{text}", textfont=dict(size=10), colorscale=DIVERGING, zmin=zmin, zmax=zmax,
+        hovertemplate=f"layer %{{y}} · head %{{x}}<br>{hover}<extra></extra>", xgap=2, ygap=2,
+        colorbar=dict(thickness=10, outlinewidth=0)))
+    if selected is not None and selected[1] is not None:
+        layer, head = selected
+        fig.add_shape(type="rect", x0=head - 0.5, x1=head + 0.5, y0=layer - 0.5, y1=layer + 0.5,
+                      line=dict(color="#111", width=2))
+    fig.update_xaxes(title_text="head", tickmode="array", tickvals=list(range(n_head)), showgrid=False,
+                     zeroline=False, tickfont=dict(size=10 if n_head > 16 else 12))
+    fig.update_yaxes(title_text="layer", tickmode="array", tickvals=list(range(n_layer)), showgrid=False,
+                     zeroline=False, autorange="reversed", tickfont=dict(size=10 if n_layer > 24 else 12))
+    row_px = max(18, min(36, 480 // n_layer))
+    return _base_layout(fig, title, height=110 + row_px * n_layer)
+
+
+def attribution_parts(mlps: Sequence[float], attention_bias: Sequence[float], embeddings: float,
+                      final_bias: float, title: str) -> go.Figure:
+    """What is not a head: each layer's MLP and attention bias, the embeddings and the final
+    LayerNorm's bias, as bars (blue adds to the metric, red takes away)."""
+    names = ["embeddings"] + [f"MLP {i}" for i in range(len(mlps))] + \
+        [f"attn bias {i}" for i in range(len(attention_bias))] + ["final LN bias"]
+    values = [float(embeddings), *map(float, mlps), *map(float, attention_bias), float(final_bias)]
+    fig = go.Figure(go.Bar(x=names, y=values, marker_color=["#2563eb" if v >= 0 else "#dc2626" for v in values],
+                           hovertemplate="%{x}: %{y:+.3f}<extra></extra>"))
+    fig.update_xaxes(tickangle=-60, tickfont=dict(size=10))
+    fig.update_yaxes(title_text="adds to the metric", zeroline=True, zerolinecolor="#8a8a8a")
+    return _base_layout(fig, title, height=300)
+
+
+def patch_positions_grid(values: np.ndarray, labels: Sequence[str], title: str) -> go.Figure:
+    """Residual patching [L, T]: layers down, the clean prompt's tokens across."""
+    values = np.asarray(values, dtype=float)
+    n_layer, T = values.shape
+    fig = go.Figure(go.Heatmap(
+        z=values.round(4).tolist(), x=list(range(T)), y=list(range(n_layer)), colorscale=DIVERGING,
+        zmin=-1, zmax=1, customdata=[[labels[t] for t in range(T)] for _ in range(n_layer)],
+        hovertemplate="layer %{y} · token %{x} <b>%{customdata}</b><br>restores %{z:.3f}<extra></extra>",
+        xgap=1, ygap=1, colorbar=dict(thickness=10, outlinewidth=0)))
+    fig.update_xaxes(tickmode="array", tickvals=list(range(T)), ticktext=list(labels), tickangle=-60,
+                     tickfont=dict(size=10), showgrid=False, zeroline=False)
+    fig.update_yaxes(title_text="layer (residual entering it)", tickmode="array", tickvals=list(range(n_layer)),
+                     showgrid=False, zeroline=False, autorange="reversed")
+    row_px = max(14, min(30, 420 // n_layer))
+    return _base_layout(fig, title, height=150 + row_px * n_layer)

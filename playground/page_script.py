@@ -7,6 +7,7 @@ The token view gets from the server one payload per (run, layer, head) (see
 `playground/token_view.py`) and repaints locally on hover, click and arrow keys. Token text
 is only ever set with `textContent`, never parsed as HTML.
 """
+from pathlib import Path
 
 TOKEN_VIEW_HTML = """
 <div class="tv">
@@ -16,6 +17,12 @@ TOKEN_VIEW_HTML = """
       <span class="tv-ramp"><span class="tv-mark"></span></span><span class="tv-scale"></span>
       <button type="button" class="tv-relative" aria-pressed="false"
         title="shade relative to the strongest weight shown instead of 0..1">relative</button>
+    </span>
+    <span class="tv-mode" role="group" aria-label="shading">
+      <button type="button" data-mode="attention" class="on"
+        title="shade by the selected head's attention">attention</button>
+      <button type="button" data-mode="attribution"
+        title="shade by input saliency (Explain tab): blue pushes towards the explained token, red away">attribution</button>
     </span>
     <span class="tv-dir" role="group" aria-label="direction">
       <button type="button" data-dir="from" class="on"
@@ -40,6 +47,8 @@ const legend = element.querySelector('.tv-legend');
 const scale = element.querySelector('.tv-scale');
 const mark = element.querySelector('.tv-mark');
 const relativeButton = element.querySelector('.tv-relative');
+const modeButtons = element.querySelectorAll('[data-mode]');
+let mode = 'attention'; // or 'attribution': the payload's saliency (from the Explain tab)
 let view = null;      // the payload shown
 let codes = null;     // Uint8Array: a packed lower triangle (a finished run) or one row (live)
 let spans = [];
@@ -101,10 +110,12 @@ function paint() {
     s.style.backgroundColor = '';
     s.removeAttribute('title');
     delete s.dataset.weight;
+    delete s.dataset.score;
     s.classList.remove('sel', 'newest');
   }
   painted = [];
   if (!view) return;
+  if (mode === 'attribution' && view.saliency) { paintSaliency(); return; }
   const p = hovered ?? pinned ?? view.selected;
   if (p == null || p >= spans.length) return;
   const weights = weightsFor(p);
@@ -135,6 +146,36 @@ function paint() {
   element.dataset.pinned = pinned ?? view.selected;  // for tests: the selection a preview returns to
 }
 
+// Saliency: each token up to the explained position by its input x gradient, on a diverging
+// scale (blue pushes the metric up, red down) relative to the largest magnitude.
+function paintSaliency() {
+  const sal = view.saliency;
+  const top = Math.max(...sal.scores.map(Math.abs), 1e-9);
+  sal.scores.forEach((v, i) => {
+    const s = spans[i];
+    if (!s) return;
+    const alpha = (0.85 * Math.sqrt(Math.abs(v) / top)).toFixed(3);
+    s.style.backgroundColor = v >= 0 ? `rgba(37, 99, 235, ${alpha})` : `rgba(220, 38, 38, ${alpha})`;
+    s.title = `saliency ${v >= 0 ? '+' : ''}${v.toFixed(4)} for ${sal.target} over ${sal.contrast}`;
+    s.dataset.score = v.toFixed(6);  // for tests and automation
+    painted.push(i);
+  });
+  if (spans[sal.token]) { spans[sal.token].classList.add('sel'); painted.push(sal.token); }
+  legend.dataset.scale = 'diverging';
+  legend.dataset.darkest = top.toFixed(5);
+  scale.textContent = `\u2212${top.toPrecision(2)} \u2026 +${top.toPrecision(2)} (red lowers, blue raises)`;
+  caption.textContent = `Saliency for token ${quote(sal.token)}: ${sal.target} rather than ${sal.contrast} ` +
+    '(input \u00d7 gradient of the logit difference, each earlier token)';
+  element.dataset.selected = sal.token;
+}
+
+function setMode(m) {
+  mode = view && view.saliency ? m : 'attention';
+  modeButtons.forEach(o => o.classList.toggle('on', o.dataset.mode === mode));
+  element.classList.toggle('attribution', mode === 'attribution');
+  paint();
+}
+
 function keepInView(p) {
   const s = spans[p];
   if (!s) return;
@@ -150,6 +191,8 @@ function show(v) {
     return;
   }
   const sameRun = view && v.run === view.run;
+  const fresh = !!v.saliency;  // an Explain result; a new layer or head of the same run keeps the last one
+  if (!fresh && sameRun && !v.live && view.saliency) v = {...v, saliency: view.saliency};
   const grown = sameRun && v.tokens.length >= spans.length;
   view = v;
   if (!grown) { text.textContent = ''; spans = []; painted = []; }
@@ -160,6 +203,10 @@ function show(v) {
   if (v.live || !sameRun || pinned == null || pinned >= spans.length) pinned = v.live ? null : v.selected;
   hovered = null;
   element.classList.toggle('live', !!v.live);
+  element.classList.toggle('has-saliency', !!v.saliency);
+  mode = fresh ? 'attribution' : 'attention';
+  modeButtons.forEach(o => o.classList.toggle('on', o.dataset.mode === mode));
+  element.classList.toggle('attribution', mode === 'attribution');
   element.dataset.run = v.run;  // for tests and automation: which run is shown
   paint();
   if (v.live) text.scrollTop = text.scrollHeight;
@@ -205,6 +252,7 @@ text.addEventListener('keydown', e => {
   paint();
   keepInView(pinned);
 });
+modeButtons.forEach(b => b.addEventListener('click', () => setMode(b.dataset.mode)));
 relativeButton.addEventListener('click', () => {
   relative = !relative;
   relativeButton.setAttribute('aria-pressed', String(relative));
@@ -277,6 +325,148 @@ new MutationObserver(() => document.querySelectorAll('.js-plotly-plot').forEach(
   .observe(document.body, {childList: true, subtree: true});
 """
 
+# Figures wider than their panel (the heatmap, the logit-lens grid, Compare's rows) scroll
+# sideways in their box (page.css). While they do, their row labels and the y axis title stay
+# at the box's left edge over a patch of the page's background, the x axis title stays under
+# the part in view, and a line above the figure says that it scrolls and which columns are in
+# view. Plotly draws a figure anew for each value (Gradio mounts a new one), so this follows
+# every draw and every scroll.
+SCROLLING_FIGURES = ("#attention-heatmap", "#lens-grid", "#compare-rows")
+FIGURE_SCROLL_JS = r"""
+const scrolling = '__SCROLLING__';
+function background(el) {
+  for (; el; el = el.parentElement) {
+    const c = getComputedStyle(el).backgroundColor;
+    if (c && c !== 'transparent' && !/rgba\(.*,\s*0\)$/.test(c)) return c;
+  }
+  return 'white';
+}
+function columnsInView(plot, box) {
+  const xa = plot._fullLayout.xaxis, ticks = xa.tickvals || [];
+  if (!xa.p2l || !ticks.length) return '';
+  // the row labels cover the plot's first `_offset` pixels in view
+  const lo = xa.p2l(box.scrollLeft), hi = xa.p2l(box.scrollLeft + box.clientWidth - xa._offset);
+  const shown = ticks.filter(v => v >= Math.min(lo, hi) - 0.5 && v <= Math.max(lo, hi) + 0.5).length;
+  return ` \u00b7 ${Math.min(shown, ticks.length)} of ${ticks.length} columns in view`;
+}
+function shift(el, x) {  // keeps Plotly's own transform (a new draw sets a new one)
+  const own = el.getAttribute('transform') || '';
+  const base = own === el.__shifted ? el.__base : own;
+  el.__base = base;
+  el.__shifted = x ? `${base} translate(${x},0)`.trim() : base;
+  if (el.__shifted) el.setAttribute('transform', el.__shifted); else el.removeAttribute('transform');
+}
+function place(box) {
+  const plot = box.querySelector('.js-plotly-plot');
+  const layout = plot && plot._fullLayout;
+  if (!layout || !layout._size) return;
+  let hint = box.querySelector(':scope > .scroll-hint');
+  if (!hint) {
+    hint = document.createElement('div');
+    hint.className = 'scroll-hint';
+    box.prepend(hint);
+  }
+  const wide = plot.scrollWidth > box.clientWidth + 1;
+  const x = wide ? box.scrollLeft : 0;
+  box.classList.toggle('scrolls', wide);
+  hint.hidden = !wide;
+  if (wide) {
+    const end = x + box.clientWidth >= plot.scrollWidth - 1;
+    hint.textContent = (end ? '\u2190 scroll back for the first columns' : 'Scroll sideways for more \u2192')
+      + columnsInView(plot, box);
+  }
+  const rows = plot.querySelector('.yaxislayer-above');
+  if (rows) {
+    let patch = rows.querySelector(':scope > rect.sticky-rows');
+    if (!patch && wide) {
+      patch = document.createElementNS('http://www.w3.org/2000/svg', 'rect');
+      patch.setAttribute('class', 'sticky-rows');
+      rows.prepend(patch);
+    }
+    if (patch) {
+      patch.setAttribute('x', 0); patch.setAttribute('y', 0);
+      patch.setAttribute('width', wide ? layout._size.l : 0); patch.setAttribute('height', layout.height);
+      patch.style.fill = background(box);
+    }
+    shift(rows, x);
+  }
+  plot.querySelectorAll('.g-ytitle').forEach(t => shift(t, x));
+  const title = plot.querySelector('.g-xtitle');
+  if (title) {  // under the middle of the plot area in view
+    const area = layout._size, inView = Math.min(x + box.clientWidth, area.l + area.w) - (x + area.l);
+    shift(title, Math.max(0, wide ? x + inView / 2 - area.w / 2 : 0));
+  }
+}
+function watchBox(box) {
+  const plot = box.querySelector('.js-plotly-plot');
+  if (!plot || !plot.on || plot.dataset.sticky) return;
+  plot.dataset.sticky = '1';
+  plot.on('plotly_afterplot', () => place(box));
+  if (!box.dataset.sticky) {
+    box.dataset.sticky = '1';
+    box.addEventListener('scroll', () => place(box), {passive: true});
+    new ResizeObserver(() => place(box)).observe(box);
+  }
+  place(box);
+}
+new MutationObserver(() => document.querySelectorAll(scrolling).forEach(watchBox))
+  .observe(document.body, {childList: true, subtree: true});
+""".replace("__SCROLLING__", ", ".join(SCROLLING_FIGURES))
+
+
+def _plotly_asset() -> str:
+    """The file name of Gradio's Plotly bundle (hashed per release), '' when not found."""
+    import gradio
+
+    found = sorted((Path(gradio.__file__).parent / "templates" / "frontend" / "assets").glob("PlotlyPlot-*.js"))
+    return found[0].name if found else ""
+
+
+# Gradio mounts a tab's components on its first visit (Tab's render_children is not read by
+# Gradio 6's frontend), and its Plot component imports Plotly (a 4.4 MB module) when it draws a
+# first figure: a first visit of a chart tab took seconds with a blank panel. Both happen with
+# the page instead: every tab of the views is opened once, out of sight, as soon as the tabs
+# exist (the panel keeps its height meanwhile, and the tab that was selected comes back), and
+# Plotly is imported when the browser is idle, from the same URL Gradio's own import resolves to
+# (so the module is evaluated once). Then a new run's figures are drawn into their tabs as they
+# arrive, and a first visit only shows them.
+def views_early_js(plotly_asset: str | None = None) -> str:
+    asset = _plotly_asset() if plotly_asset is None else plotly_asset
+    return r"""
+(async () => {
+  const frame = () => new Promise(r => requestAnimationFrame(() => r()));
+  const plotly = '__PLOTLY__';
+  let list = null;
+  for (let i = 0; i < 1200 && !(list = document.querySelector('#views [role=tablist]')); i++) await frame();
+  if (list) {
+    const tabs = [...list.querySelectorAll('[role=tab]')];
+    const selected = tabs.find(t => t.getAttribute('aria-selected') === 'true') || tabs[0];
+    const box = list.closest('.tabs');
+    const panels = () => box.querySelectorAll('.tabitem').length;
+    box.style.height = `${box.offsetHeight}px`;
+    box.style.overflow = 'hidden';
+    document.body.classList.add('views-mounting');
+    for (const tab of tabs) {
+      if (tab === selected || tab.getAttribute('aria-disabled') === 'true') continue;
+      const before = panels();
+      tab.click();
+      for (let i = 0; i < 120 && panels() === before; i++) await frame();
+    }
+    selected?.click();
+    await frame();
+    box.style.height = '';
+    box.style.overflow = '';
+    document.body.classList.remove('views-mounting');
+  }
+  document.body.dataset.viewsMounted = String(list ? list.querySelectorAll('[role=tab]').length : 0);
+  if (!plotly) return;
+  const base = document.querySelector('script[src*="/assets/index-"]')?.src || new URL('assets/', location.href).href;
+  const load = () => import(new URL(plotly, base).href)
+    .then(() => { document.body.dataset.plotlyLoaded = '1'; }, () => {});
+  (window.requestIdleCallback || (f => setTimeout(f, 200)))(load, {timeout: 2000});
+})();
+""".replace("__PLOTLY__", asset)
+
 # From Generate until the new run's views are in, every tab but the token view (which follows
 # the run live) shows the previous run: say so (page.css dims them under a note).
 STALE_JS = "() => { document.body.classList.add('views-stale'); }"
@@ -322,3 +512,16 @@ DOWNLOAD_JS = r"""
   setTimeout(() => { URL.revokeObjectURL(a.href); a.remove(); }, 1000);
 }
 """
+
+# The Explain button explains the token selected in the token view (its pinned selection; the
+# slider's own value if nothing is selected there); another token resets the contrast.
+EXPLAIN_SELECTED_JS = r"""
+(run, position, contrast, layer, head) => {
+  const view = document.querySelector('#token-view [data-pinned]');
+  const pinned = view ? Number(view.dataset.pinned) : NaN;
+  if (Number.isInteger(pinned) && pinned >= 1 && pinned !== position) return [run, pinned, null, layer, head];
+  return [run, position, contrast, layer, head];
+}
+"""
+# The Explain tab's own slider picks another token: its contrast starts over (the runner-up).
+EXPLAIN_POSITION_JS = "(run, position, contrast, layer, head) => [run, position, null, layer, head]"

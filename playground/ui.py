@@ -31,6 +31,7 @@ from .models import ModelTable, offered_sources, start_model, with_tiers
 from .service import MEAN, Service, parse_head
 from .views.common import Queues, head_choices, head_value, layer_choices, selection
 from .views.compare import CompareTab
+from .views.explain import ExplainTab
 from .views.form import Form
 from .views.heads import HeadsTab
 from .views.heatmap import HeatmapTab
@@ -68,6 +69,7 @@ class Page:
         self.tokens, self.heatmap, self.heads = TokensTab(service), HeatmapTab(), HeadsTab(service)
         self.next_token, self.lens = NextTokenTab(service), LensTab(service)
         self.knockout, self.compare = KnockoutTab(service), CompareTab(service)
+        self.explain = ExplainTab(service, self.tokens)
         self._stopping: set[str | None] = set()  # sessions whose Stop is waiting for its run
         self.live_interval = live_interval  # None: no token view while streaming
 
@@ -93,9 +95,9 @@ class Page:
                 yield step.text, step.run_id, progress, view
 
     def clear_experiments(self) -> tuple:
-        """A new run starts: the knock-out and comparison of the previous one go (they would
-        read as this run's), back to the tabs' empty states."""
-        return (*self.knockout.cleared(), *self.compare.cleared())
+        """A new run starts: the knock-out, comparison, patching and steering of the previous
+        one go (they would read as this run's), back to the tabs' empty states."""
+        return (*self.knockout.cleared(), *self.compare.cleared(), *self.explain.cleared())
 
     def show_run(self, run_id: str | None, size: Any, sort_by_role: Any = False) -> tuple:
         """Everything the panels show after a run: the strongest role's head (an induction or
@@ -236,7 +238,8 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
     first, notice = start_model(default_model, service.models.names)
     page = Page(service, first=first)
     form, tokens, heatmap, heads = page.form, page.tokens, page.heatmap, page.heads
-    next_token, lens, knockout, compare = page.next_token, page.lens, page.knockout, page.compare
+    next_token, lens, knockout, compare, explain = (page.next_token, page.lens, page.knockout, page.compare,
+                                                    page.explain)
     if notice:
         log.warning(notice.replace("**", ""))  # the page's notice, for the terminal
     log.info("serving %s (%s weights), loaded on first use", first, tiers[first])
@@ -246,7 +249,8 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
         gr.Markdown(notice or "", elem_id="notice", visible=notice is not None)
         status = gr.Markdown("Starting…", elem_id="model-status")
         run_id = gr.State(None)
-        gr.HTML(html_template="", js_on_load=page_script.ENTER_APPLIES_JS + page_script.FIXED_FIGURES_JS,
+        gr.HTML(html_template="", js_on_load=page_script.ENTER_APPLIES_JS + page_script.FIXED_FIGURES_JS
+                + page_script.FIGURE_SCROLL_JS + page_script.views_early_js(),
                 elem_id="page-keys")
         with gr.Row(equal_height=False):
             with gr.Column(scale=2, min_width=300, elem_id="settings"):
@@ -282,6 +286,8 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
                         knockout.layout()
                     with gr.Tab("Compare"):
                         compare.layout(first)
+                    with gr.Tab("Explain", elem_id="explain-tab"):
+                        explain.layout()
 
         start, size, sort_roles = heatmap.start, heatmap.size, heads.sort_roles
         view_outputs = [stats, layer, head, start, tokens.view, heatmap.note, heatmap.heatmap, heads.grid,
@@ -312,13 +318,35 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
         # The views of the previous run are marked as such (page_script.STALE_JS) from the click
         # until this run's views are in, or the run failed or was stopped.
         form.generate.click(None, js=page_script.STALE_JS, api_visibility="private")
-        form.generate.click(page.clear_experiments, outputs=[*knockout.outputs, *compare.outputs], **queues.view)
-        run.success(friendly(page.show_run), inputs=[run_id, size, sort_roles], outputs=view_outputs,
-                    **queues.view).then(None, js=page_script.FRESH_JS, api_visibility="private")
+        form.generate.click(page.clear_experiments,
+                            outputs=[*knockout.outputs, *compare.outputs, *explain.cleared_outputs], **queues.view)
+        shown = run.success(friendly(page.show_run), inputs=[run_id, size, sort_roles], outputs=view_outputs,
+                            **queues.view)
+        shown.then(None, js=page_script.FRESH_JS, api_visibility="private")
+        shown.success(friendly(explain.show), inputs=run_id, outputs=explain.run_outputs, **queues.view)
         run.failure(None, js=page_script.FRESH_JS, api_visibility="private")
+        # The Explain tab's example: the built-in model's repeated sequence, generated as Generate
+        # does, shown, then explained at a token of the second copy with the patching prompt set.
+        example = explain.example.click(form.induction_example, outputs=[form.prompt, form.model, form.temperature,
+                                                                         form.max_new],
+                                        api_visibility="private", concurrency_id="view").then(
+            form.model_status, inputs=[form.model, form.max_new], outputs=status_outputs, api_visibility="private",
+            concurrency_id="view").then(
+            page.generate, inputs=[*form.settings, layer, head], outputs=[output, run_id, stats, tokens.view],
+            api_name="ui_explain_example", show_progress="minimal", **queues.generate)
+        explain.example.click(None, js=page_script.STALE_JS, api_visibility="private")
+        explain.example.click(page.clear_experiments,
+                              outputs=[*knockout.outputs, *compare.outputs, *explain.cleared_outputs], **queues.view)
+        example.failure(None, js=page_script.FRESH_JS, api_visibility="private")
+        example.success(friendly(page.show_run), inputs=[run_id, size, sort_roles], outputs=view_outputs,
+                        **queues.view).success(friendly(explain.show), inputs=run_id, outputs=explain.run_outputs,
+                                               **queues.view).success(
+            friendly(explain.example_run), inputs=[run_id, layer, head],
+            outputs=[*explain.explain_outputs, explain.corrupted], **queues.generate).then(
+            None, js=page_script.FRESH_JS, api_visibility="private")
         # The cancel first: the browser runs a click's listeners in order, and page.await_stop
         # waits for the run that the cancelled generation stores.
-        form.stop.click(None, cancels=[run], api_visibility="private")
+        form.stop.click(None, cancels=[run, example], api_visibility="private")
         form.stop.click(page.await_stop, inputs=run_id, api_visibility="private", concurrency_id="stop",
                         concurrency_limit=None).then(friendly(page.stop), inputs=[run_id, size, sort_roles],
                                                      outputs=view_outputs, **queues.view).then(
@@ -337,9 +365,10 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
         for changed in (start.release, size.release, sort_roles.input):
             changed(friendly(page.update_window), inputs=selection_inputs,
                     outputs=[heatmap.note, heatmap.heatmap, heads.grid], trigger_mode="always_last", **queues.view)
-        heads.wire(friendly(page.pick_head), inputs=[run_id, start, size, sort_roles],
-                   outputs=[layer, head, tokens.view, heatmap.note, heatmap.heatmap, heads.grid, heads.overview],
-                   view=queues.view)
+        pick_inputs = [run_id, start, size, sort_roles]
+        pick_outputs = [layer, head, tokens.view, heatmap.note, heatmap.heatmap, heads.grid, heads.overview]
+        heads.wire(friendly(page.pick_head), inputs=pick_inputs, outputs=pick_outputs, view=queues.view)
+        explain.wire(run_id, form.settings, layer, head, friendly(page.pick_head), pick_inputs, pick_outputs, queues)
         next_token.wire(run_id, queues.view)
         lens.wire(run_id, start, size, queues.view)
         knockout.wire(run_id, form.settings, form.model, layer, head, queues)

@@ -40,7 +40,7 @@ class Settings:
     stop_at_end: bool = False  # end at GPT-2's <|endoftext|> token
 
 
-def _number(name: str, value: object) -> float:
+def number(name: str, value: object) -> float:
     original = value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         try:
@@ -62,15 +62,15 @@ def integer(name: str, value: object, low: int, high: int) -> int:
     if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,4000}\s*", value):
         value = int(value)
     if isinstance(value, int) and not isinstance(value, bool):
-        number = value
+        whole = value
     else:
-        number = _number(name, value)
-        if not number.is_integer():
+        as_float = number(name, value)
+        if not as_float.is_integer():
             raise ValueError(f"{name} must be a whole number, got {shown(value)}")
-        number = int(number)
-    if not low <= number <= high:
-        raise ValueError(f"{name} must be between {low} and {high}, got {shown(number)}")
-    return number
+        whole = int(as_float)
+    if not low <= whole <= high:
+        raise ValueError(f"{name} must be between {low} and {high}, got {shown(whole)}")
+    return whole
 
 
 def prompt_text(prompt: object) -> str:
@@ -118,10 +118,10 @@ def settings(prompt: object, model: object, temperature: object, top_k: object, 
              max_new_tokens: object, seed: object, stop_at_end: object = False, *, offered: list[str],
              vocab_size: int = 50257) -> Settings:
     """All generation inputs at once; raises ValueError naming the first bad one."""
-    temperature_value = _number("temperature", temperature)
+    temperature_value = number("temperature", temperature)
     if temperature_value < 0:
         raise ValueError(f"temperature must be >= 0 (0 = greedy), got {temperature_value}")
-    top_p_value = _number("top_p", top_p)
+    top_p_value = number("top_p", top_p)
     if not 0.0 < top_p_value <= 1.0:
         raise ValueError(f"top_p must be in (0, 1] (1 = off), got {top_p_value}")
     return Settings(
