@@ -16,8 +16,9 @@ What it does:
   X-Forwarded-For with --trust-forwarded-for): at most PER_CLIENT_JOBS events queued and
   running, and at most PER_CLIENT_WORK tokens to compute among them (the prompt or text,
   ~3 characters a token up to a context, plus the new tokens); beyond either, HTTP 429 at
-  once. The page's own load events (what a visit runs on opening) are not counted, not held
-  to `max_size`, and go first in their concurrency id.
+  once. The page's own load events (what a visit runs on opening) are counted apart, under
+  the same limits (so a visit opens however full the queue is, and they are no way around
+  it), and go first in their concurrency id.
 - **Fair scheduling**: under each concurrency id, the next event is the waiting client's with
   the fewest running there (then the oldest); a client runs at most half of an id's slots and
   at most half of WORK_IN_FLIGHT at once (always at least one job), so another client's
@@ -61,7 +62,7 @@ PER_CLIENT_JOBS = 16  # queued + running events of one client (the page's own lo
 PER_CLIENT_WORK = 16 * 1024  # tokens to compute among them: 16 full-context jobs
 WORK_IN_FLIGHT = 4 * 1024  # tokens the "generate" id computes at once: 4 full-context jobs
 WORK_ID = "generate"  # the concurrency id whose events are sized by work (ui.py, api.py)
-TEXT_INPUTS = {"prompt", "text"}  # API parameter names and the page's elem_ids
+TEXT_INPUTS = {"prompt", "text", "clean", "corrupted", "plus", "minus"}  # API parameter names and the page's elem_ids
 NEW_TOKEN_INPUTS = {"max_new_tokens", "max-new-tokens"}
 CHARS_PER_TOKEN = 3  # English BPE is ~4; fewer overestimates odd text, which is safe
 MAX_TEXT_TOKENS = 1024  # what a forward pass reads at most (GPT-2's context)
@@ -116,15 +117,21 @@ class MessageBox(AsyncQueue):
 
 class Mailboxes(LRUCache):
     """Gradio's `pending_messages_per_session` (an LRUCache of asyncio.Queue), whose queues
-    are MessageBoxes and whose `total` is the bytes of every box."""
+    are MessageBoxes and whose `total` is the bytes of every box. When full, the least recently
+    made box of a session with no stream open goes (Gradio's drops the least recently made,
+    open page or not: thousands of cheap calls with fresh session hashes broke open pages)."""
 
-    def __init__(self, max_size: int):
+    def __init__(self, max_size: int, readers: dict[str, int] | None = None):
         super().__init__(max_size)
-        self.total = 0
+        self.total, self.readers = 0, readers if readers is not None else {}
 
     def __setitem__(self, key: str, value: Any) -> None:
         if type(value) is AsyncQueue and value.empty():  # Gradio's push makes a bare one
             value = MessageBox(self)
+        if key not in self and len(self) >= self.max_size:
+            unread = next((k for k in self if not self.readers.get(k)), None)
+            if unread is not None:
+                self.pop(unread)
         old = self.get(key)
         if old is not None and old is not value and isinstance(old, MessageBox):
             old.detach()
@@ -213,10 +220,9 @@ class FairQueue(Queue):
         """After Queue.__init__: the extra state, and `max_size` taken over from Gradio's check."""
         self.trust_forwarded_for = trust_forwarded_for
         self.queue_limit, self.max_size = self.max_size, None  # push checks it, without page loads
-        old = self.pending_messages_per_session
-        self.pending_messages_per_session = Mailboxes(old.max_size)
-        self.jobs: dict[str, Job] = {}
         self.readers: dict[str, int] = {}  # session -> streams open now
+        self.pending_messages_per_session = Mailboxes(self.pending_messages_per_session.max_size, self.readers)
+        self.jobs: dict[str, Job] = {}
         self.opened: dict[str, float] = {}  # session -> when its last stream opened
         self.page_loads = page_load_fns(self.blocks)
         self.dropped = {"unread jobs": 0, "unread sessions": 0, "over a session's bound": 0}
@@ -241,17 +247,19 @@ class FairQueue(Queue):
         client = client_address(request.scope, self.trust_forwarded_for)
         page_load = fn._id in self.page_loads
         work = work_of(input_names(self.blocks, fn), body.data) if fn.concurrency_id == WORK_ID else 0
-        if not page_load:
-            waiting = [e for e in self._queued() if not self._job(e).page_load]
-            if self.queue_limit is not None and len(waiting) >= self.queue_limit:
-                return False, f"Queue is full. Max size is {self.queue_limit} and size is {len(waiting)}.", "queue_full"
-            theirs = [self._job(e) for e in [*waiting, *self._running()]]
-            theirs = [j for j in theirs if j.client == client and not j.page_load]
+        # The page's load events are counted apart (a visit must open however full the queue
+        # is), each under the same limits: neither is a way around the other's.
+        waiting = [e for e in self._queued() if self._job(e).page_load == page_load]
+        if self.queue_limit is not None and len(waiting) >= self.queue_limit:
+            return False, f"Queue is full. Max size is {self.queue_limit} and size is {len(waiting)}.", "queue_full"
+        theirs = [self._job(e) for e in [*waiting, *self._running()]]
+        theirs = [j for j in theirs if j.client == client and j.page_load == page_load]
+        if theirs:
             if len(theirs) >= PER_CLIENT_JOBS:
                 raise HTTPException(429, f"Too many requests at once: {len(theirs)} of yours are queued or "
                                          f"running (at most {PER_CLIENT_JOBS}); wait for one to finish")
             held = sum(j.work for j in theirs)
-            if held and held + work > PER_CLIENT_WORK:
+            if held + work > PER_CLIENT_WORK:
                 raise HTTPException(429, f"Too much work at once: yours queued or running would compute "
                                          f"{held + work:,} tokens (at most {PER_CLIENT_WORK:,}); wait for one "
                                          "to finish")

@@ -258,6 +258,10 @@ def test_message_boxes_count_their_bytes():
     assert "a" not in boxes and boxes.total == 0
     del boxes["b"]
     assert boxes.total == 0
+    readers = {"open": 1}
+    boxes = fairness.Mailboxes(2, readers)
+    boxes["open"], boxes["x"], boxes["y"] = asyncio.Queue(), asyncio.Queue(), asyncio.Queue()
+    assert list(boxes) == ["open", "y"]  # full: the oldest box nobody reads went, not the open page's
 
 
 # -- item 5: bytes in flight ------------------------------------------------------------------------------
