@@ -15,7 +15,7 @@ PICKLE = re.compile(r"torch\.load\b|\bimport pickle\b|\bpickle\.|\bdill\b|\bjobl
 # Every component type the page may contain: none of them uploads a file or takes a path. The
 # page's `html` components render our own templates and script (playground/page_script.py): no
 # file input, no `server_functions` (calls outside the queue), only queued events.
-SAFE_COMPONENTS = {"api", "button", "checkbox", "column", "dataset", "dropdown", "form", "highlightedtext",
+SAFE_COMPONENTS = {"accordion", "api", "button", "checkbox", "column", "dataset", "dropdown", "form", "highlightedtext",
                    "html", "markdown", "plot", "row", "slider", "state", "tabitem", "tabs", "textbox"}
 
 
