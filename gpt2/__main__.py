@@ -1,4 +1,5 @@
-"""Command line: `python -m gpt2 download NAME` (a preset or a Hub repo `org/name[@revision]`), `generate PROMPT ...` and `train --out PATH ...`.
+"""Command line: `python -m gpt2 download NAME` (a preset or a Hub repo `org/name[@revision]`),
+`generate PROMPT ...` and `train --out PATH ...`.
 
 Every flag's help shows its default. A bad value is refused in one line on stderr with exit
 code 2 before anything is loaded or trained; a model that cannot load exits with code 1.

@@ -8,6 +8,7 @@ takes no new requests and leaves once the running ones end, so dropping never br
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -281,6 +282,18 @@ class ModelTable:
             return gpt2.hub.parse_repo(self.sources[name])
         return hub_repo(self.sources[name])
 
+    def _load_bytes(self, name: str) -> int:
+        """`load_bytes` of `name`'s source; for a Hub repo, its float32 weights as its config
+        gives them (the config is in the cache once its tokenizer was read), else 0."""
+        repo = self._repo(name)
+        if repo is None:
+            return load_bytes(self.sources[name])
+        folder = gpt2.hub.cached_snapshot(repo.repo_id, repo.revision, weights=False)
+        try:
+            return model_bytes(gpt2.GPTConfig.from_hf(json.loads((folder / "config.json").read_text())))
+        except (OSError, TypeError, ValueError, KeyError, RecursionError):
+            return 0
+
     def _cap(self, name: str) -> int | None:
         """The size cap of `name`'s load: `max_params` for a repo a visitor named, none for the
         operator's own list."""
@@ -302,7 +315,8 @@ class ModelTable:
             folder = gpt2.weights.download_repo(repo, max_params, weights=False) if repo else source
             return gpt2.load_tokenizer(folder)
         except gpt2.WeightsError as error:
-            raise gpt2.WeightsError(without_server_paths(str(error), {} if repo else {source: local_name(source)})) from None
+            named = {} if repo else {source: local_name(source)}
+            raise gpt2.WeightsError(without_server_paths(str(error), named)) from None
 
     def loaded(self, name: str) -> bool:
         with self._lock:
@@ -327,9 +341,9 @@ class ModelTable:
                     return self._loops[name]
             self._raise_if_failed(name)  # the load this one waited for failed
             source, tier = self.sources[name], self.tiers.get(name, "fp32")
-            self._reserve(name, load_bytes(source))  # before the load: concurrent loads stay within budget
             try:
-                self.tokenizer(name)  # first (small files): every view of the model's ids reads it
+                self.tokenizer(name)  # first (small files; a repo's config too): every view of its ids reads it
+                self._reserve(name, self._load_bytes(name))  # before the load: concurrent loads stay within budget
                 model = self._load(name, source, tier, self._repo(name), self._cap(name))
             except gpt2.WeightsError as error:
                 self._failed[name] = (time.monotonic(), source_files(source), str(error))

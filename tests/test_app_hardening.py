@@ -449,7 +449,7 @@ def test_a_failed_preset_load_is_retried_after_a_while(monkeypatch, tmp_path):
     tries, clock = [], [1000.0]
     monkeypatch.setattr(models.time, "monotonic", lambda: clock[0])
 
-    def unreachable(name: str, source: str, tier: str) -> gpt2.GPT:
+    def unreachable(name: str, source: str, tier: str, *rest) -> gpt2.GPT:  # rest: a repo, its size cap
         tries.append(name)
         raise gpt2.WeightsError("no Hub")
 

@@ -183,6 +183,19 @@ def test_visitors_choose_only_from_the_list_unless_the_operator_allows_any_repo(
     assert len(small.sources) < len(sources) + 40
 
 
+def test_a_repo_is_reserved_its_size_in_the_memory_budget_before_it_loads(offline, tiny_checkpoint):
+    """As a preset's: its float32 weights (from its config, read with its tokenizer) are made
+    room for before the weights are read; least recently used models go first."""
+    sources, tiers = with_tiers(offered_sources(str(tiny_checkpoint), [OWN]))
+    config = gpt2.load_model(OWN, compile=False).config
+    table = ModelTable(sources, tiers, max_bytes=4 * config.num_params + 1000)
+    table.get("local:tiny")
+    table.tokenizer(OWN)
+    assert table._load_bytes(OWN) == 4 * config.num_params
+    table.get(f"{OWN} · fp32")
+    assert not table.loaded("local:tiny") and table.loaded(f"{OWN} · fp32")  # room made before the load
+
+
 def test_the_app_offers_a_repo_and_serves_it(hf_home, tiny_checkpoint, tmp_path):
     """`app.py --model <local> --extra-model org/name`, offline from a Hub cache: the repo is in
     the list under its name, /generate streams its own tokenizer's text, the API's views read

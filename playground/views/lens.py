@@ -34,7 +34,8 @@ class LensTab:
         position = min(max(0, int(position)), T - 1)
         one = self.service.lens(run, slice(position, position + 1), LENS_K)
         tokenizer = run.tokenizer  # the model's own
-        label = tokens.labels(run.ids[position:position + 1], plot_safe=False, tokenizer=tokenizer)[0]  # lens_table escapes
+        # lens_table escapes the labels itself
+        label = tokens.labels(run.ids[position:position + 1], plot_safe=False, tokenizer=tokenizer)[0]
         following = (tokens.labels(run.ids[position + 1:position + 2], plot_safe=False, tokenizer=tokenizer)[0]
                      if position + 1 < T else None)
         table = explain.lens_table(position, label, following, one.ids[:, 0, 0].tolist(), one.probs[:, 0, 0].tolist(),

@@ -30,5 +30,6 @@ class TokensTab:
         """The newest token's row, read from the running capture."""
         layer, head = selection(step.capture.model.config, layer, head)
         position, row = self.service.live_row(step, layer, head)
-        return token_view.live_payload(step.run_id, tokens.text(step.ids, step.tokenizer), step.n_prompt, position, row,
+        text = tokens.text(step.ids, step.tokenizer)
+        return token_view.live_payload(step.run_id, text, step.n_prompt, position, row,
                                        layer, head_name(head))
