@@ -45,7 +45,7 @@ def describe_top(a, tokenizer, k: int = TOP_WORDS) -> str:
     return "\n".join(lines)
 
 
-def corrupted_copy(clean: str, run: Run) -> str:
+def corrupted_copy(clean: str) -> str:
     """A repeated sequence with its first copy's words replaced by others (same token count
     where the tokenizer allows): the corrupted prompt of the built-in example."""
     half = len(clean) // 2
@@ -193,7 +193,7 @@ class ExplainTab:
         j = max(1, run.n_prompt - 3)  # in the second copy: predicted by looking at the first
         out = self.explain(run_id, j, None, layer, head)
         clean = run.tokenizer.decode(run.ids[:run.n_prompt])
-        return (*out, corrupted_copy(clean, run))
+        return (*out, corrupted_copy(clean))
 
     # -- patching -------------------------------------------------------------------------------
     def patch(self, run_id: str | None, corrupted: Any, level: str) -> tuple:
