@@ -187,6 +187,12 @@ def head_overview(scores: Mapping[str, np.ndarray], selected: tuple[int, int | N
         x0, x1 = (-0.5, n_head - 0.5) if head is None else (head - 0.5, head + 0.5)
         fig.add_shape(type="rect", x0=x0, x1=x1, y0=layer - 0.5, y1=layer + 0.5,
                       line=dict(color="#e11d48", width=3))
+    return _layer_head_layout(fig, title, n_layer, n_head)
+
+
+def _layer_head_layout(fig: go.Figure, title: str, n_layer: int, n_head: int) -> go.Figure:
+    """Heads across, layers down (layer 0 on top), every one ticked: the grids a click on
+    which reports a (layer, head)."""
     fig.update_xaxes(title_text="head", tickmode="array", tickvals=list(range(n_head)), showgrid=False,
                      zeroline=False, tickfont=dict(size=10 if n_head > 16 else 12))
     fig.update_yaxes(title_text="layer", tickmode="array", tickvals=list(range(n_layer)), showgrid=False,
@@ -327,12 +333,7 @@ def layer_head_grid(values: np.ndarray, title: str, hover: str, selected: tuple[
         layer, head = selected
         fig.add_shape(type="rect", x0=head - 0.5, x1=head + 0.5, y0=layer - 0.5, y1=layer + 0.5,
                       line=dict(color="#111", width=2))
-    fig.update_xaxes(title_text="head", tickmode="array", tickvals=list(range(n_head)), showgrid=False,
-                     zeroline=False, tickfont=dict(size=10 if n_head > 16 else 12))
-    fig.update_yaxes(title_text="layer", tickmode="array", tickvals=list(range(n_layer)), showgrid=False,
-                     zeroline=False, autorange="reversed", tickfont=dict(size=10 if n_layer > 24 else 12))
-    row_px = max(18, min(36, 480 // n_layer))
-    return _base_layout(fig, title, height=110 + row_px * n_layer)
+    return _layer_head_layout(fig, title, n_layer, n_head)
 
 
 def attribution_parts(mlps: Sequence[float], attention_bias: Sequence[float], embeddings: float,
