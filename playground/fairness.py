@@ -27,12 +27,13 @@ What it does:
   to compute together (a lone job always runs): eight short generations run at once, four
   full-context ones.
 - **Replies nobody reads**: a job whose stream (`/queue/data`, or `/call/<name>/<id>`) is not
-  opened within STREAM_WAIT_S of being sent is dropped, queued or running, and so is what a
-  session holds unread that long with no stream open. A session holds at most
+  opened within STREAM_WAIT_S of its join being answered is dropped, queued or running, and
+  so is what a session holds unread that long with no stream open. A session holds at most
   UNREAD_MESSAGES messages and UNREAD_BYTES bytes unread (a message that would go over ends
   its job with an error saying so; one message alone may be larger), and all sessions
   together UNREAD_TOTAL_BYTES (over it, the oldest sessions with no stream open go first).
-`RouteGuard` tells the queue when a session's stream opens and closes (`reading`).
+`RouteGuard` tells the queue when a session's stream opens and closes (`reading`) and when an
+event's join was answered (`answered`).
 """
 from __future__ import annotations
 
@@ -224,6 +225,7 @@ class FairQueue(Queue):
         self.pending_messages_per_session = Mailboxes(self.pending_messages_per_session.max_size, self.readers)
         self.jobs: dict[str, Job] = {}
         self.opened: dict[str, float] = {}  # session -> when its last stream opened
+        self.answers: dict[str, float] = {}  # session -> when its last join was answered (RouteGuard)
         self.page_loads = page_load_fns(self.blocks)
         self.dropped = {"unread jobs": 0, "unread sessions": 0, "over a session's bound": 0}
 
@@ -341,6 +343,12 @@ class FairQueue(Queue):
             else:
                 self.readers.pop(session, None)
 
+    def answered(self, session: str) -> None:
+        """An event's join was answered: its client may open the stream from now on (a busy
+        server answers late; the wait counts from the answer)."""
+        if session in self.pending_messages_per_session:
+            self.answers[session] = time.monotonic()
+
     def send_message(self, event: Event, event_message: Any) -> None:
         if not event.alive:
             return
@@ -391,6 +399,7 @@ class FairQueue(Queue):
             self.event_ids_to_events.pop(event_id, None)
             self.jobs.pop(event_id, None)
         self.opened.pop(session, None)
+        self.answers.pop(session, None)
 
     def sweep(self, now: float | None = None) -> None:
         """Drop jobs whose stream never opened within STREAM_WAIT_S, and sessions holding
@@ -399,13 +408,15 @@ class FairQueue(Queue):
         stale = set()
         for event in [*self._queued(), *self._running()]:
             session = event.session_hash
+            since = max(event.enqueue_time, self.answers.get(session, -math.inf))
             if (not self.readers.get(session) and self.opened.get(session, -math.inf) < event.enqueue_time
-                    and now - event.enqueue_time > STREAM_WAIT_S):
+                    and now - since > STREAM_WAIT_S):
                 stale.add(session)
                 self.dropped["unread jobs"] += 1
         for session, box in list(self.pending_messages_per_session.items()):
+            since = max(box.oldest or 0.0, self.answers.get(session, -math.inf))
             if (isinstance(box, MessageBox) and box.oldest is not None and not self.readers.get(session)
-                    and now - box.oldest > STREAM_WAIT_S):
+                    and now - since > STREAM_WAIT_S):
                 stale.add(session)
         for session in stale:
             self._drop_session(session)
@@ -415,8 +426,9 @@ class FairQueue(Queue):
         live = set(self.event_ids_to_events)
         for event_id in [i for i in self.jobs if i not in live]:
             self.jobs.pop(event_id, None)
-        for session in [s for s in self.opened if s not in self.pending_messages_per_session]:
-            self.opened.pop(session, None)
+        for seen in (self.opened, self.answers):
+            for session in [s for s in seen if s not in self.pending_messages_per_session]:
+                seen.pop(session, None)
 
     async def _sweeping(self) -> None:
         while not self.stopped:

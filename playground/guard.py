@@ -163,7 +163,31 @@ class RouteGuard:
                 return {"type": "http.request", "body": body, "more_body": False}
             return await receive()
 
-        await self.app(scope, replay, send)
+        answer = b""
+
+        async def kept(message: Message) -> None:  # the answer's body, for its event id
+            nonlocal answer
+            if message["type"] == "http.response.body" and len(answer) < 4096:
+                answer += message.get("body", b"")
+            await send(message)
+
+        await self.app(scope, replay, kept)
+        self._answered(payload, answer)
+
+    def _answered(self, payload: object, answer: bytes) -> None:
+        """Tell the queue (fairness.FairQueue.answered) that an event's join was answered: its
+        client has had the event id from then on, and its stream may open."""
+        answered = getattr(self.blocks._queue, "answered", None)
+        if answered is None:
+            return
+        session = payload.get("session_hash") if isinstance(payload, dict) else None
+        if not isinstance(session, str):  # /call: the event's own id is its session
+            try:
+                session = json.loads(answer).get("event_id")
+            except (ValueError, AttributeError):
+                return
+        if isinstance(session, str):
+            answered(session)
 
     def _note_session(self, scope: Scope, payload: object) -> None:
         """Tell the session table which client sent a queued event, and whether it is one of
