@@ -96,7 +96,9 @@ def attribute(model: GPT, ids: object, position: int, target: int | None = None,
     """Direct logit attribution of logit[target] - logit[contrast] at `position` of the text
     `ids` (see the module's docstring for the definitions and defaults). `capture`: the
     run's capture, read where it holds what is needed (`capture_suffices`), else one forward
-    pass over ids[:position + 1]."""
+    pass over ids[:position + 1]. With a capture, `ids` must be the text it recorded (a
+    generation's prompt as the model saw it, after any left-truncation, then its tokens):
+    the capture keeps activations, not ids, so it cannot tell."""
     ids = passes.check_ids(model, ids)
     position = check_position(position, ids.numel())
     c = model.config

@@ -157,8 +157,9 @@ def metric_of(model: GPT, final: Tensor, direction: Tensor) -> Tensor:
 
 @torch.inference_mode()
 def logits_at(model: GPT, final: Tensor) -> Tensor:
-    """The model's next-token logits [vocab] (fp32) from one final residual stream [C]."""
-    return model.head(final.view(1, 1, -1))[0, 0].float()
+    """The model's next-token logits [vocab] (fp32) from one final residual stream [C], through
+    the model's own head (in the residual stream's dtype, as `GPT.forward` calls it)."""
+    return model.head(final.view(1, 1, -1).to(model.ln_f.weight.dtype))[0, 0].float()
 
 
 def default_tokens(model: GPT, logits: Tensor, target: int | None, contrast: int | None,

@@ -14,6 +14,8 @@ forward pre-hook on the block, acting on one request's forward passes only (see
 `rows` steers only some rows of the request's own batch (the others run unchanged), and in a
 batched decode step (`gpt2.BatchedGenerator`) only the request's own row is steered: so a
 baseline and a steered continuation are two rows of one decode loop (`generate_steered`).
+The compiled decode step adds the vectors itself (`gpt2.fast.kernels.decode_step`), so a
+steering keeps decoding on the one-call path, for its rows and everyone else's.
 
 Precision: the vector is computed from the model's own residual stream (its tier's dtype)
 and averaged in fp32; it is added in the residual stream's dtype (bf16 in the fast tiers
@@ -57,22 +59,49 @@ class Steering(RequestHooks):
         if self.rows is not None and any(r < 0 for r in self.rows):
             raise ValueError(f"rows must be batch row numbers >= 0, got {self.rows}")
 
-    def _on_block(self, layer: int, module, args):  # noqa: ARG002
-        cache = args[1] if len(args) > 1 else None
+    def _chosen(self, layer: int, cache: object, batch: int) -> list[int] | None:
+        """The rows of this forward pass (of `batch` rows, run with `cache`) to steer at
+        `layer`: None for none, else their numbers."""
         rows = self._rows(cache, may_claim=layer == next(iter(self.vectors)))
         if rows is None:
             return None
+        if rows == slice(None):  # our own pass: every row or the chosen ones
+            return list(range(batch)) if self.rows is None else [r for r in self.rows if r < batch]
+        # our row of a batched decode step (a request is one sequence: its row 0)
+        return [rows.start] if self.rows is None or 0 in self.rows else None
+
+    def _on_block(self, layer: int, args: tuple) -> tuple | None:
         x = args[0]  # [B, T, C]
+        chosen = self._chosen(layer, args[1] if len(args) > 1 else None, x.size(0))
+        if not chosen:
+            return None
         vector = self.vectors[layer].to(x.dtype)
-        if rows == slice(None) and self.rows is None:
+        if len(chosen) == x.size(0):
             return (x + vector, *args[1:])
-        if rows == slice(None):  # our own batch: the chosen rows
-            chosen = [r for r in self.rows if r < x.size(0)]
-        else:  # our row of a batched decode step (a request is one sequence: its row 0)
-            chosen = [rows.start] if self.rows is None or 0 in self.rows else []
         out = x.clone()
         out[chosen] = x[chosen] + vector
         return (out, *args[1:])
+
+
+class _BlockHook:
+    """The forward pre-hook on block `layer`. The compiled decode step runs it too, without
+    the module-by-module path (`gpt2.fast.kernels.decode_step`): `residual_addition` gives
+    what it adds to each row of a step, as the hook would."""
+
+    def __init__(self, steering: Steering, layer: int):
+        self.steering, self.layer = steering, layer
+
+    def __call__(self, module, args):  # noqa: ARG002
+        return self.steering._on_block(self.layer, args)
+
+    def residual_addition(self, cache: object, batch: int) -> Tensor | None:
+        chosen = self.steering._chosen(self.layer, cache, batch)
+        if not chosen:
+            return None
+        vector = self.steering.vectors[self.layer]
+        out = vector.new_zeros(batch, vector.numel())
+        out[chosen] = vector
+        return out
 
 
 @contextmanager
@@ -83,8 +112,7 @@ def steer(model: GPT, vectors: Mapping[int, object], strength: float = 1.0,
     `BatchedGenerator`'s) as `steering=`, or run one plain `model(idx)` inside the `with`.
     `rows`: only these rows of the request's batch (None: every row)."""
     steering = Steering(model, vectors, strength, rows)
-    handles = [model.h[layer].register_forward_pre_hook(
-        lambda mod, args, layer=layer: steering._on_block(layer, mod, args)) for layer in steering.vectors]
+    handles = [model.h[layer].register_forward_pre_hook(_BlockHook(steering, layer)) for layer in steering.vectors]
     try:
         yield steering
     finally:

@@ -449,3 +449,98 @@ def test_concurrent_requests_equal_their_lone_results(any_model):
         else:
             torch.testing.assert_close(got, alone[name], atol=1e-5, rtol=1e-5, msg=name)
     assert alone["steered"] != alone["plain"]
+
+
+# -- the fast tiers ------------------------------------------------------------------------------
+@pytest.mark.parametrize("tier", ["bf16", "int8"])
+def test_fast_tiers_stay_close_to_fp32(sharp_dir, model, tier):
+    """bf16 / int8: attribution from the tier's own activations (its parts still sum to its
+    metric), patching in the tier's own passes, saliency in fp32 on the widened weights."""
+    fast = gpt2.load_model(sharp_dir, compile=False, **gpt2.TIERS[tier])
+    want = gpt2.attribute(model, TEXT, 10)
+    with gpt2.capture_attention(fast, residuals=True, values=True) as capture, torch.inference_mode():
+        fast(torch.tensor([TEXT]))
+    for got in (gpt2.attribute(fast, TEXT, 10, want.target, want.contrast),
+                gpt2.attribute(fast, TEXT, 10, want.target, want.contrast, capture=capture)):
+        assert got.total() == pytest.approx(got.metric, abs=ATOL)
+        assert got.metric == pytest.approx(want.metric, abs=0.05 * abs(want.metric))
+        torch.testing.assert_close(got.heads, want.heads, atol=0.05, rtol=0)
+        torch.testing.assert_close(got.mlps, want.mlps, atol=0.05, rtol=0)
+    for fn in (gpt2.patch_heads, gpt2.patch_residual):
+        want_grid = fn(model, CLEAN, CORRUPTED)
+        got_grid = fn(fast, CLEAN, CORRUPTED, want_grid.target, want_grid.contrast)
+        torch.testing.assert_close(got_grid.grid, want_grid.grid, atol=0.1, rtol=0)
+    want_s = gpt2.saliency(model, TEXT, 20)
+    got_s = gpt2.saliency(fast, TEXT, 20, want_s.target, want_s.contrast)
+    assert got_s.scores.dtype == torch.float32
+    torch.testing.assert_close(got_s.scores, want_s.scores, rtol=0, atol=0.05 * float(want_s.scores.abs().max()))
+
+
+def test_int8_saliency_is_fp32_autograd_on_the_dequantised_weights(sharp_dir, monkeypatch):
+    """The int8 tier's saliency is exactly an fp32 model's with the dequantised weights (and
+    the tier's input embeddings: their sum rounded to the tier's stream dtype)."""
+    from gpt2 import passes
+
+    fast = gpt2.load_model(sharp_dir, compile=False, quantize="int8")
+    widened = gpt2.load_model(sharp_dir, compile=False)
+    with torch.no_grad():
+        for a, b in zip(widened.modules(), fast.modules()):
+            if isinstance(b, torch.nn.LayerNorm) or type(b).__name__ == "Embedding":
+                a.weight.copy_(b.weight.float())
+                if getattr(b, "bias", None) is not None:
+                    a.bias.copy_(b.bias.float())
+            elif hasattr(b, "scales"):
+                w, bias = passes.float_weights(b)
+                a.weight.copy_(w)
+                a.bias.copy_(bias)
+    got = gpt2.saliency(fast, TEXT, 15)
+    embed = passes.embed
+    monkeypatch.setattr(passes, "embed", lambda model, ids, start=0: embed(fast, ids, start).float())
+    want = gpt2.saliency(widened, TEXT, 15, got.target, got.contrast)
+    torch.testing.assert_close(got.scores, want.scores, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("tier", ["fp32", "bf16", "int8"])
+def test_compiled_decode_step_adds_the_steering_itself(sharp_dir, tier, monkeypatch):
+    """A steered generation keeps the one-call decode step (gpt2.fast.kernels.decode_step),
+    which adds the vector to the steered row only, with the same bits as the module path."""
+    from gpt2.fast import kernels
+
+    fast = compiled(gpt2.load_model(sharp_dir, **gpt2.TIERS[tier]))
+    vector = gpt2.steering_vector(fast, PLUS, MINUS, 1)
+    prompt = torch.tensor(TEXT[:6])
+    fused_steps = []
+    real = kernels._additions
+    monkeypatch.setattr(kernels, "_additions", lambda *a: fused_steps.append(real(*a)) or fused_steps[-1])
+    loop = gpt2.BatchedGenerator(fast)
+    try:
+        baseline, steered = gpt2.generate_steered(loop, prompt, {1: vector}, 8, 5.0)
+        assert fused_steps and all(add is not None for add in fused_steps)
+        fused_steps.clear()
+        # the module path: any other hook on a block sends a step there
+        handle = fast.h[0].register_forward_hook(lambda m, a, out: None)
+        try:
+            slow = gpt2.generate_steered(loop, prompt, {1: vector}, 8, 5.0)
+        finally:
+            handle.remove()
+        assert all(add is None for add in fused_steps)
+    finally:
+        loop.close()
+    assert [t.tolist() for t in slow] == [baseline.tolist(), steered.tolist()]
+    assert baseline.tolist() != steered.tolist()
+    from gpt2.kv_cache import CacheBatch, KVCache
+
+    def step_logits(module_path: bool) -> torch.Tensor:  # one batched step: row 1 steered
+        caches = [KVCache(fast.config, 1, 16, fast.device) for _ in range(2)]
+        with gpt2.steer(fast, {1: vector}, 5.0) as steering:
+            steering.bind(caches[1])
+            handle = fast.h[0].register_forward_hook(lambda m, a, out: None) if module_path else None
+            try:
+                with torch.inference_mode():
+                    for c in caches:
+                        fast(prompt[None], c)
+                    return fast(torch.tensor([[7], [7]]), CacheBatch(caches))
+            finally:
+                if handle is not None:
+                    handle.remove()
+    assert torch.equal(step_logits(False), step_logits(True))

@@ -251,7 +251,10 @@ def decode_step(model: nn.Module, idx: Tensor, cache: object, head: bool = True)
     The caller advances the cache. None where that path does not apply: kernels not in use,
     not a decode step, a cache the attention kernel cannot read, a module the plan does not
     know, or any hook on a module the step covers (capture, knock-out), which only the
-    module-by-module path runs."""
+    module-by-module path runs. One kind of hook is run here: a forward pre-hook on a block
+    that only adds a vector per row to the residual stream entering it (a steering,
+    `gpt2.steer`) says so with a `residual_addition(cache, rows)` method, [rows, C] fp32 or
+    None, and the step adds it where the module path would (`_additions`)."""
     status = getattr(model, "compile_status", None)
     if (status is None or not status.ready or cache is None or idx.dim() != 2 or idx.size(1) != 1
             or not idx.is_cpu or idx.dtype != torch.int64 or not torch.is_inference_mode_enabled()):
@@ -266,16 +269,40 @@ def decode_step(model: nn.Module, idx: Tensor, cache: object, head: bool = True)
             _steps.pop(model, None)
             return None
         _steps[model] = step
+    add = None
     if any(step.watch.hooks):
-        return None
+        add = _additions(model, step, cache, idx.size(0))
+        if add is None:
+            return None
     rows = cache.decode_rows()
     if rows is None:
         return None
     lib = _library or library()
     if torch.autograd.profiler._is_profiler_enabled:
         with torch.profiler.record_function("gpt2.fast.kernels.decode_step"):
-            return lib.decode_step(step.plan, idx, rows, head)
-    return lib.decode_step(step.plan, idx, rows, head)
+            return lib.decode_step(step.plan, idx, rows, head, add=add)
+    return lib.decode_step(step.plan, idx, rows, head, add=add)
+
+
+def _additions(model: nn.Module, step: "_DecodeStep", cache: object, batch: int) -> list[Tensor | None] | None:
+    """Per block, what the hooks on it add to the residual stream entering it this step
+    ([batch, C] in the stream's dtype, or None), asked in the order the module path runs
+    them; None if any hook the step covers is another kind (it must run module by module)."""
+    blocks = model._modules["h"]
+    pre_hooks = {id(block._forward_pre_hooks): i for i, block in enumerate(blocks)}
+    for hooks in step.watch.hooks:
+        if hooks and (id(hooks) not in pre_hooks
+                      or not all(hasattr(fn, "residual_addition") for fn in hooks.values())):
+            return None
+    add: list[Tensor | None] = [None] * len(blocks)
+    for i, block in enumerate(blocks):
+        for fn in block._forward_pre_hooks.values():
+            vector = fn.residual_addition(cache, batch)
+            if vector is not None:
+                if add[i] is not None:  # two additions: the module path rounds after each
+                    return None
+                add[i] = vector.to(step.plan.dtype).contiguous()
+    return add
 
 
 _build_lock = threading.Lock()

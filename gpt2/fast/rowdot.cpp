@@ -1333,6 +1333,8 @@ struct DecodeModel {
 //   for each layer l: x += attn_proj(attention_l(c_attn(ln1(x))));  x += mlp_proj(gelu(c_fc(ln2(x))))
 //   logits = head(ln_f(x)) (or the int8 head's of x and ln_f(x)) if logits is not null (and
 //   the model has a head)
+// and where `add` is not null and add[l] is not, x += add[l] (rows x C of x's kind) before
+// layer l: a steering vector per row (gpt2.steer), rounded as torch's x + vector.
 // with exactly the calls the per-module path makes (gpt2_layer_norm, gpt2_rowdot,
 // gpt2_decode_attention, the adds rounded as torch's), so a step gives the same bits either
 // way: the per-module path stays for steps with hooks (capture, knock-out). x (rows x C)
@@ -1340,7 +1342,7 @@ struct DecodeModel {
 // vocabulary or a position outside wpe, before anything is written.
 int gpt2_decode_step(const DecodeModel* m, const int64_t* ids, int64_t rows, void* x, int x_kind, float* logits,
                      float* const* k_base, float* const* v_base, const int64_t* layer_stride,
-                     const int64_t* max_len, const int64_t* pos, int threads) {
+                     const int64_t* max_len, const int64_t* pos, int threads, const void* const* add) {
     const int64_t C = m->C, es = elem_size(x_kind);
     for (int64_t b = 0; b < rows; ++b)
         if (ids[b] < 0 || ids[b] >= m->vocab || pos[b] < 0 || pos[b] >= m->n_positions) return -2;
@@ -1357,6 +1359,7 @@ int gpt2_decode_step(const DecodeModel* m, const int64_t* ids, int64_t rows, voi
     int failed = 0;
     for (int64_t l = 0; l < m->n_layers && !failed; ++l) {
         const DecodeLayer& L = m->layers[l];
+        if (add && add[l]) sum_to(x, x_kind, x, x_kind, add[l], x_kind, rows * C);
         gpt2_layer_norm(x, x_kind, L.ln1_w, L.ln1_b, m->p_kind, m->eps, h, x_kind, rows, C);
         failed |= gpt2_rowdot(L.c_attn, h, x_kind, rows, qkv, threads);
         failed |= gpt2_decode_attention(qkv, x_kind, 3 * C, k_base, v_base, layer_stride, l, max_len, pos, att,

@@ -300,7 +300,7 @@ class Library:
         self._int8_head.argtypes = [ctypes.POINTER(Int8Head), _P, _P, _I, _I64, _P, _I]
         self._decode_step = lib.gpt2_decode_step
         self._decode_step.restype = _I
-        self._decode_step.argtypes = [ctypes.POINTER(DecodeModel), _P, _I64, _P, _I, _P, _P, _P, _P, _P, _P, _I]
+        self._decode_step.argtypes = [ctypes.POINTER(DecodeModel), _P, _I64, _P, _I, _P, _P, _P, _P, _P, _P, _I, _P]
 
     def linear(self, x: Tensor, weight: Tensor, scales: Tensor | None = None, bias: Tensor | None = None,
                out_dtype: torch.dtype | None = None, gelu: bool = False, threads: int = 0) -> Tensor:
@@ -480,20 +480,29 @@ class Library:
         return DecodePlan(model, dtype, weights.wte.size(0), weights.ln_f is not None, keep + [layers])
 
     def decode_step(self, plan: "DecodePlan", ids: Tensor, rows: DecodeRows, logits: bool = True,
-                    threads: int = 0) -> tuple[Tensor, Tensor | None]:
+                    threads: int = 0, add: list[Tensor | None] | None = None) -> tuple[Tensor, Tensor | None]:
         """One decode step in one call: ids [B, 1] (row b continuing `rows`' row b) -> the last
         block's output [B, 1, C] and, if asked and the plan has the head, fp32 logits [B, 1,
         vocab]: what the embeddings, blocks, ln_f and head called module by module give, bit
-        for bit. The caches get each layer's new key and value."""
+        for bit. The caches get each layer's new key and value. `add`: per layer, None or
+        [B, C] in the residual stream's dtype, added to the stream entering that block."""
         B = ids.size(0)
         if ids.shape != (B, 1) or B != rows.count or ids.dtype != torch.int64 or not ids.is_cpu:
             raise ValueError(f"decode_step takes int64 ids [rows, 1] on the CPU, got {ids.dtype} {tuple(ids.shape)}")
         ids = ids.contiguous()
         x = torch.empty(B, 1, plan.model.C, dtype=plan.dtype)
         out = torch.empty(B, 1, plan.vocab) if logits and plan.has_head else None
+        adds = None
+        if add is not None:
+            if len(add) != plan.model.n_layers or any(
+                    a is not None and (a.shape != (B, plan.model.C) or a.dtype != plan.dtype or not a.is_cpu
+                                       or not a.is_contiguous()) for a in add):
+                raise ValueError(f"add must hold, per layer, None or a contiguous [{B}, {plan.model.C}] "
+                                 f"{plan.dtype} CPU tensor")
+            adds = (ctypes.c_void_p * len(add))(*(None if a is None else a.data_ptr() for a in add))
         status = self._decode_step(plan.model, ids.data_ptr(), B, x.data_ptr(), _KIND[plan.dtype],
                                    None if out is None else out.data_ptr(), rows.k, rows.v, rows.layer_stride,
-                                   rows.max_len, rows.pos, threads)
+                                   rows.max_len, rows.pos, threads, adds)
         if status == -2:
             raise IndexError(f"token ids must be in 0..{plan.vocab - 1}, got {ids.view(-1).tolist()}")
         if status:
