@@ -263,7 +263,7 @@ def test_the_docs_say_how_many_generations_are_admitted(tiny_checkpoint):
     """The limit Gradio's queue applies to the "generate" events once each of them has been
     called (it creates a concurrency id's queue at the first event and lowers its limit to any
     smaller one a later event names: an endpoint left at the default used to set 8 where the
-    code said 16), with the queue app.py sets up, is the number README.md and docs/APP.md give."""
+    code said 16), with the queue app.py sets up, is the number docs/SECURITY.md and docs/APP.md give."""
     from conftest import ROOT
 
     from playground import app, ui
@@ -277,7 +277,7 @@ def test_the_docs_say_how_many_generations_are_admitted(tiny_checkpoint):
     admitted, views = queues["generate"].concurrency_limit, queues["view"].concurrency_limit
     assert admitted == ui.GENERATE_CONCURRENCY == 8 and views == ui.VIEW_CONCURRENCY
     assert {fn.concurrency_limit for fn in demo.fns.values() if fn.concurrency_id == "generate"} == {admitted}
-    for doc in ("README.md", "docs/APP.md"):
+    for doc in ("docs/SECURITY.md", "docs/APP.md"):
         text = " ".join((ROOT / doc).read_text().split())
         said = re.search(r"at most (\d+) waiting requests; (\d+) generation and API events admitted at once", text)
         assert said and (int(said[1]), int(said[2])) == (app.QUEUE_MAX_SIZE, admitted), doc

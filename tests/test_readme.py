@@ -1,11 +1,14 @@
-"""Every code block of the README runs as written, against a stand-in for the Hugging Face Hub
-(`conftest.hub_home`: a local cache holding random weights under the presets' names, with
-HF_HUB_OFFLINE=1): the Python blocks in this process (the `gradio_client` one against the app
-that the README's `gpt2-playground` line starts), the shell commands in the environment the
-wheel was installed into (`conftest.installed`), from a scratch folder, each `gpt2-playground`
-line started, checked and stopped with Ctrl+C. Lines marked SKIP are not run; the flags of
-those that are `python -m gpt2` commands are still parsed. The model names the README gives
-are exactly those the app offers."""
+"""Every code block of the README, and of the pages under docs/ that the README's details moved
+to (docs/API.md, docs/LIBRARY.md, docs/CLI.md, ...: every page but those in NOT_RUN), runs as
+written, against a stand-in for the Hugging Face Hub (`conftest.hub_home`: a local cache
+holding random weights under the presets' names, with HF_HUB_OFFLINE=1): the Python blocks in
+this process (the `gradio_client` one, in docs/API.md, against the app that the README's
+`gpt2-playground` line starts), the shell commands in the environment the wheel was installed
+into (`conftest.installed`), from a scratch folder, each `gpt2-playground` line started,
+checked and stopped with Ctrl+C. Lines marked SKIP are not run; the flags of those that are
+`python -m gpt2` commands are still parsed. The model names the pages give are exactly those
+the app offers, and every relative link of the README and of docs/*.md (images included)
+points at a file that exists, and at a heading of it where it names one."""
 from __future__ import annotations
 
 import contextlib
@@ -24,12 +27,30 @@ from playground.app import parse_args
 from playground.models import offered_sources, with_tiers
 
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+NOT_RUN = {  # pages under docs/ whose blocks are not run, and why
+    "docs/APP.md": "its commands show options with placeholder paths (path/to/ckpt, a/, b/) and run test files",
+}
 SKIP = "not run by tests/test_readme.py"  # a block's first line, or a line's comment
 DEFAULT_URL = "http://127.0.0.1:7860/"  # where the README's client connects; the test's app is elsewhere
 
 
+def pages() -> list[Path]:
+    """The README and every page under docs/."""
+    return [README, *sorted(DOCS.glob("*.md"))]
+
+
+def name(page: Path) -> str:
+    return page.relative_to(ROOT).as_posix()
+
+
+def run_pages() -> list[Path]:
+    return [page for page in pages() if name(page) not in NOT_RUN]
+
+
 @dataclass(frozen=True)
 class Block:
+    page: str  # README.md, docs/API.md, ...
     language: str
     heading: str  # the section it is in
     code: str
@@ -43,13 +64,13 @@ class Block:
         return SKIP in self.code.splitlines()[0] or SKIP in command
 
 
-def readme_blocks() -> list[Block]:
+def page_blocks(page: Path) -> list[Block]:
     blocks, heading, code, language = [], "", None, ""
-    for line in README.read_text().splitlines():
+    for line in page.read_text().splitlines():
         if code is None and line.startswith("```"):
             code, language = [], line[3:].strip()
         elif code is not None and line.startswith("```"):
-            blocks.append(Block(language, heading, "\n".join(code) + "\n"))
+            blocks.append(Block(name(page), language, heading, "\n".join(code) + "\n"))
             code = None
         elif code is not None:
             code.append(line)
@@ -58,14 +79,22 @@ def readme_blocks() -> list[Block]:
     return blocks
 
 
+def readme_blocks() -> list[Block]:
+    """The blocks this test runs: the README's and its docs pages', in order."""
+    return [block for page in run_pages() for block in page_blocks(page)]
+
+
 def of(language: str) -> list[Block]:
     return [b for b in readme_blocks() if b.language == language]
 
 
 def test_the_readme_has_the_blocks_this_test_runs():
-    headings = {b.heading for b in readme_blocks() if b.language in ("bash", "python")}
-    assert {"Install", "Run the playground", "Use it from Python (`gradio_client`)", "The library",
-            "Command line", "The built-in model", "Tests"} <= headings
+    headings = {(b.page, b.heading) for b in readme_blocks() if b.language in ("bash", "python")}
+    assert {("README.md", "Install"), ("README.md", "Run the playground"), ("README.md", "The library"),
+            ("README.md", "Tests"), ("docs/API.md", "Use it from Python (`gradio_client`)"),
+            ("docs/LIBRARY.md", "The library (`gpt2`)"), ("docs/LIBRARY.md", "Why this token: the causal tools"),
+            ("docs/CLI.md", "Command line (`python -m gpt2`)")} <= headings
+    assert set(NOT_RUN) <= {name(page) for page in pages()}  # each page left out exists
     assert all(b.language in ("bash", "python", "") for b in readme_blocks())  # nothing unrun
     skips = [c for b in of("bash") for c in b.commands() if b.skipped(c)]
     assert len(skips) <= 5, skips  # few, and each says why
@@ -79,7 +108,7 @@ def _offered(extra: str = "/checkpoints/my-model.safetensors") -> dict[str, str]
 
 
 def test_the_model_names_are_exactly_what_the_app_offers():
-    section = README.read_text().split("### Model names", 1)[1].split("\n#", 1)[0]
+    section = (DOCS / "MODELS.md").read_text().split("## Model names", 1)[1].split("\n#", 1)[0]
     rows = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
     named = {name for row in rows for name in re.findall(r"`([^`]+)`", row)}
     offered = set(_offered())
@@ -88,7 +117,7 @@ def test_the_model_names_are_exactly_what_the_app_offers():
 
 
 def test_every_model_the_readme_names_is_one_the_app_or_library_takes():
-    text, offered = README.read_text(), set(_offered())
+    text, offered = "\n".join(page.read_text() for page in pages()), set(_offered())
     spans = re.findall(r"`((?:gpt2(?:-medium|-large|-xl)?|builtin)(?: · [^`]*)?)`", text)
     assert spans and [s for s in spans if s not in offered] == []  # e.g. `gpt2 · int8` is not
     clients = re.findall(r'model="([^"]+)"', "".join(b.code for b in of("python")))
@@ -102,8 +131,9 @@ def test_every_model_the_readme_names_is_one_the_app_or_library_takes():
 
 
 # -- Python blocks ------------------------------------------------------------------------
-def _run_python(code: str) -> None:
-    exec(compile(code, str(README), "exec"), {"__name__": "readme"})  # noqa: S102 - the README's own code
+def _run_python(block: Block, code: str | None = None) -> None:
+    exec(compile(block.code if code is None else code, str(ROOT / block.page), "exec"),  # noqa: S102
+         {"__name__": "readme"})  # the README's (or its docs page's) own code
 
 
 def test_the_library_blocks_run(offline_hub, tmp_path, monkeypatch):
@@ -112,14 +142,14 @@ def test_the_library_blocks_run(offline_hub, tmp_path, monkeypatch):
     library = [b for b in of("python") if "gradio_client" not in b.code]
     assert library
     for block in library:
-        _run_python(block.code)
+        _run_python(block)
 
 
 def test_the_gradio_client_block_runs_against_the_app(serve):
     [block] = [b for b in of("python") if "gradio_client" in b.code]
     assert DEFAULT_URL in block.code
     url, _ = serve("gpt2-playground")
-    _run_python(block.code.replace(DEFAULT_URL, url))
+    _run_python(block, block.code.replace(DEFAULT_URL, url))
 
 
 # -- shell commands -----------------------------------------------------------------------
@@ -181,7 +211,7 @@ def _run_command(command: str, env: dict[str, str], cwd: Path) -> None:
     assert "Traceback" not in run.stderr, run.stderr[-3000:]
 
 
-@pytest.mark.parametrize("block", of("bash"), ids=lambda b: b.heading)
+@pytest.mark.parametrize("block", of("bash"), ids=lambda b: f"{b.page}: {b.heading}")
 def test_the_shell_commands_run(block, env, scratch, serve, monkeypatch):
     from gpt2.__main__ import build_parser
 
@@ -193,3 +223,39 @@ def test_the_shell_commands_run(block, env, scratch, serve, monkeypatch):
             _check_served(command, *serve(command), monkeypatch)
         else:
             _run_command(command, env, scratch)
+
+
+# -- links ----------------------------------------------------------------------------------
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+
+
+def _unfenced(text: str) -> str:
+    return re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+
+
+def _prose(text: str) -> str:
+    """The text without its fenced code blocks and inline code (link texts keep their place)."""
+    return re.sub(r"`[^`\n]*`", "", _unfenced(text))
+
+
+def _anchors(page: Path) -> set[str]:
+    """GitHub's ids of a page's headings: lower case, punctuation dropped, spaces as hyphens."""
+    headings = re.findall(r"^#+ (.*)$", _unfenced(page.read_text()).replace("`", ""), flags=re.M)
+    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-") for h in headings}
+
+
+def test_every_relative_link_resolves():
+    """Every relative link of the README and of docs/*.md, images included, names a file or
+    folder of the repository (and a heading of the page, where it names one); none is let off."""
+    broken = []
+    for page in pages():
+        for target in LINK.findall(_prose(page.read_text())):
+            if re.match(r"[a-z][a-z0-9+.-]*:", target):  # https:, mailto:
+                continue
+            path, _, anchor = target.partition("#")
+            linked = (page.parent / path).resolve() if path else page
+            if not linked.exists():
+                broken.append(f"{name(page)}: {target} (no such file)")
+            elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
+                broken.append(f"{name(page)}: {target} (no such heading)")
+    assert not broken, "\n".join(broken)
