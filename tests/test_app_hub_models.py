@@ -7,6 +7,7 @@ unless the operator allows any repo with `--allow-hub-models --max-params N`."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -293,3 +294,32 @@ def test_every_view_of_a_repo_in_the_browser(hf_home, tiny_checkpoint, tmp_path)
         names = page.eval_on_selector("#compare-rows .js-plotly-plot", "el => el.layout.yaxis.ticktext")
         assert len(names) == 2 and names[1].startswith(f"{OWN} · fp32")
         page.screenshot(path=str(ARTIFACTS / "app-hub-repo-compare.png"), full_page=True)
+
+
+def test_a_visitor_types_a_repo_id_when_the_operator_allows_any(hf_home, tiny_checkpoint, tmp_path):
+    """`--allow-hub-models --max-params N`: the model menu takes a typed repo id, which loads and
+    generates with its own tokenizer; one above N is refused in the status line, by its size."""
+    from playwright.sync_api import expect
+
+    from test_app_server import browser_page
+
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False",
+           "GPT2_WEIGHTS_DIR": str(tmp_path / "weights"), "GRADIO_SERVER_PORT": str(free_port())}
+    env.pop("GPT2_EXTRA_MODELS", None)
+    command = [sys.executable, "app.py", "--model", str(tiny_checkpoint), "--allow-hub-models",
+               "--max-params", "50000"]
+    with serving(command, env, ROOT, tmp_path / "app.log") as url, browser_page(url) as page:
+        expect(page.locator("#model-status")).to_contain_text("local:tiny ready", timeout=60_000)
+        for name, status in ((PAIR, r"tiny-org/pair-bpe: 65,920 parameters, more than the 50,000 allowed here"),
+                             (f"{OWN} · fp32", f"{OWN} · fp32 ready · fp32")):
+            page.fill("#model input", name)
+            page.press("#model input", "Enter")
+            expect(page.locator("#model-status")).to_contain_text(re.compile(status), timeout=60_000)
+        page.fill("#prompt textarea", PROMPT)
+        page.fill("#max-new-tokens input[type=number]", "6")
+        page.press("#max-new-tokens input[type=number]", "Enter")
+        page.locator("#generate").click()
+        expect(page.locator("#stats")).to_contain_text("tokens generated", timeout=60_000)
+        tokenizer = gpt2.load_tokenizer(folder_of(hf_home, OWN))
+        shown = page.eval_on_selector_all("#token-view [data-pos]", "spans => spans.map(s => s.textContent)")
+        assert shown[:3] == tokens.text(tokenizer.encode(PROMPT)[:3], tokenizer)
