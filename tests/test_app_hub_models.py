@@ -17,8 +17,8 @@ import pytest
 import torch
 
 import gpt2
-from conftest import ROOT, free_port, serving
-from hubcache import OWN, PAIR, PICKLE, TEXT, folder_of, make_hf_home, use_offline
+from conftest import ROOT, free_port, save_hf_checkpoint, serving
+from hubcache import OWN, PAIR, PICKLE, folder_of, make_hf_home, revision, use_offline
 from playground import export, tokens, validate
 from playground.inspection import RunStore
 from playground.models import ModelTable, offered_sources, start_model, with_tiers
@@ -152,6 +152,34 @@ def test_compare_a_repo_with_a_preset_sized_model_and_its_own_tiers(service, tin
     html = side_by_side(PROMPT, (a.model_name, b.model_name), a.ids[a.n_prompt:], b.ids[b.n_prompt:],
                         (a.tokenizer, b.tokenizer))
     assert service.models.tokenizer(OWN).decode(a.ids[a.n_prompt:][:1]).strip() in html
+
+
+def test_the_speed_tiers_serve_a_repo_of_openais_variant_and_name_what_keeps_another_eager(offline):
+    """A repo computed as OpenAI's GPT-2 (its own tokenizer and vocabulary) decodes on the
+    compiled kernels at every tier, batched rows equal to lone ones; OWN (relu, n_inner)
+    decodes eagerly and its status line names those fields."""
+    import shutil
+
+    from hubcache import snapshot
+
+    plain = "tiny-org/plain"
+    folder = snapshot(offline, plain, revision(plain))
+    eot = gpt2.load_tokenizer(OWN).encode("<|endoftext|>")[0]
+    save_hf_checkpoint(gpt2.GPTConfig(vocab_size=600, context_length=64, n_embd=32, n_layer=2, n_head=4,
+                                      bos_token_id=eot, eos_token_id=eot), folder, seed=3)
+    shutil.copy(folder_of(offline, OWN) / "tokenizer.json", folder / "tokenizer.json")
+    sources, tiers = with_tiers(offered_sources(plain, [OWN]))
+    service = Service(ModelTable(sources, tiers), RunStore())
+    for tier in (plain, f"{plain} · bf16", f"{plain} · fp32"):
+        model = service.models.get(tier)
+        assert model.compile_status.wait(120), (tier, model.compile_status.summary)
+        alone = [list(service.generate(settings(tier, temperature=1.0, seed=seed)))[-1].text for seed in range(4)]
+        with ThreadPoolExecutor(4) as pool:
+            together = list(pool.map(lambda seed: list(service.generate(settings(tier, temperature=1.0,
+                                                                                 seed=seed)))[-1].text, range(4)))
+        assert together == alone, tier
+    status = service.models.get(OWN).compile_status
+    assert not status.wait(120) and "activation_function='relu', n_inner=48" in status.summary
 
 
 def test_visitors_choose_only_from_the_list_unless_the_operator_allows_any_repo(offline, tiny_checkpoint):
