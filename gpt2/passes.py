@@ -11,16 +11,20 @@ knock-out, a steering: anyone's) sees or changes these passes, and nothing is re
 they never touch another request's forward passes and run concurrently with anything.
 
 `float_forward` is the same pass in fp32 arithmetic on the weights widened to fp32 (int8
-weights dequantised): the one autograd runs through (`gpt2.saliency`).
+weights dequantised) one product at a time, into the kernels' reused buffers, forward and
+again backward: the one autograd runs through (`gpt2.saliency`).
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .fast import kernels, rowdot
 from .model import GPT, Block
 
 
@@ -189,6 +193,48 @@ def float_weights(linear: torch.nn.Module) -> tuple[Tensor, Tensor | None]:
     return w.float(), bias
 
 
+@contextmanager
+def _widened(linear: torch.nn.Module) -> Iterator[Tensor]:
+    """A bf16 or int8 Linear's weight in fp32 for the block, in a buffer borrowed from the
+    decode kernels' pool (no fresh 4-byte copy of the model per call); `float_weights`'s
+    values (int8 times bf16 scales is exact in fp32)."""
+    w = linear.weight.detach()
+    if w.dtype != torch.int8:
+        with kernels.widened(w, torch.float32) as weight:
+            yield weight
+        return
+    try:
+        kernels.library()  # the dequantising kernel
+    except rowdot.BuildError:  # no kernels library here: a fresh copy
+        yield float_weights(linear)[0]
+        return
+    with kernels.dequantized(w, linear.scales.detach(), torch.float32) as weight:
+        yield weight
+
+
+class _WidenedLinear(torch.autograd.Function):
+    """x @ W.T + b for a bf16 or int8 Linear, in fp32, differentiable in x only: the weight
+    is widened for the product and again for the backward's, never kept between them."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, linear: torch.nn.Module) -> Tensor:  # noqa: ANN001
+        ctx.linear = linear
+        bias = None if linear.bias is None else linear.bias.detach().float()
+        with _widened(linear) as weight:
+            return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None]:  # noqa: ANN001
+        with _widened(ctx.linear) as weight:
+            return grad @ weight, None
+
+
+def _float_linear(linear: torch.nn.Module, x: Tensor) -> Tensor:
+    if linear.weight.dtype == torch.float32:
+        return F.linear(x, linear.weight.detach(), None if linear.bias is None else linear.bias.detach())
+    return _WidenedLinear.apply(x, linear)
+
+
 def _float_ln(ln: torch.nn.Module, x: Tensor) -> Tensor:
     return F.layer_norm(x, (x.size(-1),), ln.weight.detach().float(), ln.bias.detach().float(), ln.eps)
 
@@ -201,14 +247,14 @@ def float_forward(model: GPT, x: Tensor, last_only: bool = True) -> Tensor:
     for i, block in enumerate(model.h):
         attn, mlp = block.attn, block.mlp
         B, T, C = x.shape
-        qkv = F.linear(_float_ln(block.ln_1, x), *float_weights(attn.c_attn))
+        qkv = _float_linear(attn.c_attn, _float_ln(block.ln_1, x))
         q, k, v = (t.view(B, T, attn.n_head, C // attn.n_head).transpose(1, 2) for t in qkv.split(C, dim=2))
         last = last_only and i == n - 1
         if last:
             q, x = q[:, :, -1:], x[:, -1:]
         y = F.scaled_dot_product_attention(q, k, v, is_causal=T > 1 and not last, scale=attn.scale)
-        x = x + F.linear(y.transpose(1, 2).reshape(B, q.size(2), C), *float_weights(attn.c_proj))
-        h = F.linear(_float_ln(block.ln_2, x), *float_weights(mlp.c_fc))
+        x = x + _float_linear(attn.c_proj, y.transpose(1, 2).reshape(B, q.size(2), C))
+        h = _float_linear(mlp.c_fc, _float_ln(block.ln_2, x))
         h = F.gelu(h, approximate="tanh") if mlp.act is None else mlp.act(h)
-        x = x + F.linear(h, *float_weights(mlp.c_proj))
+        x = x + _float_linear(mlp.c_proj, h)
     return x
