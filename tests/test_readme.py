@@ -40,12 +40,12 @@ def pages() -> list[Path]:
     return [README, *sorted(DOCS.glob("*.md"))]
 
 
-def name(page: Path) -> str:
+def rel(page: Path) -> str:
     return page.relative_to(ROOT).as_posix()
 
 
 def run_pages() -> list[Path]:
-    return [page for page in pages() if name(page) not in NOT_RUN]
+    return [page for page in pages() if rel(page) not in NOT_RUN]
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ def page_blocks(page: Path) -> list[Block]:
         if code is None and line.startswith("```"):
             code, language = [], line[3:].strip()
         elif code is not None and line.startswith("```"):
-            blocks.append(Block(name(page), language, heading, "\n".join(code) + "\n"))
+            blocks.append(Block(rel(page), language, heading, "\n".join(code) + "\n"))
             code = None
         elif code is not None:
             code.append(line)
@@ -94,7 +94,7 @@ def test_the_readme_has_the_blocks_this_test_runs():
             ("README.md", "Tests"), ("docs/API.md", "Use it from Python (`gradio_client`)"),
             ("docs/LIBRARY.md", "The library (`gpt2`)"), ("docs/LIBRARY.md", "Why this token: the causal tools"),
             ("docs/CLI.md", "Command line (`python -m gpt2`)")} <= headings
-    assert set(NOT_RUN) <= {name(page) for page in pages()}  # each page left out exists
+    assert set(NOT_RUN) <= {rel(page) for page in pages()}  # each page left out exists
     assert all(b.language in ("bash", "python", "") for b in readme_blocks())  # nothing unrun
     skips = [c for b in of("bash") for c in b.commands() if b.skipped(c)]
     assert len(skips) <= 5, skips  # few, and each says why
@@ -255,7 +255,7 @@ def test_every_relative_link_resolves():
             path, _, anchor = target.partition("#")
             linked = (page.parent / path).resolve() if path else page
             if not linked.exists():
-                broken.append(f"{name(page)}: {target} (no such file)")
+                broken.append(f"{rel(page)}: {target} (no such file)")
             elif anchor and linked.suffix == ".md" and anchor not in _anchors(linked):
-                broken.append(f"{name(page)}: {target} (no such heading)")
+                broken.append(f"{rel(page)}: {target} (no such heading)")
     assert not broken, "\n".join(broken)
