@@ -20,7 +20,7 @@ from .generate import generate, stream
 from .heads import ROLES, head_scores, strongest_roles
 from .kv_cache import CacheBatch, KVCache
 from .model import GPT
-from .patching import Patching, patch_heads, patch_residual
+from .patching import Patching, patch, patch_heads, patch_residual
 from .saliency import Saliency, saliency
 from .steer import Steering, generate_steered, steer, steering_vector
 from .tiers import TIERS, quantize_int8, to_bf16
@@ -37,6 +37,6 @@ __all__ = [
     "perform_non_cpu_backend_check", "get_gpt2_tokenizer", "text_to_token_ids",
     "token_ids_to_text", "load_openai_124m_gpt2", "load_openai_355m_gpt2",
     "head_scores", "strongest_roles", "ROLES", "restricted", "train", "hub",
-    "Attribution", "attribute", "Patching", "patch_heads", "patch_residual", "Saliency", "saliency",
+    "Attribution", "attribute", "Patching", "patch", "patch_heads", "patch_residual", "Saliency", "saliency",
     "Steering", "steer", "steering_vector", "generate_steered",
 ]

@@ -162,3 +162,14 @@ def patch_residual(model: GPT, clean: object, corrupted: object, target: int | N
                 x = passes.block_forward(block, x, past, last_only=last)
             patched[layers.start:layers.stop, s:e] = passes.metric_of(model, x[:, -1], u).view(-1, e - s).cpu()
     return _result("residual", target, contrast, m_clean, m_corrupted, patched)
+
+
+LEVELS = {"heads": patch_heads, "residual": patch_residual}
+
+
+def patch(model: GPT, clean: object, corrupted: object, level: str = "heads", target: int | None = None,
+          contrast: int | None = None) -> Patching:
+    """`patch_heads` (level "heads") or `patch_residual` (level "residual")."""
+    if level not in LEVELS:
+        raise ValueError(f"level must be one of {', '.join(map(repr, LEVELS))}, got {level!r}")
+    return LEVELS[level](model, clean, corrupted, target, contrast)

@@ -134,18 +134,19 @@ def steering_vector(model: GPT, plus: object, minus: object, layer: int) -> Tens
     return means[0] - means[1]
 
 
-def generate_steered(generator, idx: Tensor, vectors: Mapping[int, object], max_new_tokens: int,
+def generate_steered(model_or_loop, idx: Tensor, vectors: Mapping[int, object], max_new_tokens: int,
                      strength: float = 1.0, context_size: int | None = None, temperature: float = 0.0,
                      top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
                      seed: int | None = None) -> tuple[Tensor, Tensor]:
     """(baseline ids, steered ids), each [1, T + n] as `generate` returns: the same prompt,
-    settings and seed, run as two rows of one decode loop, `generator`'s (a
-    `gpt2.BatchedGenerator`; a GPT: a loop made for the call). The baseline is exactly the
-    plain generation; the steered row differs only by the steering."""
+    settings and seed, run as two rows of one decode loop: `model_or_loop`'s if it is a
+    `gpt2.BatchedGenerator` (the app's), else one made for the call on a GPT. The baseline
+    is exactly the plain generation with that seed; the steered row differs only by the
+    steering (`strength * vectors[layer]` added entering each block `layer`)."""
     from .batching import BatchedGenerator  # batching imports the generation side of this module
 
-    own = not isinstance(generator, BatchedGenerator)
-    loop = BatchedGenerator(generator, max_batch=2) if own else generator
+    own = not isinstance(model_or_loop, BatchedGenerator)
+    loop = BatchedGenerator(model_or_loop, max_batch=2) if own else model_or_loop
     try:
         with steer(loop.model, vectors, strength) as steering:
             baseline, steered = loop.generate_together(

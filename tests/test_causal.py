@@ -150,8 +150,11 @@ def test_attribution_sum_is_the_metric_for_chosen_tokens(model, hf):
     got = gpt2.attribute(model, TEXT, 10, target=464, contrast=290)
     assert (got.target, got.contrast) == (464, 290)
     assert_attribution(got, reference_attribution(hf, TEXT, 10, 464, 290))
-    names = [name for name, _ in got.ranked()]
-    assert len(names) == 3 * 4 + 3 + 3 + 2 and names[0] in {n for n, _ in got.ranked()[:1]}
+    ranked = got.ranked()
+    assert len(ranked) == 3 * 4 + 3 + 3 + 2
+    assert [abs(v) for _, v in ranked] == sorted((abs(v) for _, v in ranked), reverse=True)
+    assert dict(ranked)["head 2.1"] == pytest.approx(float(got.heads[2, 1]))
+    assert dict(ranked)["mlp 0"] == pytest.approx(float(got.mlps[0]))
 
 
 @pytest.mark.parametrize("how", ["generate", "batched", "plain"])
@@ -235,8 +238,8 @@ def naive_patching(hf, clean, corrupted, target, contrast, level):
 
 @pytest.mark.parametrize("level", ["heads", "residual"])
 def test_patching_grids_equal_naive_patching(model, hf, level):
-    fn = gpt2.patch_heads if level == "heads" else gpt2.patch_residual
-    got = fn(model, CLEAN, CORRUPTED)
+    got = gpt2.patch(model, CLEAN, CORRUPTED, level)
+    assert got.level == level
     # defaults: clean's top-1; corrupted's top-1 (clean's runner-up where that is the same)
     clean_logits, corr_logits = hf_logits(hf, CLEAN)[-1], hf_logits(hf, CORRUPTED)[-1]
     assert got.target == int(clean_logits.argmax())
@@ -387,6 +390,7 @@ def test_steering_chosen_rows_of_a_batch(model):
     (lambda m: gpt2.patch_residual(m, [1, 2, 3], [1, 2]), "clean has 3, corrupted has 2"),
     (lambda m: gpt2.patch_residual(m, [1, 2, 3], [1, 2, 99999]), "unknown token id 99999 in corrupted"),
     (lambda m: gpt2.patch_heads(m, [1, 2, 3], [1, 2, 3]), "the metric is the same on both prompts"),
+    (lambda m: gpt2.patch(m, [1, 2, 3], [1, 2, 4], level="layers"), "level must be one of 'heads', 'residual', got 'layers'"),
     (lambda m: gpt2.steering_vector(m, [1, 2], [3], 3), "layer must be an integer in 0..2 (the model has 3 blocks), got 3"),
     (lambda m: gpt2.steering_vector(m, [1, 2], [], 1), "minus is empty"),
     (lambda m: gpt2.Steering(m, {-1: torch.zeros(48)}), "layer must be an integer in 0..2"),
