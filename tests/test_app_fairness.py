@@ -13,7 +13,6 @@ import urllib.parse
 import urllib.request
 import uuid
 
-import pytest
 from test_app_hardening import PageSession, page_config
 
 from playground import fairness
