@@ -411,7 +411,10 @@ def test_chart_tabs_are_ready_before_their_first_visit(app_url):
             _run(page, 12)
             figures = ("#attention-heatmap", "#head-overview", "#all-heads", "#candidates", "#lens-grid")
             page.wait_for_function(f"""() => ['{"', '".join(figures)}'].every(f =>
-                document.querySelector(f + ' .js-plotly-plot')?._fullLayout)""", timeout=30_000)
+                document.querySelector(f + ' .js-plotly-plot')?._fullLayout) && document.body.dataset.drawing === '0'""",
+                                   timeout=30_000)  # out of sight, drawn when the browser was idle
+            assert page.evaluate(f"""['{"', '".join(figures)}'].map(f =>
+                document.querySelectorAll(f + ' .js-plotly-plot').length)""") == [1] * len(figures)
             for tab, figure in (("Heatmap", "#attention-heatmap"), ("Logit lens", "#lens-grid")):
                 started = page.evaluate("performance.now()")
                 page.get_by_role("tab", name=tab).click()

@@ -32,16 +32,21 @@ class LensTab:
         """The table at `position` and the grid over the window."""
         T = len(run.ids)
         position = min(max(0, int(position)), T - 1)
-        one = self.service.lens(run, slice(position, position + 1), LENS_K)
+        win = window(T, int(start), int(size))
+        # One pass over the window gives the grid (each cell's top 1) and, when the position is in
+        # the window (a run just shown: its last token), the table's top LENS_K too.
+        grid = self.service.lens(run, slice(win.start, win.stop), LENS_K)
+        if win.start <= position < win.stop:
+            ids, probs = grid.ids[:, 0, position - win.start], grid.probs[:, 0, position - win.start]
+        else:
+            one = self.service.lens(run, slice(position, position + 1), LENS_K)
+            ids, probs = one.ids[:, 0, 0], one.probs[:, 0, 0]
         tokenizer = run.tokenizer  # the model's own
         # lens_table escapes the labels itself
         label = tokens.labels(run.ids[position:position + 1], plot_safe=False, tokenizer=tokenizer)[0]
         following = (tokens.labels(run.ids[position + 1:position + 2], plot_safe=False, tokenizer=tokenizer)[0]
                      if position + 1 < T else None)
-        table = explain.lens_table(position, label, following, one.ids[:, 0, 0].tolist(), one.probs[:, 0, 0].tolist(),
-                                   tokenizer)
-        win = window(T, int(start), int(size))
-        grid = self.service.lens(run, slice(win.start, win.stop), 1)
+        table = explain.lens_table(position, label, following, ids.tolist(), probs.tolist(), tokenizer)
         top = [tokens.labels(row, tokenizer=tokenizer) for row in grid.ids[:, 0, :, 0].tolist()]
         fig = figures.lens_grid(top, grid.probs[:, 0, :, 0].numpy(), win.start,
                                 tokens.labels(run.ids[win.start:win.stop], tokenizer=tokenizer),
