@@ -71,8 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     parser.add_argument("--threads", type=int, default=os.environ.get("GPT2_THREADS") or str(cores),
                         help="threads the models compute with, for all users together: every "
-                             "generation is a row of one decode loop (env: GPT2_THREADS; default: "
-                             "the cores this process may use)")
+                             "generation is a row of one decode loop (env: GPT2_THREADS; unset: as many as "
+                             "the cores this process may use, shown here)")
     return parser
 
 

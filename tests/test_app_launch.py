@@ -65,3 +65,15 @@ def test_builtin_is_a_model_name():
     names, tiers = with_tiers(offered_sources(app.parse_args(["--model", "builtin"]).model))
     assert start_model("builtin", list(names)) == ("builtin", None)
     assert names["builtin"] == "builtin" and tiers["builtin"] == "fp32"
+
+
+def test_no_option_states_its_default_twice(monkeypatch):
+    """`--help` said '(default: the cores this process may use) (default: 2)' for --threads:
+    each option names its default once, the formatter's '(default: N)'."""
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    from playground import app
+
+    text = " ".join(app.build_parser().format_help().split())
+    assert text.count("default:") == text.count("(default: ") == len(
+        [a for a in app.build_parser()._actions if a.dest != "help"]), text
+    assert "cores this process may use" in text
