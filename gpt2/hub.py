@@ -246,10 +246,8 @@ def _watched(repo_id: str, stall_seconds: float, unreachable: WeightsError,
     if _not_found(result):
         raise WeightsError(f"{repo_id}: no such model repo or revision on the Hub (or it is private or "
                            f"gated): {type(result).__name__}") from None
-    if isinstance(result, OSError):  # HTTP errors, disk full, permission denied
+    if isinstance(result, Exception):  # HTTP errors and timeouts, disk full, permission denied
         raise WeightsError(f"{repo_id}: download failed ({type(result).__name__}: {result})") from None
-    if isinstance(result, Exception):
-        raise result
     return result
 
 

@@ -160,6 +160,17 @@ def test_a_repo_is_checked_before_its_weights_download(hf_home, tmp_path, monkey
     with pytest.raises(gpt2.WeightsError, match=r"tiny-org/own-bpe: [\d,]+ parameters, more than the 1,000 allowed"):
         gpt2.weights.download_repo(OWN, max_params=1000)
     assert "model.safetensors" not in fake.fetched  # every refusal came before the weights
+    real = fake.model_info
+
+    def timeout(*args, **kwargs):
+        import httpx
+
+        raise httpx.ReadTimeout("the Hub took too long")
+
+    fake.model_info = timeout
+    with pytest.raises(gpt2.WeightsError, match=r"tiny-org/own-bpe: download failed \(ReadTimeout: the Hub took"):
+        gpt2.weights.download_repo(OWN)
+    fake.model_info = real
     folder = gpt2.weights.download_repo(OWN, max_params=10**6)
     assert fake.fetched[-1] == "model.safetensors" and "tokenizer.json" in fake.fetched
     assert gpt2.load_model(str(folder), compile=False).config.activation_function == "relu"
