@@ -38,7 +38,9 @@ def register(service: Service, generate_concurrency: int) -> None:
         (an update may add several tokens when the server is too busy to send each one).
         prompt: the text to continue (at most 20,000 characters).
         model: a name from the app's model list ("gpt2" runs at int8, "gpt2 · bf16" and "gpt2 · fp32" at
-        those precisions, likewise the other sizes; "builtin" is the small built-in model).
+        those precisions, likewise the other sizes; "builtin" is the small built-in model; a Hub repo the
+        server offers goes by its id, "org/name", "org/name · bf16", "org/name · fp32", and any repo id
+        where the server allows it: its own tokenizer reads the prompt and writes the text).
         temperature: 0 = greedy; higher samples more freely (>= 0).
         top_k: sample among the k most likely tokens (0 = off, up to 50257).
         top_p: sample among the fewest tokens whose probabilities add up to p (in (0, 1], 1 = off).
