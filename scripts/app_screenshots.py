@@ -1,9 +1,9 @@
 """Screenshots of the running app for the README: `python scripts/app_screenshots.py [--model M]`.
 
 Starts `app.py` on a free port, drives it with Chromium (Debian's, at /usr/bin/chromium),
-and writes assets/app-*.png: each view at 1400 px wide (and the token view in dark mode),
-the token view while a run writes, the heads on the built-in model's induction example,
-and the token view and heatmap at a phone's 390 px. Without --model it uses the built-in
+and writes assets/app-*.png: every view at 1400 px wide and at a phone's 390 px (app-phone-*)
+on the built-in model's induction example (Compare against a random checkpoint, Explain with
+its own example and head patching), the token view in dark mode and while a run writes. Without --model it uses the built-in
 model, whose heads show real structure (layer 0 head 2 looks one token back, layer 1
 holds induction heads).
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.conftest import free_port, wait_until_up  # noqa: E402
+from tests.conftest import free_port, save_random_gpt2, wait_until_up  # noqa: E402
 from tests.test_app_server import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
 
 PROMPT = "Once upon a time, there was a girl named Mira. Mira had a red kite. One day, Mira"
@@ -67,6 +67,47 @@ def tab(page, name: str, ready: str) -> None:
     page.wait_for_timeout(800)  # Plotly's first draw
 
 
+def every_view(page, out: Path, prefix: str) -> None:
+    """After a finished run on the built-in model's induction example: each tab in turn."""
+    tab(page, "Heatmap", "#attention-heatmap .js-plotly-plot")
+    page.locator(VIEWS).screenshot(path=str(out / f"{prefix}-heatmap.png"))
+    tab(page, "Heads", "#head-overview .js-plotly-plot")
+    page.locator(VIEWS).screenshot(path=str(out / f"{prefix}-heads.png"))
+    tab(page, "Next token", "#candidates .js-plotly-plot")
+    page.locator(VIEWS).screenshot(path=str(out / f"{prefix}-next-token.png"))
+    tab(page, "Logit lens", "#lens-grid .js-plotly-plot")
+    page.locator(VIEWS).screenshot(path=str(out / f"{prefix}-logit-lens.png"))
+    page.get_by_role("tab", name="Knock-out").click()
+    page.locator("#ko-induction").click()
+    page.wait_for_selector("#ko-texts .sbs", timeout=120_000)
+    page.wait_for_timeout(500)
+    page.locator(VIEWS).screenshot(path=str(out / f"{prefix}-knockout.png"))
+    page.get_by_role("tab", name="Compare").click()
+    page.locator("#compare-run").click()
+    page.wait_for_selector("#compare-rows .js-plotly-plot", timeout=120_000)
+    page.wait_for_timeout(800)
+    page.locator(VIEWS).screenshot(path=str(out / f"{prefix}-compare.png"))
+    page.get_by_role("tab", name="Explain").click()
+    before = shown_run(page)
+    page.locator("#explain-example").click()  # generates the example itself, then explains a token
+    finished(page, before)
+    page.wait_for_selector("#attribution-heads .js-plotly-plot", timeout=120_000)
+    page.locator("#patch-heads-run").click()
+    page.wait_for_selector("#patch-heads .js-plotly-plot", timeout=120_000)
+    page.wait_for_timeout(800)
+    page.locator(VIEWS).screenshot(path=str(out / f"{prefix}-explain.png"))
+    page.get_by_role("tab", name="Tokens").click()
+    page.wait_for_timeout(300)
+    page.locator(VIEWS).screenshot(path=str(out / f"{prefix}-saliency.png"))
+
+
+def induction_run(page) -> None:
+    page.get_by_role("tab", name="Tokens").click()
+    page.locator("#induction-example").click()  # a repeated random sequence on the built-in model
+    page.wait_for_function(f"document.querySelector('#prompt textarea').value !== {PROMPT!r}")
+    finished(page, generate(page, None, stop_at_end=False))
+
+
 def shoot(url: str, out: Path, max_new: int) -> None:
     from playwright.sync_api import expect, sync_playwright
 
@@ -84,18 +125,9 @@ def shoot(url: str, out: Path, max_new: int) -> None:
 
             finished(page, generate(page, PROMPT, max_new))
             page.screenshot(path=str(out / "app-token-view.png"), full_page=True)
-            tab(page, "Heatmap", "#attention-heatmap .js-plotly-plot")
-            page.locator(VIEWS).screenshot(path=str(out / "app-heatmap.png"))
-            tab(page, "Next token", "#candidates .js-plotly-plot")
-            page.locator(VIEWS).screenshot(path=str(out / "app-next-token.png"))
-
-            page.get_by_role("tab", name="Tokens").click()
-            page.locator("#induction-example").click()  # a repeated random sequence on the built-in model
-            page.wait_for_function(f"document.querySelector('#prompt textarea').value !== {PROMPT!r}")
-            finished(page, generate(page, None, stop_at_end=False))
+            induction_run(page)
             page.locator(VIEWS).screenshot(path=str(out / "app-induction-tokens.png"))
-            tab(page, "Heads", "#head-overview .js-plotly-plot")
-            page.locator(VIEWS).screenshot(path=str(out / "app-heads.png"))
+            every_view(page, out, "app")
             page.close()
 
             dark = browser.new_page(viewport={"width": 1400, "height": 1000}, color_scheme="dark")
@@ -109,8 +141,8 @@ def shoot(url: str, out: Path, max_new: int) -> None:
             start(phone, url + "?__theme=light")
             finished(phone, generate(phone, PROMPT, max_new))
             phone.locator(VIEWS).screenshot(path=str(out / "app-phone-tokens.png"))
-            tab(phone, "Heatmap", "#attention-heatmap .js-plotly-plot")
-            phone.locator(VIEWS).screenshot(path=str(out / "app-phone-heatmap.png"))
+            induction_run(phone)
+            every_view(phone, out, "app-phone")
         finally:
             browser.close()
 
@@ -125,8 +157,9 @@ def main() -> None:
         port = free_port()
         log = Path(tmp) / "app.log"
         with log.open("w") as handle:
-            proc = subprocess.Popen([sys.executable, "app.py", "--model", args.model, "--port", str(port)],
-                                    cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
+            other = save_random_gpt2(Path(tmp) / "random", n_positions=256)  # for Compare: another model
+            proc = subprocess.Popen([sys.executable, "app.py", "--model", args.model, "--extra-model", str(other),
+                                     "--port", str(port)], cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT)
         try:
             url = f"http://127.0.0.1:{port}/"
             wait_until_up(url, proc, log)
