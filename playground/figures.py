@@ -19,6 +19,7 @@ HOVER = ("query %{y} <b>%{customdata[0]}</b><br>key %{customdata[1]}<br>"
          "weight %{z:.3f}<extra></extra>")
 CELL_PX = (14, 36)  # a heatmap cell's side: at least 14 px (10 px labels stay legible), at most 36
 HEATMAP_PX = 640  # small windows spread over about this much; large ones grow past it and scroll
+THUMB_LABELS = 12  # token labels on a side of a per-head thumbnail, at most (every k-th token)
 
 
 def _base_layout(fig: go.Figure, title: str, height: int) -> go.Figure:
@@ -107,11 +108,23 @@ def heads_grid(weights: np.ndarray, labels: Sequence[str], start: int, title: st
                       row=slot // cols + 1, col=slot % cols + 1)
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False)
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, autorange="reversed")
+    # Token labels on the outer thumbnails (the first column's rows, each column's lowest
+    # thumbnail's columns), every `step`-th token so that about THUMB_LABELS fit a side.
+    step = max(1, math.ceil(len(labels) / THUMB_LABELS))
+    ticks = dict(tickmode="array", tickvals=positions[::step].tolist(), ticktext=list(labels)[::step],
+                 showticklabels=True, tickfont=dict(size=9), automargin=True)
+    for r in range(1, rows + 1):
+        fig.update_yaxes(row=r, col=1, **ticks)
+    for c in range(1, cols + 1):
+        lowest = max((slot // cols + 1 for slot in range(n_head) if slot % cols + 1 == c), default=None)
+        if lowest is not None:
+            fig.update_xaxes(row=lowest, col=c, tickangle=-90, **ticks)
     fig.update_layout(coloraxis=dict(colorscale=COLORSCALE, cmin=0, cmax=1,
                                      colorbar=dict(thickness=12, title=dict(text="weight"))))
     fig.update_annotations(font=dict(size=11))
-    _base_layout(fig, title, height=170 + 190 * rows)
-    fig.update_layout(margin=dict(l=10, r=10, t=90, b=10))  # room for two-line head titles
+    label_px = 6 * max((len(t) for t in labels), default=1) + 10
+    _base_layout(fig, title, height=170 + 190 * rows + label_px)
+    fig.update_layout(margin=dict(l=10, r=10, t=90, b=10))  # two-line head titles; the labels add their own
     return fig
 
 
@@ -177,7 +190,9 @@ def head_overview(scores: Mapping[str, np.ndarray], selected: tuple[int, int | N
             for layer in range(n_layer)]
     fig = go.Figure(go.Heatmap(
         z=z.round(3).tolist(), x=list(range(n_head)), y=list(range(n_layer)), customdata=hover,
-        text=text, texttemplate="%{text}", textfont=dict(size=11),
+        # white with a dark halo: Plotly picks a dark text for a pale cell, which on a dark page
+        # (the cells are translucent) was nearly invisible
+        text=text, texttemplate="%{text}", textfont=dict(size=11, color="white", shadow="0 0 3px black"),
         hovertemplate="layer %{y} · head %{x}<br>%{customdata}<extra></extra>", xgap=2, ygap=2,
         colorscale=colorscale, zmin=0, zmax=len(bands),
         colorbar=dict(tickvals=[k + 0.5 for k in range(len(bands))], ticktext=[name(r) for r in bands],
@@ -201,6 +216,12 @@ def _layer_head_layout(fig: go.Figure, title: str, n_layer: int, n_head: int) ->
     return _base_layout(fig, title, height=110 + row_px * n_layer)
 
 
+def candidate_label(label: str) -> str:
+    """A candidate's label as the bar chart shows it: a token of one or two marks and no letter
+    or digit ("," "." "!)") in quotes, which alone were specks beside the bar."""
+    return f"“{label}”" if len(label) <= 2 and not any(c.isalnum() for c in label) else label
+
+
 def candidates_bar(labels: Sequence[str], probs: Sequence[float], chosen: int | None,
                    title: str) -> go.Figure:
     """Top candidates as horizontal bars, most likely on top, each labelled with its
@@ -210,13 +231,14 @@ def candidates_bar(labels: Sequence[str], probs: Sequence[float], chosen: int | 
     if len(labels) != len(probs):
         raise ValueError(f"{len(labels)} labels but {len(probs)} probabilities")
     colors = ["#f97316" if i == chosen else "#6366f1" for i in range(len(labels))]
-    fig = go.Figure(go.Bar(x=list(probs), y=[f"{label} " for label in labels], orientation="h",
+    fig = go.Figure(go.Bar(x=list(probs), y=[f"{candidate_label(label)} " for label in labels], orientation="h",
                            marker_color=colors, text=[percent(p) for p in probs],
                            textposition="outside", cliponaxis=False,
                            hovertemplate="%{y}: %{text}<extra></extra>"))
     top = max(probs, default=1.0) or 1.0
     fig.update_xaxes(range=[0, top * 1.45], showticklabels=False, showgrid=False, zeroline=False)
-    fig.update_yaxes(autorange="reversed", type="category", automargin=True)
+    fig.update_yaxes(autorange="reversed", type="category", automargin=True,
+                     tickfont=dict(family="ui-monospace, SFMono-Regular, Menlo, Consolas, monospace", size=13))
     fig = _base_layout(fig, title, height=120 + 28 * len(labels))
     fig.update_layout(margin=dict(l=10, r=30, t=50, b=10))
     return fig

@@ -446,7 +446,14 @@ function drawOnce(P) {
   const react = P.react, due = new Map();
   let drawing = 0;
   const count = () => { document.body.dataset.drawing = String(due.size + drawing); };
-  const shown = new ResizeObserver(entries => entries.forEach(e => { if (e.contentRect.width > 0) draw(e.target); }));
+  // A figure drawn out of sight took Plotly's default width (700 px): fitted to its box when shown.
+  const unfitted = new WeakSet();
+  const shown = new ResizeObserver(entries => entries.forEach(e => {
+    if (!(e.contentRect.width > 0)) return;
+    if (due.has(e.target)) { draw(e.target); return; }
+    shown.unobserve(e.target);
+    if (unfitted.has(e.target)) { unfitted.delete(e.target); P.Plots.resize(e.target).catch(() => {}); }
+  }));
   const idle = window.requestIdleCallback || (f => setTimeout(f, 50));
   function draw(gd) {
     const job = due.get(gd);
@@ -456,8 +463,14 @@ function drawOnce(P) {
     if (!gd.isConnected) { count(); job.done.forEach(d => d(gd)); return; }  // replaced meanwhile
     drawing++;
     count();
+    const hidden = !(gd.getBoundingClientRect().width > 0);
     Promise.resolve().then(() => react.call(P, gd, ...job.args)).catch(() => {})
-      .then(() => { drawing--; count(); job.done.forEach(d => d(gd)); });
+      .then(() => {
+        if (hidden) { unfitted.add(gd); shown.observe(gd); }
+        drawing--;
+        count();
+        job.done.forEach(d => d(gd));
+      });
   }
   P.react = function(gd, ...args) {
     if (!(gd instanceof Element)) return react.call(this, gd, ...args);

@@ -114,3 +114,24 @@ def test_highlighted_tokens_leave_prompt_uncoloured():
     assert set(figures.BAND_COLORS) == {band for _, band in pairs[1:]}
     with pytest.raises(ValueError):
         figures.highlighted_tokens(["a"], [])
+
+
+def test_issue_29_details_overview_numbers_candidate_marks_thumbnail_labels():
+    """Head overview numbers white with a dark halo (readable on a dark page's translucent
+    cells), lone punctuation candidates in quotes and a larger monospace font, per-head
+    thumbnails with token labels on their outer sides (every k-th token of a long window)."""
+    scores = {"induction": np.array([[0.9, 0.1], [0.2, 0.5]]), "previous_token": np.zeros((2, 2))}
+    text = figures.head_overview(scores, (0, 0), "t").data[0].textfont
+    assert text.color == "white" and "black" in text.shadow
+    bars = figures.candidates_bar([",", ".", "·the", "!)", "·a"], [0.3, 0.2, 0.1, 0.05, 0.01], None, "t")
+    assert [y.strip() for y in bars.data[0].y] == ["“,”", "“.”", "·the", "“!)”", "·a"]
+    assert bars.layout.yaxis.tickfont.size >= 13
+    maps = np.stack([MAP] * 4)
+    fig = figures.heads_grid(maps, LABELS, 0, "t")
+    layout = fig.to_plotly_json()["layout"]
+    shown = {k: v for k, v in layout.items() if k[1:5] == "axis" and v.get("showticklabels")}
+    assert set(shown) == {"yaxis", "yaxis3", "xaxis3", "xaxis4"}  # 2 x 2: first column's rows, bottom row
+    assert all(list(v["ticktext"]) == list(LABELS) for v in shown.values())
+    long = figures.heads_grid(np.stack([np.tril(np.ones((40, 40))) / 40] * 4), [f"t{i}" for i in range(40)], 0, "t")
+    ticks = list(long.to_plotly_json()["layout"]["yaxis"]["ticktext"])
+    assert ticks == [f"t{i}" for i in range(0, 40, 4)]  # every 4th: at most THUMB_LABELS a side

@@ -423,3 +423,9 @@ def test_chart_tabs_are_ready_before_their_first_visit(app_url):
                     while (!(el()?.getBoundingClientRect().width > 0)) await new Promise(r => requestAnimationFrame(r));
                     return performance.now(); }""", figure)
                 assert shown - started < 1500, (tab, shown - started)  # drawn already: shown, not built
+            for tab, figure in (("Heads", "#all-heads"), ("Next token", "#candidates")):  # drawn out of sight:
+                page.get_by_role("tab", name=tab).click()  # fitted to their box once shown
+                page.wait_for_function(f"""() => {{ const box = document.querySelector('{figure}');
+                    const plot = box.querySelector('.js-plotly-plot');
+                    return plot.getBoundingClientRect().width > 0 && plot._fullLayout.width <= box.clientWidth + 1; }}""",
+                                       timeout=10_000)
