@@ -281,6 +281,8 @@ def hub_repo(source: str | Path) -> Repo | None:
     text = str(source)
     if isinstance(source, Path) or text == BUILTIN or preset_name(text) is not None or Path(text).exists():
         return None
+    if text.endswith((".safetensors", ".json", ".bin", ".pt", ".pth")):  # a file that is not there
+        return None
     return parse_repo(text)
 
 

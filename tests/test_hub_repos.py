@@ -45,6 +45,8 @@ def test_repo_ids_are_parsed_strictly(text, parsed):
 
 def test_a_local_path_of_that_shape_wins(tmp_path, monkeypatch, tiny_dir):
     monkeypatch.chdir(tmp_path)
+    with pytest.raises(gpt2.WeightsError, match="runs/tiny.safetensors: not a preset .* and no such file"):
+        gpt2.load_model("runs/tiny.safetensors")  # a missing file, not a Hub repo
     shutil.copytree(tiny_dir, tmp_path / "org" / "name")
     assert gpt2.weights.hub_repo("org/name") is None
     assert gpt2.load_model("org/name", compile=False).config.n_embd == 32  # the folder, no Hub asked
