@@ -108,6 +108,9 @@ def offered_sources(default: str, extras: list[str] | tuple[str, ...] = ()) -> d
     given = [source for source in dict.fromkeys([default, *extras])
              if source not in gpt2.PRESETS and source != BUILTIN]
     named = [(str(repo) if (repo := hub_repo(source)) else local_name(source), source) for source in given]
+    for name, source in named:
+        if hub_repo(source) is not None:  # a mistyped local path would read as one: say which it is
+            log.info("offering the Hub repo %s (no local file or folder has that name)", name)
     sources = dict(named)
     if len(sources) < len(named):
         raise ValueError("two local checkpoints have the same name: "
