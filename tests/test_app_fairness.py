@@ -179,18 +179,25 @@ def test_work_is_admitted_by_tokens_to_compute():
 
 
 # -- item 9 (rest): partial headers ---------------------------------------------------------------------
+def closed_after(sock: socket.socket) -> float:
+    """Seconds until the server closes `sock` without answering."""
+    started = time.monotonic()
+    try:
+        got = sock.recv(1024)
+    except ConnectionResetError:
+        got = b""
+    assert got == b"", got[:200]
+    return time.monotonic() - started
+
+
 def test_a_connection_sending_part_of_its_headers_is_closed(app_server):
     host, port = urllib.parse.urlsplit(app_server.url).netloc.split(":")
     with socket.create_connection((host, int(port)), timeout=HEADER_SECONDS + 30) as sock:
         sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # and never the rest
-        started = time.monotonic()
-        assert sock.recv(1024) == b""  # closed by the server
-        waited = time.monotonic() - started
-    assert HEADER_SECONDS - 1 <= waited <= HEADER_SECONDS + 20
-    with socket.create_connection((host, int(port)), timeout=30) as sock:  # nothing sent at all
-        started = time.monotonic()
-        assert sock.recv(1024) == b""
-        assert time.monotonic() - started <= HEADER_SECONDS + 20
+        waited = closed_after(sock)
+    assert HEADER_SECONDS - 1 <= waited <= HEADER_SECONDS + 20, waited
+    with socket.create_connection((host, int(port)), timeout=HEADER_SECONDS + 30) as sock:  # nothing sent
+        assert closed_after(sock) <= HEADER_SECONDS + 20
     with socket.create_connection((host, int(port)), timeout=30) as sock:  # slow but whole: served
         for part in (b"GET /robots.txt HTTP/1.1\r\n", b"Host: x\r\n", b"\r\n"):
             sock.sendall(part)
@@ -201,7 +208,8 @@ def test_a_connection_sending_part_of_its_headers_is_closed(app_server):
 # -- what the patches rely on --------------------------------------------------------------------------
 def test_gradio_queue_is_what_fairness_expects():
     """FairQueue overrides gradio.queueing.Queue's push, get_events, send_message,
-    process_events and start and swaps its pending_messages_per_session; the header timeout
+    process_events, remove_from_queue, clean_events and start and swaps its
+    pending_messages_per_session; the header timeout
     goes in through uvicorn's HTTP_PROTOCOLS['auto'] because Gradio builds uvicorn's Config
     without `http=`. If any of this changes in Gradio or uvicorn, this fails."""
     import gradio.blocks
@@ -215,7 +223,8 @@ def test_gradio_queue_is_what_fairness_expects():
 
     expected = {"push": ["self", "body", "request", "username"], "get_events": ["self"],
                 "send_message": ["self", "event", "event_message"], "start": ["self"],
-                "process_events": ["self", "events", "batch", "begin_time", "fn"]}
+                "process_events": ["self", "events", "batch", "begin_time", "fn"],
+                "remove_from_queue": ["self", "event_id"], "clean_events": ["self", "session_hash", "event_id"]}
     for name, params in expected.items():
         assert list(inspect.signature(getattr(Queue, name)).parameters) == params, name
     assert "self.pending_messages_per_session[body.session_hash] = AsyncQueue()" in inspect.getsource(Queue.push)
