@@ -198,11 +198,20 @@ def source_files(source: str) -> tuple:
 
 
 def load_error_message(name: str, error: Exception) -> str:
-    """Why a model could not be loaded and how to fix it (plain text; `code` reads as Markdown)."""
+    """Why a model could not be loaded and how to fix it, as one paragraph (plain text; `code`
+    reads as Markdown). The library's message for weights it cannot download says how to fix
+    that from a terminal (and how to skip the network when all is cached): only its reason is
+    kept, and the page says what to do."""
+    reason = str(error)
+    if isinstance(error, gpt2.WeightsError) and "cannot download" in reason:
+        reason = reason.split(". ", 1)[0]
+    reason = reason.strip()
+    reason += "" if reason.endswith((".", "!", "?")) else "."
     if name in gpt2.PRESETS:
         fix = ("connect to the internet once so the weights can download (they are cached "
-               "afterwards), or start the app with a local checkpoint: "
-               "`python app.py --model path/to/checkpoint`.")
+               f"afterwards; `python -m gpt2 download {name}` fetches them ahead), or start the app "
+               "with a local checkpoint: `python app.py --model path/to/checkpoint`. The other models "
+               "in the list still work.")
     elif tiered_name(name) is not None:
         fix = ("check the repo id and revision, and that the repo holds a GPT-2 (config.json and "
                "model.safetensors); offline, run `python -m gpt2 download org/name` once while online. "
@@ -211,7 +220,7 @@ def load_error_message(name: str, error: Exception) -> str:
         fix = ("replace the checkpoint with a complete one (a Hub-layout folder with config.json "
                "and model.safetensors, or a file saved by `gpt2.save_model`). The other models "
                "in the list still work.")
-    return f"Could not load `{name}`. {error}\n\nTo fix: {fix}"
+    return f"Could not load `{name}`. {reason} To fix: {fix}"
 
 
 class Offered(list):

@@ -429,3 +429,26 @@ def test_chart_tabs_are_ready_before_their_first_visit(app_url):
                     const plot = box.querySelector('.js-plotly-plot');
                     return plot.getBoundingClientRect().width > 0 && plot._fullLayout.width <= box.clientWidth + 1; }}""",
                                        timeout=10_000)
+
+
+def test_a_model_that_cannot_load_offline_is_one_clear_message(app_url):
+    """Item 9: picking a preset that is not cached, offline: the status is one paragraph (the
+    reason, one way to fix it), the previous model's line ('local:tiny ready · …') is gone and
+    no toast adds a second message."""
+    from playwright.sync_api import expect
+
+    from test_app_server import MODEL, _pick
+
+    for context in (DESKTOP, PHONE):
+        with browser(app_url, **context) as page:
+            expect(page.locator("#model-status")).to_contain_text(f"{MODEL} ready", timeout=30_000)
+            _pick(page, "model", "gpt2")
+            expect(page.locator("#model-status")).to_contain_text("Could not load", timeout=30_000)
+            page.wait_for_timeout(500)
+            status = page.evaluate("""() => { const s = document.querySelector('#model-status');
+                return {paragraphs: s.querySelectorAll('p').length, text: s.innerText,
+                        toasts: document.querySelectorAll('.toast-body').length}; }""")
+            assert status["paragraphs"] == 1 and status["toasts"] == 0, status
+            assert status["text"].count("To fix") == 1 and "HF_HUB_OFFLINE" not in status["text"], status
+            assert "ready" not in status["text"] and MODEL not in status["text"], status
+            page.screenshot(path=str(ARTIFACTS / f"app-model-offline-{context['viewport']['width']}.png"))

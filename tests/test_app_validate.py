@@ -117,3 +117,18 @@ def test_a_huge_head_is_not_echoed_whole():
     with pytest.raises(ValueError) as refused:
         parse_head("h" * 5000, 12)
     assert len(str(refused.value)) < 200 and "(5,002 characters)" in str(refused.value)
+
+
+def test_a_preset_that_cannot_download_is_one_paragraph_with_one_fix():
+    """Issue 29 item 9: the library's reason, without its own terminal advice (nor 'Set
+    HF_HUB_OFFLINE=1', irrelevant on a page), then what to do: one paragraph."""
+    error = gpt2.WeightsError("openai-community/gpt2-medium: cannot download the weights and they are not in the "
+                              "Hugging Face cache (offline, or the Hub is unreachable). Go online and run `python -m "
+                              "gpt2 download gpt2-medium` once, or put a converted file at /w/gpt2-medium.safetensors. "
+                              "Set HF_HUB_OFFLINE=1 to skip the network when everything is cached.")
+    text = models.load_error_message("gpt2-medium", error)
+    assert text.startswith("Could not load `gpt2-medium`. openai-community/gpt2-medium: cannot download the weights")
+    assert "\n" not in text and "HF_HUB_OFFLINE" not in text and "/w/" not in text
+    assert text.count("To fix") == 1 and "--model" in text and "python -m gpt2 download gpt2-medium" in text
+    assert models.load_error_message("local:x", gpt2.WeightsError("local:x: corrupt")).startswith(
+        "Could not load `local:x`. local:x: corrupt. To fix: replace")
