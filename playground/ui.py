@@ -303,12 +303,13 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
         # the page generates as the link's owner did.
         restored = gr.State("")
         autorun = gr.Checkbox(False, visible=False, elem_id="link-autorun")
+        # restore and restore_flags do no model work: they never wait for a view slot.
         demo.load(form.restore, outputs=[*form.settings[:-1], restored], api_visibility="private",
-                  concurrency_id="view").then(
+                  concurrency_id="page_open", concurrency_limit=None).then(
             form.opening_status, inputs=[form.model, form.max_new, restored], outputs=status_outputs,
             api_visibility="private", concurrency_id="view").then(
             form.restore_flags, inputs=restored, outputs=[form.stop_at_end, autorun], api_visibility="private",
-            concurrency_id="view").then(None, inputs=autorun, js=page_script.REGENERATE_JS,
+            concurrency_id="page_open", concurrency_limit=None).then(None, inputs=autorun, js=page_script.REGENERATE_JS,
                                         api_visibility="private")
         form.model.input(form.model_status, inputs=[form.model, form.max_new], outputs=status_outputs,
                          api_visibility="private", concurrency_id="load", concurrency_limit=1)
