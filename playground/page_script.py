@@ -446,14 +446,29 @@ function drawOnce(P) {
   const react = P.react, due = new Map();
   let drawing = 0;
   const count = () => { document.body.dataset.drawing = String(due.size + drawing); };
-  // A figure drawn out of sight took Plotly's default width (700 px): fitted to its box when shown.
-  const unfitted = new WeakSet();
-  const shown = new ResizeObserver(entries => entries.forEach(e => {
-    if (!(e.contentRect.width > 0)) return;
-    if (due.has(e.target)) { draw(e.target); return; }
-    shown.unobserve(e.target);
-    if (unfitted.has(e.target)) { unfitted.delete(e.target); P.Plots.resize(e.target).catch(() => {}); }
-  }));
+  const shown = new ResizeObserver(entries => entries.forEach(e => { if (e.contentRect.width > 0) draw(e.target); }));
+  // A figure out of sight is drawn with its tab laid out, invisible and out of the flow, as wide
+  // as the tab in view: in a hidden (display: none) tab Plotly takes its default 700 px.
+  const style = document.createElement('style');
+  style.textContent = '#views .tabitem.offscreen-draw { display: flex !important; position: absolute !important; ' +
+    'visibility: hidden !important; pointer-events: none; box-sizing: border-box; width: var(--offscreen-width); }';
+  document.head.appendChild(style);
+  function layOut(gd) {
+    const panel = gd.closest('.tabitem');
+    if (!panel || getComputedStyle(panel).display !== 'none' && !panel.classList.contains('offscreen-draw')) {
+      return () => {};
+    }
+    const inView = [...panel.parentElement.children].find(
+      p => p !== panel && p.classList.contains('tabitem') && getComputedStyle(p).display !== 'none');
+    const width = (inView || panel.parentElement).getBoundingClientRect().width;
+    panel.style.setProperty('--offscreen-width', `${width}px`);
+    panel.dataset.offscreen = String(Number(panel.dataset.offscreen || 0) + 1);
+    panel.classList.add('offscreen-draw');
+    return () => {
+      panel.dataset.offscreen = String(Number(panel.dataset.offscreen) - 1);
+      if (panel.dataset.offscreen === '0') panel.classList.remove('offscreen-draw');
+    };
+  }
   const idle = window.requestIdleCallback || (f => setTimeout(f, 50));
   function draw(gd) {
     const job = due.get(gd);
@@ -463,10 +478,10 @@ function drawOnce(P) {
     if (!gd.isConnected) { count(); job.done.forEach(d => d(gd)); return; }  // replaced meanwhile
     drawing++;
     count();
-    const hidden = !(gd.getBoundingClientRect().width > 0);
-    Promise.resolve().then(() => react.call(P, gd, ...job.args)).catch(() => {})
+    let restore = () => {};
+    Promise.resolve().then(() => { restore = layOut(gd); return react.call(P, gd, ...job.args); }).catch(() => {})
       .then(() => {
-        if (hidden) { unfitted.add(gd); shown.observe(gd); }
+        restore();
         drawing--;
         count();
         job.done.forEach(d => d(gd));
