@@ -435,11 +435,11 @@ def views_early_js(plotly_asset: str | None = None) -> str:
     return r"""
 // Gradio's Plot draws a new value twice: into the figure's old div (whose effect sees the new
 // value first) and then into the new div that replaces it, so every figure of a run cost two
-// full draws. A draw waits for the current task to end instead, and only a div still in the
-// page is drawn, with its latest value. A figure in a tab out of sight is drawn when the
-// browser is idle, or at once when its tab is shown, whichever comes first: the tab in view
-// and the token view are not kept waiting by figures nobody looks at yet. body[data-drawing]
-// counts the draws to come (for tests and benchmarks/page_timing.py).
+// full draws. A figure in a tab out of sight waits instead: it is drawn when the browser is
+// idle, or at once when its tab is shown, whichever comes first, and only if its div is still
+// in the page (with its latest value): the tab in view and the token view are not kept waiting
+// by figures nobody looks at yet. A figure in view is drawn at once, as Gradio expects.
+// body[data-drawing] counts the draws to come (for tests and benchmarks/page_timing.py).
 function drawOnce(P) {
   if (!P || P.__drawOnce) return;
   P.__drawOnce = true;
@@ -489,6 +489,9 @@ function drawOnce(P) {
   }
   P.react = function(gd, ...args) {
     if (!(gd instanceof Element)) return react.call(this, gd, ...args);
+    if (!due.has(gd) && gd.isConnected && gd.getBoundingClientRect().width > 0) {
+      return react.call(this, gd, ...args);  // in view: drawn at once, as Gradio expects
+    }
     const job = due.get(gd);
     if (job) { job.args = args; return new Promise(d => job.done.push(d)); }
     return new Promise(d => {
