@@ -133,7 +133,7 @@ def agreement(ref: gpt2.GPT, tier: gpt2.GPT, text: list[int], clean: list[int], 
         totals.append(abs(got.total() - got.metric))
     fp32 = [m for _, m in metrics]
     out = {"attribution": f"parts {max(errors):.3f}; metric off by ≤ {max(d for d, _ in metrics):.3f} "
-                          f"(fp32's: {', '.join(f'{m:.2f}' for m in fp32)}); |sum of parts - metric| ≤ "
+                          f"(fp32's: {', '.join(f'{m:.2f}' for m in fp32)}); sum of parts minus metric ≤ "
                           f"{max(totals):.1e}"}
     for level, fn in (("patch heads", gpt2.patch_heads), ("patch residual", gpt2.patch_residual)):
         want = run(lambda: fn(ref, clean, corrupted))
