@@ -29,7 +29,7 @@ from .errors import friendly
 from .inspection import DEFAULT_WINDOW, MAX_WINDOW, Run, RunStore, strongest_head, window
 from .models import ModelTable, offered_sources, start_model, with_tiers
 from .service import MEAN, Service, parse_head
-from .views.common import Queues, head_choices, head_value, layer_choices, selection
+from .views.common import Dropdown, Queues, head_choices, head_value, layer_choices, selection
 from .views.compare import CompareTab
 from .views.explain import ExplainTab
 from .views.form import Form
@@ -268,9 +268,9 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
                                             placeholder="a link that reopens these settings and this seed",
                                             buttons=["copy"], min_width=200)
                 with gr.Row():
-                    layer = gr.Dropdown(choices=[("layer 0", 0)], value=0, label="Layer", elem_id="layer",
+                    layer = Dropdown(choices=[("layer 0", 0)], value=0, label="Layer", elem_id="layer",
                                         min_width=120)
-                    head = gr.Dropdown(choices=[("mean over heads", MEAN)], value=MEAN, label="Head", elem_id="head", min_width=120)
+                    head = Dropdown(choices=[("mean over heads", MEAN)], value=MEAN, label="Head", elem_id="head", min_width=120)
                 with gr.Tabs(overflow_behavior="wrap"):
                     with gr.Tab("Tokens"):
                         tokens.layout()
@@ -311,8 +311,11 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
             form.restore_flags, inputs=restored, outputs=[form.stop_at_end, autorun], api_visibility="private",
             concurrency_id="page_open", concurrency_limit=None).then(None, inputs=autorun, js=page_script.REGENERATE_JS,
                                         api_visibility="private")
+        # always_last: a model picked while another loads is fitted after it, with the values the
+        # page then holds (not a max-new-tokens the first load has already lowered)
         form.model.input(form.model_status, inputs=[form.model, form.max_new], outputs=status_outputs,
-                         api_visibility="private", concurrency_id="load", concurrency_limit=1)
+                         api_visibility="private", concurrency_id="load", concurrency_limit=1,
+                         trigger_mode="always_last")
         run = form.generate.click(
             page.generate, inputs=[*form.settings, layer, head], outputs=[output, run_id, stats, tokens.view],
             api_name="ui_generate", show_progress="minimal", **queues.generate)

@@ -246,6 +246,23 @@ class PageSession:
         raise AssertionError(f"{name} never completed")
 
 
+@pytest.mark.parametrize("event, values, message", [
+    ("update_lens", {"lens-position": 10**6, "window-start": 0, "window-size": 8}, "greater than maximum value"),
+    ("update_view", {"layer": 99, "head": "mean", "window-start": 0, "window-size": 8}, "not in the list of choices"),
+])
+def test_a_page_event_out_of_its_components_bounds_is_refused_without_a_traceback(app_server, event, values,
+                                                                                   message):
+    """A page a step behind (a model switch lowering a slider's maximum) or a hand-made request:
+    Gradio's own message, and nothing in the log."""
+    logged = len(app_server.log.read_text())
+    page = PageSession(app_server.url)
+    joined = page.join(event, values)
+    done = next(m for m in page.messages() if m.get("event_id") == joined and m["msg"] == "process_completed")
+    assert not done["success"] and message in json.dumps(done["output"])
+    time.sleep(0.2)
+    assert "Traceback" not in app_server.log.read_text()[logged:]
+
+
 def test_the_logit_lens_table_escapes_text_once(app_url):
     prompt = "if a <b && c> d"  # tokens: if ·a ·< b ·&& ·c > ·d
     page = PageSession(app_url)

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import gradio as gr
 from gradio.components.plot import PlotData
 
 import gpt2
@@ -71,3 +72,23 @@ class Queues:
     `generate` (runs the model; admitted up to the decode loop's rows)."""
     view: dict
     generate: dict
+
+
+class _Quiet:
+    """A value outside the component's own bounds (a page a step behind after a model switch,
+    or a hand-made request) is refused with Gradio's message, as before, but as the client's
+    mistake: no traceback in the server's log."""
+
+    def preprocess(self, payload: Any) -> Any:
+        try:
+            return super().preprocess(payload)
+        except gr.Error as error:
+            raise gr.Error(error.message, print_exception=False) from None
+
+
+class Slider(_Quiet, gr.Slider):
+    pass
+
+
+class Dropdown(_Quiet, gr.Dropdown):
+    pass
