@@ -29,7 +29,7 @@ from .errors import friendly
 from .inspection import DEFAULT_WINDOW, MAX_WINDOW, Run, RunStore, strongest_head, window
 from .models import ModelTable, offered_sources, start_model, with_tiers
 from .service import MEAN, Service, parse_head
-from .views.common import Dropdown, Queues, head_choices, head_value, layer_choices, selection
+from .views.common import Queues, head_choices, head_value, layer_choices, quiet_bounds, selection
 from .views.compare import CompareTab
 from .views.explain import ExplainTab
 from .views.form import Form
@@ -268,9 +268,9 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
                                             placeholder="a link that reopens these settings and this seed",
                                             buttons=["copy"], min_width=200)
                 with gr.Row():
-                    layer = Dropdown(choices=[("layer 0", 0)], value=0, label="Layer", elem_id="layer",
+                    layer = gr.Dropdown(choices=[("layer 0", 0)], value=0, label="Layer", elem_id="layer",
                                         min_width=120)
-                    head = Dropdown(choices=[("mean over heads", MEAN)], value=MEAN, label="Head", elem_id="head", min_width=120)
+                    head = gr.Dropdown(choices=[("mean over heads", MEAN)], value=MEAN, label="Head", elem_id="head", min_width=120)
                 with gr.Tabs(overflow_behavior="wrap"):
                     with gr.Tab("Tokens"):
                         tokens.layout()
@@ -384,5 +384,8 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
             None, inputs=run_json, js=page_script.DOWNLOAD_JS, api_visibility="private").then(
             lambda: "", outputs=run_json, **queues.view)  # the session keeps no copy
         api.register(service, GENERATE_CONCURRENCY)
+    for block in demo.blocks.values():
+        if isinstance(block, (gr.Slider, gr.Dropdown)):
+            quiet_bounds(block)
     return demo
 

@@ -74,21 +74,18 @@ class Queues:
     generate: dict
 
 
-class _Quiet:
-    """A value outside the component's own bounds (a page a step behind after a model switch,
-    or a hand-made request) is refused with Gradio's message, as before, but as the client's
-    mistake: no traceback in the server's log."""
 
-    def preprocess(self, payload: Any) -> Any:
+def quiet_bounds(component: gr.components.Component) -> None:
+    """A value outside the component's own bounds (a page a step behind after a model switch
+    lowered a slider's maximum, or a hand-made request) is refused with Gradio's message, as
+    before, but as the client's mistake: no traceback in the server's log. Per instance (a
+    subclass of a Gradio component would make Gradio write a .pyi stub beside this file)."""
+    preprocess = component.preprocess
+
+    def checked(payload: Any) -> Any:
         try:
-            return super().preprocess(payload)
+            return preprocess(payload)
         except gr.Error as error:
             raise gr.Error(error.message, print_exception=False) from None
 
-
-class Slider(_Quiet, gr.Slider):
-    pass
-
-
-class Dropdown(_Quiet, gr.Dropdown):
-    pass
+    component.preprocess = checked

@@ -11,7 +11,7 @@ from .. import explain, figures, tokens, validate
 from ..errors import friendly
 from ..models import TIER_SEPARATOR
 from ..service import Service, head_name
-from .common import Dropdown, Queues, Slider, plot, selection, settings_or_run_seed, tokens_text
+from .common import Queues, plot, selection, settings_or_run_seed, tokens_text
 
 EMPTY = ('<p class="empty-state">Pick a second model or tier and press <b>Compare</b>: the prompt in the form '
          'runs on both with the same settings and seed, and the two texts appear here with the first '
@@ -37,12 +37,12 @@ class CompareTab:
                     "difference marked, and what the selected token attends to in each (the Layer and Head "
                     "menus).")
         with gr.Row():
-            self.model = Dropdown(choices=names, value=compare_default(names, first), label="Compare with",
+            self.model = gr.Dropdown(choices=names, value=compare_default(names, first), label="Compare with",
                                      elem_id="compare-model", min_width=160,
                                      allow_custom_value=self.service.models.allow_hub)  # any Hub repo, if allowed
             self.run = gr.Button("Compare", variant="primary", size="sm", elem_id="compare-run", min_width=100)
         self.texts = gr.HTML(EMPTY, elem_id="compare-texts")
-        self.position = Slider(0, 1, value=0, step=1, label="Token", elem_id="compare-position",
+        self.position = gr.Slider(0, 1, value=0, step=1, label="Token", elem_id="compare-position",
                                   visible=False)
         self.rows = gr.Plot(show_label=False, elem_id="compare-rows", visible=False)
         self.state = gr.State(None)

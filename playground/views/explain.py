@@ -17,7 +17,7 @@ from ..causal import Workbench
 from ..errors import friendly
 from ..inspection import Run
 from ..service import Service
-from .common import Dropdown, Queues, Slider, plot, selection, settings_or_run_seed
+from .common import Queues, plot, selection, settings_or_run_seed
 from .tokens import TokensTab
 
 TOP_WORDS = 5  # contributors named in words
@@ -66,9 +66,9 @@ class ExplainTab:
                     "residual stream (each through the final LayerNorm, its scale frozen): they add up to the "
                     "metric. Click a head to select it everywhere.")
         with gr.Row(equal_height=False):
-            self.position = Slider(1, 2, value=1, step=1, label="Token explained", elem_id="explain-position",
+            self.position = gr.Slider(1, 2, value=1, step=1, label="Token explained", elem_id="explain-position",
                                       min_width=160)
-            self.contrast = Dropdown(choices=[], value=None, allow_custom_value=True, elem_id="explain-contrast",
+            self.contrast = gr.Dropdown(choices=[], value=None, allow_custom_value=True, elem_id="explain-contrast",
                                         label="Rather than (a candidate, or type a token)", min_width=160)
         with gr.Row():
             self.run = gr.Button("Explain the selected token", variant="primary", size="sm", elem_id="explain-run",
@@ -102,9 +102,9 @@ class ExplainTab:
                 self.plus = gr.Textbox("Love", label="Plus", elem_id="steer-plus", min_width=120)
                 self.minus = gr.Textbox("Hate", label="Minus", elem_id="steer-minus", min_width=120)
             with gr.Row():
-                self.steer_layer = Slider(0, 1, value=0, step=1, label="Layer (its input)", elem_id="steer-layer",
+                self.steer_layer = gr.Slider(0, 1, value=0, step=1, label="Layer (its input)", elem_id="steer-layer",
                                              min_width=140)
-                self.strength = Slider(-20, 20, value=5, step=0.5, label="Strength", elem_id="steer-strength",
+                self.strength = gr.Slider(-20, 20, value=5, step=0.5, label="Strength", elem_id="steer-strength",
                                           min_width=140)
             self.steer_run = gr.Button("Steer", variant="primary", size="sm", elem_id="steer-run")
             self.steer_texts = gr.HTML(STEER_EMPTY, elem_id="steer-texts")

@@ -17,7 +17,7 @@ from ..errors import to_gr_error
 from ..inspection import repeated_random_text
 from ..models import BUILTIN, describe, load_error_message
 from ..service import MEAN, Service
-from .common import Dropdown, Slider, head_choices, layer_choices, max_new_limit
+from .common import head_choices, layer_choices, max_new_limit
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +66,15 @@ class Form:
         shown = examples_for(self.first)  # the first one fills the prompt
         self.prompt = gr.Textbox(label="Prompt", lines=5, max_length=validate.MAX_PROMPT_CHARS,
                                  value=next(iter(shown.values()))[0], elem_id="prompt")
-        self.model = Dropdown(choices=self.names, value=self.first, label="Model", elem_id="model",
+        self.model = gr.Dropdown(choices=self.names, value=self.first, label="Model", elem_id="model",
                                  allow_custom_value=self.service.models.allow_hub)  # any Hub repo, if allowed
         with gr.Row():  # above the sampling settings: in view on load on a laptop's screen
             self.generate = gr.Button("Generate", variant="primary", elem_id="generate")
             self.stop = gr.Button("Stop", variant="stop", elem_id="stop")
-        self.temperature = Slider(0, 2, value=0.8, step=0.05, label="Temperature", info="0 = greedy")
-        self.top_k = Slider(0, 200, value=40, step=1, label="Top-k", info="0 = off")
-        self.top_p = Slider(0.05, 1, value=0.95, step=0.01, label="Top-p", info="1 = off")
-        self.max_new = Slider(1, validate.MAX_NEW_TOKENS, value=60, step=1, label="Max new tokens",
+        self.temperature = gr.Slider(0, 2, value=0.8, step=0.05, label="Temperature", info="0 = greedy")
+        self.top_k = gr.Slider(0, 200, value=40, step=1, label="Top-k", info="0 = off")
+        self.top_p = gr.Slider(0.05, 1, value=0.95, step=0.01, label="Top-p", info="1 = off")
+        self.max_new = gr.Slider(1, validate.MAX_NEW_TOKENS, value=60, step=1, label="Max new tokens",
                                  elem_id="max-new-tokens")
         self.seed = gr.Textbox(label="Seed", placeholder="random", elem_id="seed",
                                info="Blank = random; each run shows the seed it used.")

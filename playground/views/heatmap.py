@@ -8,15 +8,15 @@ import gradio as gr
 from .. import figures
 from ..inspection import DEFAULT_WINDOW, MAX_WINDOW, Run
 from ..service import head_name, select_head
-from .common import Slider, plot
+from .common import plot
 
 
 class HeatmapTab:
     def layout(self) -> None:
         with gr.Row():
-            self.start = Slider(0, 1, value=0, step=1, label="Window start (token)", elem_id="window-start",
+            self.start = gr.Slider(0, 1, value=0, step=1, label="Window start (token)", elem_id="window-start",
                                    min_width=160)
-            self.size = Slider(4, MAX_WINDOW, value=DEFAULT_WINDOW, step=1, label="Window size (tokens)",
+            self.size = gr.Slider(4, MAX_WINDOW, value=DEFAULT_WINDOW, step=1, label="Window size (tokens)",
                                   elem_id="window-size", min_width=160)
         self.note = gr.Markdown("Generate some text to see where each token looked.", elem_id="window-note")
         self.heatmap = gr.Plot(show_label=False, elem_id="attention-heatmap")

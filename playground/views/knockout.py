@@ -14,7 +14,7 @@ from ..errors import friendly
 from ..inspection import ROLE_THRESHOLD
 from ..models import BUILTIN
 from ..service import MEAN, Service
-from .common import Queues, Slider, settings_or_run_seed, tokens_text
+from .common import Queues, settings_or_run_seed, tokens_text
 
 # The built-in model's induction heads, measured in benchmarks/KNOCKOUT.md (their knock-out
 # raises the second copy's loss from 0.09 to 5.55 nats/token).
@@ -41,7 +41,7 @@ class KnockoutTab:
                                        min_width=120)
             self.run = gr.Button("Knock out", variant="primary", size="sm", elem_id="ko-run", min_width=100)
         self.texts = gr.HTML(EMPTY, elem_id="ko-texts")
-        self.position = Slider(0, 1, value=0, step=1, label="Generated token", elem_id="ko-position",
+        self.position = gr.Slider(0, 1, value=0, step=1, label="Generated token", elem_id="ko-position",
                                   visible=False)
         self.note = gr.Markdown(elem_id="ko-note")
         self.state = gr.State(None)

@@ -11,7 +11,7 @@ from .. import explain, figures, tokens
 from ..errors import friendly
 from ..inspection import Run, window
 from ..service import Service
-from .common import Slider, plot
+from .common import plot
 
 LENS_K = 5  # top tokens per layer in the table
 
@@ -24,7 +24,7 @@ class LensTab:
         gr.Markdown("What the model would predict after each block: the residual stream after layer i through "
                     "the final LayerNorm and the LM head (the last row is the model's own prediction), read "
                     "from the run's capture.")
-        self.position = Slider(0, 1, value=0, step=1, label="Position (token)", elem_id="lens-position")
+        self.position = gr.Slider(0, 1, value=0, step=1, label="Position (token)", elem_id="lens-position")
         self.table = gr.HTML(elem_id="lens-table")
         self.grid = gr.Plot(show_label=False, elem_id="lens-grid")
 

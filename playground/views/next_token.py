@@ -10,7 +10,6 @@ from .. import figures, tokens
 from ..errors import friendly
 from ..inspection import Run
 from ..service import Service
-from .common import Slider
 
 
 class NextTokenTab:
@@ -23,7 +22,7 @@ class NextTokenTab:
                   "the alternatives)",
             elem_id="token-probs", color_map=figures.BAND_COLORS, show_legend=True, show_inline_category=False,
             combine_adjacent=False)
-        self.position = Slider(1, 2, value=1, step=1, label="Position", elem_id="position")
+        self.position = gr.Slider(1, 2, value=1, step=1, label="Position", elem_id="position")
         self.note = gr.Markdown(elem_id="candidates-note")
         self.candidates = gr.Plot(show_label=False, elem_id="candidates")
 
