@@ -29,7 +29,7 @@ from .errors import friendly
 from .inspection import DEFAULT_WINDOW, MAX_WINDOW, Run, RunStore, strongest_head, window
 from .models import ModelTable, offered_sources, start_model, with_tiers
 from .service import MEAN, Service, parse_head
-from .views.common import Queues, head_choices, head_value, layer_choices, quiet_bounds, selection
+from .views.common import Queues, head_choices, head_value, layer_choices, quiet_input_errors, selection
 from .views.compare import CompareTab
 from .views.explain import ExplainTab
 from .views.form import Form
@@ -384,8 +384,6 @@ def build(default_model: str = "gpt2", extra_models: list[str] | tuple[str, ...]
             None, inputs=run_json, js=page_script.DOWNLOAD_JS, api_visibility="private").then(
             lambda: "", outputs=run_json, **queues.view)  # the session keeps no copy
         api.register(service, GENERATE_CONCURRENCY)
-    for block in demo.blocks.values():
-        if isinstance(block, (gr.Slider, gr.Dropdown)):
-            quiet_bounds(block)
+    quiet_input_errors(demo)
     return demo
 

@@ -263,6 +263,19 @@ def test_a_page_event_out_of_its_components_bounds_is_refused_without_a_tracebac
     assert "Traceback" not in app_server.log.read_text()[logged:]
 
 
+def test_a_page_a_step_behind_a_model_switch_is_refused_without_a_traceback(app_server):
+    """The model switch lowers max new tokens to the model's limit: Gradio keeps the session's
+    own rebuilt slider, and a generate event still sending the old value is refused by it, quietly."""
+    logged = len(app_server.log.read_text())
+    page = PageSession(app_server.url)
+    page.run("model_status", {"max-new-tokens": 60})  # the page's first model: its limit is below 500
+    joined = page.join("ui_generate", {"prompt": "a page a step behind", "max-new-tokens": 500, "seed": "1"})
+    done = next(m for m in page.messages() if m.get("event_id") == joined and m["msg"] == "process_completed")
+    assert not done["success"] and "greater than maximum value" in json.dumps(done["output"])
+    time.sleep(0.2)
+    assert "Traceback" not in app_server.log.read_text()[logged:]
+
+
 def test_the_logit_lens_table_escapes_text_once(app_url):
     prompt = "if a <b && c> d"  # tokens: if ·a ·< b ·&& ·c > ·d
     page = PageSession(app_url)

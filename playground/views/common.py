@@ -75,17 +75,22 @@ class Queues:
 
 
 
-def quiet_bounds(component: gr.components.Component) -> None:
-    """A value outside the component's own bounds (a page a step behind after a model switch
+def quiet_input_errors(demo: gr.Blocks) -> None:
+    """A value outside a component's own bounds (a page a step behind after a model switch
     lowered a slider's maximum, or a hand-made request) is refused with Gradio's message, as
-    before, but as the client's mistake: no traceback in the server's log. Per instance (a
-    subclass of a Gradio component would make Gradio write a .pyi stub beside this file)."""
-    preprocess = component.preprocess
+    before, but as the client's mistake: no traceback in the server's log. Wrapped on this
+    Blocks (preprocessing is all it does), not per component: Gradio rebuilds a component a
+    session has updated (gr.Slider(maximum=...)) from its class, and a subclass would make
+    Gradio write a .pyi stub beside this file."""
+    preprocess_data = demo.preprocess_data
 
-    def checked(payload: Any) -> Any:
+    async def checked(*args: Any, **kwargs: Any) -> Any:
         try:
-            return preprocess(payload)
+            return await preprocess_data(*args, **kwargs)
         except gr.Error as error:
-            raise gr.Error(error.message, print_exception=False) from None
+            if not error.print_exception:
+                raise
+            raise gr.Error(error.message, duration=error.duration, visible=error.visible,
+                           title=error.title, print_exception=False) from None
 
-    component.preprocess = checked
+    demo.preprocess_data = checked
