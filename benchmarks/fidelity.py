@@ -81,7 +81,7 @@ def main() -> None:
              f"the built-in corpus at seed {HELD_OUT_SEED}, never trained on. Top-1 = the next-token "
              "argmax equals fp32's; logit errors over the model's trained ids. One process per "
              "decode path this CPU runs (`GPT2_CPU_ISA`); the int8 tier's decode path takes integer "
-             "products of rows quantised in blocks of 32.", "",
+             "products of rows quantised to 15-bit integers (one scale a row).", "",
              f"CPU: {cpu_name()}; flags of interest: {' '.join(sorted(f for f in rowdot.cpu_flags() if FLAGS.match(f)))}", "",
              "| tier | decode path | stream | tokens | top-1 agreement with fp32 | max logit error "
              "| mean logit error | decode path: top-1 agreement |",

@@ -410,7 +410,7 @@ def environment(device: torch.device) -> list[str]:
     lines += [f"- torch {torch.__version__}, transformers {transformers.__version__}, "
               f"Python {platform.python_version()}, torch.get_num_threads() = {torch.get_num_threads()}"]
     if device.type == "cpu":
-        forced = [f"{k}={os.environ[k]}" for k in ("GPT2_CPU_ISA", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
+        forced = [f"{k}={os.environ[k]}" for k in ("GPT2_CPU_ISA", "GPT2_AMX", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
                                                         "MKL_ENABLE_INSTRUCTIONS")
                   if k in os.environ]
         lines.append(f"- Decode kernels: {gpt2.fast.kernels.library().isa} path"

@@ -46,9 +46,9 @@ def x86_paths() -> list[str]:
         return []
     paths = [p for p in runnable_isas() if p in X86]
     if "avx2" in paths and "avx_vnni" in rowdot.cpu_flags():
-        paths.append("avx2+vnni")  # AVX-VNNI's vpdpbusd on 256 bits
+        paths.append("avx2+vnni")  # AVX-VNNI's vpdpwssd on 256 bits
     if "avx512" in paths and {"avx512cd", "avx512dq"} <= rowdot.cpu_flags():
-        paths.append("avx512-skylake")  # AVX-512 without VNNI or bf16: vpmaddubsw + vpmaddwd on 512 bits
+        paths.append("avx512-skylake")  # AVX-512 without VNNI or bf16: vpmaddwd on 512 bits
     return paths
 
 

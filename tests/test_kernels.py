@@ -196,7 +196,7 @@ def test_changing_dtypes_under_built_kernels_stays_correct(tiny_dir):
     eager = gpt2.load_model(tiny_dir, compile=False, **TIERS["int8"]).float()
     idx = torch.tensor([[5, 6, 7]])
     ref = decode_logits(eager, idx, 4)
-    # within the int8 products' quantisation of each row (q8_0 blocks), which eager does not do
+    # within the int8 products' quantisation of each row (15 bits), which eager does not do
     torch.testing.assert_close(decode_logits(model, idx, 4), ref, atol=2e-2 * ref.abs().max().item(), rtol=0)
 
 

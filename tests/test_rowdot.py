@@ -46,14 +46,12 @@ def make(kind: str, out_features: int, in_features: int, rows: int, bias: bool, 
 
 
 def quantized(x: torch.Tensor) -> torch.Tensor:
-    """x as the int8 products see it: each row in blocks of 32, d = max|x| / 127, round(x / d) * d
-    (the library's fp32 steps: d, 1 / d, x * (1 / d) rounded to nearest even)."""
+    """x as the int8 products see it: each row in 15-bit integers, d = max|x| / 16383,
+    round(x / d) * d (the library's fp32 steps: d, 1 / d, x * (1 / d) rounded to nearest even)."""
     x = x.float()
-    n = x.size(-1)
-    blocks = F.pad(x, (0, -n % 32)).view(*x.shape[:-1], -1, 32)
-    d = blocks.abs().amax(-1, keepdim=True) / 127
-    q = torch.round(blocks * torch.where(d > 0, 1 / d, torch.zeros_like(d)))
-    return (q.double() * d.double()).flatten(-2)[..., :n]
+    d = x.abs().amax(-1, keepdim=True) / 16383
+    q = torch.round(x * torch.where(d > 0, 1 / d, torch.zeros_like(d)))
+    return q.double() * d.double()
 
 
 def reference(x, w, scales, bias, gelu):
@@ -82,17 +80,67 @@ def test_equals_the_eager_math(lib, kind, out_features, in_features, gelu):
 
 
 def test_int8_products_are_integer_dot_products_of_quantised_rows(lib):
-    """Each row is quantised on its own (blocks of 32) before the int8 products: within the
-    q8_0 rounding of the exact product, and NaN where its row holds a NaN or infinity."""
+    """Each row is quantised on its own (15 bits, one scale) before the int8 products: within
+    that rounding of the exact product, and NaN where its row holds a NaN or infinity."""
     x, w, s, b, _ = make("int8-fp32-rows", 64, 100, rows=4, bias=True)
     exact = x.double() @ (w.double() * s.double()[:, None]).T + b.double()
     with torch.inference_mode():
         y = lib.linear(x, w, s, b, torch.float32).double()
-        assert (y - exact).abs().max() <= 0.02 * exact.abs().max()
+        assert (y - exact).abs().max() <= 0.002 * exact.abs().max()
         x[2, 70] = float("nan")
         x[3, 5] = float("inf")
         y = lib.linear(x, w, s, b, torch.float32)
     assert y[:2].isfinite().all() and y[2:].isnan().all()
+
+
+@pytest.mark.parametrize("in_features", [8191, 8192, 20000])
+def test_long_int8_products_do_not_overflow(lib, in_features):
+    """The integer sums are flushed from int32 lanes into int64 before they can overflow:
+    every weight 127 and every value the row's largest, 20,000 of them (2.5 times int32's range)."""
+    w = torch.full((3, in_features), 127, dtype=torch.int8)
+    w[1] = -127
+    scales = torch.ones(3, dtype=torch.bfloat16)
+    x = torch.ones(2, in_features)
+    with torch.inference_mode():
+        y = lib.linear(x, w, scales, None, torch.float32).double()
+    want = torch.tensor([127.0, -127.0, 127.0], dtype=torch.float64) * in_features
+    assert torch.allclose(y, want.expand(2, 3), rtol=1e-6)
+
+
+AMX_PRODUCTS = r"""
+import sys, torch
+sys.path.insert(0, "tests")
+from test_rowdot import make
+from gpt2.fast import rowdot
+lib = rowdot.build()
+out = {}
+with torch.inference_mode():
+    for rows in (2, 5, 8, 9, 16):
+        for o, i in ((2304, 768), (130, 3072), (50, 64)):
+            x, w, s, b, dtype = make("int8-fp32-rows", o, i, rows=rows, bias=True, seed=rows)
+            out[f"{rows} {o} {i}"] = lib.linear(x, w, s, b, dtype, True)
+torch.save({"isa": lib.isa, "out": out}, sys.argv[1])
+"""
+
+
+def test_amx_gives_the_avx512_bits(tmp_path):
+    """Where the CPU has AMX, int8 products of several rows take its tiles: the same exact
+    integer sums as AVX-512's, so the same bits (GPT2_AMX=off keeps a process to AVX-512)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    if "+amx" not in rowdot.build().isa:
+        pytest.skip("needs a CPU with AMX-INT8 (an Intel Xeon since Sapphire Rapids) and a kernel that grants it")
+    runs = {}
+    for amx in ("on", "off"):
+        subprocess.run([sys.executable, "-c", AMX_PRODUCTS, str(tmp_path / amx)], cwd=ROOT, check=True, timeout=300,
+                       env={**os.environ, "GPT2_AMX": amx, "GPT2_CPU_ISA": "avx512"})
+        runs[amx] = torch.load(tmp_path / amx)
+    assert runs["on"]["isa"].endswith("+amx") and "+amx" not in runs["off"]["isa"]
+    for name, y in runs["on"]["out"].items():
+        assert torch.equal(y, runs["off"]["out"][name]), name
 
 
 def test_x86_paths_give_the_same_bits():

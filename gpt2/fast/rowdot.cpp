@@ -10,21 +10,21 @@
 // head). Memory-bound, so weight rows are the outer loop: a few weight rows at a time are
 // read once per call and applied to every input row while they sit in L1.
 //
-// int8 weights take integer dot products: each input row is quantised on its own in blocks
-// of 32 (one fp32 scale a block, as llama.cpp's q8_0), a block's 32 products summed in int32
-// (exact), 8 lanes of 4 products each, then converted and scaled into fp32 lanes.
+// int8 weights take integer dot products: each input row is quantised on its own to 15-bit
+// integers (one fp32 scale a row), its products with a weight row summed exactly in integers.
 //
 // One source, a path per instruction set, chosen by the flags gpt2/fast/rowdot.py compiles
 // with (`-march=...`, always `-fopenmp -ffp-contract=off`: no implicit FMA contraction,
 // every fused multiply-add is written out):
 // - AVX-512 (F, BW, VL): 16-lane vectors; bf16 rows through vdpbf16ps with AVX512_BF16,
-//   int8 blocks through vpdpbusd with AVX512_VNNI;
-// - AVX2 + FMA + F16C (x86-64-v3): two 8-lane halves; int8 blocks through vpmaddubsw +
-//   vpmaddwd, or vpdpbusd with AVX-VNNI;
-// - ARM64 NEON: four 4-lane quarters; int8 blocks through sdot with the dotprod extension;
+//   int8 weights through vpdpwssd with AVX512_VNNI (else vpmaddwd);
+// - AVX2 + FMA + F16C (x86-64-v3): two 8-lane halves; int8 weights through vpmaddwd, or
+//   vpdpwssd with AVX-VNNI;
+// - ARM64 NEON: four 4-lane quarters; int8 weights through sdot with the dotprod extension;
 // - portable loops otherwise (or with -DGPT2_PORTABLE).
 // Every path sums in the same lanes and reduces them in the same tree, so fp32 products are
-// the same bits on each wherever both have FMA.
+// the same bits on each wherever both have FMA; int8 products, exact integers, are the same
+// bits on every path.
 #include <cmath>
 #include <cstdint>
 #include <cstdlib>
@@ -42,6 +42,9 @@
 #if defined(__AVX512VNNI__)
 #define GPT2_VNNI 1
 #endif
+#if defined(__AMX_TILE__) && defined(__AMX_INT8__) && defined(__linux__)
+#define GPT2_AMX 1
+#endif
 #elif defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
 #define GPT2_AVX2 1
 #if defined(__AVXVNNI__)
@@ -55,6 +58,13 @@
 #endif
 #ifndef GPT2_AVX512
 #define GPT2_AVX512 0
+#endif
+#ifndef GPT2_AMX
+#define GPT2_AMX 0
+#endif
+#if GPT2_AMX
+#include <sys/syscall.h>
+#include <unistd.h>
 #endif
 #if GPT2_AVX512 || GPT2_AVX2
 #define GPT2_X86 1
@@ -70,7 +80,6 @@ namespace {
 
 enum Kind { F32 = 0, BF16 = 1, I8 = 2 };
 constexpr int LANES = 16;  // fp32 lanes of one accumulator
-constexpr int BLOCK = 32;  // int8 values per quantisation block of an input row
 #if GPT2_AVX512
 constexpr int ROW_TILE = 8;  // input rows sharing one pass over a weight row
 #else
@@ -695,270 +704,351 @@ int64_t argmax_row(const float* x, int64_t n) {
 }
 #endif
 
-// ---- int8 weights: integer dot products over rows quantised in blocks ---------------------------
-// A quantised row, `q8_row_bytes(in)` bytes: q (int8, |q| <= 127, zero-padded to whole
-// blocks), |q| (the unsigned operand of x86's u8 x s8 products), then one fp32 scale per
-// block: x[k] ~ q[k] * d[k / BLOCK]. Each row is quantised on its own: batch-invariant. On
-// AVX-512, which takes blocks in pairs, per pair too: the mask of q's negative values and
-// the two scales as a vector (8 lanes each; zero past the last block).
-inline int64_t q8_blocks(int64_t in) { return (in + BLOCK - 1) / BLOCK; }
-inline int64_t q8_pairs(int64_t in) { return (q8_blocks(in) + 1) / 2; }
-inline int64_t q8_row_bytes(int64_t in) {
-    int64_t bytes = q8_blocks(in) * (2 * BLOCK + 4) + (GPT2_AVX512 ? q8_pairs(in) * (8 + 64) : 0);
-    return (bytes + 63) / 64 * 64;
+// ---- int8 weights: integer dot products over quantised rows ----------------------------------
+// Each input row is quantised on its own to 15-bit integers under one fp32 scale: d = max|x|
+// / 16383, q = round(x / d) to nearest even (|q| <= 16383), x[k] ~ q[k] * d. A (row, weight
+// row) product sum(w[k] q[k]) is then exact in integers: int32 lanes (|w q| <= 127 * 16383,
+// flushed into int64 every Q_CHUNK values, far below overflow), so every path and every
+// row count gives the same bits, and z = sum * d, rounded once. A row holding a NaN or
+// infinity gets d = NaN, so its products are NaN. (Blocks of 32 in 8 bits, as llama.cpp's
+// q8_0, lost precision wherever a block held an outlier and cost a conversion and a
+// multiply-add per block and row; 15 bits a row agree with fp32 as the int8 weights alone
+// do: benchmarks/INT8_ROWS.md.)
+// A quantised row, `q8_row_bytes(in)` bytes: q zero-padded to Q_PAD values, as int16 (x86,
+// portable) or, for ARM64's int8 sdot, as two int8 halves hi = q >> 7 and lo = q & 127 (q =
+// 128 hi + lo); then d.
+constexpr int Q_LEVELS = 16383;
+constexpr int64_t Q_PAD = 64;
+constexpr int64_t Q_CHUNK = 8192;  // at most 8192 / 16 products a lane before a flush
+inline int64_t q8_padded(int64_t in) { return (in + Q_PAD - 1) / Q_PAD * Q_PAD; }
+inline int64_t q8_row_bytes(int64_t in) { return 2 * q8_padded(in) + 64; }
+inline float q8_scale_of(const char* row, int64_t in) {
+    return *reinterpret_cast<const float*>(row + 2 * q8_padded(in));
 }
+inline float q8_result(int64_t sum, float d) { return float(double(sum) * double(d)); }
 
-// One block of 32 fp32 values v: d = max |v| / 127, q = round(v * (1 / d)) to nearest even,
-// a = |q|; returns d. A block holding a NaN or infinity gets d = NaN and q = 0, so the
-// products it enters are NaN. The same bits on every path (max and one rounding per value).
-inline float quantize_block(const float* v, int8_t* q, uint8_t* a) {
+// 32 of x's values from k0 as fp32, zero past `in` (v: scratch for a copy).
+inline const float* values32(const void* x, int x_kind, int64_t in, int64_t k0, float* v) {
+    if (x_kind == F32 && k0 + 32 <= in) return static_cast<const float*>(x) + k0;
 #if GPT2_X86
-    const __m256 sign = _mm256_set1_ps(-0.0f), largest = _mm256_set1_ps(3.4028234663852886e38f);
-    __m256 x[4], amax = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
-    for (int i = 0; i < 4; ++i) {
-        x[i] = _mm256_loadu_ps(v + 8 * i);
-        __m256 ax = _mm256_andnot_ps(sign, x[i]);
-        amax = _mm256_max_ps(amax, ax);
-        bad = _mm256_or_ps(bad, _mm256_cmp_ps(ax, largest, _CMP_NLE_UQ));  // NaN or infinite
+    if (k0 + 32 <= in) {  // bf16: the high halves of fp32
+        const __m128i* h = reinterpret_cast<const __m128i*>(static_cast<const uint16_t*>(x) + k0);
+        for (int i = 0; i < 4; ++i)
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(v + 8 * i),
+                                _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128(h + i)), 16));
+        return v;
     }
-    if (_mm256_movemask_ps(bad)) {
-        std::memset(q, 0, BLOCK), std::memset(a, 0, BLOCK);
-        return NAN;
-    }
-    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(amax), _mm256_extractf128_ps(amax, 1));
-    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-    const float m = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4))), d = m / 127.0f;
-    const __m256 inv = _mm256_set1_ps(m > 0.0f ? 1.0f / d : 0.0f);
-    __m256i r[4];
-    for (int i = 0; i < 4; ++i) r[i] = _mm256_cvtps_epi32(_mm256_mul_ps(x[i], inv));  // to nearest even
-    __m256i b = _mm256_packs_epi16(_mm256_packs_epi32(r[0], r[1]), _mm256_packs_epi32(r[2], r[3]));
-    b = _mm256_permutevar8x32_epi32(b, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));  // the packs' lanes, in order
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(q), b);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(a), _mm256_abs_epi8(b));
-    return d;
-#elif GPT2_NEON
-    float32x4_t x[8], amax = vdupq_n_f32(0.0f);
-    uint32x4_t bad = vdupq_n_u32(0);
-    for (int i = 0; i < 8; ++i) {
-        x[i] = vld1q_f32(v + 4 * i);
-        float32x4_t ax = vabsq_f32(x[i]);
-        amax = vmaxq_f32(amax, ax);
-        bad = vorrq_u32(bad, vmvnq_u32(vcleq_f32(ax, vdupq_n_f32(3.4028234663852886e38f))));
-    }
-    if (vmaxvq_u32(bad)) {
-        std::memset(q, 0, BLOCK), std::memset(a, 0, BLOCK);
-        return NAN;
-    }
-    const float m = vmaxvq_f32(amax), d = m / 127.0f;
-    const float32x4_t inv = vdupq_n_f32(m > 0.0f ? 1.0f / d : 0.0f);
-    for (int i = 0; i < 2; ++i) {
-        int16x8_t lo = vcombine_s16(vqmovn_s32(vcvtnq_s32_f32(vmulq_f32(x[4 * i], inv))),
-                                    vqmovn_s32(vcvtnq_s32_f32(vmulq_f32(x[4 * i + 1], inv))));
-        int16x8_t hi = vcombine_s16(vqmovn_s32(vcvtnq_s32_f32(vmulq_f32(x[4 * i + 2], inv))),
-                                    vqmovn_s32(vcvtnq_s32_f32(vmulq_f32(x[4 * i + 3], inv))));
-        int8x16_t b = vcombine_s8(vqmovn_s16(lo), vqmovn_s16(hi));
-        vst1q_s8(q + 16 * i, b);
-        vst1q_u8(a + 16 * i, vreinterpretq_u8_s8(vabsq_s8(b)));
-    }
-    return d;
-#else
-    float amax = 0.0f;
-    bool finite = true;
-    for (int k = 0; k < BLOCK; ++k) {
-        finite &= std::fabs(v[k]) <= 3.4028234663852886e38f;
-        amax = std::fabs(v[k]) > amax ? std::fabs(v[k]) : amax;
-    }
-    const float d = finite ? amax / 127.0f : NAN, inv = finite && amax > 0.0f ? 1.0f / d : 0.0f;
-    for (int k = 0; k < BLOCK; ++k) {
-        int32_t qk = finite ? int32_t(std::nearbyint(v[k] * inv)) : 0;
-        q[k] = int8_t(qk);
-        a[k] = uint8_t(qk < 0 ? -qk : qk);
-    }
-    return d;
 #endif
+    for (int k = 0; k < 32; ++k) v[k] = k0 + k < in ? load1(x_kind, x, k0 + k) : 0.0f;
+    return v;
 }
 
-// A row of `in` values (F32 or BF16) quantised into `row` (see q8_row_bytes), block by block.
+// A row of `in` values (F32 or BF16) quantised into `row` (see q8_row_bytes).
 void quantize_row(const void* x, int x_kind, int64_t in, char* row) {
-    const int64_t nb = q8_blocks(in);
-    int8_t* q = reinterpret_cast<int8_t*>(row);
-    uint8_t* a = reinterpret_cast<uint8_t*>(row + nb * BLOCK);
-    float* d = reinterpret_cast<float*>(row + 2 * nb * BLOCK);
-    for (int64_t b = 0; b < nb; ++b) {
-        float v[BLOCK];
-        const float* block = v;
-        if (x_kind == F32 && (b + 1) * BLOCK <= in) {
-            block = static_cast<const float*>(x) + b * BLOCK;
-        } else {
-            for (int k = 0; k < BLOCK; ++k) v[k] = b * BLOCK + k < in ? load1(x_kind, x, b * BLOCK + k) : 0.0f;
+    const int64_t padded = q8_padded(in);
+    float v[32], amax = 0.0f;
+    bool finite = true;
+    for (int64_t k0 = 0; k0 < in; k0 += 32) {
+        const float* b = values32(x, x_kind, in, k0, v);
+#if GPT2_X86
+        const __m256 sign = _mm256_set1_ps(-0.0f), largest = _mm256_set1_ps(3.4028234663852886e38f);
+        __m256 m = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+        for (int i = 0; i < 4; ++i) {
+            __m256 a = _mm256_andnot_ps(sign, _mm256_loadu_ps(b + 8 * i));
+            m = _mm256_max_ps(m, a);
+            bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, largest, _CMP_NLE_UQ));  // NaN or infinite
         }
-        d[b] = quantize_block(block, q + b * BLOCK, a + b * BLOCK);
-    }
-#if GPT2_AVX512
-    uint64_t* negative = reinterpret_cast<uint64_t*>(d + nb);
-    float* scales = reinterpret_cast<float*>(negative + q8_pairs(in));
-    for (int64_t p = 0; p < q8_pairs(in); ++p) {
-        negative[p] = 0;
-        for (int k = 0; k < 2 * BLOCK && p * 2 * BLOCK + k < nb * BLOCK; ++k)
-            negative[p] |= uint64_t(q[p * 2 * BLOCK + k] < 0) << k;
-        for (int l = 0; l < 16; ++l) scales[p * 16 + l] = 2 * p + l / 8 < nb ? d[2 * p + l / 8] : 0.0f;
-    }
+        finite &= !_mm256_movemask_ps(bad);
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        const float bm = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+        amax = bm > amax ? bm : amax;
+#else
+        for (int k = 0; k < 32; ++k) {
+            const float a = std::fabs(b[k]);
+            finite &= a <= 3.4028234663852886e38f;
+            amax = a > amax ? a : amax;
+        }
 #endif
+    }
+    const float d = finite ? amax / float(Q_LEVELS) : NAN, inv = finite && amax > 0.0f ? 1.0f / d : 0.0f;
+    std::memcpy(row + 2 * padded, &d, sizeof d);
+#if GPT2_NEON
+    int8_t* hi = reinterpret_cast<int8_t*>(row);
+    int8_t* lo = hi + padded;
+#else
+    int16_t* q = reinterpret_cast<int16_t*>(row);
+#endif
+    for (int64_t k0 = 0; k0 < padded; k0 += 32) {
+        const float* b = values32(x, x_kind, in, k0, v);
+#if GPT2_X86
+        const __m256 iv = _mm256_set1_ps(inv);
+        for (int i = 0; i < 4; i += 2) {  // to nearest even, as std::nearbyint
+            __m256i a = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(b + 8 * i), iv));
+            __m256i c = _mm256_cvtps_epi32(_mm256_mul_ps(_mm256_loadu_ps(b + 8 * i + 8), iv));
+            __m256i packed = _mm256_permute4x64_epi64(_mm256_packs_epi32(a, c), 0xd8);  // the packs' lanes, in order
+            _mm256_storeu_si256(reinterpret_cast<__m256i*>(q + k0 + 8 * i), packed);
+        }
+#else
+        for (int k = 0; k < 32; ++k) {
+            const int32_t qk = int32_t(std::nearbyint(b[k] * inv));
+#if GPT2_NEON
+            hi[k0 + k] = int8_t(qk >> 7);  // floor(q / 128): -128..127
+            lo[k0 + k] = int8_t(qk & 127);
+#else
+            q[k0 + k] = int16_t(qk);
+#endif
+        }
+#endif
+    }
 }
 
-// One block's products, 8 lanes of 4: lane l sums w[4l + i] * q[4l + i], i < 4, in int32
-// (exact); then acc[l] += float(lane l) * d, fused. (AVX-512 takes two blocks at once: its
-// tile_q8 is below.)
 #if GPT2_AVX512
-#elif GPT2_AVX2
-using Acc8 = __m256;
-using W32 = __m256i;
-inline Acc8 acc8_zero() { return _mm256_setzero_ps(); }
-inline W32 w32_load(const int8_t* w) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w)); }
-inline Acc8 q8_fma(Acc8 acc, W32 w, const int8_t* q, const uint8_t* a, float d) {
-    __m256i qv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(q));
-    __m256i av = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a));
-    __m256i sw = _mm256_sign_epi8(w, qv);  // w * sign(q): |q| * sw = q * w
+// z[r * zs + t] = dot(w[t], x[r]) / w's scale for OT int8 weight rows and R quantised rows
+// (xs bytes apart): 64 values a step, the weights widened to int16 once for every row, each
+// row's 32 + 32 products summed in pairs into 16 int32 lanes (vpdpwssd with VNNI, else
+// vpmaddwd + vpaddd). w is read with a byte mask: its last values need no padding.
+template <int OT, int R>
+void tile_q8(const char* w, int64_t w_row, int64_t in, const void* xv, int64_t xs, float* z, int64_t zs) {
+    const char* x = static_cast<const char*>(xv);
+    int64_t sum[OT * R] = {};
+    for (int64_t k0 = 0; k0 < in; k0 += Q_CHUNK) {
+        const int64_t k1 = k0 + Q_CHUNK < in ? k0 + Q_CHUNK : in;
+        __m512i acc[OT * R];
+        UNROLL for (int i = 0; i < OT * R; ++i) acc[i] = _mm512_setzero_si512();
+        for (int64_t k = k0; k < k1; k += 64) {
+            const __mmask64 m = in - k >= 64 ? ~__mmask64(0) : (__mmask64(1) << (in - k)) - 1;
+            prefetch_next_tile<OT>(w, w_row, k);
+            __m512i lo[OT], hi[OT];
+            UNROLL for (int t = 0; t < OT; ++t) {
+                const __m512i wv = _mm512_maskz_loadu_epi8(m, w + t * w_row + k);
+                lo[t] = _mm512_cvtepi8_epi16(_mm512_castsi512_si256(wv));
+                hi[t] = _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(wv, 1));
+            }
+            UNROLL for (int r = 0; r < R; ++r) {
+                const __m512i* q = reinterpret_cast<const __m512i*>(x + r * xs + 2 * k);
+                const __m512i q0 = _mm512_loadu_si512(q), q1 = _mm512_loadu_si512(q + 1);
+                UNROLL for (int t = 0; t < OT; ++t) {
 #if GPT2_VNNI
-    __m256i lanes = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), av, sw);
-#else  // pairs in int16 (|q w| <= 127 * 127: no saturation), then pairs of pairs in int32
-    __m256i lanes = _mm256_madd_epi16(_mm256_maddubs_epi16(av, sw), _mm256_set1_epi16(1));
+                    acc[t * R + r] = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(acc[t * R + r], q0, lo[t]), q1, hi[t]);
+#else
+                    acc[t * R + r] = _mm512_add_epi32(acc[t * R + r], _mm512_add_epi32(_mm512_madd_epi16(q0, lo[t]),
+                                                                                       _mm512_madd_epi16(q1, hi[t])));
 #endif
-    return _mm256_fmadd_ps(_mm256_cvtepi32_ps(lanes), _mm256_set1_ps(d), acc);
+                }
+            }
+        }
+        UNROLL for (int i = 0; i < OT * R; ++i)
+            sum[i] += _mm512_reduce_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(acc[i]))) +
+                      _mm512_reduce_add_epi64(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(acc[i], 1)));
+    }
+    UNROLL for (int t = 0; t < OT; ++t)
+        UNROLL for (int r = 0; r < R; ++r) z[r * zs + t] = q8_result(sum[t * R + r], q8_scale_of(x + r * xs, in));
 }
-inline float acc8_sum(Acc8 even, Acc8 odd) {  // as v_sum of the 16 lanes (even, odd)
-    __m256 s8 = _mm256_add_ps(even, odd);
-    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(s8), _mm256_extractf128_ps(s8, 1));
-    __m128 s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-    return _mm_cvtss_f32(_mm_add_ss(s2, _mm_movehdup_ps(s2)));
+#elif GPT2_AVX2
+inline int64_t sum_i64(__m256i v) {  // the 8 int32 lanes, in int64
+    __m256i wide = _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(v)),
+                                    _mm256_cvtepi32_epi64(_mm256_extracti128_si256(v, 1)));
+    __m128i s = _mm_add_epi64(_mm256_castsi256_si128(wide), _mm256_extracti128_si256(wide, 1));
+    return _mm_cvtsi128_si64(s) + _mm_extract_epi64(s, 1);
+}
+
+// As AVX-512's, 32 values a step into two sets of 8 int32 lanes (vpdpwssd with AVX-VNNI,
+// else vpmaddwd + vpaddd); the weights' last values copied into a zero-padded block.
+template <int OT, int R>
+void tile_q8(const char* w, int64_t w_row, int64_t in, const void* xv, int64_t xs, float* z, int64_t zs) {
+    const char* x = static_cast<const char*>(xv);
+    int64_t sum[OT * R] = {};
+    for (int64_t k0 = 0; k0 < in; k0 += Q_CHUNK) {
+        const int64_t k1 = k0 + Q_CHUNK < in ? k0 + Q_CHUNK : in;
+        __m256i even[OT * R], odd[OT * R];
+        UNROLL for (int i = 0; i < OT * R; ++i) even[i] = odd[i] = _mm256_setzero_si256();
+        for (int64_t k = k0; k < k1; k += 32) {
+            __m256i lo[OT], hi[OT];
+            UNROLL for (int t = 0; t < OT; ++t) {
+                const int8_t* wk = reinterpret_cast<const int8_t*>(w + t * w_row) + k;
+                int8_t tail[32];
+                if (k + 32 > in) {
+                    std::memset(tail, 0, sizeof tail);
+                    std::memcpy(tail, wk, size_t(in - k));
+                    wk = tail;
+                }
+                __builtin_prefetch(wk + OT * w_row);
+                const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk));
+                lo[t] = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(wv));
+                hi[t] = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(wv, 1));
+            }
+            UNROLL for (int r = 0; r < R; ++r) {
+                const __m256i* q = reinterpret_cast<const __m256i*>(x + r * xs + 2 * k);
+                const __m256i q0 = _mm256_loadu_si256(q), q1 = _mm256_loadu_si256(q + 1);
+                UNROLL for (int t = 0; t < OT; ++t) {
+#if GPT2_VNNI
+                    even[t * R + r] = _mm256_dpwssd_avx_epi32(even[t * R + r], q0, lo[t]);
+                    odd[t * R + r] = _mm256_dpwssd_avx_epi32(odd[t * R + r], q1, hi[t]);
+#else
+                    even[t * R + r] = _mm256_add_epi32(even[t * R + r], _mm256_madd_epi16(q0, lo[t]));
+                    odd[t * R + r] = _mm256_add_epi32(odd[t * R + r], _mm256_madd_epi16(q1, hi[t]));
+#endif
+                }
+            }
+        }
+        UNROLL for (int i = 0; i < OT * R; ++i) sum[i] += sum_i64(even[i]) + sum_i64(odd[i]);
+    }
+    UNROLL for (int t = 0; t < OT; ++t)
+        UNROLL for (int r = 0; r < R; ++r) z[r * zs + t] = q8_result(sum[t * R + r], q8_scale_of(x + r * xs, in));
 }
 #elif GPT2_NEON
-struct Acc8 {
-    float32x4_t lo, hi;
-};
-using W32 = int8x16x2_t;
-inline Acc8 acc8_zero() { return {vdupq_n_f32(0.0f), vdupq_n_f32(0.0f)}; }
-inline W32 w32_load(const int8_t* w) { return {vld1q_s8(w), vld1q_s8(w + 16)}; }
-inline int32x4_t q8_lanes(int8x16_t w, int8x16_t q) {
+inline int32x4_t q8_dot(int32x4_t acc, int8x16_t w, int8x16_t q) {
 #if GPT2_DOTPROD
-    return vdotq_s32(vdupq_n_s32(0), w, q);
-#else
-    int32x4_t lo = vpaddlq_s16(vmull_s8(vget_low_s8(w), vget_low_s8(q)));
-    int32x4_t hi = vpaddlq_s16(vmull_high_s8(w, q));
-    return vpaddq_s32(lo, hi);
+    return vdotq_s32(acc, w, q);
+#else  // |w q| <= 128 * 127 fits int16; pairs added into the int32 lanes
+    acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(w), vget_low_s8(q)));
+    return vpadalq_s16(acc, vmull_high_s8(w, q));
 #endif
 }
-inline Acc8 q8_fma(Acc8 acc, W32 w, const int8_t* q, const uint8_t*, float d) {
-    float32x4_t dv = vdupq_n_f32(d);
-    return {vfmaq_f32(acc.lo, vcvtq_f32_s32(q8_lanes(w.val[0], vld1q_s8(q))), dv),
-            vfmaq_f32(acc.hi, vcvtq_f32_s32(q8_lanes(w.val[1], vld1q_s8(q + 16))), dv)};
-}
-inline float acc8_sum(Acc8 even, Acc8 odd) {
-    float32x4_t s4 = vaddq_f32(vaddq_f32(even.lo, odd.lo), vaddq_f32(even.hi, odd.hi));
-    float32x2_t s2 = vadd_f32(vget_low_f32(s4), vget_high_f32(s4));
-    return vget_lane_f32(s2, 0) + vget_lane_f32(s2, 1);
-}
-#else
-struct Acc8 {
-    float l[8];
-};
-using W32 = const int8_t*;
-inline Acc8 acc8_zero() { return {}; }
-inline W32 w32_load(const int8_t* w) { return w; }
-inline Acc8 q8_fma(Acc8 acc, W32 w, const int8_t* q, const uint8_t*, float d) {
-    for (int l = 0; l < 8; ++l) {
-        int32_t lane = 0;
-        for (int i = 4 * l; i < 4 * l + 4; ++i) lane += int32_t(w[i]) * int32_t(q[i]);
-        acc.l[l] = fma1(float(lane), d, acc.l[l]);
-    }
-    return acc;
-}
-inline float acc8_sum(Acc8 even, Acc8 odd) {
-    float s[8];
-    for (int i = 0; i < 8; ++i) s[i] = even.l[i] + odd.l[i];
-    for (int i = 0; i < 4; ++i) s[i] = s[i] + s[i + 4];
-    for (int i = 0; i < 2; ++i) s[i] = s[i] + s[i + 2];
-    return s[0] + s[1];
-}
-#endif
 
-#if GPT2_AVX512
-// z[r * zs + t] = dot(w[t], x[r]) / w's scale for OT int8 weight rows and R quantised rows
-// (xs bytes apart): two blocks at a time, the even one in lanes 0-7 and the odd one in lanes
-// 8-15, as the 8 + 8 lanes of the other paths, reduced as 16. w is read with a byte mask, so
-// its last values need no padding (the products past them are zero).
+// 16 values a step: sdot of the weights with the rows' high and low halves, into two sets of
+// 4 int32 lanes; the weights' last values copied into a zero-padded block.
 template <int OT, int R>
 void tile_q8(const char* w, int64_t w_row, int64_t in, const void* xv, int64_t xs, float* z, int64_t zs) {
     const char* x = static_cast<const char*>(xv);
-    const int64_t nb = q8_blocks(in), np = q8_pairs(in);
-    const int64_t a_at = nb * BLOCK, neg_at = 2 * nb * BLOCK + 4 * nb, d_at = neg_at + 8 * np;
-    __m512 acc[OT * R];
-    UNROLL for (int i = 0; i < OT * R; ++i) acc[i] = _mm512_setzero_ps();
-    for (int64_t p = 0; p < np; ++p) {
-        const int64_t k = p * 2 * BLOCK;
-        const __mmask64 m = in - k >= 64 ? ~__mmask64(0) : (__mmask64(1) << (in - k)) - 1;
-        prefetch_next_tile<OT>(w, w_row, k);
-        __m512i wv[OT];
-        UNROLL for (int t = 0; t < OT; ++t) wv[t] = _mm512_maskz_loadu_epi8(m, w + t * w_row + k);
-        UNROLL for (int r = 0; r < R; ++r) {
-            const char* row = x + r * xs;
-            const __m512i av = _mm512_loadu_si512(row + a_at + k);
-            const __mmask64 negative = _cvtu64_mask64(reinterpret_cast<const uint64_t*>(row + neg_at)[p]);
-            const __m512 dv = _mm512_loadu_ps(reinterpret_cast<const float*>(row + d_at) + 16 * p);
+    const int64_t padded = q8_padded(in);
+    int64_t sum[OT * R] = {};
+    for (int64_t k0 = 0; k0 < in; k0 += Q_CHUNK) {
+        const int64_t k1 = k0 + Q_CHUNK < in ? k0 + Q_CHUNK : in;
+        int32x4_t high[OT * R], low[OT * R];
+        UNROLL for (int i = 0; i < OT * R; ++i) high[i] = low[i] = vdupq_n_s32(0);
+        for (int64_t k = k0; k < k1; k += 16) {
+            int8x16_t wv[OT];
             UNROLL for (int t = 0; t < OT; ++t) {
-                __m512i sw = _mm512_mask_sub_epi8(wv[t], negative, _mm512_setzero_si512(), wv[t]);  // w * sign(q)
-#if GPT2_VNNI
-                __m512i lanes = _mm512_dpbusd_epi32(_mm512_setzero_si512(), av, sw);
-#else
-                __m512i lanes = _mm512_madd_epi16(_mm512_maddubs_epi16(av, sw), _mm512_set1_epi16(1));
-#endif
-                acc[t * R + r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(lanes), dv, acc[t * R + r]);
+                const int8_t* wk = reinterpret_cast<const int8_t*>(w + t * w_row) + k;
+                int8_t tail[16];
+                if (k + 16 > in) {
+                    std::memset(tail, 0, sizeof tail);
+                    std::memcpy(tail, wk, size_t(in - k));
+                    wk = tail;
+                }
+                __builtin_prefetch(wk + OT * w_row);
+                wv[t] = vld1q_s8(wk);
+            }
+            UNROLL for (int r = 0; r < R; ++r) {
+                const int8_t* hi = reinterpret_cast<const int8_t*>(x + r * xs) + k;
+                const int8x16_t h = vld1q_s8(hi), l = vld1q_s8(hi + padded);
+                UNROLL for (int t = 0; t < OT; ++t) {
+                    high[t * R + r] = q8_dot(high[t * R + r], wv[t], h);
+                    low[t * R + r] = q8_dot(low[t * R + r], wv[t], l);
+                }
             }
         }
+        UNROLL for (int i = 0; i < OT * R; ++i)
+            sum[i] += 128 * int64_t(vaddlvq_s32(high[i])) + int64_t(vaddlvq_s32(low[i]));
     }
     UNROLL for (int t = 0; t < OT; ++t)
-        UNROLL for (int r = 0; r < R; ++r) z[r * zs + t] = _mm512_reduce_add_ps(acc[t * R + r]);
+        UNROLL for (int r = 0; r < R; ++r) z[r * zs + t] = q8_result(sum[t * R + r], q8_scale_of(x + r * xs, in));
 }
 #else
-// z[r * zs + t] = dot(w[t], x[r]) / w's scale for OT int8 weight rows and R quantised rows
-// (xs bytes apart): the even blocks into 8 lanes, the odd ones into 8 more, reduced as 16.
 template <int OT, int R>
 void tile_q8(const char* w, int64_t w_row, int64_t in, const void* xv, int64_t xs, float* z, int64_t zs) {
     const char* x = static_cast<const char*>(xv);
-    const int64_t nb = q8_blocks(in);
-    Acc8 even[OT * R], odd[OT * R];
-    UNROLL for (int i = 0; i < OT * R; ++i) even[i] = odd[i] = acc8_zero();
-    auto block = [&](Acc8 (&acc)[OT * R], int64_t b) __attribute__((always_inline)) {
-        int8_t tail[OT][BLOCK];
-        W32 wv[OT];
-        UNROLL for (int t = 0; t < OT; ++t) {
-            const int8_t* wb = reinterpret_cast<const int8_t*>(w + t * w_row) + b * BLOCK;
-            if ((b + 1) * BLOCK > in) {  // the row's last values, zero-padded
-                std::memset(tail[t], 0, BLOCK);
-                std::memcpy(tail[t], wb, size_t(in - b * BLOCK));
-                wb = tail[t];
-            }
-            __builtin_prefetch(wb + OT * w_row);
-            wv[t] = w32_load(wb);
+    for (int t = 0; t < OT; ++t)
+        for (int r = 0; r < R; ++r) {
+            const int8_t* wt = reinterpret_cast<const int8_t*>(w + t * w_row);
+            const int16_t* q = reinterpret_cast<const int16_t*>(x + r * xs);
+            int64_t sum = 0;
+            for (int64_t k = 0; k < in; ++k) sum += int32_t(wt[k]) * int32_t(q[k]);
+            z[r * zs + t] = q8_result(sum, q8_scale_of(x + r * xs, in));
         }
-        UNROLL for (int r = 0; r < R; ++r) {
-            const char* row = x + r * xs;
-            const int8_t* q = reinterpret_cast<const int8_t*>(row) + b * BLOCK;
-            const uint8_t* a = reinterpret_cast<const uint8_t*>(row) + (nb + b) * BLOCK;
-            const float d = reinterpret_cast<const float*>(row + 2 * nb * BLOCK)[b];
-            UNROLL for (int t = 0; t < OT; ++t) acc[t * R + r] = q8_fma(acc[t * R + r], wv[t], q, a, d);
-        }
-    };
-    int64_t b = 0;
-    for (; b + 2 <= nb; b += 2) {
-        block(even, b);
-        block(odd, b + 1);
-    }
-    if (b < nb) block(even, b);
-    UNROLL for (int t = 0; t < OT; ++t)
-        UNROLL for (int r = 0; r < R; ++r) z[r * zs + t] = acc8_sum(even[t * R + r], odd[t * R + r]);
+}
+#endif
+
+#if GPT2_AMX
+// ---- int8 products on AMX (Intel Xeon since Sapphire Rapids) ---------------------------------
+// The same exact integer sums as tile_q8, for up to 8 input rows at once: tdpbssd multiplies a
+// tile of 16 weight rows x 64 values, loaded as they lie, by a tile holding the rows' values
+// as int8 halves (q = 128 hi + lo), every row's hi and lo side by side in 2R columns, into 16
+// x 2R int32 sums. One instruction per 16 x 64 weights for all the rows, where AVX-512 takes
+// a vpdpwssd per 32 weights and row: the multi-row step is left reading weights.
+constexpr int AMX_ROWS = 8;  // hi and lo of 8 rows fill a tile's 16 columns
+
+// Linux gives a process AMX's tile state only when asked, once; GPT2_AMX=off keeps to AVX-512
+// (to measure it on the same machine).
+bool amx_ready() {
+    static const bool ready = !(std::getenv("GPT2_AMX") && std::strcmp(std::getenv("GPT2_AMX"), "off") == 0) &&
+                              syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+    return ready;
 }
 
+struct TileConfig {
+    uint8_t palette, start_row, reserved[14];
+    uint16_t colsb[16];
+    uint8_t rows[16];
+};
+
+// R quantised rows (xs bytes apart) as tdpbssd's second operand, per 64 values: 16 tile rows
+// of 4 consecutive values, column n < R row n's hi, column R + n its lo. [in / 64][16][2R][4].
+void amx_pack(const char* x, int64_t xs, int64_t in, int R, int8_t* b) {
+    const __m512i tile_rows = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                                 _mm512_set1_epi32(2 * R));  // in 4-byte columns
+    const __m512i low7 = _mm512_set1_epi16(127);
+    for (int n = 0; n < R; ++n) {
+        const int16_t* q = reinterpret_cast<const int16_t*>(x + n * xs);
+        for (int64_t k = 0; k < in; k += 64) {
+            const __m512i q0 = _mm512_loadu_si512(q + k), q1 = _mm512_loadu_si512(q + k + 32);
+            const __m512i hi = _mm512_inserti64x4(  // floor(q / 128): -128..127
+                _mm512_castsi256_si512(_mm512_cvtepi16_epi8(_mm512_srai_epi16(q0, 7))),
+                _mm512_cvtepi16_epi8(_mm512_srai_epi16(q1, 7)), 1);
+            const __m512i lo = _mm512_inserti64x4(_mm512_castsi256_si512(_mm512_cvtepi16_epi8(_mm512_and_si512(q0, low7))),
+                                                  _mm512_cvtepi16_epi8(_mm512_and_si512(q1, low7)), 1);
+            int32_t* chunk = reinterpret_cast<int32_t*>(b + k / 64 * 128 * R);
+            _mm512_i32scatter_epi32(chunk + n, tile_rows, hi, 4);
+            _mm512_i32scatter_epi32(chunk + R + n, tile_rows, lo, 4);
+        }
+    }
+}
+
+// z[r * zs + o] for R rows and weight rows o in [o0, o1), 16 at a time (32 at a time, sharing
+// the rows' tile, measured no faster); returns where it stopped: the last (o1 - o0) mod 16
+// are left to tile_q8. in is a multiple of 64.
+int64_t amx_q8(const char* w, int64_t in, const int8_t* b, int R, const char* x, int64_t xs, float* z, int64_t zs,
+               int64_t o0, int64_t o1) {
+    TileConfig config{};
+    config.palette = 1;
+    config.rows[0] = config.rows[1] = config.rows[2] = 16;
+    config.colsb[0] = uint16_t(8 * R);  // sums: 16 weight rows x 2R int32
+    config.colsb[1] = 64;  // 16 weight rows x 64 int8
+    config.colsb[2] = uint16_t(8 * R);  // the rows' halves: 16 x 2R x 4 int8
+    _tile_loadconfig(&config);
+    alignas(64) int32_t sums[16][2 * AMX_ROWS];
+    // z = q8_result(128 hi + lo, d) for the 16 weight rows of one row at once: the sum exact
+    // in double (below 2^53), times d rounded to double, then to float, as q8_result.
+    const __m512i column = _mm512_mullo_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                              _mm512_set1_epi32(2 * AMX_ROWS));
+    auto half = [](__m256i hi, __m256i lo, __m512d d) {
+        const __m512d sum = _mm512_add_pd(_mm512_mul_pd(_mm512_cvtepi32_pd(hi), _mm512_set1_pd(128.0)),
+                                          _mm512_cvtepi32_pd(lo));
+        return _mm512_cvtpd_ps(_mm512_mul_pd(sum, d));
+    };
+    int64_t o = o0;
+    for (; o + 16 <= o1; o += 16) {
+        _tile_zero(0);
+        for (int64_t k = 0; k < in; k += 64) {
+            _tile_loadd(2, b + k / 64 * 128 * R, 8 * R);
+            _tile_loadd(1, w + o * in + k, in);
+            _tile_dpbssd(0, 1, 2);
+        }
+        _tile_stored(0, sums, sizeof sums[0]);
+        for (int r = 0; r < R; ++r) {
+            const __m512i hi = _mm512_i32gather_epi32(column, &sums[0][r], 4);
+            const __m512i lo = _mm512_i32gather_epi32(column, &sums[0][R + r], 4);
+            const __m512d d = _mm512_set1_pd(double(q8_scale_of(x + r * xs, in)));
+            float* out = z + r * zs + o;
+            _mm256_storeu_ps(out, half(_mm512_castsi512_si256(hi), _mm512_castsi512_si256(lo), d));
+            _mm256_storeu_ps(out + 8, half(_mm512_extracti64x4_epi64(hi, 1), _mm512_extracti64x4_epi64(lo, 1), d));
+        }
+    }
+    _tile_release();
+    return o;
+}
 #endif
 
 // ---- products --------------------------------------------------------------------------------
@@ -1061,7 +1151,8 @@ template <class Work> void parallel(int threads, int64_t n, int64_t align, Work 
 extern "C" {
 
 // Which code this build runs, as bits: 1 AVX-512, 2 AVX2, 4 NEON (none: portable); 8 bf16
-// dot products (AVX512_BF16); 16 int8 dot product instructions (VNNI, AVX-VNNI, dotprod).
+// dot products (AVX512_BF16); 16 int8 dot product instructions (VNNI, AVX-VNNI, dotprod); 32
+// AMX tiles for int8 products (AMX-INT8, granted by the kernel).
 int gpt2_rowdot_isa() {
     int bits = 0;
 #if GPT2_AVX512
@@ -1078,6 +1169,9 @@ int gpt2_rowdot_isa() {
 #endif
 #if GPT2_VNNI || GPT2_DOTPROD
     bits |= 16;
+#endif
+#if GPT2_AMX
+    if (amx_ready()) bits |= 32;
 #endif
     return bits;
 }
@@ -1142,8 +1236,30 @@ int gpt2_rowdot(const Product* p, const void* x, int x_kind, int64_t rows, void*
     // 7.7 -> 5.9 ms; not measured on AMD's Zen 4, whose fp32 tiles were tuned the other way)
     const int row_tile = int(rows < ROW_TILE ? rows : ROW_TILE);
     const int ot = q8 ? (GPT2_AVX512 ? 2 : 1) : out_tile(row_tile, bf16_rows && p->w_kind == BF16);
+    int8_t* amx_rows = nullptr;  // the rows as AMX's tiles take them, AMX_ROWS at a time
+#if GPT2_AMX
+    if (q8 && rows > 1 && in % 64 == 0 && in <= (1 << 16) && amx_ready()) {  // |hi w| <= 128 * 128: no int32 overflow
+        amx_rows = static_cast<int8_t*>(std::malloc((rows + AMX_ROWS - 1) / AMX_ROWS * in * 2 * AMX_ROWS));
+        if (!amx_rows) {
+            std::free(rows_copy);
+            if (!direct) std::free(z);
+            return -1;
+        }
+        for (int64_t rb = 0; rb < rows; rb += AMX_ROWS)
+            amx_pack(xb + rb * x_row_bytes, xs, in, int(rows - rb < AMX_ROWS ? rows - rb : AMX_ROWS),
+                     amx_rows + rb / AMX_ROWS * in * 2 * AMX_ROWS);
+    }
+#endif
     parallel(threads, out, LANES, [&](int64_t o0, int64_t o1) {
-        for (int64_t o = o0; o < o1;) {
+        int64_t from = o0;  // the weight rows before it done on AMX, for every row
+#if GPT2_AMX
+        if (amx_rows)
+            for (int64_t rb = 0; rb < rows; rb += AMX_ROWS)
+                from = amx_q8(wb, in, amx_rows + rb / AMX_ROWS * in * 2 * AMX_ROWS,
+                              int(rows - rb < AMX_ROWS ? rows - rb : AMX_ROWS), xb + rb * x_row_bytes, xs,
+                              z + rb * out, out, o0, o1);
+#endif
+        for (int64_t o = from; o < o1;) {
             int step = o1 - o >= ot ? ot : 1;  // the last few weight rows one at a time
             for (int64_t rb = 0; rb < rows; rb += ROW_TILE) {  // the weight tile stays in L1
                 int r = int(rows - rb < ROW_TILE ? rows - rb : ROW_TILE);
@@ -1159,6 +1275,7 @@ int gpt2_rowdot(const Product* p, const void* x, int x_kind, int64_t rows, void*
     });
     if (!direct) std::free(z);
     std::free(rows_copy);
+    std::free(amx_rows);
     return 0;
 }
 

@@ -275,9 +275,10 @@ class Library:
     def __init__(self, lib: ctypes.CDLL, path: Path):
         self.path = path
         bits = lib.gpt2_rowdot_isa()  # 8: bf16 dot products; 16: int8 dot product instructions
-        extensions = ("+bf16" if bits & 8 else "") + (("+dotprod" if bits & 4 else "+vnni") if bits & 16 else "")
+        extensions = (("+bf16" if bits & 8 else "") + (("+dotprod" if bits & 4 else "+vnni") if bits & 16 else "")
+                      + ("+amx" if bits & 32 else ""))
         self.isa = next((name for bit, name in ((1, "avx512"), (2, "avx2"), (4, "neon")) if bits & bit),
-                        "portable") + extensions  # e.g. "avx512+bf16+vnni", "avx2", "neon+dotprod"
+                        "portable") + extensions  # e.g. "avx512+bf16+vnni+amx", "avx2", "neon+dotprod"
         self._rowdot = lib.gpt2_rowdot
         self._rowdot.restype = _I
         self._rowdot.argtypes = [ctypes.POINTER(Product), _P, _I, _I64, _P, _I]
