@@ -24,6 +24,7 @@ and their teams with them.
 
     python benchmarks/batching.py                      # int8, bf16, fp32, 3 rounds -> BATCHING.md
     python benchmarks/batching.py --tiers int8 --rounds 2
+    python benchmarks/batching.py --tiers int8,bf16 --two-models   # two models served at once
 """
 from __future__ import annotations
 
@@ -132,6 +133,41 @@ def thread_per_request(model: gpt2.GPT, prompts: list[torch.Tensor], new: int) -
     return time.perf_counter() - start
 
 
+def cpu_seconds_by_thread() -> dict[str, float]:
+    """Each thread of the process: CPU seconds used so far (user + system)."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            fields = Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended
+            continue
+        out[tid] = (int(fields[11]) + int(fields[12])) / ticks
+    return out
+
+
+def two_models(batchers: list[gpt2.BatchedGenerator], prompts: list[torch.Tensor], new: int
+               ) -> tuple[float, float, int]:
+    """Users alternately on two models' loops at once (both loops stepping on the one compute
+    thread), then the same halves one model after the other: (seconds at once, seconds one
+    after the other, threads that computed while both ran: busy a fifth of the time or more)."""
+    halves = [prompts[0::2], prompts[1::2]]
+    before = cpu_seconds_by_thread()
+    start = time.perf_counter()
+    threads = [threading.Thread(target=through_loop, args=(b, half, new, Samples()))
+               for b, half in zip(batchers, halves)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    together = time.perf_counter() - start
+    busy = sum(used - before.get(tid, 0.0) >= 0.2 * together for tid, used in cpu_seconds_by_thread().items())
+    start = time.perf_counter()
+    for b, half in zip(batchers, halves):
+        through_loop(b, half, new, Samples())
+    return together, time.perf_counter() - start, busy
+
+
 def percentile(values: list[float], q: float) -> float:
     if len(values) == 1:
         return values[0]
@@ -146,6 +182,8 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--prompt", type=int, default=16, help="prompt tokens per user")
     p.add_argument("--no-threads", action="store_true", help="skip the thread-per-request contrast")
+    p.add_argument("--two-models", action="store_true",
+                   help="also: users split over the first two tiers' loops at once (two models served together)")
     p.add_argument("--out", type=Path, default=HERE / "BATCHING.md")
     args = p.parse_args()
     tiers, users = args.tiers.split(","), [int(u) for u in args.users.split(",")]
@@ -172,6 +210,7 @@ def main() -> None:
         through_loop(batchers[tier], prompts, 4, Samples())
 
     results = {(t, n): Samples() for t in tiers for n in users}
+    pair: dict[int, list[tuple[float, float, int]]] = {}  # --two-models: users -> per round
     mismatches = 0
     for r in range(args.rounds):
         for tier in tiers:
@@ -189,6 +228,10 @@ def main() -> None:
                     else:
                         s.threads.append(thread_per_request(models[tier], batch, args.new_tokens))
                 mismatches += sum(not torch.equal(a, b) for a, b in zip(got, want))
+        if args.two_models:
+            for n in [u for u in users if u >= 2]:
+                pair.setdefault(n, []).append(two_models([batchers[t] for t in tiers[:2]], prompts[:n],
+                                                         args.new_tokens))
         print(f"round {r + 1}/{args.rounds} done, {time.perf_counter() - clock:.0f} s", flush=True)
 
     rate = lambda n, secs: n * args.new_tokens / statistics.median(secs)  # noqa: E731
@@ -237,6 +280,20 @@ def main() -> None:
              for t in tiers if 1 in users}
     lines += ["", "One user through the loop against `gpt2.generate` alone (the loop's own cost): "
               + ", ".join(f"{t} {ratio:.3f}×" for t, ratio in alone.items()) + "."]
+    if pair:
+        a, b = tiers[:2]
+        lines += ["", f"**Two models served at once** (`--two-models`): users alternately on the {a} and the {b} "
+                  "model, both loops stepping on the one compute thread, against the same halves one model after "
+                  "the other. Threads computing: the process's threads busy a fifth of the time or more while both "
+                  f"ran, at most over the rounds (the setting: {gpt2.compute.threads()} compute threads; a loop on "
+                  "a thread of its own would add its OpenMP team).", "",
+                  "| users | together, total tok/s | one model after the other, tok/s | × | threads computing |",
+                  "|---:|---:|---:|---:|---:|"]
+        for n, runs in pair.items():
+            together = statistics.median(r[0] for r in runs)
+            apart = statistics.median(r[1] for r in runs)
+            lines.append(f"| {n} | {n * args.new_tokens / together:.1f} | {n * args.new_tokens / apart:.1f} | "
+                         f"{apart / together:.2f} | {max(r[2] for r in runs)} |")
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     for batcher in batchers.values():

@@ -12,18 +12,48 @@ sessions, which the stateless endpoints never need again. What is dropped, in th
 - over `capacity` with only pages left, the least recently used page of the client with the
   most pages.
 `RouteGuard` tells the table which client sent each queued event (`note`).
+
+Each new session is a `Session`: Gradio's, without the copy of every component's config that
+Gradio makes up front for each one (for deep links, which this app does not offer): at 8
+users streaming through the API that copy was 23% of the event loop's work (LOAD.md
+"profile"), made once per request.
 """
 from __future__ import annotations
 
 import datetime
 from collections import Counter
+from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
-from gradio.state_holder import StateHolder
+from gradio.state_holder import SessionState, StateHolder
 
 SESSION_IDLE_S = 3600.0  # Gradio keeps a closed page's state as long
 API_SESSIONS = 64  # 0.17 MB each (tests/test_app_sessions.py measures a page's)
 PAGES_PER_CLIENT = 32
+
+
+class Session(SessionState):
+    """Gradio's SessionState whose component configs are made when the session first changes
+    a component (as Gradio's own methods already do for one it lacks) or when all of them are
+    asked for (`components`: deep links), not all at its start."""
+
+    def __init__(self, blocks: Any):
+        super().__init__(SimpleNamespace(default_config=blocks.default_config, blocks={}))  # no configs yet
+        self.page_blocks = blocks.blocks  # those Gradio would have made configs of
+
+    @property
+    def components(self) -> Iterator[dict]:
+        seen = set()
+        for key, block in self.blocks_config.blocks.items():
+            if key in self.page_blocks or key in self.config_values:
+                seen.add(key)
+                config = self.config_values.get(key)
+                if config is None:
+                    config = self.blocks_config.config_for_block(key, [], block)
+                if config:
+                    yield config
+        yield from (config for key, config in self.config_values.items() if key not in seen and config)
 
 
 class SessionTable(StateHolder):
@@ -44,6 +74,11 @@ class SessionTable(StateHolder):
             self.time_last_used.update(app.state_holder.time_last_used)
         self.set_blocks(blocks)  # capacity: launch's state_session_capacity
         app.state_holder = self
+
+    def __getitem__(self, session_id: str) -> SessionState:
+        if session_id not in self.session_data:
+            self.session_data[session_id] = Session(self.blocks)
+        return super().__getitem__(session_id)
 
     def note(self, session: str, client: str, page: bool) -> None:
         """A queued event of `session` from `client`; `page`: one of the page's own events."""

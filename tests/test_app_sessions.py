@@ -71,3 +71,27 @@ def test_sessions_fit_their_budget(long_checkpoint):
     assert per_session > 1 * 2**20, f"{per_session / 2**20:.2f} MB: not the full page measured"
     assert SESSION_CAPACITY * per_session <= SESSION_BUDGET, \
         f"{SESSION_CAPACITY} sessions x {per_session / 2**20:.2f} MB > {SESSION_BUDGET / 2**20:.0f} MB"
+
+
+def test_a_session_makes_component_configs_only_when_needed(tiny_checkpoint):
+    """A new session copies no component config (Gradio's own copies every one, for each
+    request), yet gives deep links the very configs Gradio's would, before and after the
+    session changed a component's props and another's value."""
+    import gradio as gr
+    from gradio.state_holder import SessionState
+
+    from playground import ui
+    from playground.sessions import Session
+
+    demo = ui.build(str(tiny_checkpoint))
+    lazy, eager = Session(demo), SessionState(demo)
+    assert lazy.config_values == {} and len(eager.config_values) > 100
+    assert list(lazy.components) == list(eager.components)
+    slider = next(b for b in demo.blocks.values() if isinstance(b, gr.Slider))
+    textbox = next(b for b in demo.blocks.values() if isinstance(b, gr.Textbox))
+    for state in (lazy, eager):
+        state[slider._id] = gr.Slider(minimum=1, maximum=7, value=3)
+        state._update_value_in_config(textbox._id, "changed")
+    assert len(lazy.config_values) == 2
+    assert list(lazy.components) == list(eager.components)
+    assert any(c["props"].get("value") == "changed" for c in lazy.components)
