@@ -410,8 +410,8 @@ def environment(device: torch.device) -> list[str]:
     lines += [f"- torch {torch.__version__}, transformers {transformers.__version__}, "
               f"Python {platform.python_version()}, torch.get_num_threads() = {torch.get_num_threads()}"]
     if device.type == "cpu":
-        forced = [f"{k}={os.environ[k]}" for k in ("GPT2_CPU_ISA", "GPT2_AMX", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA",
-                                                        "MKL_ENABLE_INSTRUCTIONS")
+        forced = [f"{k}={os.environ[k]}" for k in ("GPT2_CPU_ISA", "GPT2_AMX", "ATEN_CPU_CAPABILITY",
+                                                        "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
                   if k in os.environ]
         lines.append(f"- Decode kernels: {gpt2.fast.kernels.library().isa} path"
                      f"{' (forced: ' + ', '.join(forced) + ')' if forced else ''}; the fast tiers' residual "

@@ -75,9 +75,9 @@ def main() -> None:
             print(lines[-1], flush=True)
     weights, blocks, rows15 = (agreement[name] for name in list(SCHEMES)[:2] + list(SCHEMES)[-1:])
     lines += ["", f"Top-1 against the int8 weights alone: rows in 15 bits under one scale "
-              f"{100 * (rows15 - weights):+.2f} points, 8-bit blocks of 32 {100 * (blocks - weights):+.2f}. And their products add up in integers across the whole "
-              "row (one conversion a row, not one a block), which is what lets several rows share a pass over the "
-              "weights (BATCHING-int8.md)."]
+              f"{100 * (rows15 - weights):+.2f} points, 8-bit blocks of 32 {100 * (blocks - weights):+.2f}. "
+              "And their products add up in integers across the whole row (one conversion a row, not one a "
+              "block), which is what lets several rows share a pass over the weights (BATCHING-int8.md)."]
     (HERE / "INT8_ROWS.md").write_text("\n".join(lines) + "\n")
 
 

@@ -727,6 +727,22 @@ inline float q8_scale_of(const char* row, int64_t in) {
 }
 inline float q8_result(int64_t sum, float d) { return float(double(sum) * double(d)); }
 
+// z[r * zs + t] for a tile's exact sums (sum[t * R + r]) and its rows' scales.
+template <int OT, int R>
+inline void q8_store(const int64_t* sum, const char* x, int64_t xs, int64_t in, float* z, int64_t zs) {
+    UNROLL for (int t = 0; t < OT; ++t)
+        UNROLL for (int r = 0; r < R; ++r) z[r * zs + t] = q8_result(sum[t * R + r], q8_scale_of(x + r * xs, in));
+}
+
+// The n weights from k of a weight row of `in`, or, where fewer are left, those copied into
+// `tail` and zero-padded to n (the paths without masked loads).
+inline const int8_t* weights_from(const int8_t* row, int64_t k, int64_t in, int8_t* tail, int n) {
+    if (k + n <= in) return row + k;
+    std::memset(tail, 0, size_t(n));
+    std::memcpy(tail, row + k, size_t(in - k));
+    return tail;
+}
+
 // 32 of x's values from k0 as fp32, zero past `in` (v: scratch for a copy).
 inline const float* values32(const void* x, int x_kind, int64_t in, int64_t k0, float* v) {
     if (x_kind == F32 && k0 + 32 <= in) return static_cast<const float*>(x) + k0;
@@ -842,8 +858,7 @@ void tile_q8(const char* w, int64_t w_row, int64_t in, const void* xv, int64_t x
             sum[i] += _mm512_reduce_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(acc[i]))) +
                       _mm512_reduce_add_epi64(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(acc[i], 1)));
     }
-    UNROLL for (int t = 0; t < OT; ++t)
-        UNROLL for (int r = 0; r < R; ++r) z[r * zs + t] = q8_result(sum[t * R + r], q8_scale_of(x + r * xs, in));
+    q8_store<OT, R>(sum, x, xs, in, z, zs);
 }
 #elif GPT2_AVX2
 inline int64_t sum_i64(__m256i v) {  // the 8 int32 lanes, in int64
@@ -866,13 +881,8 @@ void tile_q8(const char* w, int64_t w_row, int64_t in, const void* xv, int64_t x
         for (int64_t k = k0; k < k1; k += 32) {
             __m256i lo[OT], hi[OT];
             UNROLL for (int t = 0; t < OT; ++t) {
-                const int8_t* wk = reinterpret_cast<const int8_t*>(w + t * w_row) + k;
                 int8_t tail[32];
-                if (k + 32 > in) {
-                    std::memset(tail, 0, sizeof tail);
-                    std::memcpy(tail, wk, size_t(in - k));
-                    wk = tail;
-                }
+                const int8_t* wk = weights_from(reinterpret_cast<const int8_t*>(w + t * w_row), k, in, tail, 32);
                 __builtin_prefetch(wk + OT * w_row);
                 const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk));
                 lo[t] = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(wv));
@@ -894,8 +904,7 @@ void tile_q8(const char* w, int64_t w_row, int64_t in, const void* xv, int64_t x
         }
         UNROLL for (int i = 0; i < OT * R; ++i) sum[i] += sum_i64(even[i]) + sum_i64(odd[i]);
     }
-    UNROLL for (int t = 0; t < OT; ++t)
-        UNROLL for (int r = 0; r < R; ++r) z[r * zs + t] = q8_result(sum[t * R + r], q8_scale_of(x + r * xs, in));
+    q8_store<OT, R>(sum, x, xs, in, z, zs);
 }
 #elif GPT2_NEON
 inline int32x4_t q8_dot(int32x4_t acc, int8x16_t w, int8x16_t q) {
@@ -921,13 +930,8 @@ void tile_q8(const char* w, int64_t w_row, int64_t in, const void* xv, int64_t x
         for (int64_t k = k0; k < k1; k += 16) {
             int8x16_t wv[OT];
             UNROLL for (int t = 0; t < OT; ++t) {
-                const int8_t* wk = reinterpret_cast<const int8_t*>(w + t * w_row) + k;
                 int8_t tail[16];
-                if (k + 16 > in) {
-                    std::memset(tail, 0, sizeof tail);
-                    std::memcpy(tail, wk, size_t(in - k));
-                    wk = tail;
-                }
+                const int8_t* wk = weights_from(reinterpret_cast<const int8_t*>(w + t * w_row), k, in, tail, 16);
                 __builtin_prefetch(wk + OT * w_row);
                 wv[t] = vld1q_s8(wk);
             }
@@ -943,8 +947,7 @@ void tile_q8(const char* w, int64_t w_row, int64_t in, const void* xv, int64_t x
         UNROLL for (int i = 0; i < OT * R; ++i)
             sum[i] += 128 * int64_t(vaddlvq_s32(high[i])) + int64_t(vaddlvq_s32(low[i]));
     }
-    UNROLL for (int t = 0; t < OT; ++t)
-        UNROLL for (int r = 0; r < R; ++r) z[r * zs + t] = q8_result(sum[t * R + r], q8_scale_of(x + r * xs, in));
+    q8_store<OT, R>(sum, x, xs, in, z, zs);
 }
 #else
 template <int OT, int R>
@@ -975,8 +978,11 @@ constexpr int AMX_ROWS = 8;  // hi and lo of 8 rows fill a tile's 16 columns
 // Linux gives a process AMX's tile state only when asked, once; GPT2_AMX=off keeps to AVX-512
 // (to measure it on the same machine).
 bool amx_ready() {
-    static const bool ready = !(std::getenv("GPT2_AMX") && std::strcmp(std::getenv("GPT2_AMX"), "off") == 0) &&
-                              syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+    static const bool ready = [] {
+        const char* setting = std::getenv("GPT2_AMX");
+        return !(setting && std::strcmp(setting, "off") == 0) &&
+               syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+    }();
     return ready;
 }
 
