@@ -14,14 +14,22 @@ from typing import Callable
 import torch
 
 
+# The CPU features that pick a decode kernel path, and the settings that force another.
+CPU_FLAGS = re.compile(r"^(avx2|avx512(f|bw|vl|_bf16|_vnni|_fp16)|amx\w*|avx_vnni|fma|asimddp|bf16)$")
+FORCING = ("GPT2_CPU_ISA", "GPT2_AMX", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
+
+
 def machine_line() -> str:
-    """CPU model, cores, torch and its threads, and the load average now (call it once the
-    runs are done: the load they ran under)."""
+    """CPU model, its flags of interest and any instruction set forced, cores, torch and its
+    threads, and the load average now (call it once the runs are done: the load they ran under)."""
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    cpu = next((l.split(":", 1)[1].strip() for l in lscpu.splitlines() if l.startswith("Model name")),
-               platform.processor())
+    info = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+    cpu = info.get("Model name", platform.processor()).strip()
+    flags = " ".join(sorted(f for f in info.get("Flags", "").split() if CPU_FLAGS.match(f))) or "none of interest"
+    forced = ", ".join(f"{k}={os.environ[k]}" for k in FORCING if k in os.environ)
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"Machine: {cpu}, {os.cpu_count()} logical cores, torch {torch.__version__}, "
+    return (f"Machine: {cpu}, {os.cpu_count()} logical cores (flags: {flags}"
+            f"{'; forced: ' + forced if forced else ''}), torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads; load average at end {load}")
 
 

@@ -34,8 +34,8 @@ def register(service: Service, generate_concurrency: int) -> None:
     async def generate(prompt: str, model: str = names[0], temperature: float = 0.8, top_k: int = 40,
                        top_p: float = 0.95, max_new_tokens: int = 60,
                        seed: int | None = None) -> AsyncIterator[str]:
-        """Continue a prompt; streams the generated text so far (without the prompt), one update per token
-        (an update may add several tokens when the server is too busy to send each one).
+        """Continue a prompt; streams the generated text so far (without the prompt): the first token at
+        once, then an update at most every 20 ms with every token made since.
         prompt: the text to continue (at most 20,000 characters).
         model: a name from the app's model list ("gpt2" runs at int8, "gpt2 · bf16" and "gpt2 · fp32" at
         those precisions, likewise the other sizes; "builtin" is the small built-in model; a Hub repo the

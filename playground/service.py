@@ -39,6 +39,11 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 MEAN = "mean"
 DIRECTIONS = ("from", "to")
+# /generate sends at most one update per stream this often, with every token made meanwhile:
+# 50 a second is smoother than a reader can follow, and each update costs the server's two
+# cores ~0.5 ms (its event loop, the socket), which many users' streams would otherwise pay
+# per token (benchmarks/LOAD.md "profile").
+UPDATE_EVERY_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -211,11 +216,11 @@ class Service:
             self.runs.release(run_id)  # no-op once stored; wakes a Stop waiting for a run that never came
 
     async def stream_text(self, s: Settings, notice: Callable[[str], object] = lambda _: None) -> AsyncIterator[str]:
-        """The API's /generate: the generated text so far after each token (after each few
-        tokens when the server is too busy to send every one: the text is the same, there are
-        just fewer updates), then once more with any bytes a token left incomplete, on the
-        server's event loop (no thread waits for each token); nothing captured or stored.
-        Closing it early (a cancel, a closed connection) takes the request out of the loop."""
+        """The API's /generate: the generated text so far, at most every UPDATE_EVERY_S with
+        every token made since (the first token at once; the text is the same, there are just
+        fewer updates), then once more with any bytes a token left incomplete, on the server's
+        event loop (no thread waits for each token); nothing captured or stored. Closing it
+        early (a cancel, a closed connection) takes the request out of the loop."""
         loop, prompt_ids, ids, seed = await asyncio.to_thread(self._request, s)  # may load the model
         if len(ids) < len(prompt_ids):
             notice(truncation_notice(len(prompt_ids), len(ids), s.model, loop.model.config.context_length))
@@ -228,6 +233,8 @@ class Service:
                         generated += 1
                         text += decoder.add(i)
                     yield text
+                    if generated < s.max_new_tokens:  # the decode loop goes on meanwhile
+                        await asyncio.sleep(UPDATE_EVERY_S)
         except (GeneratorExit, asyncio.CancelledError):  # closed, or its task cancelled (a cancel)
             log.info("generation stopped after %d of %d tokens", generated, s.max_new_tokens)
             raise

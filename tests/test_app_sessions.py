@@ -95,3 +95,35 @@ def test_a_session_makes_component_configs_only_when_needed(tiny_checkpoint):
     assert len(lazy.config_values) == 2
     assert list(lazy.components) == list(eager.components)
     assert any(c["props"].get("value") == "changed" for c in lazy.components)
+
+
+def test_the_api_stream_sends_an_update_at_most_every_interval(long_checkpoint):
+    """/generate's stream (Service.stream_text) gathers the tokens made while its last update
+    went out: updates at least UPDATE_EVERY_S apart (the last, with any incomplete bytes,
+    follows at once), each text extending the one before, the last the library's text."""
+    import asyncio
+    import time
+
+    import torch
+
+    import gpt2
+    from playground import validate
+    from playground.inspection import RunStore
+    from playground.models import ModelTable
+    from playground.service import UPDATE_EVERY_S, Service
+
+    service = Service(ModelTable({"long": str(long_checkpoint)}), RunStore())
+    prompt, new = "Once upon a time", 200
+    s = validate.settings(prompt, "long", 0.0, 0, 1.0, new, 0, offered=["long"])
+
+    async def stream() -> list[tuple[float, str]]:
+        return [(time.monotonic(), text) async for text in service.stream_text(s)]
+
+    updates = asyncio.run(stream())
+    times, texts = [t for t, _ in updates], [text for _, text in updates]
+    assert all(b - a >= UPDATE_EVERY_S for a, b in zip(times[:-2], times[1:-1]))
+    assert all(later.startswith(earlier) for earlier, later in zip(texts, texts[1:]))
+    assert len(texts) < new  # a 2-layer model makes several tokens in 20 ms
+    model = gpt2.load_model(long_checkpoint)
+    ids = torch.tensor([gpt2.encode(prompt)])
+    assert texts[-1] == gpt2.decode(gpt2.generate(model, ids, new)[0, ids.size(1):].tolist())

@@ -93,18 +93,21 @@ def test_int8_products_are_integer_dot_products_of_quantised_rows(lib):
     assert y[:2].isfinite().all() and y[2:].isnan().all()
 
 
-@pytest.mark.parametrize("in_features", [8191, 8192, 20000])
-def test_long_int8_products_do_not_overflow(lib, in_features):
-    """The integer sums are flushed from int32 lanes into int64 before they can overflow:
-    every weight 127 and every value the row's largest, 20,000 of them (2.5 times int32's range)."""
+@pytest.mark.parametrize("in_features", [1023, 1024, 1025, 8191, 8192, 20000])
+@pytest.mark.parametrize("rows", [2, 8])
+def test_long_int8_products_do_not_overflow(lib, in_features, rows):
+    """The integer sums are flushed from int32 into int64 before they can overflow: every
+    weight at int8's extremes (-128 included) and every value the row's largest, 20,000 of
+    them (2.5 times int32's range); 8 rows fill every tile's accumulators."""
     w = torch.full((3, in_features), 127, dtype=torch.int8)
     w[1] = -127
+    w[2] = -128
     scales = torch.ones(3, dtype=torch.bfloat16)
-    x = torch.ones(2, in_features)
+    x = torch.ones(rows, in_features)
     with torch.inference_mode():
         y = lib.linear(x, w, scales, None, torch.float32).double()
-    want = torch.tensor([127.0, -127.0, 127.0], dtype=torch.float64) * in_features
-    assert torch.allclose(y, want.expand(2, 3), rtol=1e-6)
+    want = torch.tensor([127.0, -127.0, -128.0], dtype=torch.float64) * in_features
+    assert torch.allclose(y, want.expand(rows, 3), rtol=1e-6)
 
 
 AMX_PRODUCTS = r"""

@@ -69,6 +69,8 @@
 #if GPT2_AVX512 || GPT2_AVX2
 #define GPT2_X86 1
 #include <immintrin.h>
+#else
+#define GPT2_X86 0
 #endif
 #if GPT2_NEON
 #include <arm_neon.h>
@@ -707,8 +709,9 @@ int64_t argmax_row(const float* x, int64_t n) {
 // ---- int8 weights: integer dot products over quantised rows ----------------------------------
 // Each input row is quantised on its own to 15-bit integers under one fp32 scale: d = max|x|
 // / 16383, q = round(x / d) to nearest even (|q| <= 16383), x[k] ~ q[k] * d. A (row, weight
-// row) product sum(w[k] q[k]) is then exact in integers: int32 lanes (|w q| <= 127 * 16383,
-// flushed into int64 every Q_CHUNK values, far below overflow), so every path and every
+// row) product sum(w[k] q[k]) is then exact in integers: int32 lanes (|w q| <= 128 * 16383),
+// taken into int64 before they can overflow (x86: every Q_SUM_CHUNK values, the lanes of a
+// tile's sums reduced together; ARM64: every Q_CHUNK, each on its own), so every path and every
 // row count gives the same bits, and z = sum * d, rounded once. A row holding a NaN or
 // infinity gets d = NaN, so its products are NaN. (Blocks of 32 in 8 bits, as llama.cpp's
 // q8_0, lost precision wherever a block held an outlier and cost a conversion and a
@@ -719,7 +722,14 @@ int64_t argmax_row(const float* x, int64_t n) {
 // 128 hi + lo); then d.
 constexpr int Q_LEVELS = 16383;
 constexpr int64_t Q_PAD = 64;
-constexpr int64_t Q_CHUNK = 8192;  // at most 8192 / 16 products a lane before a flush
+constexpr int64_t Q_CHUNK = 8192;  // ARM64: at most 8192 / 16 products a lane before a flush
+constexpr int64_t Q_SUM_CHUNK = 1024;  // x86: 1024 x 128 x 16383 < 2^31, one output's whole sum fits in int32
+// How far ahead of an int8 tile's loads its weights are prefetched, in bytes of their own
+// order (a matrix's rows are contiguous). A tile ahead left the loads waiting on memory (one
+// row's decode on an Intel Xeon (Sapphire Rapids), 2 threads: AVX2 1.41x, AVX-512 1.15x
+// faster, benchmarks/AB-avx2.md, AB-avx512.md); fp32 and bf16 tiles, two to four times the
+// bytes a value, stay a tile ahead (4096 bytes ahead made AVX2's fp32 one-row step slower).
+constexpr int64_t W_AHEAD = 4096;
 inline int64_t q8_padded(int64_t in) { return (in + Q_PAD - 1) / Q_PAD * Q_PAD; }
 inline int64_t q8_row_bytes(int64_t in) { return 2 * q8_padded(in) + 64; }
 inline float q8_scale_of(const char* row, int64_t in) {
@@ -820,90 +830,164 @@ void quantize_row(const void* x, int x_kind, int64_t in, char* row) {
 }
 
 #if GPT2_AVX512
+// Sixteen vectors of int32 lanes -> one vector whose lane i is the sum of v[i]'s lanes (a
+// transposing tree: 15 shuffle pairs and adds for 16 sums, where reducing each on its own
+// takes ~10 shuffles). Every partial sum is a sum of one output's products, so it fits in
+// int32 wherever the whole does (see Q_SUM_CHUNK).
+inline __m512i sum_lanes16(const __m512i (&v)[16]) {
+    __m512i pairs[8], quads[4], halves[2];
+    UNROLL for (int i = 0; i < 8; ++i)  // 128-bit lane: v[2i] and v[2i+1], 2 partial sums each
+        pairs[i] = _mm512_add_epi32(_mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]),
+                                    _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]));
+    UNROLL for (int i = 0; i < 4; ++i)  // 128-bit lane: v[4i .. 4i+3], one partial sum each
+        quads[i] = _mm512_add_epi32(_mm512_unpacklo_epi64(pairs[2 * i], pairs[2 * i + 1]),
+                                    _mm512_unpackhi_epi64(pairs[2 * i], pairs[2 * i + 1]));
+    UNROLL for (int i = 0; i < 2; ++i)  // 128-bit lanes 0-1: quads[2i] (two halves), 2-3: quads[2i+1]
+        halves[i] = _mm512_add_epi32(_mm512_shuffle_i32x4(quads[2 * i], quads[2 * i + 1], 0x88),
+                                     _mm512_shuffle_i32x4(quads[2 * i], quads[2 * i + 1], 0xdd));
+    return _mm512_add_epi32(_mm512_shuffle_i32x4(halves[0], halves[1], 0x88),
+                            _mm512_shuffle_i32x4(halves[0], halves[1], 0xdd));
+}
+
+#if GPT2_VNNI
+// acc + the pairwise products of a and b, in acc's register: with the intrinsic, GCC 12 copies
+// every accumulator of an unrolled tile into a new register and back at each step.
+__attribute__((always_inline)) inline __m512i dpwssd(__m512i acc, __m512i a, __m512i b) {
+    asm("vpdpwssd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+    return acc;
+}
+#endif
+
+// acc[t * R + r] += the products of 32 values from k of weight row t (all but the first
+// `left` masked off) and row r, in pairs into 16 int32 lanes; the weights W_AHEAD bytes ahead
+// prefetched (rows are contiguous: their own order).
+template <int OT, int R>
+__attribute__((always_inline)) inline void q8_step(__m512i (&acc)[OT * R], const char* w, int64_t w_row,
+                                                   const char* x, int64_t xs, int64_t k, __mmask32 m) {
+    __m512i wt[OT];
+    UNROLL for (int t = 0; t < OT; ++t) {
+        _mm_prefetch(w + t * w_row + k + W_AHEAD, _MM_HINT_T0);
+        wt[t] = _mm512_cvtepi8_epi16(_mm256_maskz_loadu_epi8(m, w + t * w_row + k));
+    }
+    UNROLL for (int r = 0; r < R; ++r) {
+        const __m512i q = _mm512_loadu_si512(x + r * xs + 2 * k);  // zero-padded to 64 values
+        UNROLL for (int t = 0; t < OT; ++t) {
+#if GPT2_VNNI
+            acc[t * R + r] = dpwssd(acc[t * R + r], q, wt[t]);
+#else
+            acc[t * R + r] = _mm512_add_epi32(acc[t * R + r], _mm512_madd_epi16(q, wt[t]));
+#endif
+        }
+    }
+}
+
 // z[r * zs + t] = dot(w[t], x[r]) / w's scale for OT int8 weight rows and R quantised rows
-// (xs bytes apart): 64 values a step, the weights widened to int16 once for every row, each
-// row's 32 + 32 products summed in pairs into 16 int32 lanes (vpdpwssd with VNNI, else
-// vpmaddwd + vpaddd). w is read with a byte mask: its last values need no padding.
+// (xs bytes apart): q8_step over 32 values at a time, into two sets of lanes (even and odd
+// steps) where there are registers for them, each weight row widened to int16 once for every
+// row. Every Q_SUM_CHUNK values the OT x R sums are taken across lanes together
+// (sum_lanes16) into int64. w is read with a byte mask: its last values need no padding.
 template <int OT, int R>
 void tile_q8(const char* w, int64_t w_row, int64_t in, const void* xv, int64_t xs, float* z, int64_t zs) {
+    constexpr int N = OT * R;
+    constexpr bool two_sets = N <= 8;  // else 16 accumulators and the step's operands fill the registers
+    static_assert(N <= 16, "one sum_lanes16 per chunk");
     const char* x = static_cast<const char*>(xv);
-    int64_t sum[OT * R] = {};
-    for (int64_t k0 = 0; k0 < in; k0 += Q_CHUNK) {
-        const int64_t k1 = k0 + Q_CHUNK < in ? k0 + Q_CHUNK : in;
-        __m512i acc[OT * R];
-        UNROLL for (int i = 0; i < OT * R; ++i) acc[i] = _mm512_setzero_si512();
-        for (int64_t k = k0; k < k1; k += 64) {
-            const __mmask64 m = in - k >= 64 ? ~__mmask64(0) : (__mmask64(1) << (in - k)) - 1;
-            prefetch_next_tile<OT>(w, w_row, k);
-            __m512i lo[OT], hi[OT];
-            UNROLL for (int t = 0; t < OT; ++t) {
-                const __m512i wv = _mm512_maskz_loadu_epi8(m, w + t * w_row + k);
-                lo[t] = _mm512_cvtepi8_epi16(_mm512_castsi512_si256(wv));
-                hi[t] = _mm512_cvtepi8_epi16(_mm512_extracti64x4_epi64(wv, 1));
-            }
-            UNROLL for (int r = 0; r < R; ++r) {
-                const __m512i* q = reinterpret_cast<const __m512i*>(x + r * xs + 2 * k);
-                const __m512i q0 = _mm512_loadu_si512(q), q1 = _mm512_loadu_si512(q + 1);
-                UNROLL for (int t = 0; t < OT; ++t) {
-#if GPT2_VNNI
-                    acc[t * R + r] = _mm512_dpwssd_epi32(_mm512_dpwssd_epi32(acc[t * R + r], q0, lo[t]), q1, hi[t]);
-#else
-                    acc[t * R + r] = _mm512_add_epi32(acc[t * R + r], _mm512_add_epi32(_mm512_madd_epi16(q0, lo[t]),
-                                                                                       _mm512_madd_epi16(q1, hi[t])));
-#endif
-                }
-            }
+    const __mmask32 all = ~__mmask32(0);
+    __m512i lo64 = _mm512_setzero_si512(), hi64 = _mm512_setzero_si512();  // the N sums in int64
+    for (int64_t k0 = 0; k0 < in; k0 += Q_SUM_CHUNK) {
+        const int64_t k1 = k0 + Q_SUM_CHUNK < in ? k0 + Q_SUM_CHUNK : in;
+        __m512i even[N], odd[N];
+        UNROLL for (int i = 0; i < N; ++i) even[i] = odd[i] = _mm512_setzero_si512();
+        int64_t k = k0;
+        for (; k + 64 <= k1; k += 64) {
+            q8_step<OT, R>(even, w, w_row, x, xs, k, all);
+            q8_step<OT, R>(two_sets ? odd : even, w, w_row, x, xs, k + 32, all);
         }
-        UNROLL for (int i = 0; i < OT * R; ++i)
-            sum[i] += _mm512_reduce_add_epi64(_mm512_cvtepi32_epi64(_mm512_castsi512_si256(acc[i]))) +
-                      _mm512_reduce_add_epi64(_mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(acc[i], 1)));
+        for (; k < k1; k += 32)
+            q8_step<OT, R>(even, w, w_row, x, xs, k, k1 - k >= 32 ? all : (__mmask32(1) << (k1 - k)) - 1);
+        __m512i v[16];
+        UNROLL for (int i = 0; i < 16; ++i)
+            v[i] = i >= N ? _mm512_setzero_si512() : two_sets ? _mm512_add_epi32(even[i], odd[i]) : even[i];
+        const __m512i sums = sum_lanes16(v);
+        lo64 = _mm512_add_epi64(lo64, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(sums)));
+        hi64 = _mm512_add_epi64(hi64, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(sums, 1)));
     }
+    alignas(64) int64_t sum[16];
+    _mm512_store_si512(sum, lo64);
+    _mm512_store_si512(sum + 8, hi64);
     q8_store<OT, R>(sum, x, xs, in, z, zs);
 }
 #elif GPT2_AVX2
-inline int64_t sum_i64(__m256i v) {  // the 8 int32 lanes, in int64
-    __m256i wide = _mm256_add_epi64(_mm256_cvtepi32_epi64(_mm256_castsi256_si128(v)),
-                                    _mm256_cvtepi32_epi64(_mm256_extracti128_si256(v, 1)));
-    __m128i s = _mm_add_epi64(_mm256_castsi256_si128(wide), _mm256_extracti128_si256(wide, 1));
-    return _mm_cvtsi128_si64(s) + _mm_extract_epi64(s, 1);
+// Eight vectors of int32 lanes -> one whose lane i is the sum of v[i]'s lanes (as
+// sum_lanes16: every partial sum is one output's, see Q_SUM_CHUNK).
+inline __m256i sum_lanes8(const __m256i (&v)[8]) {
+    const __m256i h01 = _mm256_hadd_epi32(v[0], v[1]), h23 = _mm256_hadd_epi32(v[2], v[3]);
+    const __m256i h45 = _mm256_hadd_epi32(v[4], v[5]), h67 = _mm256_hadd_epi32(v[6], v[7]);
+    const __m256i g0 = _mm256_hadd_epi32(h01, h23), g1 = _mm256_hadd_epi32(h45, h67);  // per 128-bit half
+    return _mm256_add_epi32(_mm256_permute2x128_si256(g0, g1, 0x20), _mm256_permute2x128_si256(g0, g1, 0x31));
 }
 
-// As AVX-512's, 32 values a step into two sets of 8 int32 lanes (vpdpwssd with AVX-VNNI,
-// else vpmaddwd + vpaddd); the weights' last values copied into a zero-padded block.
+// acc + the pairwise products of a and b (vpdpwssd with AVX-VNNI, else vpmaddwd + vpaddd), in
+// acc's register (see AVX-512's dpwssd).
+__attribute__((always_inline)) inline __m256i dpwssd(__m256i acc, __m256i a, __m256i b) {
+#if GPT2_VNNI
+    asm("%{vex%} vpdpwssd %2, %1, %0" : "+x"(acc) : "x"(a), "x"(b));
+#else
+    asm("vpaddd %1, %0, %0" : "+x"(acc) : "x"(_mm256_madd_epi16(a, b)));
+#endif
+    return acc;
+}
+
+// As AVX-512's q8_step, 16 values: acc[t * R + r] += pairwise products of weight row t's 16
+// values from k (wk[t]) and row r's, into 8 int32 lanes (vpdpwssd with AVX-VNNI, else vpmaddwd +
+// vpaddd).
+template <int OT, int R>
+__attribute__((always_inline)) inline void q8_step(__m256i* acc, const int8_t* const (&wk)[OT],
+                                                   const char* x, int64_t xs, int64_t k) {
+    __m256i wt[OT];
+    UNROLL for (int t = 0; t < OT; ++t)
+        wt[t] = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(wk[t])));
+    UNROLL for (int r = 0; r < R; ++r) {
+        const __m256i q = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + r * xs + 2 * k));
+        UNROLL for (int t = 0; t < OT; ++t) acc[t * R + r] = dpwssd(acc[t * R + r], q, wt[t]);
+    }
+}
+
+// As AVX-512's tile_q8, 16 values a step into one set of lanes per (weight row, row), OT x R
+// <= 8; the weights' last values copied into a zero-padded block.
 template <int OT, int R>
 void tile_q8(const char* w, int64_t w_row, int64_t in, const void* xv, int64_t xs, float* z, int64_t zs) {
+    constexpr int N = OT * R;
+    static_assert(N <= 8, "one sum_lanes8 per chunk");
     const char* x = static_cast<const char*>(xv);
-    int64_t sum[OT * R] = {};
-    for (int64_t k0 = 0; k0 < in; k0 += Q_CHUNK) {
-        const int64_t k1 = k0 + Q_CHUNK < in ? k0 + Q_CHUNK : in;
-        __m256i even[OT * R], odd[OT * R];
-        UNROLL for (int i = 0; i < OT * R; ++i) even[i] = odd[i] = _mm256_setzero_si256();
-        for (int64_t k = k0; k < k1; k += 32) {
-            __m256i lo[OT], hi[OT];
+    __m256i lo64 = _mm256_setzero_si256(), hi64 = _mm256_setzero_si256();  // the N sums in int64
+    for (int64_t k0 = 0; k0 < in; k0 += Q_SUM_CHUNK) {
+        const int64_t k1 = k0 + Q_SUM_CHUNK < in ? k0 + Q_SUM_CHUNK : in;
+        __m256i acc[8];
+        UNROLL for (int i = 0; i < 8; ++i) acc[i] = _mm256_setzero_si256();
+        int64_t k = k0;
+        for (; k + 16 <= k1; k += 16) {
+            const int8_t* wk[OT];
             UNROLL for (int t = 0; t < OT; ++t) {
-                int8_t tail[32];
-                const int8_t* wk = weights_from(reinterpret_cast<const int8_t*>(w + t * w_row), k, in, tail, 32);
-                __builtin_prefetch(wk + OT * w_row);
-                const __m256i wv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wk));
-                lo[t] = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(wv));
-                hi[t] = _mm256_cvtepi8_epi16(_mm256_extracti128_si256(wv, 1));
+                wk[t] = reinterpret_cast<const int8_t*>(w + t * w_row) + k;
+                if (k % 64 == 0) __builtin_prefetch(wk[t] + W_AHEAD);
             }
-            UNROLL for (int r = 0; r < R; ++r) {
-                const __m256i* q = reinterpret_cast<const __m256i*>(x + r * xs + 2 * k);
-                const __m256i q0 = _mm256_loadu_si256(q), q1 = _mm256_loadu_si256(q + 1);
-                UNROLL for (int t = 0; t < OT; ++t) {
-#if GPT2_VNNI
-                    even[t * R + r] = _mm256_dpwssd_avx_epi32(even[t * R + r], q0, lo[t]);
-                    odd[t * R + r] = _mm256_dpwssd_avx_epi32(odd[t * R + r], q1, hi[t]);
-#else
-                    even[t * R + r] = _mm256_add_epi32(even[t * R + r], _mm256_madd_epi16(q0, lo[t]));
-                    odd[t * R + r] = _mm256_add_epi32(odd[t * R + r], _mm256_madd_epi16(q1, hi[t]));
-#endif
-                }
-            }
+            q8_step<OT, R>(acc, wk, x, xs, k);
         }
-        UNROLL for (int i = 0; i < OT * R; ++i) sum[i] += sum_i64(even[i]) + sum_i64(odd[i]);
+        if (k < k1) {
+            int8_t tails[OT][16];
+            const int8_t* wk[OT];
+            UNROLL for (int t = 0; t < OT; ++t)
+                wk[t] = weights_from(reinterpret_cast<const int8_t*>(w + t * w_row), k, in, tails[t], 16);
+            q8_step<OT, R>(acc, wk, x, xs, k);
+        }
+        const __m256i sums = sum_lanes8(acc);
+        lo64 = _mm256_add_epi64(lo64, _mm256_cvtepi32_epi64(_mm256_castsi256_si128(sums)));
+        hi64 = _mm256_add_epi64(hi64, _mm256_cvtepi32_epi64(_mm256_extracti128_si256(sums, 1)));
     }
+    alignas(32) int64_t sum[8];
+    _mm256_store_si256(reinterpret_cast<__m256i*>(sum), lo64);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(sum + 4), hi64);
     q8_store<OT, R>(sum, x, xs, in, z, zs);
 }
 #elif GPT2_NEON
@@ -932,7 +1016,7 @@ void tile_q8(const char* w, int64_t w_row, int64_t in, const void* xv, int64_t x
             UNROLL for (int t = 0; t < OT; ++t) {
                 int8_t tail[16];
                 const int8_t* wk = weights_from(reinterpret_cast<const int8_t*>(w + t * w_row), k, in, tail, 16);
-                __builtin_prefetch(wk + OT * w_row);
+                if (k % 64 == 0) __builtin_prefetch(w + t * w_row + k + W_AHEAD);
                 wv[t] = vld1q_s8(wk);
             }
             UNROLL for (int r = 0; r < R; ++r) {
@@ -1122,7 +1206,7 @@ template <template <int, int, int> class Block, int WK> TileFn pick_tile(int ot,
 // bf16 weights on AVX512_BF16, bf16 rows.
 TileFn pick(int w_kind, bool bf16_rows, int ot, int rows) {
     if (w_kind == I8) {
-        if constexpr (GPT2_AVX512)
+        if constexpr (GPT2_X86)
             if (ot == 2) return pick_rows<Q8, 2>(rows);
         return pick_rows<Q8, 1>(rows);
     }
@@ -1242,12 +1326,11 @@ int gpt2_rowdot(const Product* p, const void* x, int x_kind, int64_t rows, void*
     const char* wb = static_cast<const char*>(p->w);
     int64_t w_row = in * elem_size(p->w_kind);
     if (rows * out * in < (1 << 16)) threads = 1;  // too little work to share
-    // int8 on AVX-512: two weight rows a tile at any row count, and the next tile's bytes
-    // prefetched even for one row (tuned on an Intel Xeon (Sapphire Rapids), 2 threads: a
-    // step's one-row time 7.8 -> 5.7 ms, 8 rows 14.8 -> 11.6; AVX2's one-row prefetch alone
-    // 7.7 -> 5.9 ms; not measured on AMD's Zen 4, whose fp32 tiles were tuned the other way)
+    // int8 on x86: two weight rows a tile at any row count, the weights prefetched W_AHEAD
+    // bytes ahead even for one row (tuned on an Intel Xeon (Sapphire Rapids), 2 threads; not
+    // measured on AMD's Zen 4, whose fp32 tiles were tuned the other way)
     const int row_tile = int(rows < ROW_TILE ? rows : ROW_TILE);
-    const int ot = q8 ? (GPT2_AVX512 ? 2 : 1) : out_tile(row_tile, bf16_rows && p->w_kind == BF16);
+    const int ot = q8 ? (GPT2_X86 ? 2 : 1) : out_tile(row_tile, bf16_rows && p->w_kind == BF16);
     int8_t* amx_rows = nullptr;  // the rows as AMX's tiles take them, AMX_ROWS at a time
 #if GPT2_AMX
     if (q8 && in % 64 == 0 && in <= (1 << 16) && amx_ready()) {  // |hi w| <= 128 * 128: no int32 overflow
