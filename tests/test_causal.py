@@ -548,3 +548,42 @@ def test_compiled_decode_step_adds_the_steering_itself(sharp_dir, tier, monkeypa
                 if handle is not None:
                     handle.remove()
     assert torch.equal(step_logits(False), step_logits(True))
+
+
+def test_steering_hooks_come_and_go_while_steered_steps_run(sharp_dir):
+    """One request's `gpt2.steer` registers and removes hooks on the shared model while
+    another's compiled decode steps read the blocks' hooks (`kernels._additions`): no error,
+    and every steered generation is its lone one."""
+    model = compiled(gpt2.load_model(sharp_dir))
+    vector = gpt2.steering_vector(model, PLUS, MINUS, 1)
+    prompt = torch.tensor([TEXT[:8]])
+
+    def steered():
+        with gpt2.steer(model, {1: vector}, 6.0) as steering:
+            return gpt2.generate(model, prompt, 10, steering=steering)[0].tolist()
+
+    alone = steered()
+    stop, errors = threading.Event(), []
+
+    def churn():
+        try:
+            while not stop.is_set():
+                with gpt2.steer(model, {0: vector, 1: vector, 2: vector}, 1.0):
+                    pass
+        except BaseException as error:  # noqa: BLE001
+            errors.append(error)
+
+    import sys
+
+    churner = threading.Thread(target=churn)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns between almost every bytecode
+    churner.start()
+    try:
+        results = [steered() for _ in range(150)]
+    finally:
+        stop.set()
+        churner.join()
+        sys.setswitchinterval(interval)
+    assert not errors, errors
+    assert all(r == alone for r in results)

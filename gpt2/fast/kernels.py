@@ -287,16 +287,19 @@ def decode_step(model: nn.Module, idx: Tensor, cache: object, head: bool = True)
 def _additions(model: nn.Module, step: "_DecodeStep", cache: object, batch: int) -> list[Tensor | None] | None:
     """Per block, what the hooks on it add to the residual stream entering it this step
     ([batch, C] in the stream's dtype, or None), asked in the order the module path runs
-    them; None if any hook the step covers is another kind (it must run module by module)."""
+    them; None if any hook the step covers is another kind (it must run module by module).
+    Each hook dict is read once into a tuple (one C-level copy, which no other thread can
+    interleave with): another request may register or remove its steering hooks meanwhile."""
     blocks = model._modules["h"]
-    pre_hooks = {id(block._forward_pre_hooks): i for i, block in enumerate(blocks)}
-    for hooks in step.watch.hooks:
-        if hooks and (id(hooks) not in pre_hooks
-                      or not all(hasattr(fn, "residual_addition") for fn in hooks.values())):
-            return None
+    pre_hooks = {id(block._forward_pre_hooks) for block in blocks}
+    if any(hooks and id(hooks) not in pre_hooks for hooks in step.watch.hooks):
+        return None
+    per_block = [tuple(block._forward_pre_hooks.values()) for block in blocks]
+    if not all(hasattr(fn, "residual_addition") for fns in per_block for fn in fns):
+        return None
     add: list[Tensor | None] = [None] * len(blocks)
-    for i, block in enumerate(blocks):
-        for fn in block._forward_pre_hooks.values():
+    for i, fns in enumerate(per_block):
+        for fn in fns:
             vector = fn.residual_addition(cache, batch)
             if vector is not None:
                 if add[i] is not None:  # two additions: the module path rounds after each
