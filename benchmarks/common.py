@@ -19,16 +19,21 @@ CPU_FLAGS = re.compile(r"^(avx2|avx512(f|bw|vl|_bf16|_vnni|_fp16)|amx\w*|avx_vnn
 FORCING = ("GPT2_CPU_ISA", "GPT2_AMX", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
+def cpu() -> tuple[str, str]:
+    """The CPU's model name and its flags of interest (CPU_FLAGS), as lscpu gives them."""
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    info = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+    flags = " ".join(sorted(f for f in info.get("Flags", "").split() if CPU_FLAGS.match(f)))
+    return info.get("Model name", platform.processor()).strip(), flags or "none of interest"
+
+
 def machine_line() -> str:
     """CPU model, its flags of interest and any instruction set forced, cores, torch and its
     threads, and the load average now (call it once the runs are done: the load they ran under)."""
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    info = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-    cpu = info.get("Model name", platform.processor()).strip()
-    flags = " ".join(sorted(f for f in info.get("Flags", "").split() if CPU_FLAGS.match(f))) or "none of interest"
+    model, flags = cpu()
     forced = ", ".join(f"{k}={os.environ[k]}" for k in FORCING if k in os.environ)
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    return (f"Machine: {cpu}, {os.cpu_count()} logical cores (flags: {flags}"
+    return (f"Machine: {model}, {os.cpu_count()} logical cores (flags: {flags}"
             f"{'; forced: ' + forced if forced else ''}), torch {torch.__version__}, "
             f"{torch.get_num_threads()} threads; load average at end {load}")
 

@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import os
 import platform
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -44,9 +42,9 @@ sys.path.insert(0, str(HERE.parent))
 import gpt2  # noqa: E402
 from gpt2.training import restricted  # noqa: E402
 from gpt2.training.trainer import repeated_sequences  # noqa: E402
+from common import cpu  # noqa: E402 - this script's folder
 
 OUT = HERE / "EXPLAIN.md"
-FLAGS = re.compile(r"^(avx2|avx512(f|bw|vl|_bf16|_vnni|_fp16)|amx\w*|avx_vnni|fma)$")
 REPS = 5
 TARGETS = {"attribution": 0.1, "patch heads": 2.0, "patch residual": 3.0, "saliency": 1.0, "steering": 1.1}
 
@@ -156,12 +154,9 @@ def agreement(ref: gpt2.GPT, tier: gpt2.GPT, text: list[int], clean: list[int], 
 
 
 def machine() -> list[str]:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    info = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-    flags = sorted(f for f in info.get("Flags", "").split() if FLAGS.match(f))
+    model, flags = cpu()
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    return [f"- CPU: {info.get('Model name', platform.processor()).strip()}, {os.cpu_count()} logical cores; "
-            f"flags: {' '.join(flags) or 'none of interest'}",
+    return [f"- CPU: {model}, {os.cpu_count()} logical cores; flags: {flags}",
             f"- torch {torch.__version__}, Python {platform.python_version()}, {gpt2.compute.threads()} threads "
             f"on the compute thread; decode kernels: "
             f"{gpt2.fast.kernels.library().isa} path; the fast tiers' residual stream in "

@@ -38,7 +38,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 import gpt2  # noqa: E402
-from common import sections, spread  # noqa: E402
+from common import FORCING, sections, spread  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 OUR_TIERS = ("fp32", "bf16", "int8")
@@ -410,9 +410,7 @@ def environment(device: torch.device) -> list[str]:
     lines += [f"- torch {torch.__version__}, transformers {transformers.__version__}, "
               f"Python {platform.python_version()}, torch.get_num_threads() = {torch.get_num_threads()}"]
     if device.type == "cpu":
-        forced = [f"{k}={os.environ[k]}" for k in ("GPT2_CPU_ISA", "GPT2_AMX", "ATEN_CPU_CAPABILITY",
-                                                        "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
-                  if k in os.environ]
+        forced = [f"{k}={os.environ[k]}" for k in FORCING if k in os.environ]
         lines.append(f"- Decode kernels: {gpt2.fast.kernels.library().isa} path"
                      f"{' (forced: ' + ', '.join(forced) + ')' if forced else ''}; the fast tiers' residual "
                      f"stream in {str(gpt2.tiers.stream_dtype()).removeprefix('torch.')}")

@@ -46,8 +46,8 @@ sys.path.insert(0, str(ROOT))  # run from a checkout
 import gpt2  # noqa: E402
 from tests.conftest import free_port, wait_until_up  # noqa: E402
 from tests.test_app_server import CHROMIUM, CHROMIUM_ARGS  # noqa: E402
+from common import cpu  # noqa: E402 - this script's folder
 
-FLAGS = re.compile(r"^(avx2|avx512(f|bw|vl|_bf16|_vnni|_fp16)|amx\w*|avx_vnni|fma)$")
 RUNS = {"30-token run": (10, 20), "900-token run": (870, 30)}  # (prompt tokens, new tokens)
 TABS = (("Heatmap", "#attention-heatmap"), ("Heads", "#all-heads"), ("Next token", "#candidates"),
         ("Logit lens", "#lens-grid"))
@@ -253,12 +253,9 @@ def server_share(checkpoint: Path, pauser: Pauser) -> dict[str, tuple[float, flo
 
 
 def machine() -> list[str]:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    info = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
-    flags = sorted(f for f in info.get("Flags", "").split() if FLAGS.match(f))
+    model, flags = cpu()
     load = " / ".join(f"{x:.2f}" for x in os.getloadavg())
-    return [f"- CPU: {info.get('Model name', platform.processor()).strip()}, {os.cpu_count()} logical cores; "
-            f"flags: {' '.join(flags) or 'none of interest'}",
+    return [f"- CPU: {model}, {os.cpu_count()} logical cores; flags: {flags}",
             f"- torch {torch.__version__}, Python {platform.python_version()}, Chromium "
             f"{subprocess.run([CHROMIUM, '--version'], capture_output=True, text=True).stdout.strip()}",
             f"- load average at the end: {load}"]

@@ -4,6 +4,7 @@ math done the TransformerLens way, patching one run at a time, autograd, and a p
 adding the steering vector. Plus bad input and concurrent requests."""
 from __future__ import annotations
 
+import sys
 import threading
 from pathlib import Path
 
@@ -572,8 +573,6 @@ def test_steering_hooks_come_and_go_while_steered_steps_run(sharp_dir):
                     pass
         except BaseException as error:  # noqa: BLE001
             errors.append(error)
-
-    import sys
 
     churner = threading.Thread(target=churn)
     interval = sys.getswitchinterval()

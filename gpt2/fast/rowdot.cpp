@@ -849,18 +849,21 @@ inline __m512i sum_lanes16(const __m512i (&v)[16]) {
                             _mm512_shuffle_i32x4(halves[0], halves[1], 0xdd));
 }
 
-#if GPT2_VNNI
-// acc + the pairwise products of a and b, in acc's register: with the intrinsic, GCC 12 copies
-// every accumulator of an unrolled tile into a new register and back at each step.
+// acc + the pairwise products of a and b (vpdpwssd with VNNI, else vpmaddwd + vpaddd), in
+// acc's register: with the intrinsic, GCC 12 copies every accumulator of an unrolled tile into
+// a new register and back at each step.
 __attribute__((always_inline)) inline __m512i dpwssd(__m512i acc, __m512i a, __m512i b) {
+#if GPT2_VNNI
     asm("vpdpwssd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+#else
+    asm("vpaddd %1, %0, %0" : "+v"(acc) : "v"(_mm512_madd_epi16(a, b)));
+#endif
     return acc;
 }
-#endif
 
-// acc[t * R + r] += the products of 32 values from k of weight row t (all but the first
-// `left` masked off) and row r, in pairs into 16 int32 lanes; the weights W_AHEAD bytes ahead
-// prefetched (rows are contiguous: their own order).
+// acc[t * R + r] += the products of 32 values from k of weight row t (those outside the byte
+// mask m read as zeros) and row r, in pairs into 16 int32 lanes; the weights W_AHEAD bytes
+// ahead prefetched (rows are contiguous: their own order).
 template <int OT, int R>
 __attribute__((always_inline)) inline void q8_step(__m512i (&acc)[OT * R], const char* w, int64_t w_row,
                                                    const char* x, int64_t xs, int64_t k, __mmask32 m) {
@@ -871,13 +874,7 @@ __attribute__((always_inline)) inline void q8_step(__m512i (&acc)[OT * R], const
     }
     UNROLL for (int r = 0; r < R; ++r) {
         const __m512i q = _mm512_loadu_si512(x + r * xs + 2 * k);  // zero-padded to 64 values
-        UNROLL for (int t = 0; t < OT; ++t) {
-#if GPT2_VNNI
-            acc[t * R + r] = dpwssd(acc[t * R + r], q, wt[t]);
-#else
-            acc[t * R + r] = _mm512_add_epi32(acc[t * R + r], _mm512_madd_epi16(q, wt[t]));
-#endif
-        }
+        UNROLL for (int t = 0; t < OT; ++t) acc[t * R + r] = dpwssd(acc[t * R + r], q, wt[t]);
     }
 }
 
@@ -927,8 +924,7 @@ inline __m256i sum_lanes8(const __m256i (&v)[8]) {
     return _mm256_add_epi32(_mm256_permute2x128_si256(g0, g1, 0x20), _mm256_permute2x128_si256(g0, g1, 0x31));
 }
 
-// acc + the pairwise products of a and b (vpdpwssd with AVX-VNNI, else vpmaddwd + vpaddd), in
-// acc's register (see AVX-512's dpwssd).
+// As AVX-512's dpwssd (vpdpwssd with AVX-VNNI, else vpmaddwd + vpaddd).
 __attribute__((always_inline)) inline __m256i dpwssd(__m256i acc, __m256i a, __m256i b) {
 #if GPT2_VNNI
     asm("%{vex%} vpdpwssd %2, %1, %0" : "+x"(acc) : "x"(a), "x"(b));
