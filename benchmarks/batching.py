@@ -100,7 +100,7 @@ def step_seconds(model: gpt2.GPT, prompts: list[torch.Tensor], steps: int = 16) 
     arriving or leaving, no prefill): the loop's best case, so n x t(1 row) / t(n rows)
     bounds what n users can gain over one at a time."""
     def run() -> float:
-        caches = [gpt2.KVCache(model.config, 1, p.size(1) + steps) for p in prompts]
+        caches = [gpt2.KVCache.for_model(model, 1, p.size(1) + steps) for p in prompts]
         times = []
         with torch.inference_mode():
             for p, cache in zip(prompts, caches):

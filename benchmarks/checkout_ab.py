@@ -4,10 +4,11 @@ The machine's memory bandwidth drifts by up to 1.5x within minutes, so two runs 
 generation.py an hour apart cannot tell a 5% change. Here each checkout runs in a process
 of its own (held open, the kernels built before timing), asked in turn round after round:
 decode ms per token = (t(65 new) - t(1 new)) / 64 on random 124M weights (seed 0), greedy,
-prompt 16. Reports each side's median and the median of each round's own ratio, and checks
-that both give the same ids. Writes benchmarks/AB.md.
+prompt 16 (`--prompt`). Reports each side's median and the median of each round's own ratio,
+and checks that both give the same ids. Writes benchmarks/AB.md.
 
     python benchmarks/checkout_ab.py ea1e2b3 --tiers bf16,int8 --rounds 10
+    python benchmarks/checkout_ab.py HEAD --tiers fp32,bf16,int8 --prompt 900 --out benchmarks/AB-long.md
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ import gpt2
 torch.set_num_threads(2)
 model = gpt2.load_model(sys.argv[2], **gpt2.TIERS[sys.argv[3]])
 assert model.compile_status.wait(), model.compile_status.error
-ids = torch.randint(0, 50257, (1, 16), generator=torch.Generator().manual_seed(1))
+P = int(sys.argv[4])
+ids = torch.randint(0, 50257, (1, P), generator=torch.Generator().manual_seed(1))
 
 def timed(n):
     start = time.perf_counter()
@@ -44,12 +46,12 @@ print("ready", flush=True)
 for _ in sys.stdin:
     one, _ = timed(1)
     many, out = timed(65)
-    print(json.dumps({"ms": (many - one) / 64 * 1e3, "ids": out[0, 16:].tolist()}), flush=True)
+    print(json.dumps({"ms": (many - one) / 64 * 1e3, "ids": out[0, P:].tolist()}), flush=True)
 '''
 
 
-def side(checkout: Path, weights: Path, tier: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(checkout), str(weights), tier],
+def side(checkout: Path, weights: Path, tier: str, prompt: int) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(checkout), str(weights), tier, str(prompt)],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     if proc.stdout.readline().strip() != "ready":
         raise SystemExit(f"{checkout} ({tier}) did not start")
@@ -62,8 +64,8 @@ def ask(proc: subprocess.Popen) -> dict:
     return json.loads(proc.stdout.readline())
 
 
-def compare(base: Path, weights: Path, tier: str, rounds: int) -> list[str]:
-    procs = {"base": side(base, weights, tier), "this": side(ROOT, weights, tier)}
+def compare(base: Path, weights: Path, tier: str, rounds: int, prompt: int) -> list[str]:
+    procs = {"base": side(base, weights, tier, prompt), "this": side(ROOT, weights, tier, prompt)}
     ms = {name: [] for name in procs}
     ids = {}
     try:
@@ -86,6 +88,7 @@ def main() -> None:
     p.add_argument("base", help="the commit to compare against (any git revision)")
     p.add_argument("--tiers", default="bf16,int8")
     p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--prompt", type=int, default=16, help="prompt tokens (a long one: decode over a long context)")
     p.add_argument("--out", type=Path, default=HERE / "AB.md")
     args = p.parse_args()
     import torch
@@ -105,7 +108,8 @@ def main() -> None:
             torch.manual_seed(0)
             hf = {k: v for k, v in gpt2.PRESETS["gpt2"].to_hf().items() if k not in ("model_type", "architectures")}
             transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf)).save_pretrained(weights)
-            rows = [line for tier in args.tiers.split(",") for line in compare(base, weights, tier, args.rounds)]
+            rows = [line for tier in args.tiers.split(",")
+                    for line in compare(base, weights, tier, args.rounds, args.prompt)]
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], check=True)
     lines = ["# This checkout against another commit", "",
@@ -113,7 +117,8 @@ def main() -> None:
              f"Date: {started}, took {time.perf_counter() - start:.0f} s; base {rev}, this checkout {this} "
              "(with its uncommitted changes, if any)  ",
              machine_line(), "",
-             ("Random 124M weights (transformers' init, seed 0), prompt 16, greedy, decode ms per token = (t(65 new) − t(1 new)) / 64; "
+             (f"Random 124M weights (transformers' init, seed 0), prompt {args.prompt}, greedy, "
+              "decode ms per token = (t(65 new) − t(1 new)) / 64; "
               f"each checkout in a process of its own, asked in turn over {args.rounds} rounds (who goes first "
               "alternates). Median [min–max] over rounds; ratio = base ÷ this within each round (> 1: this "
               "checkout is faster)."), "",

@@ -170,7 +170,7 @@ class BatchedGenerator:
             raise ValueError(f"a request is one sequence: idx must be [T] or [1, T], got {idx.size(0)} rows")
         if max_new_tokens == 0:
             return None
-        cache = KVCache(self.model.config, 1, idx.size(1) + max_new_tokens, self.model.device)
+        cache = KVCache.for_model(self.model, 1, idx.size(1) + max_new_tokens)
         for hooks in (capture, ablation, steering):  # each acts on this request's row only
             if hooks is not None:
                 hooks.bind(cache)

@@ -15,8 +15,8 @@ and layer (3 KB at 124M, so 37.7 MB for 1,024 tokens over 12 layers).
 Direct logit attribution (`gpt2.attribute`) also reads the attention values
 (`values=True`): a generation's capture then keeps its KV cache's values alive, as it keeps
 its keys (no copy and no extra work per step; 4 * n_embd bytes per token and layer held,
-37.7 MB for 1,024 tokens at 124M, the size of the cache's values); a plain pass copies them
-per captured layer, as it copies the keys.
+37.7 MB for 1,024 tokens at 124M, the size of the cache's values, half that in a bf16 cache:
+`KVCache.for_model`); a plain pass copies them per captured layer, as it copies the keys.
 """
 from __future__ import annotations
 
@@ -135,8 +135,8 @@ class AttentionCapture(RequestHooks):
             raise KeyError("the attention values were not kept: capture with values=True")
         if layer not in self._v:
             raise KeyError(f"layer {layer} was not captured (captured: {self.layers})")
-        if self._cache_v is not None:
-            return self._cache_v[layer, :, :, :end]
+        if self._cache_v is not None:  # fp32, as they were kept (a bf16 cache's widened exactly)
+            return self._cache_v[layer, :, :, :end].float()
         v = torch.cat(self._v[layer], dim=1)[:, :end]
         B, T, C = v.shape
         return v.view(B, T, -1, self.model.config.head_dim).transpose(1, 2)

@@ -70,7 +70,7 @@ def stream(model: GPT, idx: Tensor, max_new_tokens: int, context_size: int | Non
         return
     generator = private_generator(model, seed)
     # An fp32 cache for every tier: attention over it stays exact and fast (see model.py).
-    cache = KVCache(model.config, idx.size(0), idx.size(1) + max_new_tokens, model.device)
+    cache = KVCache.for_model(model, idx.size(0), idx.size(1) + max_new_tokens)
     for hooks in (capture, ablation, steering):
         if hooks is not None:
             hooks.bind(cache)

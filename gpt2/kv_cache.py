@@ -2,13 +2,16 @@
 decode step's view of several generations' caches."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from torch import Tensor
 
 from .config import GPTConfig
 from .fast.rowdot import DecodeRows
+
+if TYPE_CHECKING:
+    from .model import GPT
 
 
 class KVCache:
@@ -31,6 +34,14 @@ class KVCache:
         # then goes through the model too, so the record covers the whole text.
         self.captured = False
         self._decode_rows: tuple[int, DecodeRows] | None = None  # (k's storage, its rows)
+
+    @classmethod
+    def for_model(cls, model: "GPT", batch_size: int, max_len: int) -> "KVCache":
+        """A cache for `model`'s generations: bf16 where its residual stream is bf16 on the CPU
+        (the fast tiers': every key and value is then a bf16 value, so half the bytes hold the
+        same numbers and a long context's decode step reads half as much), else fp32."""
+        bf16 = model.wpe.weight.dtype == torch.bfloat16 and model.device.type == "cpu"
+        return cls(model.config, batch_size, max_len, model.device, torch.bfloat16 if bf16 else torch.float32)
 
     def __getstate__(self) -> dict:  # a copy gets its own pointers (`decode_rows`), not ours
         return {**self.__dict__, "_decode_rows": None}
@@ -65,9 +76,9 @@ class KVCache:
 
     def decode_rows(self) -> DecodeRows | None:
         """This step's rows for the decode attention kernel (`gpt2.fast.kernels`): built once,
-        then only their position moves; None if it cannot read this cache (only fp32 on the CPU)."""
+        then only their position moves; None if it cannot read this cache (fp32 or bf16 on the CPU)."""
         if self._decode_rows is None or self._decode_rows[0] != self.k.data_ptr():
-            if self.k.dtype != torch.float32 or not self.k.is_cpu:
+            if not _kernel_reads(self):
                 return None
             self._decode_rows = (self.k.data_ptr(), DecodeRows.of(self.rows()))
         if self.pos + 1 > self.max_len:
@@ -101,10 +112,14 @@ class CacheBatch:
             c.advance(T)
 
     def decode_rows(self) -> DecodeRows | None:
-        """As `KVCache.decode_rows`, one row per cache."""
-        if any(c.k.dtype != torch.float32 or not c.k.is_cpu for c in self.caches):
+        """As `KVCache.decode_rows`, one row per cache (None unless they share one dtype)."""
+        if not all(_kernel_reads(c) and c.k.dtype == self.caches[0].k.dtype for c in self.caches):
             return None
         key = tuple((c.pos, c.k.data_ptr()) for c in self.caches)
         if self._decode_rows is None or self._decode_rows[0] != key:
             self._decode_rows = (key, DecodeRows.of([row for c in self.caches for row in c.rows()]))
         return self._decode_rows[1]
+
+
+def _kernel_reads(cache: KVCache) -> bool:
+    return cache.k.dtype in (torch.float32, torch.bfloat16) and cache.k.is_cpu

@@ -86,7 +86,7 @@ class CausalSelfAttention(nn.Module):
         B, T, C = x.shape
         qkv = self.c_attn(x, cache)  # [B, T, 3C]
         if cache is not None and T == 1 and self.use_kernels and kernels.serves(qkv):
-            rows = cache.decode_rows()  # None: a cache the kernel cannot read (not fp32)
+            rows = cache.decode_rows()  # None: a cache the kernel cannot read
             if rows is not None:
                 return self.c_proj(kernels.decode_attention(qkv, rows, self.layer_idx, self.n_head), cache)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
@@ -109,7 +109,9 @@ def attend(q: Tensor, k: Tensor, v: Tensor, cache: KVCache | None, layer: int,
     mask = None  # None: causal from position 0, or a single query that sees every key
     if cache is not None:
         k, v, mask = cache.update(layer, k, v)  # k, v: [B, H, keys, hd]
-        q = q.to(k.dtype)  # attend in the cache's dtype (fp32: bf16 decode SDPA is slow on CPU)
+        # On the CPU in fp32 (bf16 SDPA is slow there), a bf16 cache's values widened exactly
+        work = torch.float32 if k.is_cpu else k.dtype
+        q, k, v = q.to(work), k.to(work), v.to(work)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None and q.size(2) > 1,
                                           scale=scale)
 

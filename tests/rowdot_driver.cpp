@@ -75,12 +75,18 @@ int main() {
     const int64_t heads = 2, hd = 24, max_len = 9, pos = 6;  // one row, one layer
     std::vector<float> k = randoms(size_t(heads * max_len * hd)), v = randoms(size_t(heads * max_len * hd));
     std::vector<float> qkv = randoms(size_t(3 * heads * hd), 2.0f), att(size_t(heads * hd));
-    float* k_base = k.data();
-    float* v_base = v.data();
     const int64_t stride = 0, len = max_len, at = pos;
-    gpt2_decode_attention(qkv.data(), F32, 3 * heads * hd, &k_base, &v_base, &stride, 0, &len, &at, att.data(), F32,
-                          heads * hd, 1, heads, hd, 1);
+    void* k_base = k.data();
+    void* v_base = v.data();
+    gpt2_decode_attention(qkv.data(), F32, 3 * heads * hd, &k_base, &v_base, F32, &stride, 0, &len, &at, att.data(),
+                          F32, heads * hd, 1, heads, hd, 1);
     print("attention", att.data(), att.size());
+    std::vector<uint16_t> k16 = to_bf16(k), v16 = to_bf16(v), qkv16 = to_bf16(qkv);  // a bf16 cache
+    k_base = k16.data();
+    v_base = v16.data();
+    gpt2_decode_attention(qkv16.data(), BF16, 3 * heads * hd, &k_base, &v_base, BF16, &stride, 0, &len, &at,
+                          att.data(), F32, heads * hd, 1, heads, hd, 1);
+    print("attention-bf16-cache", att.data(), att.size());
 
     std::vector<float> logits = randoms(1000);
     logits[417] = 5.0f;

@@ -240,6 +240,31 @@ def test_a_decode_step_in_one_call_gives_the_bits_of_the_blocks_one_by_one(tiny_
         handle.remove()
 
 
+@pytest.mark.parametrize("tier", TIERS)
+def test_a_bf16_stream_keeps_its_cache_in_bf16_with_the_same_bits(tiny_dir, tier):
+    """`KVCache.for_model` (what generation and the decode loop use): keys and values in bf16
+    where the residual stream is bf16 (each of them is a bf16 value), else fp32; decoding over
+    it gives the fp32 cache's bits, eagerly and with the kernels, one row and a batch of rows,
+    after prefills on both paths (3 tokens, and 20: oneDNN's GEMM and SDPA)."""
+    for model in (gpt2.load_model(tiny_dir, compile=False, **TIERS[tier]),
+                  compiled(gpt2.load_model(tiny_dir, **TIERS[tier]))):
+        bf16 = model.wpe.weight.dtype == torch.bfloat16
+        assert gpt2.KVCache.for_model(model, 1, 8).k.dtype == (torch.bfloat16 if bf16 else torch.float32)
+        prompts = [torch.tensor([[464, 2068, 7586]]), torch.arange(20).view(1, 20) * 41 % 50257]
+
+        def steps(dtype: torch.dtype) -> torch.Tensor:
+            caches = [gpt2.KVCache(model.config, 1, 32, dtype=dtype) for _ in prompts]
+            out = []
+            with torch.inference_mode():
+                out += [model(p, c).view(-1) for p, c in zip(prompts, caches)]
+                for t in range(4):
+                    out.append(model(torch.tensor([[t * 131 % 50257]]), caches[1], last_only=True).view(-1))
+                    out.append(model(torch.tensor([[t + 7], [t * 3]]), gpt2.CacheBatch(caches)).view(-1))
+            return torch.cat(out)
+
+        assert torch.equal(steps(gpt2.KVCache.for_model(model, 1, 1).k.dtype), steps(torch.float32)), tier
+
+
 def test_a_weight_replaced_under_the_one_call_step_is_read(tiny_dir):
     """The one-call step describes the weights by pointer once; a weight given new storage
     (assigned `.data`, as `model.to` does) must be read, not the old one."""

@@ -253,11 +253,13 @@ void dequantize_row(const int8_t* w, float scale, void* y, int y_kind, int64_t n
     }
 }
 
-inline float dot_f32(const float* a, const float* b, int64_t n) {  // fixed order
+// q . key[0:n], the key's values F32 or BF16 (widened exactly): 16 lanes over n in order, one
+// fixed reduction (the same bits for either kind of a bf16 value).
+inline float dot_key(const float* q, const void* key, int kind, int64_t n) {
     __m512 acc = _mm512_setzero_ps();
     for (int64_t i = 0; i < n; i += LANES) {
         __mmask16 m = mask16(n - i);
-        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc);
+        acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, q + i), load_f32(kind, key, i, m), acc);
     }
     return _mm512_reduce_add_ps(acc);
 }
@@ -275,12 +277,25 @@ float exp_shift_sum(float* s, int64_t n, float max) {
     return _mm512_reduce_add_ps(sum);
 }
 
-// out[0:n] += p * v[0:n]
-inline void axpy(float* out, float p, const float* v, int64_t n) {
-    for (int64_t i = 0; i < n; i += LANES) {
-        __mmask16 m = mask16(n - i);
-        _mm512_mask_storeu_ps(out + i, m, _mm512_fmadd_ps(_mm512_set1_ps(p), _mm512_maskz_loadu_ps(m, v + i),
-                                                          _mm512_maskz_loadu_ps(m, out + i)));
+// out[0:n] = the sum over j < count of p[j] * v_j, v_j the n values (F32 or BF16) at v + j * n:
+// each element summed by fused multiply-adds from zero in order of j, 64 elements at a time
+// held in registers over every j.
+inline void weighted_sum(float* out, const float* p, const void* v, int kind, int64_t count, int64_t n) {
+    const int64_t es = elem_size(kind);
+    for (int64_t d = 0; d < n; d += 4 * LANES) {
+        __mmask16 m[4];
+        __m512 acc[4];
+        UNROLL for (int c = 0; c < 4; ++c) {
+            m[c] = mask16(n - d - c * LANES > 0 ? n - d - c * LANES : 0);
+            acc[c] = _mm512_setzero_ps();
+        }
+        for (int64_t j = 0; j < count; ++j) {
+            const char* row = static_cast<const char*>(v) + (j * n + d) * es;
+            const __m512 pj = _mm512_set1_ps(p[j]);
+            UNROLL for (int c = 0; c < 4; ++c)
+                acc[c] = _mm512_fmadd_ps(pj, load_f32(kind, row, c * LANES, m[c]), acc[c]);
+        }
+        UNROLL for (int c = 0; c < 4; ++c) _mm512_mask_storeu_ps(out + d + c * LANES, m[c], acc[c]);
     }
 }
 
@@ -643,11 +658,11 @@ void dequantize_row(const int8_t* w, float scale, void* y, int y_kind, int64_t n
     for (int64_t k = 0; k < n; ++k) store1(y_kind, y, k, float(w[k]) * scale);
 }
 
-inline float dot_f32(const float* a, const float* b, int64_t n) {
+inline float dot_key(const float* q, const void* key, int kind, int64_t n) {
     V acc = v_zero();
     for (int64_t i = 0; i < n; i += LANES) {
         int64_t m = n - i < LANES ? n - i : LANES;
-        acc = v_fma(v_load(F32, a, i, m), v_load(F32, b, i, m), acc);
+        acc = v_fma(v_load(F32, q, i, m), v_load(kind, key, i, m), acc);
     }
     return v_sum(acc);
 }
@@ -663,10 +678,25 @@ float exp_shift_sum(float* s, int64_t n, float max) {
     return v_sum(sum);
 }
 
-inline void axpy(float* out, float p, const float* v, int64_t n) {
-    int64_t i = 0;
-    for (; i + LANES <= n; i += LANES) v_store(F32, out, i, v_fma(v_set1(p), v_f32(v + i), v_f32(out + i)));
-    for (; i < n; ++i) out[i] = fma1(p, v[i], out[i]);
+inline void weighted_sum(float* out, const float* p, const void* v, int kind, int64_t count, int64_t n) {
+    const int64_t es = elem_size(kind);
+    for (int64_t d = 0; d < n; d += 4 * LANES) {
+        int64_t m[4];
+        V acc[4];
+        UNROLL for (int c = 0; c < 4; ++c) {
+            int64_t left = n - d - c * LANES;
+            m[c] = left < 0 ? 0 : left < LANES ? left : LANES;
+            acc[c] = v_zero();
+        }
+        for (int64_t j = 0; j < count; ++j) {
+            const char* row = static_cast<const char*>(v) + (j * n + d) * es;
+            const V pj = v_set1(p[j]);
+            UNROLL for (int c = 0; c < 4; ++c)
+                if (m[c]) acc[c] = v_fma(pj, v_load(kind, row, c * LANES, m[c]), acc[c]);
+        }
+        UNROLL for (int c = 0; c < 4; ++c)
+            if (m[c]) v_store(F32, out, d + c * LANES, acc[c], m[c]);
+    }
 }
 
 void layer_norm_row(const void* x, int x_kind, const void* w, const void* b, int p_kind, float eps, void* y,
@@ -1370,27 +1400,30 @@ int gpt2_rowdot(const Product* p, const void* x, int x_kind, int64_t rows, void*
     return 0;
 }
 
+constexpr int64_t KV_AHEAD = 2048;  // see gpt2_decode_attention
+
 // One decode step's attention at layer `layer`. Row b's new token sits at position pos[b] of
-// its own cache: k_cache[b] + layer * layer_stride[b] (likewise v_cache) is that row's block
-// of the layer, [heads, max_len[b], head_dim] fp32. Writes the token's k and v (from qkv:
-// rows x 3C, row stride qkv_stride, F32 or BF16) at pos[b], then y[b] (row stride ys, F32
-// or BF16) = softmax(q k^T / sqrt(head_dim)) v over keys 0..pos[b], per head.
-// Returns 0, or -1 if out of memory.
-int gpt2_decode_attention(const void* qkv, int qkv_kind, int64_t qkv_stride, float* const* k_base,
-                          float* const* v_base, const int64_t* layer_stride, int64_t layer,
+// its own cache: k_cache[b] + layer * layer_stride[b] elements (likewise v_cache) is that
+// row's block of the layer, [heads, max_len[b], head_dim] of kv_kind (F32, or BF16 where the
+// stream's keys and values are bf16 values: the same sums, half the bytes to read). Writes the
+// token's k and v (from qkv: rows x 3C, row stride qkv_stride, F32 or BF16) at pos[b], then
+// y[b] (row stride ys, F32 or BF16) = softmax(q k^T / sqrt(head_dim)) v over keys 0..pos[b],
+// per head. Returns 0, or -1 if out of memory.
+int gpt2_decode_attention(const void* qkv, int qkv_kind, int64_t qkv_stride, void* const* k_base,
+                          void* const* v_base, int kv_kind, const int64_t* layer_stride, int64_t layer,
                           const int64_t* max_len, const int64_t* pos, void* y, int y_kind, int64_t ys,
                           int64_t rows, int64_t heads, int64_t head_dim, int threads) {
-    int64_t C = heads * head_dim;
+    const int64_t C = heads * head_dim, es = elem_size(kv_kind), row_bytes = head_dim * es;
     int64_t longest = 0;
     for (int64_t b = 0; b < rows; ++b) longest = pos[b] + 1 > longest ? pos[b] + 1 : longest;
-    auto k_cache = [&](int64_t b) { return k_base[b] + layer * layer_stride[b]; };
-    auto v_cache = [&](int64_t b) { return v_base[b] + layer * layer_stride[b]; };
+    auto k_cache = [&](int64_t b) { return static_cast<char*>(k_base[b]) + layer * layer_stride[b] * es; };
+    auto v_cache = [&](int64_t b) { return static_cast<char*>(v_base[b]) + layer * layer_stride[b] * es; };
     for (int64_t b = 0; b < rows; ++b)  // the new keys and values first: every head reads them
         for (int64_t h = 0; h < heads; ++h)
             for (int64_t d = 0; d < head_dim; ++d) {
                 int64_t at = (h * max_len[b] + pos[b]) * head_dim + d;
-                k_cache(b)[at] = load1(qkv_kind, qkv, b * qkv_stride + C + h * head_dim + d);
-                v_cache(b)[at] = load1(qkv_kind, qkv, b * qkv_stride + 2 * C + h * head_dim + d);
+                store1(kv_kind, k_cache(b), at, load1(qkv_kind, qkv, b * qkv_stride + C + h * head_dim + d));
+                store1(kv_kind, v_cache(b), at, load1(qkv_kind, qkv, b * qkv_stride + 2 * C + h * head_dim + d));
             }
     const float scale = 1.0f / std::sqrt(float(head_dim));
     if (rows * heads * longest * head_dim < (1 << 16)) threads = 1;  // too little work to share
@@ -1405,17 +1438,27 @@ int gpt2_decode_attention(const void* qkv, int qkv_kind, int64_t qkv_stride, flo
         float* out = q + head_dim;
         for (int64_t i = lo; i < hi; ++i) {
             int64_t b = i / heads, h = i % heads, n = pos[b] + 1;
-            const float* k = k_cache(b) + h * max_len[b] * head_dim;
-            const float* v = v_cache(b) + h * max_len[b] * head_dim;
+            const char* k = k_cache(b) + h * max_len[b] * row_bytes;
+            const char* v = v_cache(b) + h * max_len[b] * row_bytes;
             for (int64_t d = 0; d < head_dim; ++d) q[d] = load1(qkv_kind, qkv, b * qkv_stride + h * head_dim + d) * scale;
+            // A head's keys, then its values, are n rows in one piece each: the keys asked for
+            // KV_AHEAD bytes before they are read, the values while the keys are (with the
+            // hardware's prefetcher alone, the loads waited on memory most of the time; one
+            // user at 900 positions, int8: 9.2 -> 6.3 ms a token with the bf16 cache,
+            // benchmarks/AB-long.md).
+            for (int64_t at = 0; at < KV_AHEAD && at < n * row_bytes; at += 64) __builtin_prefetch(k + at);
             float max = -INFINITY;
             for (int64_t j = 0; j < n; ++j) {
-                buf[j] = dot_f32(q, k + j * head_dim, head_dim);
+                for (int64_t at = 0; at < row_bytes; at += 64) {
+                    __builtin_prefetch(k + j * row_bytes + KV_AHEAD + at);
+                    __builtin_prefetch(v + j * row_bytes + at);  // read right after the keys
+                }
+                buf[j] = dot_key(q, k + j * row_bytes, kv_kind, head_dim);
                 max = buf[j] > max ? buf[j] : max;
             }
             float inv = 1.0f / exp_shift_sum(buf, n, max);
-            for (int64_t d = 0; d < head_dim; ++d) out[d] = 0.0f;
-            for (int64_t j = 0; j < n; ++j) axpy(out, buf[j] * inv, v + j * head_dim, head_dim);
+            for (int64_t j = 0; j < n; ++j) buf[j] *= inv;
+            weighted_sum(out, buf, v, kv_kind, n, head_dim);
             for (int64_t d = 0; d < head_dim; ++d) store1(y_kind, y, b * ys + h * head_dim + d, out[d]);
         }
         std::free(buf);
@@ -1549,7 +1592,7 @@ struct DecodeModel {
 // holds the last block's output. Returns 0; -1 if out of memory; -2 if an id is outside the
 // vocabulary or a position outside wpe, before anything is written.
 int gpt2_decode_step(const DecodeModel* m, const int64_t* ids, int64_t rows, void* x, int x_kind, float* logits,
-                     float* const* k_base, float* const* v_base, const int64_t* layer_stride,
+                     void* const* k_base, void* const* v_base, int kv_kind, const int64_t* layer_stride,
                      const int64_t* max_len, const int64_t* pos, int threads, const void* const* add) {
     const int64_t C = m->C, es = elem_size(x_kind);
     for (int64_t b = 0; b < rows; ++b)
@@ -1570,8 +1613,8 @@ int gpt2_decode_step(const DecodeModel* m, const int64_t* ids, int64_t rows, voi
         if (add && add[l]) sum_to(x, x_kind, x, x_kind, add[l], x_kind, rows * C);
         gpt2_layer_norm(x, x_kind, L.ln1_w, L.ln1_b, m->p_kind, m->eps, h, x_kind, rows, C);
         failed |= gpt2_rowdot(L.c_attn, h, x_kind, rows, qkv, threads);
-        failed |= gpt2_decode_attention(qkv, x_kind, 3 * C, k_base, v_base, layer_stride, l, max_len, pos, att,
-                                        x_kind, C, rows, m->heads, C / m->heads, threads);
+        failed |= gpt2_decode_attention(qkv, x_kind, 3 * C, k_base, v_base, kv_kind, layer_stride, l, max_len, pos,
+                                        att, x_kind, C, rows, m->heads, C / m->heads, threads);
         failed |= gpt2_rowdot(L.attn_proj, att, x_kind, rows, proj, threads);
         sum_to(x, x_kind, x, x_kind, proj, x_kind, rows * C);  // elementwise: the rows x C of both at once
         gpt2_layer_norm(x, x_kind, L.ln2_w, L.ln2_b, m->p_kind, m->eps, h, x_kind, rows, C);

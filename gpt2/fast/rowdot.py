@@ -183,11 +183,12 @@ def build(isa: str | None = None) -> "Library":
 @dataclass(frozen=True)
 class DecodeRows:
     """Where each row of a decode step keeps its keys and values: per row, pointers to layer
-    0 of its K and V cache ([heads, max_len, head_dim] fp32 per layer), the elements between
-    layers, its cache length and the position of its new token (`pos`, which a `KVCache`
-    moves in place from step to step)."""
+    0 of its K and V cache ([heads, max_len, head_dim] per layer, fp32 or bf16: `kind`, one
+    for every row), the elements between layers, its cache length and the position of its
+    new token (`pos`, which a `KVCache` moves in place from step to step)."""
     k: ctypes.Array
     v: ctypes.Array
+    kind: int
     layer_stride: ctypes.Array
     max_len: ctypes.Array
     pos: ctypes.Array
@@ -195,19 +196,23 @@ class DecodeRows:
 
     @classmethod
     def of(cls, rows: list[tuple[Tensor, Tensor, int]]) -> "DecodeRows":
-        """rows: (k, v, pos) per row, k and v [layers, heads, max_len, head_dim] fp32 CPU views
-        whose last three dimensions are contiguous (a `KVCache` row), pos < max_len."""
+        """rows: (k, v, pos) per row, k and v [layers, heads, max_len, head_dim] CPU views of
+        one dtype, fp32 or bf16, whose last three dimensions are contiguous (a `KVCache` row),
+        pos < max_len."""
+        dtype = rows[0][0].dtype if rows else torch.float32
         for k, v, pos in rows:
             for t in (k, v):
                 _, H, max_len, hd = t.shape
-                if t.dtype != torch.float32 or not t.is_cpu or t.stride()[1:] != (max_len * hd, hd, 1):
-                    raise ValueError("decode rows need fp32 CPU caches laid out "
+                if (t.dtype != dtype or dtype not in (torch.float32, torch.bfloat16) or not t.is_cpu
+                        or t.stride()[1:] != (max_len * hd, hd, 1)):
+                    raise ValueError("decode rows need CPU caches of one dtype, fp32 or bf16, laid out "
                                      "[layers, heads, max_len, head_dim]")
             if k.shape != v.shape or not 0 <= pos < k.size(2):
                 raise ValueError(f"position {pos} is outside a cache of {k.size(2)}")
         n = len(rows)
         return cls((_P * n)(*(k.data_ptr() for k, _, _ in rows)),
                    (_P * n)(*(v.data_ptr() for _, v, _ in rows)),
+                   _KIND[dtype],
                    (_I64 * n)(*(k.stride(0) for k, _, _ in rows)),
                    (_I64 * n)(*(k.size(2) for k, _, _ in rows)),
                    (_I64 * n)(*(p for _, _, p in rows)), n)
@@ -284,8 +289,8 @@ class Library:
         self._rowdot.argtypes = [ctypes.POINTER(Product), _P, _I, _I64, _P, _I]
         self._attention = lib.gpt2_decode_attention
         self._attention.restype = _I
-        self._attention.argtypes = [_P, _I, _I64, _P, _P, _P, _I64, _P, _P, _P, _I, _I64, _I64, _I64, _I64,
-                                    _I]
+        self._attention.argtypes = [_P, _I, _I64, _P, _P, _I, _P, _I64, _P, _P, _P, _I, _I64, _I64, _I64,
+                                    _I64, _I]
         self._described: dict[tuple, Product | Int8Head] = {}  # see `_once`
         self._dequantize = lib.gpt2_dequantize
         self._dequantize.restype = _I
@@ -301,7 +306,8 @@ class Library:
         self._int8_head.argtypes = [ctypes.POINTER(Int8Head), _P, _P, _I, _I64, _P, _I]
         self._decode_step = lib.gpt2_decode_step
         self._decode_step.restype = _I
-        self._decode_step.argtypes = [ctypes.POINTER(DecodeModel), _P, _I64, _P, _I, _P, _P, _P, _P, _P, _P, _I, _P]
+        self._decode_step.argtypes = [ctypes.POINTER(DecodeModel), _P, _I64, _P, _I, _P, _P, _P, _I, _P, _P, _P,
+                                      _I, _P]
 
     def linear(self, x: Tensor, weight: Tensor, scales: Tensor | None = None, bias: Tensor | None = None,
                out_dtype: torch.dtype | None = None, gelu: bool = False, threads: int = 0) -> Tensor:
@@ -502,8 +508,8 @@ class Library:
                                  f"{plan.dtype} CPU tensor")
             adds = (ctypes.c_void_p * len(add))(*(None if a is None else a.data_ptr() for a in add))
         status = self._decode_step(plan.model, ids.data_ptr(), B, x.data_ptr(), _KIND[plan.dtype],
-                                   None if out is None else out.data_ptr(), rows.k, rows.v, rows.layer_stride,
-                                   rows.max_len, rows.pos, threads, adds)
+                                   None if out is None else out.data_ptr(), rows.k, rows.v, rows.kind,
+                                   rows.layer_stride, rows.max_len, rows.pos, threads, adds)
         if status == -2:
             raise IndexError(f"token ids must be in 0..{plan.vocab - 1}, got {ids.view(-1).tolist()}")
         if status:
@@ -523,7 +529,7 @@ class Library:
             qkv2 = qkv2.contiguous()
         C = C3 // 3
         y = torch.empty(B, C, dtype=qkv.dtype)
-        status = self._attention(qkv2.data_ptr(), _KIND[qkv.dtype], qkv2.stride(0), rows.k, rows.v,
+        status = self._attention(qkv2.data_ptr(), _KIND[qkv.dtype], qkv2.stride(0), rows.k, rows.v, rows.kind,
                                  rows.layer_stride, layer, rows.max_len, rows.pos, y.data_ptr(),
                                  _KIND[qkv.dtype], y.stride(0), B, n_head, C // n_head, threads)
         if status:
