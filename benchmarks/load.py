@@ -5,6 +5,7 @@ weights standing in for GPT-2 in a Hugging Face cache folder of our own (so `gpt
 through huggingface_hub's real cache lookup, at the app's default tier, int8).
 
     python benchmarks/load.py scaling [--users 1,2,4,8] [--requests 8]   # -> LOAD.md, "scaling"
+    python benchmarks/load.py scaling --page --section scaling_page      # generating through the page
     GPT2_CPU_ISA=avx2 ... python benchmarks/load.py scaling --section scaling_avx2
     python benchmarks/load.py soak [--requests 2000] [--users 8]          # -> LOAD.md, "soak"
     python benchmarks/load.py profile [--users 8] [--requests 16]        # -> LOAD.md, "profile" (py-spy)
@@ -47,6 +48,7 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -164,15 +166,34 @@ def timed_stream(url: str, prompt: str, new_tokens: int, headers: dict | None = 
     return first or float("nan"), time.perf_counter() - started
 
 
-def together(url: str, prompts: list[list[str]], new_tokens: int) -> tuple[float, list[tuple[float, float]]]:
+def timed_page_stream(visit: "PageVisit", prompt: str, new_tokens: int) -> tuple[float, float, int]:
+    """(time to first token, total time, updates streamed) of one generation through the page's
+    own event, as a browser's Generate click (`ui_generate` in the visit's session, the form's
+    sampling defaults, seed 1): its first update carries the run id, the next the first token."""
+    started = time.perf_counter()
+    updates: list[float] = []
+
+    def heard(message: dict) -> None:
+        if message["msg"] == "process_generating":
+            updates.append(time.perf_counter() - started)
+
+    visit.call("ui_generate", heard, prompt=prompt, model="gpt2", seed="1", **{"max-new-tokens": new_tokens})
+    return (updates[1] if len(updates) > 1 else float("nan")), time.perf_counter() - started, len(updates)
+
+
+def together(url: str, prompts: list[list[str]], new_tokens: int, config: dict | None = None
+             ) -> tuple[float, list[tuple[float, float]]]:
     """One user (a thread) per list of prompts, streaming them one after another, all users at
-    once: the wall time and every stream's (time to first token, total time)."""
+    once: the wall time and every stream's (time to first token, total time[, updates]).
+    With the page's `config`, each user is a page visit generating through the page."""
     results: list[tuple[float, float]] = []
     lock = threading.Lock()
 
     def user(mine: list[str], address: str) -> None:
+        visit = PageVisit(url, config, {"X-Forwarded-For": address}) if config else None
         for prompt in mine:
-            result = timed_stream(url, prompt, new_tokens, {"X-Forwarded-For": address})
+            result = (timed_page_stream(visit, prompt, new_tokens) if visit else
+                      timed_stream(url, prompt, new_tokens, {"X-Forwarded-For": address}))
             with lock:
                 results.append(result)
 
@@ -194,41 +215,56 @@ def scaling(args: argparse.Namespace) -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         app = start_app(Path(tmp), "--trust-forwarded-for")  # each user its own client (fairness.py)
+        config = None
+        if args.page:
+            with urllib.request.urlopen(app.url + "config", timeout=30) as response:
+                config = json.load(response)
         try:
             for n in users:
                 prompts = [PROMPTS[(u * args.requests + r) % len(PROMPTS)] + f" ({u}.{r})"
                            for u in range(n) for r in range(args.requests)]
                 before = load_average()
                 started = time.perf_counter()
-                alone = [timed_stream(app.url, p, args.new_tokens) for p in prompts]
+                if config:
+                    visit = PageVisit(app.url, config)
+                    alone = [timed_page_stream(visit, p, args.new_tokens) for p in prompts]
+                else:
+                    alone = [timed_stream(app.url, p, args.new_tokens) for p in prompts]
                 alone_rate = len(prompts) * args.new_tokens / (time.perf_counter() - started)
                 by_user = [prompts[u * args.requests:(u + 1) * args.requests] for u in range(n)]
                 cpu = time.process_time()
-                wall, streams = together(app.url, by_user, args.new_tokens)
+                wall, streams = together(app.url, by_user, args.new_tokens, config)
                 clients = (time.process_time() - cpu) / wall  # the users' own threads, on the same cores
                 total = len(prompts) * args.new_tokens / wall
-                ttft = [first for first, _ in streams]
-                per_user = statistics.median(args.new_tokens / (t - f) for f, t in streams)
+                ttft = [stream[0] for stream in streams]
+                per_user = statistics.median(args.new_tokens / (stream[1] - stream[0]) for stream in streams)
+                updates = f" {statistics.median(stream[2] for stream in streams):.0f} |" if config else ""
                 rows.append(f"| {n} | {alone_rate:.1f} | {total:.1f} | **{total / alone_rate:.2f}x** | "
                             f"{per_user:.1f} | {percentile(ttft, 0.5):.3f} / {percentile(ttft, 0.95):.3f} | "
-                            f"{percentile([f for f, _ in alone], 0.5):.3f} | {clients:.2f} | {before} |")
+                            f"{percentile([a[0] for a in alone], 0.5):.3f} | {clients:.2f} | {before} |"
+                            + updates)
                 print(rows[-1], flush=True)
         finally:
             app.proc.terminate()
             app.proc.wait(timeout=60)
     other = "" if args.section == "scaling" else f" --section {args.section}"
+    other += " --page" if args.page else ""
+    streams = (f"{args.new_tokens}-token generations through the page's own event (`ui_generate` through "
+               "Gradio's queue protocol, a page visit per user, the form's sampling defaults, seed 1, the "
+               "attention captured for the views)" if args.page else
+               f"greedy {args.new_tokens}-token `/generate` streams (POST /gradio_api/call/generate and its event "
+               "stream, read with urllib)")
     lines = [f"## Concurrent users (issue 17){': ' + args.section if other else ''}", "",
              f"Command: `python benchmarks/load.py scaling --users {args.users} --requests {args.requests}{other}`. "
              f"The app on `gpt2` (random 124M weights from a local Hub cache, default tier int8), "
-             f"greedy {args.new_tokens}-token `/generate` streams (POST /gradio_api/call/generate and its event "
-             f"stream, read with urllib); each row runs the same "
+             f"{streams}; each row runs the same "
              f"N x {args.requests} requests one at a time, then by N concurrent users; the users' own CPU is "
              f"the benchmark's client threads' CPU time while the N stream, over the wall time (they share the "
              f"server's cores, as a real deployment's users would not). {machine_line()}.", "",
              "| users | one at a time, tok/s | concurrent, total tok/s | ratio | per-user tok/s (median, after the "
              "first token) | time to first token p50 / p95, s | alone, p50 s | the users' own CPU, cores | "
-             "load average before |",
-             "|---|---|---|---|---|---|---|---|---|", *rows]
+             "load average before |" + (" updates a stream (median) |" if args.page else ""),
+             "|---|---|---|---|---|---|---|---|---|" + ("---|" if args.page else ""), *rows]
     put_section(args.section, lines, LOAD)
 
 
@@ -328,8 +364,9 @@ class PageVisit:
         self.components = {c["id"]: c for c in config["components"]}
         self.events = {d["api_name"]: d for d in config["dependencies"] if d.get("api_name")}
 
-    def call(self, api_name: str, **values: object) -> dict:
-        """Join the event with each input's default, `values` by elem_id; its last message."""
+    def call(self, api_name: str, heard: Callable[[dict], None] | None = None, **values: object) -> dict:
+        """Join the event with each input's default, `values` by elem_id; its last message
+        (`heard` hears each message as it comes)."""
         event = self.events[api_name]
         data = []
         for cid in event["inputs"]:
@@ -345,6 +382,8 @@ class PageVisit:
             for line in s:
                 if line.startswith(b"data: "):
                     message = json.loads(line[6:])
+                    if heard is not None:
+                        heard(message)
                     if message["msg"] == "process_completed":
                         if not message["success"]:
                             raise RuntimeError(f"{api_name}: {message['output']}")
@@ -615,6 +654,7 @@ def main() -> None:
     p.add_argument("--users", default="1,2,4,8", help="comma-separated user counts")
     p.add_argument("--requests", type=int, default=4, help="streams per user")
     p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--page", action="store_true", help="generate through the page's own event, not /generate")
     p.add_argument("--section", default="scaling",
                    help="LOAD.md's section to write: another keeps a run with an instruction set forced "
                         "(GPT2_CPU_ISA=avx2 ...) beside the native one")

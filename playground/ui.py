@@ -28,7 +28,7 @@ from . import api, export, page_script, validate
 from .errors import friendly
 from .inspection import DEFAULT_WINDOW, MAX_WINDOW, Run, RunStore, strongest_head, window
 from .models import ModelTable, offered_sources, start_model, with_tiers
-from .service import MEAN, Service, parse_head
+from .service import MEAN, UPDATE_EVERY_S, Service, parse_head
 from .views.common import Queues, head_choices, head_value, layer_choices, quiet_input_errors, selection
 from .views.compare import CompareTab
 from .views.explain import ExplainTab
@@ -79,13 +79,21 @@ class Page:
                  max_new_tokens: Any, seed: Any, stop_at_end: Any = False, layer: Any = None,
                  head: Any = MEAN) -> Iterator[tuple]:
         """(text so far, run id, progress line, token view). The run id comes before the first
-        token, so Stop can find the partial run; the token view follows the newest token at
-        most every `live_interval` seconds, read from the running capture."""
+        token, so Stop can find the partial run; then the first token at once, an update at
+        most every UPDATE_EVERY_S carrying every token made since (each update is work for the
+        server's threads, which share the cores with every user's decoding, and one per token
+        at a few hundred tokens a second is not seen), and the last at once; the token view
+        follows the newest token at most every `live_interval` seconds, read from the running
+        capture."""
         s = validate.settings(prompt, model, temperature, top_k, top_p, max_new_tokens, seed,
                               stop_at_end, offered=self.names)
-        last_paint = -float("inf")
+        last_paint = last_update = -float("inf")
         with closing(self.service.generate(s, notice=gr.Warning)) as steps:
             for step in steps:
+                if (1 < step.n_generated < s.max_new_tokens and not step.stored
+                        and time.monotonic() - last_update < UPDATE_EVERY_S):
+                    continue  # the next update carries this token
+                last_update = time.monotonic()
                 view = gr.skip()
                 due = self.live_interval is not None and time.monotonic() - last_paint >= self.live_interval
                 if due and step.n_generated and not step.stored:

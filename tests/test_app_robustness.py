@@ -291,16 +291,37 @@ def test_stop_in_the_ui_releases_the_capture(page, caplog):
     model = page.service.models.get(MODEL)
     steps = page.generate(**{**GOOD, "max_new_tokens": 50})
     run_id = next(steps)[1]  # before the first token
-    next(steps), next(steps)
+    next(steps), next(steps)  # the first token, then an update with the tokens made since
     assert hooked(model) > 0 and page.service.runs.get(run_id) is None
     with caplog.at_level("INFO", logger="playground.service"):
         steps.close()  # what Gradio does on Stop or a closed tab
-    assert hooked(model) == 0 and page.service.runs.get(run_id).ended == "stopped"
-    assert "generation stopped after 2 of 50 tokens" in caplog.text
+    run = page.service.runs.get(run_id)
+    assert hooked(model) == 0 and run.ended == "stopped"
+    n = run.n_generated
+    assert 2 <= n < 50 and f"generation stopped after {n} of 50 tokens" in caplog.text
     stats, *_, view = page.stop(run_id, 64)[:5]
     n_prompt = len(gpt2.encode(GOOD["prompt"]))
-    assert stats.startswith(f"Stopped after **2** tokens, after a **{n_prompt}**-token prompt")
-    assert len(view["tokens"]) == n_prompt + 2 and view["selected"] == n_prompt + 1 and not view["live"]
+    assert stats.startswith(f"Stopped after **{n}** tokens, after a **{n_prompt}**-token prompt")
+    assert len(view["tokens"]) == n_prompt + n and view["selected"] == n_prompt + n - 1 and not view["live"]
+
+
+def test_the_page_sends_an_update_at_most_every_interval(page):
+    """The page's generation (ui_generate) as /generate's stream: the run id, the first token at
+    once, then updates at least UPDATE_EVERY_S apart, each text extending the one before,
+    fewer updates than tokens, and the last (the stored run's) the whole text."""
+    from playground.service import UPDATE_EVERY_S
+
+    new = 120  # the tiny model's context is 128
+    updates = [(time.monotonic(), out) for out in page.generate(**{**GOOD, "max_new_tokens": new})]
+    tokens = [out[2] for _, out in updates]  # the progress line: "Generating… n / N tokens"
+    assert tokens[0].startswith("Generating… 0 /") and tokens[1].startswith("Generating… 1 /")
+    times = [t for t, _ in updates[2:-2]]  # after the first token, before the last two
+    assert all(b - a >= UPDATE_EVERY_S for a, b in zip(times, times[1:]))
+    texts = [out[0] for _, out in updates]
+    assert all(later.startswith(earlier) for earlier, later in zip(texts, texts[1:]))
+    assert len(updates) < new
+    run = page.service.runs.get(updates[-1][1][1])
+    assert run.n_generated == new and texts[-1] == gpt2.decode(run.ids[run.n_prompt:])
 
 
 def test_stop_before_the_first_token_and_stop_with_nothing_running(page):
