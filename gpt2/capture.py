@@ -23,10 +23,10 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from .hooks import RequestHooks
 from .kv_cache import KVCache
@@ -238,13 +238,25 @@ def capture_attention(model: GPT, layers: Sequence[int] | None = None,
     attention values, which with every layer and `residuals=True` is all `gpt2.attribute`
     reads from a finished run."""
     att = AttentionCapture(model, layers, residuals, values)
-    handles = [model.h[i].attn.c_attn.register_forward_hook(
-        lambda mod, args, out, i=i: att._on_qkv(i, mod, args, out)) for i in att.layers]
-    handles += [model.h[i].register_forward_hook(
-        lambda mod, args, out, i=i: att._on_block(i, mod, args, out)) for i in att.blocks]
+    handles = [model.h[i].attn.c_attn.register_forward_hook(_Record(att._on_qkv, i)) for i in att.layers]
+    handles += [model.h[i].register_forward_hook(_Record(att._on_block, i)) for i in att.blocks]
     try:
         yield att
     finally:
         att.close()
         for handle in handles:
             handle.remove()
+
+
+class _Record:
+    """A capture's forward hook on layer `layer`'s c_attn or block. It reads only the output
+    and the cache among the arguments, so it `replays_decode`: a decode step run in one
+    library call (`gpt2.fast.kernels.decode_step`) records that output and calls it after
+    the step, instead of running the whole step module by module for it."""
+    replays_decode = True
+
+    def __init__(self, on_output: Callable[[int, nn.Module, tuple, Tensor], None], layer: int):
+        self.on_output, self.layer = on_output, layer
+
+    def __call__(self, module: nn.Module, args: tuple, out: Tensor) -> None:
+        self.on_output(self.layer, module, args, out)

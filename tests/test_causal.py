@@ -515,12 +515,12 @@ def test_compiled_decode_step_adds_the_steering_itself(sharp_dir, tier, monkeypa
     vector = gpt2.steering_vector(fast, PLUS, MINUS, 1)
     prompt = torch.tensor(TEXT[:6])
     fused_steps = []
-    real = kernels._additions
-    monkeypatch.setattr(kernels, "_additions", lambda *a: fused_steps.append(real(*a)) or fused_steps[-1])
+    real = kernels._hooked
+    monkeypatch.setattr(kernels, "_hooked", lambda *a: fused_steps.append(real(*a)) or fused_steps[-1])
     loop = gpt2.BatchedGenerator(fast)
     try:
         baseline, steered = gpt2.generate_steered(loop, prompt, {1: vector}, 8, 5.0)
-        assert fused_steps and all(add is not None for add in fused_steps)
+        assert fused_steps and all(hooked is not None and hooked[0] is not None for hooked in fused_steps)
         fused_steps.clear()
         # the module path: any other hook on a block sends a step there
         handle = fast.h[0].register_forward_hook(lambda m, a, out: None)
@@ -528,7 +528,7 @@ def test_compiled_decode_step_adds_the_steering_itself(sharp_dir, tier, monkeypa
             slow = gpt2.generate_steered(loop, prompt, {1: vector}, 8, 5.0)
         finally:
             handle.remove()
-        assert all(add is None for add in fused_steps)
+        assert all(hooked is None for hooked in fused_steps)
     finally:
         loop.close()
     assert [t.tolist() for t in slow] == [baseline.tolist(), steered.tolist()]
@@ -553,7 +553,7 @@ def test_compiled_decode_step_adds_the_steering_itself(sharp_dir, tier, monkeypa
 
 def test_steering_hooks_come_and_go_while_steered_steps_run(sharp_dir):
     """One request's `gpt2.steer` registers and removes hooks on the shared model while
-    another's compiled decode steps read the blocks' hooks (`kernels._additions`): no error,
+    another's compiled decode steps read the blocks' hooks (`kernels._hooked`): no error,
     and every steered generation is its lone one."""
     model = compiled(gpt2.load_model(sharp_dir))
     vector = gpt2.steering_vector(model, PLUS, MINUS, 1)

@@ -265,6 +265,52 @@ def test_a_bf16_stream_keeps_its_cache_in_bf16_with_the_same_bits(tiny_dir, tier
         assert torch.equal(steps(gpt2.KVCache.for_model(model, 1, 1).k.dtype), steps(torch.float32)), tier
 
 
+@pytest.mark.parametrize("tier", TIERS)
+def test_a_capture_keeps_the_one_call_step_with_the_module_paths_record(tiny_dir, tier, monkeypatch):
+    """An attention capture's hooks replay after a one-call decode step (`replays_decode`):
+    its generations keep that step, and what it records (every layer's maps, the lens's block
+    outputs, the values) and the ids are bit for bit the module path's; two captured
+    requests decoding together through the loop each get their lone record."""
+    model = compiled(gpt2.load_model(tiny_dir, **TIERS[tier]))
+    prompts = [torch.tensor([[464, 2068, 7586]]), torch.tensor([[11, 22, 33, 44, 55]])]
+    fused = []
+    real = kernels._hooked
+    monkeypatch.setattr(kernels, "_hooked", lambda *a: fused.append(real(*a)) or fused[-1])
+
+    def record(prompt: torch.Tensor, loop: gpt2.BatchedGenerator | None = None) -> list[torch.Tensor]:
+        with gpt2.capture_attention(model, residuals=True, values=True) as att:
+            run = loop.stream if loop is not None else lambda *a, **k: gpt2.stream(model, *a, **k)
+            ids = torch.stack(list(run(prompt, 6, temperature=0.9, seed=3, capture=att)))
+            n, layers = prompt.size(1) + 6, range(model.config.n_layer)
+            return [ids, *(att[i] for i in layers), *(att.block_output(i, slice(None)) for i in layers),
+                    *(att.values(i, n) for i in layers)]
+
+    one_call = [record(p) for p in prompts]
+    assert fused and all(h is not None and h[1] is not None for h in fused)  # the replayed hooks
+    handle = blocks_one_by_one(model)
+    try:
+        fused.clear()
+        by_module = [record(p) for p in prompts]
+        assert all(h is None for h in fused)
+    finally:
+        handle.remove()
+    for a, b in zip(one_call, by_module):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+    loop = gpt2.BatchedGenerator(model)
+    try:
+        together = [None, None]
+        threads = [threading.Thread(target=lambda i=i: together.__setitem__(i, record(prompts[i], loop)))
+                   for i in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        loop.close()
+    for a, b in zip(one_call, together):
+        assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
 def test_a_weight_replaced_under_the_one_call_step_is_read(tiny_dir):
     """The one-call step describes the weights by pointer once; a weight given new storage
     (assigned `.data`, as `model.to` does) must be read, not the old one."""

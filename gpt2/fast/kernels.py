@@ -250,11 +250,14 @@ def decode_step(model: nn.Module, idx: Tensor, cache: object, head: bool = True)
     by one (which call the same C++ functions), without ~100 Python-level calls a token.
     The caller advances the cache. None where that path does not apply: kernels not in use,
     not a decode step, a cache the attention kernel cannot read, a module the plan does not
-    know, or any hook on a module the step covers (capture, knock-out), which only the
-    module-by-module path runs. One kind of hook is run here: a forward pre-hook on a block
-    that only adds a vector per row to the residual stream entering it (a steering,
-    `gpt2.steer`) says so with a `residual_addition(cache, rows)` method, [rows, C] fp32 or
-    None, and the step adds it where the module path would (`_additions`)."""
+    know, or a hook on a module the step covers that only the module-by-module path can run
+    (a knock-out, anything registered). Two kinds of hook are run here (`_hooked`): a forward
+    pre-hook on a block that only adds a vector per row to the residual stream entering it
+    (a steering, `gpt2.steer`) says so with a `residual_addition(cache, rows)` method, [rows,
+    C] fp32 or None, and the step adds it where the module path would; a forward hook on a
+    block or its `attn.c_attn` that only reads the output and the cache in its arguments (an
+    attention capture, `gpt2.capture`) says so with `replays_decode = True`, and is called
+    after the step with the output the step recorded for it and (None, cache) as arguments."""
     status = getattr(model, "compile_status", None)
     if (status is None or not status.ready or cache is None or idx.dim() != 2 or idx.size(1) != 1
             or not idx.is_cpu or idx.dtype != torch.int64 or not torch.is_inference_mode_enabled()):
@@ -269,43 +272,64 @@ def decode_step(model: nn.Module, idx: Tensor, cache: object, head: bool = True)
             _steps.pop(model, None)
             return None
         _steps[model] = step
-    add = None
+    add = replays = record = None
     if any(step.watch.hooks):
-        add = _additions(model, step, cache, idx.size(0))
-        if add is None:
+        hooked = _hooked(model, step, cache, idx.size(0))
+        if hooked is None:
             return None
+        add, replays = hooked
     rows = cache.decode_rows()
     if rows is None:
         return None
+    if replays is not None:
+        B, C = idx.size(0), step.plan.model.C
+        record = [None if not fns else torch.empty(B, 1, (3 if i % 2 == 0 else 1) * C, dtype=step.plan.dtype)
+                  for i, (_, fns) in enumerate(replays)]
     lib = _library or library()
     if torch.autograd.profiler._is_profiler_enabled:
         with torch.profiler.record_function("gpt2.fast.kernels.decode_step"):
-            return lib.decode_step(step.plan, idx, rows, head, add=add)
-    return lib.decode_step(step.plan, idx, rows, head, add=add)
+            out = lib.decode_step(step.plan, idx, rows, head, add=add, record=record)
+    else:
+        out = lib.decode_step(step.plan, idx, rows, head, add=add, record=record)
+    if replays is not None:  # in the order the module path calls them
+        for (owner, fns), recorded in zip(replays, record):
+            for fn in fns:
+                fn(owner, (None, cache), recorded)
+    return out
 
 
-def _additions(model: nn.Module, step: "_DecodeStep", cache: object, batch: int) -> list[Tensor | None] | None:
-    """Per block, what the hooks on it add to the residual stream entering it this step
-    ([batch, C] in the stream's dtype, or None), asked in the order the module path runs
-    them; None if any hook the step covers is another kind (it must run module by module).
-    Each hook dict is read once into a tuple (one C-level copy, which no other thread can
-    interleave with): another request may register or remove its steering hooks meanwhile."""
+def _hooked(model: nn.Module, step: "_DecodeStep", cache: object, batch: int
+            ) -> tuple[list[Tensor | None] | None, list[tuple[nn.Module, tuple]] | None] | None:
+    """What the hooks on the modules a step covers ask of it, or None if any of them must run
+    module by module: per block, what its pre-hooks add to the residual stream entering it
+    ([batch, C] in the stream's dtype, or None, asked in the order the module path runs
+    them); and per layer, its `attn.c_attn` and its block with the forward hooks that replay
+    after the step (each None where there are none). Each hook dict is read once into a tuple
+    (one C-level copy, which no other thread can interleave with): another request may
+    register or remove its hooks meanwhile."""
     blocks = model._modules["h"]
-    pre_hooks = {id(block._forward_pre_hooks) for block in blocks}
-    if any(hooks and id(hooks) not in pre_hooks for hooks in step.watch.hooks):
+    c_attns = [block._modules["attn"]._modules["c_attn"] for block in blocks]
+    covered = {id(m._forward_hooks) for m in (*blocks, *c_attns)} | {id(b._forward_pre_hooks) for b in blocks}
+    if any(hooks and id(hooks) not in covered for hooks in step.watch.hooks):
         return None
-    per_block = [tuple(block._forward_pre_hooks.values()) for block in blocks]
-    if not all(hasattr(fn, "residual_addition") for fns in per_block for fn in fns):
+    pre = [tuple(block._forward_pre_hooks.values()) for block in blocks]
+    if not all(hasattr(fn, "residual_addition") for fns in pre for fn in fns):
         return None
-    add: list[Tensor | None] = [None] * len(blocks)
-    for i, fns in enumerate(per_block):
-        for fn in fns:
-            vector = fn.residual_addition(cache, batch)
-            if vector is not None:
-                if add[i] is not None:  # two additions: the module path rounds after each
-                    return None
-                add[i] = vector.to(step.plan.dtype).contiguous()
-    return add
+    replays = [(m, tuple(m._forward_hooks.values())) for layer in zip(c_attns, blocks) for m in layer]
+    if any(fns and (m._forward_hooks_with_kwargs or m._forward_hooks_always_called
+                    or not all(getattr(fn, "replays_decode", False) for fn in fns)) for m, fns in replays):
+        return None
+    add: list[Tensor | None] | None = None
+    if any(pre):
+        add = [None] * len(blocks)
+        for i, fns in enumerate(pre):
+            for fn in fns:
+                vector = fn.residual_addition(cache, batch)
+                if vector is not None:
+                    if add[i] is not None:  # two additions: the module path rounds after each
+                        return None
+                    add[i] = vector.to(step.plan.dtype).contiguous()
+    return add, (replays if any(fns for _, fns in replays) else None)
 
 
 _build_lock = threading.Lock()

@@ -1585,15 +1585,19 @@ struct DecodeModel {
 //   logits = head(ln_f(x)) (or the int8 head's of x and ln_f(x)) if logits is not null (and
 //   the model has a head)
 // and where `add` is not null and add[l] is not, x += add[l] (rows x C of x's kind) before
-// layer l: a steering vector per row (gpt2.steer), rounded as torch's x + vector.
+// layer l: a steering vector per row (gpt2.steer), rounded as torch's x + vector; where
+// `record` is not null, record[2l] (if not null) gets a copy of layer l's qkv (rows x 3C) and
+// record[2l + 1] of its block's output (rows x C), both of x's kind: what an attention
+// capture's hooks read (gpt2.capture), handed to them after the step.
 // with exactly the calls the per-module path makes (gpt2_layer_norm, gpt2_rowdot,
 // gpt2_decode_attention, the adds rounded as torch's), so a step gives the same bits either
-// way: the per-module path stays for steps with hooks (capture, knock-out). x (rows x C)
-// holds the last block's output. Returns 0; -1 if out of memory; -2 if an id is outside the
-// vocabulary or a position outside wpe, before anything is written.
+// way: the per-module path stays for steps with other hooks (knock-out, anything registered).
+// x (rows x C) holds the last block's output. Returns 0; -1 if out of memory; -2 if an id is
+// outside the vocabulary or a position outside wpe, before anything is written.
 int gpt2_decode_step(const DecodeModel* m, const int64_t* ids, int64_t rows, void* x, int x_kind, float* logits,
                      void* const* k_base, void* const* v_base, int kv_kind, const int64_t* layer_stride,
-                     const int64_t* max_len, const int64_t* pos, int threads, const void* const* add) {
+                     const int64_t* max_len, const int64_t* pos, int threads, const void* const* add,
+                     void* const* record) {
     const int64_t C = m->C, es = elem_size(x_kind);
     for (int64_t b = 0; b < rows; ++b)
         if (ids[b] < 0 || ids[b] >= m->vocab || pos[b] < 0 || pos[b] >= m->n_positions) return -2;
@@ -1613,6 +1617,7 @@ int gpt2_decode_step(const DecodeModel* m, const int64_t* ids, int64_t rows, voi
         if (add && add[l]) sum_to(x, x_kind, x, x_kind, add[l], x_kind, rows * C);
         gpt2_layer_norm(x, x_kind, L.ln1_w, L.ln1_b, m->p_kind, m->eps, h, x_kind, rows, C);
         failed |= gpt2_rowdot(L.c_attn, h, x_kind, rows, qkv, threads);
+        if (record && record[2 * l]) std::memcpy(record[2 * l], qkv, size_t(es * rows * 3 * C));
         failed |= gpt2_decode_attention(qkv, x_kind, 3 * C, k_base, v_base, kv_kind, layer_stride, l, max_len, pos,
                                         att, x_kind, C, rows, m->heads, C / m->heads, threads);
         failed |= gpt2_rowdot(L.attn_proj, att, x_kind, rows, proj, threads);
@@ -1621,6 +1626,7 @@ int gpt2_decode_step(const DecodeModel* m, const int64_t* ids, int64_t rows, voi
         failed |= gpt2_rowdot(L.c_fc, h, x_kind, rows, fc, threads);
         failed |= gpt2_rowdot(L.mlp_proj, fc, x_kind, rows, proj, threads);
         sum_to(x, x_kind, x, x_kind, proj, x_kind, rows * C);
+        if (record && record[2 * l + 1]) std::memcpy(record[2 * l + 1], x, size_t(es * rows * C));
     }
     if (!failed && (m->head || m->int8_head) && logits) {
         gpt2_layer_norm(x, x_kind, m->lnf_w, m->lnf_b, m->lnf_kind, m->lnf_eps, h, x_kind, rows, C);

@@ -307,7 +307,7 @@ class Library:
         self._decode_step = lib.gpt2_decode_step
         self._decode_step.restype = _I
         self._decode_step.argtypes = [ctypes.POINTER(DecodeModel), _P, _I64, _P, _I, _P, _P, _P, _I, _P, _P, _P,
-                                      _I, _P]
+                                      _I, _P, _P]
 
     def linear(self, x: Tensor, weight: Tensor, scales: Tensor | None = None, bias: Tensor | None = None,
                out_dtype: torch.dtype | None = None, gelu: bool = False, threads: int = 0) -> Tensor:
@@ -487,12 +487,15 @@ class Library:
         return DecodePlan(model, dtype, weights.wte.size(0), weights.ln_f is not None, keep + [layers])
 
     def decode_step(self, plan: "DecodePlan", ids: Tensor, rows: DecodeRows, logits: bool = True,
-                    threads: int = 0, add: list[Tensor | None] | None = None) -> tuple[Tensor, Tensor | None]:
+                    threads: int = 0, add: list[Tensor | None] | None = None,
+                    record: list[Tensor | None] | None = None) -> tuple[Tensor, Tensor | None]:
         """One decode step in one call: ids [B, 1] (row b continuing `rows`' row b) -> the last
         block's output [B, 1, C] and, if asked and the plan has the head, fp32 logits [B, 1,
         vocab]: what the embeddings, blocks, ln_f and head called module by module give, bit
         for bit. The caches get each layer's new key and value. `add`: per layer, None or
-        [B, C] in the residual stream's dtype, added to the stream entering that block."""
+        [B, C] in the residual stream's dtype, added to the stream entering that block.
+        `record`: per layer, two places (each None or a contiguous tensor in the stream's
+        dtype) that get its qkv [B, 1, 3C] and its block's output [B, 1, C]."""
         B = ids.size(0)
         if ids.shape != (B, 1) or B != rows.count or ids.dtype != torch.int64 or not ids.is_cpu:
             raise ValueError(f"decode_step takes int64 ids [rows, 1] on the CPU, got {ids.dtype} {tuple(ids.shape)}")
@@ -507,9 +510,18 @@ class Library:
                 raise ValueError(f"add must hold, per layer, None or a contiguous [{B}, {plan.model.C}] "
                                  f"{plan.dtype} CPU tensor")
             adds = (ctypes.c_void_p * len(add))(*(None if a is None else a.data_ptr() for a in add))
+        records = None
+        if record is not None:
+            C = plan.model.C
+            if len(record) != 2 * plan.model.n_layers or any(
+                    r is not None and (r.shape != (B, 1, (3 if i % 2 == 0 else 1) * C) or r.dtype != plan.dtype
+                                       or not r.is_cpu or not r.is_contiguous()) for i, r in enumerate(record)):
+                raise ValueError(f"record must hold, per layer, two places: None or contiguous [{B}, 1, {3 * C}] "
+                                 f"and [{B}, 1, {C}] {plan.dtype} CPU tensors")
+            records = (ctypes.c_void_p * len(record))(*(None if r is None else r.data_ptr() for r in record))
         status = self._decode_step(plan.model, ids.data_ptr(), B, x.data_ptr(), _KIND[plan.dtype],
                                    None if out is None else out.data_ptr(), rows.k, rows.v, rows.kind,
-                                   rows.layer_stride, rows.max_len, rows.pos, threads, adds)
+                                   rows.layer_stride, rows.max_len, rows.pos, threads, adds, records)
         if status == -2:
             raise IndexError(f"token ids must be in 0..{plan.vocab - 1}, got {ids.view(-1).tolist()}")
         if status:
