@@ -73,9 +73,13 @@ def dequantized(weight: Tensor, scales: Tensor, dtype: torch.dtype) -> Iterator[
 @contextlib.contextmanager
 def widened(weight: Tensor, dtype: torch.dtype) -> Iterator[Tensor]:
     """`with widened(w, torch.float32) as weight:` bf16 weights as fp32 for a prefill GEMM,
-    in a buffer borrowed from the same pool as `dequantized`'s."""
+    in a buffer borrowed from the same pool as `dequantized`'s. A buffer made under inference
+    mode takes the copy under it too (torch refuses to write one outside), then serves as an
+    input like any tensor."""
     with _borrowed(weight.numel(), dtype) as buffer:
-        yield buffer[:weight.numel()].view(weight.shape).copy_(weight)
+        with torch.inference_mode() if buffer.is_inference() else contextlib.nullcontext():
+            widened = buffer[:weight.numel()].view(weight.shape).copy_(weight)
+        yield widened
 
 
 @contextlib.contextmanager
