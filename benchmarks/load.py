@@ -182,11 +182,11 @@ def timed_page_stream(visit: "PageVisit", prompt: str, new_tokens: int) -> tuple
 
 
 def together(url: str, prompts: list[list[str]], new_tokens: int, config: dict | None = None
-             ) -> tuple[float, list[tuple[float, float]]]:
+             ) -> tuple[float, list[tuple[float, ...]]]:
     """One user (a thread) per list of prompts, streaming them one after another, all users at
     once: the wall time and every stream's (time to first token, total time[, updates]).
     With the page's `config`, each user is a page visit generating through the page."""
-    results: list[tuple[float, float]] = []
+    results: list[tuple[float, ...]] = []
     lock = threading.Lock()
 
     def user(mine: list[str], address: str) -> None:

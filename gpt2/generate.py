@@ -69,7 +69,7 @@ def stream(model: GPT, idx: Tensor, max_new_tokens: int, context_size: int | Non
     if max_new_tokens == 0:
         return
     generator = private_generator(model, seed)
-    # An fp32 cache for every tier: attention over it stays exact and fast (see model.py).
+    # fp32, or bf16 where every key and value is a bf16 value (`KVCache.for_model`)
     cache = KVCache.for_model(model, idx.size(0), idx.size(1) + max_new_tokens)
     for hooks in (capture, ablation, steering):
         if hooks is not None:

@@ -90,12 +90,13 @@ class Page:
         last_paint = last_update = -float("inf")
         with closing(self.service.generate(s, notice=gr.Warning)) as steps:
             for step in steps:
+                now = time.monotonic()
                 if (1 < step.n_generated < s.max_new_tokens and not step.stored
-                        and time.monotonic() - last_update < UPDATE_EVERY_S):
+                        and now - last_update < UPDATE_EVERY_S):
                     continue  # the next update carries this token
-                last_update = time.monotonic()
+                last_update = now
                 view = gr.skip()
-                due = self.live_interval is not None and time.monotonic() - last_paint >= self.live_interval
+                due = self.live_interval is not None and now - last_paint >= self.live_interval
                 if due and step.n_generated and not step.stored:
                     view, last_paint = self.tokens.live(step, layer, head), time.monotonic()
                 progress = (f"{step.n_generated} tokens written: preparing the views…" if step.stored else
