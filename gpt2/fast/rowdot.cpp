@@ -1195,6 +1195,10 @@ int64_t amx_q8(const char* w, int64_t in, const int8_t* b, int R, const char* x,
                                           _mm512_cvtepi32_pd(lo));
         return _mm512_cvtpd_ps(_mm512_mul_pd(sum, d));
     };
+    // Up to Q_SUM_CHUNK values, 128 hi + lo itself fits in int32 (as tile_q8's lanes): one
+    // conversion to double instead of two and the multiply-add.
+    const bool int32_sums = in <= Q_SUM_CHUNK;
+    auto whole = [](__m256i sum, __m512d d) { return _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_cvtepi32_pd(sum), d)); };
     int64_t o = o0;
     for (; o + 16 <= o1; o += 16) {
         _tile_zero(0);
@@ -1218,6 +1222,12 @@ int64_t amx_q8(const char* w, int64_t in, const int8_t* b, int R, const char* x,
             const __m512i lo = R >= TRANSPOSE_FROM ? by_column[R + r] : _mm512_i32gather_epi32(column, &sums[0][R + r], 4);
             const __m512d d = _mm512_set1_pd(double(q8_scale_of(x + r * xs, in)));
             float* out = z + r * zs + o;
+            if (int32_sums) {
+                const __m512i sum = _mm512_add_epi32(_mm512_slli_epi32(hi, 7), lo);
+                _mm256_storeu_ps(out, whole(_mm512_castsi512_si256(sum), d));
+                _mm256_storeu_ps(out + 8, whole(_mm512_extracti64x4_epi64(sum, 1), d));
+                continue;
+            }
             _mm256_storeu_ps(out, half(_mm512_castsi512_si256(hi), _mm512_castsi512_si256(lo), d));
             _mm256_storeu_ps(out + 8, half(_mm512_extracti64x4_epi64(hi, 1), _mm512_extracti64x4_epi64(lo, 1), d));
         }
