@@ -7,13 +7,20 @@ decode ms per token = (t(65 new) - t(1 new)) / 64 on random 124M weights (seed 0
 prompt 16 (`--prompt`). Reports each side's median and the median of each round's own ratio,
 and checks that both give the same ids. Writes benchmarks/AB.md.
 
+With `--rows 1,4,8`: one decode step of N rows instead (N users' caches at the prompt, every
+row active, as batching.py's step ceiling; the median of 16 steps), per N, and each side's
+ceiling N x t(1) / t(N) from its medians: a change to the multi-row step, measured in the
+same minutes as the commit before it.
+
     python benchmarks/checkout_ab.py ea1e2b3 --tiers bf16,int8 --rounds 10
     python benchmarks/checkout_ab.py HEAD --tiers fp32,bf16,int8 --prompt 900 --out benchmarks/AB-long.md
+    python benchmarks/checkout_ab.py 4ecdbd1 --tiers int8 --rows 1,4,8 --out benchmarks/AB-rows.md
 """
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -41,17 +48,46 @@ def timed(n):
     out = gpt2.generate(model, ids, n)
     return time.perf_counter() - start, out
 
+def new_cache(length):
+    """The cache gpt2.generate makes (KVCache.for_model where the commit has it)."""
+    make = getattr(gpt2.KVCache, "for_model", None)
+    return make(model, 1, length) if make else gpt2.KVCache(model.config, 1, length)
+
+def step_ms(n, steps=16):
+    """Median ms of one decode step of n rows (the prompt in n caches), and row 0's ids."""
+    caches = [new_cache(P + steps + 1) for _ in range(n)]
+    times, got = [], []
+    with torch.inference_mode():
+        for cache in caches:
+            logits = model(ids, cache, last_only=True)[:, -1]
+        next_ids = logits.argmax(-1).repeat(n).view(n, 1)
+        for _ in range(steps):
+            start = time.perf_counter()
+            logits = model(next_ids, gpt2.CacheBatch(caches), last_only=True)[:, -1]
+            next_ids = logits.argmax(-1).view(n, 1)
+            times.append(time.perf_counter() - start)
+            got.append(int(next_ids[0, 0]))
+    times.sort()
+    return times[len(times) // 2] * 1e3, got
+
+ROWS = [int(n) for n in sys.argv[5].split(",")] if sys.argv[5] else []
 timed(8)
+for n in ROWS:
+    step_ms(n, 4)
 print("ready", flush=True)
 for _ in sys.stdin:
+    if ROWS:
+        steps = {n: step_ms(n) for n in ROWS}
+        print(json.dumps({"ms": {n: ms for n, (ms, _) in steps.items()}, "ids": steps[ROWS[0]][1]}), flush=True)
+        continue
     one, _ = timed(1)
     many, out = timed(65)
     print(json.dumps({"ms": (many - one) / 64 * 1e3, "ids": out[0, P:].tolist()}), flush=True)
 '''
 
 
-def side(checkout: Path, weights: Path, tier: str, prompt: int) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(checkout), str(weights), tier, str(prompt)],
+def side(checkout: Path, weights: Path, tier: str, prompt: int, rows: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(checkout), str(weights), tier, str(prompt), rows],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     if proc.stdout.readline().strip() != "ready":
         raise SystemExit(f"{checkout} ({tier}) did not start")
@@ -64,8 +100,8 @@ def ask(proc: subprocess.Popen) -> dict:
     return json.loads(proc.stdout.readline())
 
 
-def compare(base: Path, weights: Path, tier: str, rounds: int, prompt: int) -> list[str]:
-    procs = {"base": side(base, weights, tier, prompt), "this": side(ROOT, weights, tier, prompt)}
+def compare(base: Path, weights: Path, tier: str, rounds: int, prompt: int, rows: str = "") -> list[str]:
+    procs = {"base": side(base, weights, tier, prompt, rows), "this": side(ROOT, weights, tier, prompt, rows)}
     ms = {name: [] for name in procs}
     ids = {}
     try:
@@ -78,9 +114,20 @@ def compare(base: Path, weights: Path, tier: str, rounds: int, prompt: int) -> l
         for proc in procs.values():
             proc.stdin.close()
             proc.wait(timeout=60)
-    ratios = [b / t for b, t in zip(ms["base"], ms["this"])]
-    return [f"| {tier} | {spread(ms['base'], '.2f')} | {spread(ms['this'], '.2f')} | {spread(ratios, '.3f')} "
-            f"| {'yes' if ids['base'] == ids['this'] else 'NO'} |"]
+    same = "yes" if ids["base"] == ids["this"] else "NO"
+    if not rows:
+        ratios = [b / t for b, t in zip(ms["base"], ms["this"])]
+        return [f"| {tier} | {spread(ms['base'], '.2f')} | {spread(ms['this'], '.2f')} | {spread(ratios, '.3f')} | {same} |"]
+    lines = []
+    first = rows.split(",")[0]
+    for n in rows.split(","):
+        per = {name: [m[n] for m in ms[name]] for name in ms}  # json keys are strings
+        ratios = [b / t for b, t in zip(per["base"], per["this"])]
+        ceiling = {name: int(n) * statistics.median(m[first] for m in ms[name]) / statistics.median(per[name])
+                   for name in ms}
+        lines.append(f"| {tier} | {n} | {spread(per['base'], '.2f')} | {spread(per['this'], '.2f')} | "
+                     f"{spread(ratios, '.3f')} | {ceiling['base']:.2f} | {ceiling['this']:.2f} | {same} |")
+    return lines
 
 
 def main() -> None:
@@ -89,6 +136,8 @@ def main() -> None:
     p.add_argument("--tiers", default="bf16,int8")
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--prompt", type=int, default=16, help="prompt tokens (a long one: decode over a long context)")
+    p.add_argument("--rows", default="", help="decode steps of these many rows instead, e.g. 1,4,8 (the first: "
+                   "the ceilings' one row)")
     p.add_argument("--out", type=Path, default=HERE / "AB.md")
     args = p.parse_args()
     import torch
@@ -109,7 +158,7 @@ def main() -> None:
             hf = {k: v for k, v in gpt2.PRESETS["gpt2"].to_hf().items() if k not in ("model_type", "architectures")}
             transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf)).save_pretrained(weights)
             rows = [line for tier in args.tiers.split(",")
-                    for line in compare(base, weights, tier, args.rounds, args.prompt)]
+                    for line in compare(base, weights, tier, args.rounds, args.prompt, args.rows)]
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], check=True)
     lines = ["# This checkout against another commit", "",
@@ -118,11 +167,15 @@ def main() -> None:
              "(with its uncommitted changes, if any)  ",
              machine_line(), "",
              (f"Random 124M weights (transformers' init, seed 0), prompt {args.prompt}, greedy, "
-              "decode ms per token = (t(65 new) − t(1 new)) / 64; "
-              f"each checkout in a process of its own, asked in turn over {args.rounds} rounds (who goes first "
+              + ("ms of one decode step of N rows (the prompt in N caches, every row active; the median of "
+                 "16 steps), ceiling = N × t(1 row) / t(N rows) from each side's medians; " if args.rows else
+                 "decode ms per token = (t(65 new) − t(1 new)) / 64; ")
+              + f"each checkout in a process of its own, asked in turn over {args.rounds} rounds (who goes first "
               "alternates). Median [min–max] over rounds; ratio = base ÷ this within each round (> 1: this "
               "checkout is faster)."), "",
-             f"| tier | {rev} ms/token | {this} ms/token | ratio per round | same ids |", "|---|---:|---:|---:|---|",
+             *([f"| tier | rows | {rev} ms/step | {this} ms/step | ratio per round | {rev} ceiling | {this} ceiling "
+                "| same ids |", "|---|---:|---:|---:|---:|---:|---:|---|"] if args.rows else
+               [f"| tier | {rev} ms/token | {this} ms/token | ratio per round | same ids |", "|---|---:|---:|---:|---|"]),
              *rows, ""]
     args.out.write_text("\n".join(lines))
     print("\n".join(lines))
