@@ -1168,14 +1168,14 @@ void amx_pack(const char* x, int64_t xs, int64_t in, int R, int8_t* b) {
     }
 }
 
-// z[r * zs + o] for R rows and weight rows o in [o0, o1), 16 at a time (32 at a time, sharing
-// the rows' tile, measured no faster); returns where it stopped: the last (o1 - o0) mod 16
-// are left to tile_q8. in is a multiple of 64.
 // From this many rows a tile's sums are read out by one 16 x 16 transpose; below it, two
 // gathers a row cost less (2304 x 768, hot, 1 thread: 8 rows 56 -> 47 us; 1 row 34 -> 37 us
 // transposed).
 constexpr int TRANSPOSE_FROM = 4;
 
+// z[r * zs + o] for R rows and weight rows o in [o0, o1), 16 at a time (32 at a time, sharing
+// the rows' tile, measured no faster); returns where it stopped: the last (o1 - o0) mod 16
+// are left to tile_q8. in is a multiple of 64.
 int64_t amx_q8(const char* w, int64_t in, const int8_t* b, int R, const char* x, int64_t xs, float* z, int64_t zs,
                int64_t o0, int64_t o1) {
     TileConfig config{};
