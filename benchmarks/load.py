@@ -9,6 +9,7 @@ through huggingface_hub's real cache lookup, at the app's default tier, int8).
     GPT2_CPU_ISA=avx2 ... python benchmarks/load.py scaling --section scaling_avx2
     python benchmarks/load.py soak [--requests 2000] [--users 8]          # -> LOAD.md, "soak"
     python benchmarks/load.py profile [--users 8] [--requests 16]        # -> LOAD.md, "profile" (py-spy)
+    python benchmarks/load.py profile --page --requests 4 --section profile_page   # the page's generations
     python benchmarks/load.py hostile [--users 4] [--seconds 20]          # -> LOAD.md, "hostile"
 
 scaling: greedy 64-token `/generate` streams (REST route, plain urllib): the same requests run
@@ -276,6 +277,21 @@ PROFILE_FRAMES = {  # what the server's event loop does, by frames on its stack 
     "our /generate (Service.stream_text, BatchedGenerator.astream)": ("stream_text", "astream"),
     "HTTP requests in (routing, middleware, body)": ("run_asgi", "RequestResponseCycle"),
 }
+COMPUTE_FRAMES = {  # what the compute thread does, likewise
+    "sampling (sample_next)": ("sample_next",),
+    "prefill": ("_prefill",),
+    "the decode step (the model's forward)": ("_decode",),
+    "other model work (page views, figures)": ("compute.py",),
+}
+
+
+def by_frames(stacks: list[tuple[list[str], int]], kinds: dict[str, tuple[str, ...]]) -> dict[str, int]:
+    """Samples per kind of work: the first kind with a key in a stack's frames; the rest "other"."""
+    shares = {name: 0 for name in [*kinds, "other"]}
+    for frames, n in stacks:
+        text = ";".join(frames)
+        shares[next((k for k, keys in kinds.items() if any(key in text for key in keys)), "other")] += n
+    return shares
 
 
 def profile(args: argparse.Namespace) -> None:
@@ -285,13 +301,17 @@ def profile(args: argparse.Namespace) -> None:
         raise SystemExit("profile needs py-spy: pip install py-spy==0.4.3")
     with tempfile.TemporaryDirectory() as tmp:
         app, raw = start_app(Path(tmp), "--trust-forwarded-for"), Path(tmp) / "samples.txt"
+        config = None
+        if args.page:
+            with urllib.request.urlopen(app.url + "config", timeout=30) as response:
+                config = json.load(response)
         try:
             spy = subprocess.Popen(["py-spy", "record", "-p", str(app.proc.pid), "-o", str(raw), "--format", "raw",
                                     "--threads", "--nonblocking", "-r", str(args.rate)],
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             time.sleep(2)  # attached
             by_user = [[PROMPTS[(u + r) % len(PROMPTS)] for r in range(args.requests)] for u in range(args.users)]
-            wall, _ = together(app.url, by_user, args.new_tokens)
+            wall, _ = together(app.url, by_user, args.new_tokens, config)
             spy.send_signal(2)  # SIGINT: py-spy writes its samples and exits
             spy.wait(timeout=120)
         finally:
@@ -311,18 +331,19 @@ def profile(args: argparse.Namespace) -> None:
         thread = frames[0].split(": ", 1)[-1]
         busy[thread] = busy.get(thread, 0) + n
     loop_busy = busy["the server's event loop (uvicorn)"] = sum(n for _, n in loop)
+    compute = [(frames, n) for frames, n in stacks if "gpt2-compute" in frames[0]]
+    compute_busy = sum(n for _, n in compute)
     expected = (wall + 2) * args.rate  # samples a thread running throughout would have
-    shares = {name: 0 for name in PROFILE_FRAMES}
-    for frames, n in loop:
-        text = ";".join(frames)
-        name = next((k for k, keys in PROFILE_FRAMES.items() if any(key in text for key in keys)), None)
-        if name is not None:
-            shares[name] += n
     tokens = args.users * args.requests * args.new_tokens
-    lines = ["## Where the server's time goes (issue 17)", "",
-             f"Command: `python benchmarks/load.py profile --users {args.users} --requests {args.requests}`. "
-             f"The app as in the scaling run; {args.users} users stream {args.requests} greedy "
-             f"{args.new_tokens}-token `/generate` requests each ({tokens / wall:.0f} tok/s in total while "
+    other = "" if args.section == "profile" else f" --section {args.section}"
+    other += " --page" if args.page else ""
+    streams = (f"{args.new_tokens}-token generations through the page's own event each (`ui_generate`, a page "
+               "visit per user, the form's sampling defaults, seed 1, the attention captured for the views)"
+               if args.page else f"greedy {args.new_tokens}-token `/generate` requests each")
+    lines = [f"## Where the server's time goes (issue 17){': ' + args.section if other else ''}", "",
+             f"Command: `python benchmarks/load.py profile --users {args.users} --requests {args.requests}{other}`. "
+             f"The app as in the scaling run; {args.users} users stream {args.requests} {streams} "
+             f"({tokens / wall:.0f} tok/s in total while "
              f"sampled) and py-spy samples the server's threads {args.rate} times a second "
              f"(py-spy {version.stdout.split()[-1]}; "
              f"its own sampling takes some of the 2 cores). {machine_line()}.", "",
@@ -331,9 +352,12 @@ def profile(args: argparse.Namespace) -> None:
                if n / expected >= 0.01],
              "", f"The event loop's busy samples ({loop_busy}), by what is on its stack:", "",
              "| event loop work | share of its busy samples |", "|---|---:|",
-             *[f"| {name} | {n / max(loop_busy, 1):.0%} |" for name, n in shares.items()],
-             f"| other | {(loop_busy - sum(shares.values())) / max(loop_busy, 1):.0%} |"]
-    put_section("profile", lines, LOAD)
+             *[f"| {name} | {n / max(loop_busy, 1):.0%} |" for name, n in by_frames(loop, PROFILE_FRAMES).items()],
+             "", f"The compute thread's busy samples ({compute_busy}), likewise:", "",
+             "| compute thread work | share of its busy samples |", "|---|---:|",
+             *[f"| {name} | {n / max(compute_busy, 1):.0%} |"
+               for name, n in by_frames(compute, COMPUTE_FRAMES).items()]]
+    put_section(args.section, lines, LOAD)
     print("\n".join(lines))
 
 
@@ -664,6 +688,8 @@ def main() -> None:
     p.add_argument("--requests", type=int, default=16, help="streams per user")
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--rate", type=int, default=50, help="py-spy samples per second")
+    p.add_argument("--page", action="store_true", help="generate through the page's own event, not /generate")
+    p.add_argument("--section", default="profile", help="LOAD.md's section to write")
     p.set_defaults(run=profile)
     p = sub.add_parser("soak", help="a long mixed soak with the server's RSS curve")
     p.add_argument("--requests", type=int, default=2000)

@@ -20,11 +20,34 @@ def top_p_filter(logits: Tensor, p: float) -> Tensor:
     if p >= 1.0:
         return logits
     sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    return _top_p_of_sorted(logits, sorted_logits, order, p)
+
+
+def _top_p_of_sorted(logits: Tensor, sorted_logits: Tensor, order: Tensor, p: float) -> Tensor:
+    """top_p_filter's work once `logits` is sorted: `sorted_logits` descending, `order` the
+    indices of its first values (all of them, or only the finite ones: the rest are -inf and
+    stay so)."""
     sorted_probs = torch.softmax(sorted_logits, dim=-1)
     drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= p  # mass before this token
     drop[..., 0] = False  # the most likely token stays, even when p rounds to 0 in float32
     sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-    return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits[..., :order.size(-1)])
+
+
+def top_k_then_p(logits: Tensor, k: int, p: float) -> Tensor:
+    """top_p_filter(top_k_filter(logits, k), p), the same bits, without sorting the whole row
+    where it can: when the k best are finite and all different, the row sorted is them (as
+    topk gives them) followed by -inf, whatever the sort does with the -inf. With ties among
+    them (or NaN, -inf) the whole row is sorted as top_p_filter does, since the order torch's
+    sort gives equal values is its own. A sampled row's sort of 50,257 values was a third of
+    its sampling time."""
+    if k >= logits.size(-1) or p >= 1.0:
+        return top_p_filter(top_k_filter(logits, k), p)
+    values, indices = torch.topk(logits, k, dim=-1)
+    if not (torch.isfinite(values).all() and bool((values[..., 1:] < values[..., :-1]).all())):
+        return top_p_filter(torch.full_like(logits, float("-inf")).scatter(-1, indices, values), p)
+    rest = values.new_full((*values.shape[:-1], logits.size(-1) - k), float("-inf"))
+    return _top_p_of_sorted(logits, torch.cat([values, rest], dim=-1), indices, p)
 
 
 def sample_next(logits: Tensor, temperature: float = 0.0, top_k: int | None = None,
@@ -38,9 +61,11 @@ def sample_next(logits: Tensor, temperature: float = 0.0, top_k: int | None = No
     # below float32's smallest normal number it would round to 0 (and 0/0 to NaN).
     temperature = max(float(temperature), torch.finfo(torch.float32).tiny)
     logits = (logits - logits.amax(dim=-1, keepdim=True)) / temperature
-    if top_k:
+    if top_k and top_p is not None:
+        logits = top_k_then_p(logits, top_k, top_p)
+    elif top_k:
         logits = top_k_filter(logits, top_k)
-    if top_p is not None:
+    elif top_p is not None:
         logits = top_p_filter(logits, top_p)
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 import gpt2
-from gpt2.sampling import sample_next, top_k_filter, top_p_filter
+from gpt2.sampling import sample_next, top_k_filter, top_k_then_p, top_p_filter
 
 
 def test_top_k_ties_keep_exactly_k():
@@ -17,6 +17,29 @@ def test_top_p_keeps_smallest_set_reaching_p():
     kept = torch.isfinite(top_p_filter(probs.log(), 0.75))
     assert kept.tolist() == [[True, True, False, False]]
     assert torch.isfinite(top_p_filter(probs.log(), 0.01)).sum() == 1  # always one token
+
+
+@pytest.mark.parametrize("vocab", [50257, 41, 7])
+def test_top_k_then_p_is_top_p_of_top_k_bit_for_bit(vocab):
+    """The shortcut that sorts only the k best (when they are finite and all different) gives
+    the filtered logits the two filters give, so every seed samples the tokens it did: on
+    ties, -inf among the best, several rows, k at or above the vocabulary, p = 1."""
+    g = torch.Generator().manual_seed(vocab)
+    shortcuts = 0
+    for trial in range(60):
+        logits = torch.randn(1 + trial % 3, vocab, generator=g) * (0.2 + trial % 5)
+        if trial % 4 == 1:
+            logits = torch.round(logits * 2) / 2  # ties among the best
+        if trial % 6 == 2:
+            logits[0, :vocab // 2] = float("-inf")
+        for k in (1, 2, 40, vocab, vocab + 3):
+            for p in (1e-30, 0.5, 0.95, 1.0):
+                want = top_p_filter(top_k_filter(logits, k), p)
+                assert torch.equal(top_k_then_p(logits, k, p), want), (trial, k, p)
+                best = torch.topk(logits, min(k, vocab), dim=-1).values
+                shortcuts += bool(k < vocab and p < 1.0 and torch.isfinite(best).all()
+                                  and (best[..., 1:] < best[..., :-1]).all())
+    assert shortcuts > 50  # the shortcut itself was compared, not only the fallback
 
 
 @pytest.mark.parametrize("temperature", [1e-300, 5e-324, 1e-45, 1e-8])
