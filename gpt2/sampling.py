@@ -39,8 +39,8 @@ def top_k_then_p(logits: Tensor, k: int, p: float) -> Tensor:
     where it can: when the k best are finite and all different, the row sorted is them (as
     topk gives them) followed by -inf, whatever the sort does with the -inf. With ties among
     them (or NaN, -inf) the whole row is sorted as top_p_filter does, since the order torch's
-    sort gives equal values is its own. A sampled row's sort of 50,257 values was a third of
-    its sampling time."""
+    sort gives equal values is its own. Sorting the 50,257 values was a quarter of a sampled
+    row's time (benchmarks/SAMPLING.md)."""
     if k >= logits.size(-1) or p >= 1.0:
         return top_p_filter(top_k_filter(logits, k), p)
     values, indices = torch.topk(logits, k, dim=-1)
