@@ -12,6 +12,11 @@ def top_k_filter(logits: Tensor, k: int) -> Tensor:
     if k >= logits.size(-1):
         return logits
     values, indices = torch.topk(logits, k, dim=-1)
+    return _only(logits, indices, values)
+
+
+def _only(logits: Tensor, indices: Tensor, values: Tensor) -> Tensor:
+    """A row like `logits` holding `values` at `indices` and -inf elsewhere."""
     return torch.full_like(logits, float("-inf")).scatter(-1, indices, values)
 
 
@@ -31,7 +36,7 @@ def _top_p_of_sorted(logits: Tensor, sorted_logits: Tensor, order: Tensor, p: fl
     drop = sorted_probs.cumsum(dim=-1) - sorted_probs >= p  # mass before this token
     drop[..., 0] = False  # the most likely token stays, even when p rounds to 0 in float32
     sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-    return torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits[..., :order.size(-1)])
+    return _only(logits, order, sorted_logits[..., :order.size(-1)])
 
 
 def top_k_then_p(logits: Tensor, k: int, p: float) -> Tensor:
@@ -45,7 +50,7 @@ def top_k_then_p(logits: Tensor, k: int, p: float) -> Tensor:
         return top_p_filter(top_k_filter(logits, k), p)
     values, indices = torch.topk(logits, k, dim=-1)
     if not (torch.isfinite(values).all() and bool((values[..., 1:] < values[..., :-1]).all())):
-        return top_p_filter(torch.full_like(logits, float("-inf")).scatter(-1, indices, values), p)
+        return top_p_filter(_only(logits, indices, values), p)  # top_k_filter's row
     rest = values.new_full((*values.shape[:-1], logits.size(-1) - k), float("-inf"))
     return _top_p_of_sorted(logits, torch.cat([values, rest], dim=-1), indices, p)
 
