@@ -1196,7 +1196,8 @@ int64_t amx_q8(const char* w, int64_t in, const int8_t* b, int R, const char* x,
         return _mm512_cvtpd_ps(_mm512_mul_pd(sum, d));
     };
     // Up to Q_SUM_CHUNK values, 128 hi + lo itself fits in int32 (as tile_q8's lanes): one
-    // conversion to double instead of two and the multiply-add.
+    // conversion to double instead of two and the multiply-add. (128 hi alone can reach 2^31
+    // at int8's extremes, -128 weights; the vector shift and add wrap, so the sum is exact.)
     const bool int32_sums = in <= Q_SUM_CHUNK;
     auto whole = [](__m256i sum, __m512d d) { return _mm512_cvtpd_ps(_mm512_mul_pd(_mm512_cvtepi32_pd(sum), d)); };
     int64_t o = o0;
