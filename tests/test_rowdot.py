@@ -122,6 +122,10 @@ with torch.inference_mode():
         for o, i in ((2304, 768), (130, 3072), (50, 64)):
             x, w, s, b, dtype = make("int8-fp32-rows", o, i, rows=rows, bias=True, seed=rows)
             out[f"{rows} {o} {i}"] = lib.linear(x, w, s, b, dtype, True)
+    # int8's extremes at 1024 values (AMX's sums read out in int32): 128 hi alone reaches 2^31
+    w = torch.full((32, 1024), -128, dtype=torch.int8)
+    w[1] = 127
+    out["extremes"] = lib.linear(torch.full((8, 1, 1024), -1.0), w, torch.ones(32), None, torch.float32)
 torch.save({"isa": lib.isa, "out": out}, sys.argv[1])
 """
 
