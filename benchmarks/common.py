@@ -20,11 +20,16 @@ FORCING = ("GPT2_CPU_ISA", "GPT2_AMX", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_IS
 
 
 def cpu() -> tuple[str, str]:
-    """The CPU's model name and its flags of interest (CPU_FLAGS), as lscpu gives them."""
+    """The CPU's model name, with its family and model numbers where lscpu gives them (a cloud
+    machine's name is often just "Intel(R) Xeon(R) Processor", Sapphire or Emerald Rapids
+    alike), and its flags of interest (CPU_FLAGS)."""
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    info = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+    info = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in lscpu.splitlines() if ":" in line)}
     flags = " ".join(sorted(f for f in info.get("Flags", "").split() if CPU_FLAGS.match(f)))
-    return info.get("Model name", platform.processor()).strip(), flags or "none of interest"
+    name = info.get("Model name", platform.processor())
+    if "CPU family" in info and "Model" in info:
+        name += f" (family {info['CPU family']}, model {info['Model']})"
+    return name, flags or "none of interest"
 
 
 def machine_line() -> str:
