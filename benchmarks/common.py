@@ -19,17 +19,25 @@ CPU_FLAGS = re.compile(r"^(avx2|avx512(f|bw|vl|_bf16|_vnni|_fp16)|amx\w*|avx_vnn
 FORCING = ("GPT2_CPU_ISA", "GPT2_AMX", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS")
 
 
-def cpu() -> tuple[str, str]:
-    """The CPU's model name, with its family and model numbers where lscpu gives them (a cloud
-    machine's name is often just "Intel(R) Xeon(R) Processor", Sapphire or Emerald Rapids
-    alike), and its flags of interest (CPU_FLAGS)."""
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    info = {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in lscpu.splitlines() if ":" in line)}
-    flags = " ".join(sorted(f for f in info.get("Flags", "").split() if CPU_FLAGS.match(f)))
+def lscpu() -> dict[str, str]:
+    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    return {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in out.splitlines() if ":" in line)}
+
+
+def cpu_name(info: dict[str, str]) -> str:
+    """The CPU's model name, with its family and model numbers where lscpu gives them: a cloud
+    machine's name is often just "Intel(R) Xeon(R) Processor", Sapphire or Emerald Rapids alike."""
     name = info.get("Model name", platform.processor())
     if "CPU family" in info and "Model" in info:
         name += f" (family {info['CPU family']}, model {info['Model']})"
-    return name, flags or "none of interest"
+    return name
+
+
+def cpu() -> tuple[str, str]:
+    """The CPU's name (`cpu_name`) and its flags of interest (CPU_FLAGS)."""
+    info = lscpu()
+    flags = " ".join(sorted(f for f in info.get("Flags", "").split() if CPU_FLAGS.match(f)))
+    return cpu_name(info), flags or "none of interest"
 
 
 def machine_line() -> str:

@@ -23,7 +23,6 @@ import platform
 import re
 import shlex
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,7 +37,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
 import gpt2  # noqa: E402
-from common import FORCING, sections, spread  # noqa: E402
+from common import FORCING, cpu_name, lscpu, sections, spread  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 OUR_TIERS = ("fp32", "bf16", "int8")
@@ -400,10 +399,9 @@ def print_row(row: Row) -> None:
 
 def environment(device: torch.device) -> list[str]:
     """CPU model and flags of interest (or the GPU), library versions, threads."""
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    info = dict(line.split(":", 1) for line in lscpu.splitlines() if ":" in line)
+    info = lscpu()
     flags = sorted(f for f in info.get("Flags", "").split() if CPU_FLAGS.match(f))
-    lines = [f"- CPU: {info.get('Model name', platform.processor()).strip()}, "
+    lines = [f"- CPU: {cpu_name(info)}, "
              f"{os.cpu_count()} logical cores; flags: {' '.join(flags) or 'none of interest'}"]
     if device.type == "cuda":
         lines.append(f"- GPU: {torch.cuda.get_device_name(device)}")
