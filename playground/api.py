@@ -35,7 +35,7 @@ def register(service: Service, generate_concurrency: int) -> None:
                        top_p: float = 0.95, max_new_tokens: int = 60,
                        seed: int | None = None) -> AsyncIterator[str]:
         """Continue a prompt; streams the generated text so far (without the prompt): the first token at
-        once, then an update at most every 20 ms with every token made since.
+        once, then an update at most every 40 ms with every token made since.
         prompt: the text to continue (at most 20,000 characters).
         model: a name from the app's model list ("gpt2" runs at int8, "gpt2 · bf16" and "gpt2 · fp32" at
         those precisions, likewise the other sizes; "builtin" is the small built-in model; a Hub repo the

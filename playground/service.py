@@ -40,10 +40,10 @@ T = TypeVar("T")
 MEAN = "mean"
 DIRECTIONS = ("from", "to")
 # /generate sends at most one update per stream this often, with every token made meanwhile:
-# 50 a second is smoother than a reader can follow, and each update costs the server's two
-# cores ~0.5 ms (its event loop, the socket), which many users' streams would otherwise pay
-# per token (benchmarks/LOAD.md "profile").
-UPDATE_EVERY_S = 0.02
+# 25 a second, a film's rate, is smoother than a reader can follow, and each update costs the
+# server's two cores 0.4-0.7 ms (its event loop, the socket), which many users' streams would
+# otherwise pay per token (benchmarks/LOAD.md "profile", "profile_emr").
+UPDATE_EVERY_S = 0.04
 
 
 @dataclass(frozen=True)
