@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import sys
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +53,18 @@ def in_two_parts(x: torch.Tensor, wide: torch.Tensor) -> torch.Tensor:
     return torch.where(wide, fake_quantised(x * wide, None, 16383), fake_quantised(x * ~wide, None, 127))
 
 
+def rounding(scheme: tuple, fixed_columns: torch.Tensor | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """How the scheme rounds a Linear's input x [..., in]."""
+    if scheme[0] == "fixed":
+        wide = torch.zeros(fixed_columns.numel(), dtype=torch.bool)
+        wide[fixed_columns.topk(scheme[1]).indices] = True
+        return lambda x: in_two_parts(x, wide)
+    if scheme[0] == "largest":
+        return lambda x: in_two_parts(x, torch.zeros_like(x, dtype=torch.bool).scatter_(
+            -1, x.abs().topk(scheme[1], -1).indices, True))
+    return lambda x: fake_quantised(x, *scheme)
+
+
 def emulated(scheme: tuple | None, calibration: torch.Tensor) -> gpt2.GPT:
     model = gpt2.load_model(MODEL_FILE, compile=False).double()
     linears = [m for m in model.modules() if isinstance(m, Linear)]
@@ -59,8 +72,10 @@ def emulated(scheme: tuple | None, calibration: torch.Tensor) -> gpt2.GPT:
         w = module.weight.data
         scale = w.abs().amax(1, keepdim=True) / 127
         module.weight.data = torch.round(w / scale) * scale
-    largest_seen: dict[Linear, torch.Tensor] = {}  # per column, over the calibration text
-    if scheme is not None and scheme[0] == "fixed":
+    if scheme is None:
+        return model
+    largest_seen: dict[Linear, torch.Tensor] = {}  # each input column's largest |x| on the calibration text
+    if scheme[0] == "fixed":
         def seen(module: Linear, args: tuple) -> None:
             column_max = args[0].abs().flatten(0, -2).amax(0)
             largest_seen[module] = torch.maximum(largest_seen.get(module, column_max), column_max)
@@ -69,17 +84,7 @@ def emulated(scheme: tuple | None, calibration: torch.Tensor) -> gpt2.GPT:
         for hook in hooks:
             hook.remove()
     for module in linears:
-        if scheme is None:
-            continue
-        if scheme[0] == "fixed":
-            wide = torch.zeros(module.weight.size(1), dtype=torch.bool)
-            wide[largest_seen[module].topk(scheme[1]).indices] = True
-            rounded = lambda x, wide=wide: in_two_parts(x, wide)  # noqa: E731
-        elif scheme[0] == "largest":
-            rounded = lambda x, k=scheme[1]: in_two_parts(  # noqa: E731
-                x, torch.zeros_like(x, dtype=torch.bool).scatter_(-1, x.abs().topk(k, -1).indices, True))
-        else:
-            rounded = lambda x, scheme=scheme: fake_quantised(x, *scheme)  # noqa: E731
+        rounded = rounding(scheme, largest_seen.get(module))
         module.forward = lambda x, gelu=False, forward=module.forward, rounded=rounded: forward(rounded(x), gelu)
     return model
 
