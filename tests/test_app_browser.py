@@ -135,15 +135,23 @@ def test_head_overview_has_every_head_and_a_click_selects_one(app_url):
             const shape = document.querySelector('#head-overview .js-plotly-plot').layout.shapes[0];
             return shape && shape.x0 === 0.5 && shape.y0 === 0.5;
         }""", timeout=20_000)
-        page.wait_for_timeout(300)  # let Plotly finish drawing it
-        # Click the cell of layer 0, head 2, where Plotly draws it.
+        # Click the cell of layer 0, head 2, where Plotly draws it. On a loaded machine (CI on 2
+        # busy cores) a click can land while Plotly is still redrawing the outline, and is lost
+        # as a person's would be: click again, as they would, up to three times.
         page.locator("#head-overview").scroll_into_view_if_needed()
-        x, y = page.eval_on_selector("#head-overview .js-plotly-plot", """el => {
-            const {xaxis, yaxis} = el._fullLayout, box = el.getBoundingClientRect();
-            return [box.left + xaxis._offset + xaxis.l2p(2), box.top + yaxis._offset + yaxis.l2p(0)];
-        }""")
-        page.mouse.click(x, y)
-        expect(page.locator("#head input")).to_have_value("head 2", timeout=20_000)
+        for attempt in range(3):
+            page.wait_for_timeout(300)  # let Plotly finish drawing
+            x, y = page.eval_on_selector("#head-overview .js-plotly-plot", """el => {
+                const {xaxis, yaxis} = el._fullLayout, box = el.getBoundingClientRect();
+                return [box.left + xaxis._offset + xaxis.l2p(2), box.top + yaxis._offset + yaxis.l2p(0)];
+            }""")
+            page.mouse.click(x, y)
+            try:
+                expect(page.locator("#head input")).to_have_value("head 2", timeout=10_000)
+                break
+            except AssertionError:
+                if attempt == 2:
+                    raise
         expect(page.locator("#layer input")).to_have_value("layer 0")
         expect(page.locator("#all-heads .gtitle")).to_contain_text("Layer 0", timeout=20_000)
         expect(page.locator("#token-view .tv-caption")).to_contain_text("layer 0 · head 2")
