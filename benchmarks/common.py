@@ -20,6 +20,7 @@ FORCING = ("GPT2_CPU_ISA", "GPT2_AMX", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_IS
 
 
 def lscpu() -> dict[str, str]:
+    """lscpu's `key: value` lines, stripped."""
     out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     return {k.strip(): v.strip() for k, v in (line.split(":", 1) for line in out.splitlines() if ":" in line)}
 

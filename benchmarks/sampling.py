@@ -10,6 +10,7 @@ import argparse
 import datetime
 import sys
 from pathlib import Path
+
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout
@@ -47,7 +48,7 @@ def main() -> None:
     same = all(torch.equal(top_k_then_p(x, 40, 0.95), top_p_filter(top_k_filter(x, 40), 0.95))
                for x in (shifted, torch.randn(4, VOCAB, generator=torch.Generator().manual_seed(2))))
     lines = ["# Sampling one token", "",
-             f"Command: `python benchmarks/sampling.py`  ",
+             "Command: `python benchmarks/sampling.py`  ",
              f"Date: {started:%Y-%m-%d %H:%M} UTC; one row of {VOCAB:,} random logits (seed 0, times 3), "
              f"median of {args.repeat} calls, torch.get_num_threads() = {torch.get_num_threads()}.  ",
              machine_line(), "",
