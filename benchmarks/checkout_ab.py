@@ -10,11 +10,13 @@ and checks that both give the same ids. Writes benchmarks/AB.md.
 With `--rows 1,4,8`: one decode step of N rows instead (N users' caches at the prompt, every
 row active, as batching.py's step ceiling; the median of 16 steps), per N, and each side's
 ceiling N x t(1) / t(N) from its medians: a change to the multi-row step, measured in the
-same minutes as the commit before it.
+same minutes as the commit before it. With `--prefill 4,8,16`: the prefill of the prompt's
+first N tokens into a new cache instead (the median of 16), and the next token's id.
 
     python benchmarks/checkout_ab.py ea1e2b3 --tiers bf16,int8 --rounds 10
     python benchmarks/checkout_ab.py HEAD --tiers fp32,bf16,int8 --prompt 900 --out benchmarks/AB-long.md
     python benchmarks/checkout_ab.py 4ecdbd1 --tiers int8 --rows 1,4,8 --out benchmarks/AB-rows.md
+    python benchmarks/checkout_ab.py 295b307 --tiers fp32,bf16,int8 --prefill 4,8,16 --out benchmarks/PREFILL.md
 """
 from __future__ import annotations
 
@@ -70,12 +72,32 @@ def step_ms(n, steps=16):
     times.sort()
     return times[len(times) // 2] * 1e3, got
 
+def prefill_ms(n, reps=16):
+    """Median ms of the prefill of the prompt's first n tokens into a new cache, and the next id."""
+    times = []
+    with torch.inference_mode():
+        for _ in range(reps):
+            cache = new_cache(P + 1)
+            start = time.perf_counter()
+            logits = model(ids[:, :n], cache, last_only=True)[:, -1]
+            times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2] * 1e3, int(logits.argmax(-1))
+
 ROWS = [int(n) for n in sys.argv[5].split(",")] if sys.argv[5] else []
+PREFILL = [int(n) for n in sys.argv[6].split(",")] if sys.argv[6] else []
 timed(8)
 for n in ROWS:
     step_ms(n, 4)
+for n in PREFILL:
+    prefill_ms(n, 2)
 print("ready", flush=True)
 for _ in sys.stdin:
+    if PREFILL:
+        runs = {n: prefill_ms(n) for n in PREFILL}
+        print(json.dumps({"ms": {n: ms for n, (ms, _) in runs.items()}, "ids": [i for _, i in runs.values()]}),
+              flush=True)
+        continue
     if ROWS:
         steps = {n: step_ms(n) for n in ROWS}
         print(json.dumps({"ms": {n: ms for n, (ms, _) in steps.items()}, "ids": steps[ROWS[0]][1]}), flush=True)
@@ -86,8 +108,9 @@ for _ in sys.stdin:
 '''
 
 
-def side(checkout: Path, weights: Path, tier: str, prompt: int, rows: str) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(checkout), str(weights), tier, str(prompt), rows],
+def side(checkout: Path, weights: Path, tier: str, prompt: int, rows: str, prefill: str) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(checkout), str(weights), tier, str(prompt), rows,
+                             prefill],
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     if proc.stdout.readline().strip() != "ready":
         raise SystemExit(f"{checkout} ({tier}) did not start")
@@ -100,8 +123,10 @@ def ask(proc: subprocess.Popen) -> dict:
     return json.loads(proc.stdout.readline())
 
 
-def compare(base: Path, weights: Path, tier: str, rounds: int, prompt: int, rows: str = "") -> list[str]:
-    procs = {"base": side(base, weights, tier, prompt, rows), "this": side(ROOT, weights, tier, prompt, rows)}
+def compare(base: Path, weights: Path, tier: str, rounds: int, prompt: int, rows: str = "",
+            prefill: str = "") -> list[str]:
+    procs = {"base": side(base, weights, tier, prompt, rows, prefill),
+             "this": side(ROOT, weights, tier, prompt, rows, prefill)}
     ms = {name: [] for name in procs}
     ids = {}
     try:
@@ -115,6 +140,14 @@ def compare(base: Path, weights: Path, tier: str, rounds: int, prompt: int, rows
             proc.stdin.close()
             proc.wait(timeout=60)
     same = "yes" if ids["base"] == ids["this"] else "NO"
+    if prefill:
+        lines = []
+        for i, n in enumerate(prefill.split(",")):
+            per = {name: [m[n] for m in ms[name]] for name in ms}  # json keys are strings
+            ratios = [b / t for b, t in zip(per["base"], per["this"])]
+            lines.append(f"| {tier} | {n} | {spread(per['base'], '.2f')} | {spread(per['this'], '.2f')} | "
+                         f"{spread(ratios, '.3f')} | {'yes' if ids['base'][i] == ids['this'][i] else 'NO'} |")
+        return lines
     if not rows:
         ratios = [b / t for b, t in zip(ms["base"], ms["this"])]
         return [f"| {tier} | {spread(ms['base'], '.2f')} | {spread(ms['this'], '.2f')} | {spread(ratios, '.3f')} | {same} |"]
@@ -138,8 +171,12 @@ def main() -> None:
     p.add_argument("--prompt", type=int, default=16, help="prompt tokens (a long one: decode over a long context)")
     p.add_argument("--rows", default="", help="decode steps of these many rows instead, e.g. 1,4,8 (the first: "
                    "the ceilings' one row)")
+    p.add_argument("--prefill", default="", help="the prefill of a prompt's first N tokens instead, e.g. 4,8,16 "
+                   "(at most --prompt)")
     p.add_argument("--out", type=Path, default=HERE / "AB.md")
     args = p.parse_args()
+    if args.prefill and max(int(n) for n in args.prefill.split(",")) > args.prompt:
+        p.error("--prefill lengths must be at most --prompt")
     import torch
     import transformers
 
@@ -158,7 +195,7 @@ def main() -> None:
             hf = {k: v for k, v in gpt2.PRESETS["gpt2"].to_hf().items() if k not in ("model_type", "architectures")}
             transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf)).save_pretrained(weights)
             rows = [line for tier in args.tiers.split(",")
-                    for line in compare(base, weights, tier, args.rounds, args.prompt, args.rows)]
+                    for line in compare(base, weights, tier, args.rounds, args.prompt, args.rows, args.prefill)]
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(base)], check=True)
     lines = ["# This checkout against another commit", "",
@@ -167,13 +204,17 @@ def main() -> None:
              "(with its uncommitted changes, if any)  ",
              machine_line(), "",
              (f"Random 124M weights (transformers' init, seed 0), prompt {args.prompt}, greedy, "
-              + ("ms of one decode step of N rows (the prompt in N caches, every row active; the median of "
+              + ("ms of the prefill of the prompt's first N tokens into a new cache (`model(ids, cache, "
+                 "last_only=True)`, the median of 16), same id: the next token's argmax after it; " if args.prefill else
+                 "ms of one decode step of N rows (the prompt in N caches, every row active; the median of "
                  "16 steps), ceiling = N × t(1 row) / t(N rows) from each side's medians; " if args.rows else
                  "decode ms per token = (t(65 new) − t(1 new)) / 64; ")
               + f"each checkout in a process of its own, asked in turn over {args.rounds} rounds (who goes first "
               "alternates). Median [min–max] over rounds; ratio = base ÷ this within each round (> 1: this "
               "checkout is faster)."), "",
-             *([f"| tier | rows | {rev} ms/step | {this} ms/step | ratio per round | {rev} ceiling | {this} ceiling "
+             *([f"| tier | tokens | {rev} ms | {this} ms | ratio per round | same id |",
+                "|---|---:|---:|---:|---:|---|"] if args.prefill else
+               [f"| tier | rows | {rev} ms/step | {this} ms/step | ratio per round | {rev} ceiling | {this} ceiling "
                 "| same ids |", "|---|---:|---:|---:|---:|---:|---:|---|"] if args.rows else
                [f"| tier | {rev} ms/token | {this} ms/token | ratio per round | same ids |", "|---|---:|---:|---:|---|"]),
              *rows, ""]

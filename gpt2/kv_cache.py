@@ -74,15 +74,22 @@ class KVCache:
         """Per sequence: its keys and values [L, H, max_len, hd] and the next position."""
         return [(self.k[:, b], self.v[:, b], self.pos) for b in range(self.k.size(1))]
 
-    def decode_rows(self) -> DecodeRows | None:
+    def decode_rows(self, T: int = 1) -> DecodeRows | None:
         """This step's rows for the decode attention kernel (`gpt2.fast.kernels`): built once,
-        then only their position moves; None if it cannot read this cache (fp32 or bf16 on the CPU)."""
+        then only their position moves; None if it cannot read this cache (fp32 or bf16 on the
+        CPU). T > 1: the next T positions of a one-sequence cache as T rows of one step (a
+        short prompt piece), row t at position pos + t."""
+        if self.pos + T > self.max_len:
+            raise ValueError(f"{self.pos + T} positions exceed the cache of {self.max_len}")
+        if T > 1:
+            if self.k.size(1) != 1 or not _kernel_reads(self):
+                return None
+            (k, v, pos), = self.rows()
+            return DecodeRows.of([(k, v, pos + t) for t in range(T)])
         if self._decode_rows is None or self._decode_rows[0] != self.k.data_ptr():
             if not _kernel_reads(self):
                 return None
             self._decode_rows = (self.k.data_ptr(), DecodeRows.of(self.rows()))
-        if self.pos + 1 > self.max_len:
-            raise ValueError(f"{self.pos + 1} positions exceed the cache of {self.max_len}")
         rows = self._decode_rows[1]
         rows.pos[:] = [self.pos] * rows.count
         return rows
@@ -111,9 +118,10 @@ class CacheBatch:
         for c in self.caches:
             c.advance(T)
 
-    def decode_rows(self) -> DecodeRows | None:
-        """As `KVCache.decode_rows`, one row per cache (None unless they share one dtype)."""
-        if not all(_kernel_reads(c) and c.k.dtype == self.caches[0].k.dtype for c in self.caches):
+    def decode_rows(self, T: int = 1) -> DecodeRows | None:
+        """As `KVCache.decode_rows`, one row per cache (None unless they share one dtype, and
+        for more than one position: a batch's rows continue one token each)."""
+        if T != 1 or not all(_kernel_reads(c) and c.k.dtype == self.caches[0].k.dtype for c in self.caches):
             return None
         key = tuple((c.pos, c.k.data_ptr()) for c in self.caches)
         if self._decode_rows is None or self._decode_rows[0] != key:

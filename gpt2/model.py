@@ -208,7 +208,12 @@ class GPT(nn.Module):
         """The residual stream after the last block, and the logits where a decode step's one
         library call computed them too (`kernels.decode_step`; asked for with `head`)."""
         T = idx.size(1)
-        fused = kernels.decode_step(self, idx, cache, head) if T == 1 and cache is not None else None
+        piece = cache is not None and T <= kernels.PREFILL_ROWS  # a decode step, or a short prompt piece
+        fused = kernels.decode_step(self, idx, cache, head) if piece else None
+        if fused is None and piece and T > 1 and idx.size(0) == 1 and kernels.decodes(self, idx):
+            # Hooks the one call cannot run (a knock-out): the piece a token at a time through
+            # the modules, whose one-token steps give the one call's bits.
+            return torch.cat([self._run(idx[:, t:t + 1], cache, head=False)[0] for t in range(T)], dim=1), None
         if fused is not None:
             x, logits = fused
         else:
@@ -260,7 +265,8 @@ class GPT(nn.Module):
         return logits
 
     def forward(self, idx: Tensor, cache: Cache | None = None, last_only: bool = False) -> Tensor:
-        x, logits = self._run(idx, cache, head=True)
+        # last_only: the head on the last position alone (a fused step's head is per row: the same bits)
+        x, logits = self._run(idx, cache, head=not last_only or idx.size(1) == 1)
         if logits is not None:
             return logits
         return self.head(x[:, -1:] if last_only else x)

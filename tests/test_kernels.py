@@ -246,6 +246,47 @@ def test_a_decode_step_in_one_call_gives_the_bits_of_the_blocks_one_by_one(tiny_
 
 
 @pytest.mark.parametrize("tier", TIERS)
+def test_a_short_prompt_piece_is_its_tokens_decoded_one_at_a_time_in_one_call(tiny_dir, tier, monkeypatch):
+    """A prompt piece of at most PREFILL_ROWS tokens runs as the rows of one decode step: one
+    library call, no PyTorch product or attention, and the bits of decoding its tokens one at
+    a time (the last position's logits, every position's with last_only=False, the cache's
+    keys and values), after a filled cache too; a longer one stays on the GEMM path."""
+    model = compiled(gpt2.load_model(tiny_dir, **TIERS[tier]))
+    ids = torch.arange(kernels.PREFILL_ROWS + 1).view(1, -1) * 389 % 50257
+    calls = []
+    real = kernels.decode_step
+    monkeypatch.setattr(kernels, "decode_step", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
+
+    def run(pieces: list[int], last_only: bool = True) -> tuple[torch.Tensor, gpt2.KVCache]:
+        cache = gpt2.KVCache.for_model(model, 1, ids.size(1) + 1)
+        start, out = 0, []
+        with torch.inference_mode():
+            for n in pieces:
+                out.append(model(ids[:, start:start + n], cache, last_only=last_only))
+                start += n
+        return torch.cat(out, dim=1), cache
+
+    one_at_a_time, stepped = run([1] * kernels.PREFILL_ROWS)
+    for pieces in ([kernels.PREFILL_ROWS], [3, kernels.PREFILL_ROWS - 3]):
+        calls.clear()
+        with profile() as prof:
+            out, cache = run(pieces)
+        assert [shape[1] for shape in calls] == pieces  # each piece one call, every token in it
+        assert not {e.key for e in prof.key_averages()} & {"aten::mm", "aten::addmm", "aten::_weight_int8pack_mm",
+                                                           "mkldnn::_linear_pointwise",
+                                                           "aten::scaled_dot_product_attention"}
+        assert torch.equal(out[:, -1], one_at_a_time[:, -1]), (tier, pieces)
+        n = kernels.PREFILL_ROWS
+        assert torch.equal(cache.k[..., :n, :], stepped.k[..., :n, :]) and torch.equal(cache.v[..., :n, :],
+                                                                                     stepped.v[..., :n, :])
+    every, _ = run([kernels.PREFILL_ROWS], last_only=False)  # the head on each row: each one's logits
+    assert torch.equal(every, run([1] * kernels.PREFILL_ROWS, last_only=False)[0])
+    calls.clear()
+    run([kernels.PREFILL_ROWS + 1])
+    assert calls == []  # beyond PREFILL_ROWS: not a decode step (model._run does not ask)
+
+
+@pytest.mark.parametrize("tier", TIERS)
 def test_a_bf16_stream_keeps_its_cache_in_bf16_with_the_same_bits(tiny_dir, tier):
     """`KVCache.for_model` (what generation and the decode loop use): keys and values in bf16
     where the residual stream is bf16 (each of them is a bf16 value), else fp32; decoding over
@@ -364,7 +405,9 @@ def test_a_hook_outside_the_blocks_sends_the_step_module_by_module(tiny_dir, whe
         assert torch.equal(decode_logits(model, idx, 3), plain)
     finally:
         handle.remove()
-    assert len(seen) == 1 + 3  # the prefill and every decode step
+    # the short prompt's tokens one at a time (kernels.PREFILL_ROWS), its head over them in one
+    # call; then every decode step
+    assert len(seen) == (1 if where == "ln_f" else 3) + 3
     with torch.inference_mode():
         assert kernels.decode_step(model, torch.tensor([[5]]), gpt2.KVCache(model.config, 1, 4)) is not None
 

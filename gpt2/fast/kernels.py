@@ -6,8 +6,9 @@ that read without changing any row's result. The kernels do both: every row of a
 is computed exactly as the one-row path computes it (a fixed accumulation order per row),
 weight rows outermost so that the rows of a step share each read; attention runs per row
 over that row's own cache, the new key and value written in the same call. They serve
-inputs with one position per sequence (decode steps, and the LM head's last position);
-prefill stays on oneDNN's GEMM (`gpt2.fast.gemm`), which is fast for many rows.
+inputs with one position per sequence (decode steps, and the LM head's last position), and
+a short prompt piece as the rows of one decode step (`PREFILL_ROWS`); a longer prefill stays
+on oneDNN's GEMM (`gpt2.fast.gemm`), which is fast for many rows.
 
 `compile_kernels(model)` builds the library (a few seconds the first time on a machine, then
 loaded from its cache), checks it against the eager math, and switches the model's layers to
@@ -32,6 +33,12 @@ from torch import Tensor, nn
 from . import rowdot
 
 log = logging.getLogger(__name__)
+# A prompt piece of at most this many tokens runs as the rows of one decode step, row t at
+# position pos + t of the one cache, the new keys written before any row attends: the bits of
+# decoding those tokens one at a time, in one library call instead of ~150 module calls (124M
+# int8, 8 tokens on AMX: 12.6 -> 6.5 ms, benchmarks/PREFILL.md). At 16 rows oneDNN's GEMM on
+# the dequantised weights is no faster; for many rows it is.
+PREFILL_ROWS = 16
 
 
 def serves(x: Tensor) -> bool:
@@ -247,24 +254,35 @@ def _describe(model: nn.Module, trial: bool = False) -> _DecodeStep | None:
         return None
 
 
+def decodes(model: nn.Module, idx: Tensor) -> bool:
+    """Whether `model`'s decode steps of ids `idx` run on the kernels (built and switched on,
+    CPU, inference mode): one module-by-module step then gives `decode_step`'s bits."""
+    status = getattr(model, "compile_status", None)
+    return status is not None and status.ready and idx.is_cpu and torch.is_inference_mode_enabled()
+
+
 def decode_step(model: nn.Module, idx: Tensor, cache: object, head: bool = True) -> tuple[Tensor, Tensor | None] | None:
     """A decode step in one call into the library (`gpt2_decode_step`): ids `idx` [B, 1] ->
     the last block's output [B, 1, C] and, where `head` and the model's head runs on the
     kernels, fp32 logits [B, 1, vocab] (else None): the same bits as calling the modules one
     by one (which call the same C++ functions), without ~100 Python-level calls a token.
+    Also a short prompt piece of one sequence, idx [1, T] with T <= PREFILL_ROWS and its
+    `KVCache`, as T rows (outputs [1, T, ...]): the bits of decoding its tokens one at a time.
     The caller advances the cache. None where that path does not apply: kernels not in use,
-    not a decode step, a cache the attention kernel cannot read, a module the plan does not
-    know, or a hook on a module the step covers that only the module-by-module path can run
-    (a knock-out, anything registered). Two kinds of hook are run here (`_hooked`): a forward
-    pre-hook on a block that only adds a vector per row to the residual stream entering it
-    (a steering, `gpt2.steer`) says so with a `residual_addition(cache, rows)` method, [rows,
-    C] fp32 or None, and the step adds it where the module path would; a forward hook on a
-    block or its `attn.c_attn` that only reads the output and the cache in its arguments (an
-    attention capture, `gpt2.capture`) says so with `replays_decode = True`, and is called
-    after the step with the output the step recorded for it and (None, cache) as arguments."""
-    status = getattr(model, "compile_status", None)
-    if (status is None or not status.ready or cache is None or idx.dim() != 2 or idx.size(1) != 1
-            or not idx.is_cpu or idx.dtype != torch.int64 or not torch.is_inference_mode_enabled()):
+    not a decode step or short piece, a cache the attention kernel cannot read, a module the
+    plan does not know, or a hook on a module the step covers that only the module-by-module
+    path can run (a knock-out, anything registered). Two kinds of hook are run here
+    (`_hooked`): a forward pre-hook on a block that only adds a vector per row to the residual
+    stream entering it (a steering, `gpt2.steer`) says so with a `residual_addition(cache,
+    rows)` method, [rows, C] fp32 or None, and the step adds it where the module path would
+    (at every position of a piece); a forward hook on a block or its `attn.c_attn` that only
+    reads the output and the cache in its arguments (an attention capture, `gpt2.capture`)
+    says so with `replays_decode = True`, and is called after the step with the output the
+    step recorded for it and (None, cache) as arguments."""
+    if not decodes(model, idx) or cache is None or idx.dim() != 2 or idx.dtype != torch.int64:
+        return None
+    B, T = idx.shape
+    if not (T == 1 or (B == 1 and 1 < T <= PREFILL_ROWS)):
         return None
     module = torch.nn.modules.module
     if module._global_forward_hooks or module._global_forward_pre_hooks:
@@ -278,28 +296,31 @@ def decode_step(model: nn.Module, idx: Tensor, cache: object, head: bool = True)
         _steps[model] = step
     add = replays = record = None
     if any(step.watch.hooks):
-        hooked = _hooked(model, step, cache, idx.size(0))
+        hooked = _hooked(model, step, cache, B)
         if hooked is None:
             return None
         add, replays = hooked
-    rows = cache.decode_rows()
+        if add is not None and T > 1:  # the piece's one sequence: its vector at every position
+            add = [None if a is None else a.expand(T, -1).contiguous() for a in add]
+    rows = cache.decode_rows(T)
     if rows is None:
         return None
+    C = step.plan.model.C
     if replays is not None:
-        B, C = idx.size(0), step.plan.model.C
-        record = [None if not fns else torch.empty(B, 1, (3 if i % 2 == 0 else 1) * C, dtype=step.plan.dtype)
+        record = [None if not fns else torch.empty(B * T, 1, (3 if i % 2 == 0 else 1) * C, dtype=step.plan.dtype)
                   for i, (_, fns) in enumerate(replays)]
     lib = _library or library()
+    ids = idx.reshape(B * T, 1)  # a row per position
     if torch.autograd.profiler._is_profiler_enabled:
         with torch.profiler.record_function("gpt2.fast.kernels.decode_step"):
-            out = lib.decode_step(step.plan, idx, rows, head, add=add, record=record)
+            x, logits = lib.decode_step(step.plan, ids, rows, head, add=add, record=record)
     else:
-        out = lib.decode_step(step.plan, idx, rows, head, add=add, record=record)
+        x, logits = lib.decode_step(step.plan, ids, rows, head, add=add, record=record)
     if replays is not None:  # in the order the module path calls them
         for (owner, fns), recorded in zip(replays, record):
             for fn in fns:
-                fn(owner, (None, cache), recorded)
-    return out
+                fn(owner, (None, cache), recorded.view(B, T, -1))
+    return x.view(B, T, C), None if logits is None else logits.view(B, T, -1)
 
 
 def _hooked(model: nn.Module, step: "_DecodeStep", cache: object, batch: int
