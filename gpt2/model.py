@@ -208,7 +208,7 @@ class GPT(nn.Module):
         """The residual stream after the last block, and the logits where a decode step's one
         library call computed them too (`kernels.decode_step`; asked for with `head`)."""
         T = idx.size(1)
-        piece = cache is not None and T <= kernels.PREFILL_ROWS  # a decode step, or a short prompt piece
+        piece = cache is not None and (T == 1 or T <= kernels.prefill_rows(self))  # a decode step, or a short piece
         fused = kernels.decode_step(self, idx, cache, head) if piece else None
         if fused is None and piece and T > 1 and idx.size(0) == 1 and kernels.decodes(self, idx):
             # Hooks the one call cannot run (a knock-out): the piece a token at a time through

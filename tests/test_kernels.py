@@ -247,12 +247,15 @@ def test_a_decode_step_in_one_call_gives_the_bits_of_the_blocks_one_by_one(tiny_
 
 @pytest.mark.parametrize("tier", TIERS)
 def test_a_short_prompt_piece_is_its_tokens_decoded_one_at_a_time_in_one_call(tiny_dir, tier, monkeypatch):
-    """A prompt piece of at most PREFILL_ROWS tokens runs as the rows of one decode step: one
+    """A prompt piece of at most `prefill_rows` tokens runs as the rows of one decode step: one
     library call, no PyTorch product or attention, and the bits of decoding its tokens one at
     a time (the last position's logits, every position's with last_only=False, the cache's
     keys and values), after a filled cache too; a longer one stays on the GEMM path."""
     model = compiled(gpt2.load_model(tiny_dir, **TIERS[tier]))
-    ids = torch.arange(kernels.PREFILL_ROWS + 1).view(1, -1) * 389 % 50257
+    n = kernels.prefill_rows(model)
+    bf16_stream = model.wpe.weight.dtype == torch.bfloat16  # a CPU with bf16 dot products
+    assert n == (kernels.BF16_PREFILL_ROWS if tier == "bf16" and bf16_stream else kernels.PREFILL_ROWS)
+    ids = torch.arange(n + 1).view(1, -1) * 389 % 50257
     calls = []
     real = kernels.decode_step
     monkeypatch.setattr(kernels, "decode_step", lambda *a, **k: calls.append(a[1].shape) or real(*a, **k))
@@ -261,13 +264,13 @@ def test_a_short_prompt_piece_is_its_tokens_decoded_one_at_a_time_in_one_call(ti
         cache = gpt2.KVCache.for_model(model, 1, ids.size(1) + 1)
         start, out = 0, []
         with torch.inference_mode():
-            for n in pieces:
-                out.append(model(ids[:, start:start + n], cache, last_only=last_only))
-                start += n
+            for size in pieces:
+                out.append(model(ids[:, start:start + size], cache, last_only=last_only))
+                start += size
         return torch.cat(out, dim=1), cache
 
-    one_at_a_time, stepped = run([1] * kernels.PREFILL_ROWS)
-    for pieces in ([kernels.PREFILL_ROWS], [3, kernels.PREFILL_ROWS - 3]):
+    one_at_a_time, stepped = run([1] * n)
+    for pieces in ([n], [3, n - 3]):
         calls.clear()
         with profile() as prof:
             out, cache = run(pieces)
@@ -276,14 +279,13 @@ def test_a_short_prompt_piece_is_its_tokens_decoded_one_at_a_time_in_one_call(ti
                                                            "mkldnn::_linear_pointwise",
                                                            "aten::scaled_dot_product_attention"}
         assert torch.equal(out[:, -1], one_at_a_time[:, -1]), (tier, pieces)
-        n = kernels.PREFILL_ROWS
         assert torch.equal(cache.k[..., :n, :], stepped.k[..., :n, :]) and torch.equal(cache.v[..., :n, :],
                                                                                      stepped.v[..., :n, :])
-    every, _ = run([kernels.PREFILL_ROWS], last_only=False)  # the head on each row: each one's logits
-    assert torch.equal(every, run([1] * kernels.PREFILL_ROWS, last_only=False)[0])
+    every, _ = run([n], last_only=False)  # the head on each row: each one's logits
+    assert torch.equal(every, run([1] * n, last_only=False)[0])
     calls.clear()
-    run([kernels.PREFILL_ROWS + 1])
-    assert calls == []  # beyond PREFILL_ROWS: not a decode step (model._run does not ask)
+    run([n + 1])
+    assert calls == []  # beyond prefill_rows: not a decode step (model._run does not ask)
 
 
 @pytest.mark.parametrize("tier", TIERS)

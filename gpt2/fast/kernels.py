@@ -35,10 +35,12 @@ from . import rowdot
 log = logging.getLogger(__name__)
 # A prompt piece of at most this many tokens runs as the rows of one decode step, row t at
 # position pos + t of the one cache, the new keys written before any row attends: the bits of
-# decoding those tokens one at a time, in one library call instead of ~150 module calls (124M
-# int8, 8 tokens on AMX: 12.6 -> 6.5 ms, benchmarks/PREFILL.md). At 16 rows oneDNN's GEMM on
-# the dequantised weights is no faster; for many rows it is.
+# decoding those tokens one at a time, in one library call instead of ~150 module calls (124M,
+# 16 tokens: int8 1.49x, fp32 1.16x faster; benchmarks/PREFILL.md). For many rows the GEMM
+# path is faster. bf16 weights in a bf16 stream take up to BF16_PREFILL_ROWS: there oneDNN's
+# bf16 GEMM (on AMX where the CPU has it) caught up by 16 rows (0.94x).
 PREFILL_ROWS = 16
+BF16_PREFILL_ROWS = 8
 
 
 def serves(x: Tensor) -> bool:
@@ -254,6 +256,12 @@ def _describe(model: nn.Module, trial: bool = False) -> _DecodeStep | None:
         return None
 
 
+def prefill_rows(model: nn.Module) -> int:
+    """The longest prompt piece `decode_step` runs for `model` (see PREFILL_ROWS)."""
+    bf16 = model.wpe.weight.dtype == torch.bfloat16 and model.h[0].attn.c_attn.weight.dtype == torch.bfloat16
+    return BF16_PREFILL_ROWS if bf16 else PREFILL_ROWS
+
+
 def decodes(model: nn.Module, idx: Tensor) -> bool:
     """Whether `model`'s decode steps of ids `idx` run on the kernels (built and switched on,
     CPU, inference mode): one module-by-module step then gives `decode_step`'s bits."""
@@ -266,7 +274,7 @@ def decode_step(model: nn.Module, idx: Tensor, cache: object, head: bool = True)
     the last block's output [B, 1, C] and, where `head` and the model's head runs on the
     kernels, fp32 logits [B, 1, vocab] (else None): the same bits as calling the modules one
     by one (which call the same C++ functions), without ~100 Python-level calls a token.
-    Also a short prompt piece of one sequence, idx [1, T] with T <= PREFILL_ROWS and its
+    Also a short prompt piece of one sequence, idx [1, T] with T <= `prefill_rows(model)` and its
     `KVCache`, as T rows (outputs [1, T, ...]): the bits of decoding its tokens one at a time.
     The caller advances the cache. None where that path does not apply: kernels not in use,
     not a decode step or short piece, a cache the attention kernel cannot read, a module the
@@ -282,7 +290,7 @@ def decode_step(model: nn.Module, idx: Tensor, cache: object, head: bool = True)
     if not decodes(model, idx) or cache is None or idx.dim() != 2 or idx.dtype != torch.int64:
         return None
     B, T = idx.shape
-    if not (T == 1 or (B == 1 and 1 < T <= PREFILL_ROWS)):
+    if not (T == 1 or (B == 1 and 1 < T <= prefill_rows(model))):
         return None
     module = torch.nn.modules.module
     if module._global_forward_hooks or module._global_forward_pre_hooks:
