@@ -77,15 +77,14 @@ class KVCache:
     def decode_rows(self, T: int = 1) -> DecodeRows | None:
         """This step's rows for the decode attention kernel (`gpt2.fast.kernels`): built once,
         then only their position moves; None if it cannot read this cache (fp32 or bf16 on the
-        CPU). T > 1: the next T positions of a one-sequence cache as T rows of one step (a
-        short prompt piece), row t at position pos + t."""
+        CPU). T > 1: each sequence's next T positions as T rows of one step (a short prompt
+        piece), sequence by sequence, row t at position pos + t."""
         if self.pos + T > self.max_len:
             raise ValueError(f"{self.pos + T} positions exceed the cache of {self.max_len}")
         if T > 1:
-            if self.k.size(1) != 1 or not _kernel_reads(self):
+            if not _kernel_reads(self):
                 return None
-            (k, v, pos), = self.rows()
-            return DecodeRows.of([(k, v, pos + t) for t in range(T)])
+            return DecodeRows.of([(k, v, pos + t) for k, v, pos in self.rows() for t in range(T)])
         if self._decode_rows is None or self._decode_rows[0] != self.k.data_ptr():
             if not _kernel_reads(self):
                 return None

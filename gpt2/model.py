@@ -210,7 +210,7 @@ class GPT(nn.Module):
         T = idx.size(1)
         piece = cache is not None and (T == 1 or T <= kernels.prefill_rows(self))  # a decode step, or a short piece
         fused = kernels.decode_step(self, idx, cache, head) if piece else None
-        if fused is None and piece and T > 1 and idx.size(0) == 1 and kernels.decodes(self, idx):
+        if fused is None and piece and T > 1 and kernels.decodes(self, idx):
             # Hooks the one call cannot run (a knock-out): the piece a token at a time through
             # the modules, whose one-token steps give the one call's bits.
             return torch.cat([self._run(idx[:, t:t + 1], cache, head=False)[0] for t in range(T)], dim=1), None

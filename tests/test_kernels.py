@@ -250,7 +250,8 @@ def test_a_short_prompt_piece_is_its_tokens_decoded_one_at_a_time_in_one_call(ti
     """A prompt piece of at most `prefill_rows` tokens runs as the rows of one decode step: one
     library call, no PyTorch product or attention, and the bits of decoding its tokens one at
     a time (the last position's logits, every position's with last_only=False, the cache's
-    keys and values), after a filled cache too; a longer one stays on the GEMM path."""
+    keys and values), after a filled cache too, and each sequence of a batch as if alone; a
+    longer one stays on the GEMM path."""
     model = compiled(gpt2.load_model(tiny_dir, **TIERS[tier]))
     n = kernels.prefill_rows(model)
     bf16_stream = model.wpe.weight.dtype == torch.bfloat16  # a CPU with bf16 dot products
@@ -283,6 +284,12 @@ def test_a_short_prompt_piece_is_its_tokens_decoded_one_at_a_time_in_one_call(ti
                                                                                      stepped.v[..., :n, :])
     every, _ = run([n], last_only=False)  # the head on each row: each one's logits
     assert torch.equal(every, run([1] * n, last_only=False)[0])
+    two = torch.cat([ids, ids.flip(1)])  # a batch's pieces: each sequence's rows as if alone
+    cache = gpt2.KVCache.for_model(model, 2, ids.size(1) + 1)
+    with torch.inference_mode():
+        both = model(two[:, :n], cache, last_only=True)
+        alone = [model(two[b:b + 1, :n], gpt2.KVCache.for_model(model, 1, n), last_only=True) for b in range(2)]
+    assert torch.equal(both, torch.cat(alone))
     calls.clear()
     run([n + 1])
     assert calls == []  # beyond prefill_rows: not a decode step (model._run does not ask)

@@ -274,8 +274,8 @@ def decode_step(model: nn.Module, idx: Tensor, cache: object, head: bool = True)
     the last block's output [B, 1, C] and, where `head` and the model's head runs on the
     kernels, fp32 logits [B, 1, vocab] (else None): the same bits as calling the modules one
     by one (which call the same C++ functions), without ~100 Python-level calls a token.
-    Also a short prompt piece of one sequence, idx [1, T] with T <= `prefill_rows(model)` and its
-    `KVCache`, as T rows (outputs [1, T, ...]): the bits of decoding its tokens one at a time.
+    Also a short prompt piece, idx [B, T] with 1 < T <= `prefill_rows(model)` and its `KVCache`,
+    as B x T rows (outputs [B, T, ...]): the bits of decoding its tokens one at a time.
     The caller advances the cache. None where that path does not apply: kernels not in use,
     not a decode step or short piece, a cache the attention kernel cannot read, a module the
     plan does not know, or a hook on a module the step covers that only the module-by-module
@@ -290,7 +290,7 @@ def decode_step(model: nn.Module, idx: Tensor, cache: object, head: bool = True)
     if not decodes(model, idx) or cache is None or idx.dim() != 2 or idx.dtype != torch.int64:
         return None
     B, T = idx.shape
-    if not (T == 1 or (B == 1 and 1 < T <= prefill_rows(model))):
+    if T > 1 and T > prefill_rows(model):
         return None
     module = torch.nn.modules.module
     if module._global_forward_hooks or module._global_forward_pre_hooks:
@@ -308,8 +308,8 @@ def decode_step(model: nn.Module, idx: Tensor, cache: object, head: bool = True)
         if hooked is None:
             return None
         add, replays = hooked
-        if add is not None and T > 1:  # the piece's one sequence: its vector at every position
-            add = [None if a is None else a.expand(T, -1).contiguous() for a in add]
+        if add is not None and T > 1:  # a sequence's vector at each of its positions
+            add = [None if a is None else a.repeat_interleave(T, dim=0) for a in add]
     rows = cache.decode_rows(T)
     if rows is None:
         return None
@@ -318,7 +318,7 @@ def decode_step(model: nn.Module, idx: Tensor, cache: object, head: bool = True)
         record = [None if not fns else torch.empty(B * T, 1, (3 if i % 2 == 0 else 1) * C, dtype=step.plan.dtype)
                   for i, (_, fns) in enumerate(replays)]
     lib = _library or library()
-    ids = idx.reshape(B * T, 1)  # a row per position
+    ids = idx.reshape(B * T, 1)  # a row per position, sequence by sequence
     if torch.autograd.profiler._is_profiler_enabled:
         with torch.profiler.record_function("gpt2.fast.kernels.decode_step"):
             x, logits = lib.decode_step(step.plan, ids, rows, head, add=add, record=record)
