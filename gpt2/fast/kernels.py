@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 # decoding those tokens one at a time, in one library call instead of ~150 module calls (124M,
 # 16 tokens: int8 1.49x, fp32 1.16x faster; benchmarks/PREFILL.md). For many rows the GEMM
 # path is faster. bf16 weights in a bf16 stream take up to BF16_PREFILL_ROWS: there oneDNN's
-# bf16 GEMM (on AMX where the CPU has it) caught up by 16 rows (0.94x).
+# bf16 GEMM (on AMX where the CPU has it) caught up by 16 rows (0.94x, docs/SPEED.md).
 PREFILL_ROWS = 16
 BF16_PREFILL_ROWS = 8
 
