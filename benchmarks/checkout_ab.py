@@ -141,26 +141,27 @@ def compare(base: Path, weights: Path, tier: str, rounds: int, prompt: int, rows
             proc.wait(timeout=60)
     same = "yes" if ids["base"] == ids["this"] else "NO"
     if prefill:
-        lines = []
-        for i, n in enumerate(prefill.split(",")):
-            per = {name: [m[n] for m in ms[name]] for name in ms}  # json keys are strings
-            ratios = [b / t for b, t in zip(per["base"], per["this"])]
-            lines.append(f"| {tier} | {n} | {spread(per['base'], '.2f')} | {spread(per['this'], '.2f')} | "
-                         f"{spread(ratios, '.3f')} | {'yes' if ids['base'][i] == ids['this'][i] else 'NO'} |")
-        return lines
+        return [f"| {tier} | {n} | {at_size(ms, n)[1]} | {'yes' if ids['base'][i] == ids['this'][i] else 'NO'} |"
+                for i, n in enumerate(prefill.split(","))]
     if not rows:
         ratios = [b / t for b, t in zip(ms["base"], ms["this"])]
         return [f"| {tier} | {spread(ms['base'], '.2f')} | {spread(ms['this'], '.2f')} | {spread(ratios, '.3f')} | {same} |"]
     lines = []
     first = rows.split(",")[0]
     for n in rows.split(","):
-        per = {name: [m[n] for m in ms[name]] for name in ms}  # json keys are strings
-        ratios = [b / t for b, t in zip(per["base"], per["this"])]
+        per, cells = at_size(ms, n)
         ceiling = {name: int(n) * statistics.median(m[first] for m in ms[name]) / statistics.median(per[name])
                    for name in ms}
-        lines.append(f"| {tier} | {n} | {spread(per['base'], '.2f')} | {spread(per['this'], '.2f')} | "
-                     f"{spread(ratios, '.3f')} | {ceiling['base']:.2f} | {ceiling['this']:.2f} | {same} |")
+        lines.append(f"| {tier} | {n} | {cells} | {ceiling['base']:.2f} | {ceiling['this']:.2f} | {same} |")
     return lines
+
+
+def at_size(ms: dict[str, list[dict]], n: str) -> tuple[dict[str, list[float]], str]:
+    """Each side's times at size n (a JSON key, so a string) and the table's cells for them:
+    base, this, and each round's base ÷ this."""
+    per = {name: [m[n] for m in ms[name]] for name in ms}
+    ratios = [b / t for b, t in zip(per["base"], per["this"])]
+    return per, f"{spread(per['base'], '.2f')} | {spread(per['this'], '.2f')} | {spread(ratios, '.3f')}"
 
 
 def main() -> None:

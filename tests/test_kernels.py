@@ -414,8 +414,8 @@ def test_a_hook_outside_the_blocks_sends_the_step_module_by_module(tiny_dir, whe
         assert torch.equal(decode_logits(model, idx, 3), plain)
     finally:
         handle.remove()
-    # the short prompt's tokens one at a time (kernels.PREFILL_ROWS), its head over them in one
-    # call; then every decode step
+    # the short prompt's tokens one at a time (within kernels.prefill_rows), its head over them
+    # in one call; then every decode step
     assert len(seen) == (1 if where == "ln_f" else 3) + 3
     with torch.inference_mode():
         assert kernels.decode_step(model, torch.tensor([[5]]), gpt2.KVCache(model.config, 1, 4)) is not None

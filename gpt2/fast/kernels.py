@@ -7,7 +7,7 @@ is computed exactly as the one-row path computes it (a fixed accumulation order 
 weight rows outermost so that the rows of a step share each read; attention runs per row
 over that row's own cache, the new key and value written in the same call. They serve
 inputs with one position per sequence (decode steps, and the LM head's last position), and
-a short prompt piece as the rows of one decode step (`PREFILL_ROWS`); a longer prefill stays
+a short prompt piece as the rows of one decode step (`prefill_rows`); a longer prefill stays
 on oneDNN's GEMM (`gpt2.fast.gemm`), which is fast for many rows.
 
 `compile_kernels(model)` builds the library (a few seconds the first time on a machine, then
